@@ -1,0 +1,414 @@
+package fakemta
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+)
+
+// journalFile is the journal's name inside a state directory.
+const journalFile = "journal.jsonl"
+
+// Journal is the append-only record of everything the fake MTA saw and
+// said. With a state directory every event is written as a JSON line;
+// events that carry a received message are fsync'd before the reply goes
+// out (group commit: concurrent sessions share one fsync). Without one,
+// events stay in memory. Subscribers receive every event, in order, on a
+// channel that never drops (each subscriber has its own unbounded queue).
+type Journal struct {
+	mu      sync.Mutex
+	seq     uint64
+	file    *os.File
+	w       *bufio.Writer
+	dirty   bool
+	syncing bool
+	synced  *sync.Cond // broadcast after each fsync
+	syncGen uint64     // completed fsyncs
+	err     error      // first write error; the journal stops accepting durable events
+
+	// ring holds the latest events for GET /journal without a state dir and
+	// for quick reads; keepAll (no state dir) keeps every event instead.
+	ring    []Event
+	ringCap int
+	keepAll bool
+	// messages indexes received messages without a state directory.
+	messages []Message
+
+	subs map[*subscriber]struct{}
+	now  func() time.Time
+	stop chan struct{}
+	done chan struct{}
+}
+
+// openJournal opens (or creates) the journal in dir; dir "" keeps it in
+// memory. Existing events are replayed through replay (for greylist state)
+// and the sequence continues after the last one. A torn last line (a crash
+// mid-write) is cut off.
+func openJournal(dir string, now func() time.Time, replay func(Event)) (*Journal, error) {
+	j := &Journal{subs: map[*subscriber]struct{}{}, now: now, ringCap: 65536, stop: make(chan struct{}), done: make(chan struct{})}
+	j.synced = sync.NewCond(&j.mu)
+	if dir == "" {
+		j.keepAll = true
+		close(j.done)
+		return j, nil
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	path := filepath.Join(dir, journalFile)
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	good, err := j.replayFile(f, replay)
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("journal %s: %w", path, err)
+	}
+	if err := f.Truncate(good); err != nil {
+		f.Close()
+		return nil, err
+	}
+	if _, err := f.Seek(good, io.SeekStart); err != nil {
+		f.Close()
+		return nil, err
+	}
+	j.file, j.w = f, bufio.NewWriterSize(f, 256<<10)
+	go j.flusher()
+	return j, nil
+}
+
+// replayFile reads every complete line, returning the offset after the last good one.
+func (j *Journal) replayFile(f *os.File, replay func(Event)) (int64, error) {
+	r := bufio.NewReaderSize(f, 256<<10)
+	var off int64
+	for {
+		line, err := r.ReadBytes('\n')
+		if errors.Is(err, io.EOF) {
+			return off, nil // a line without its newline is torn: dropped
+		}
+		if err != nil {
+			return off, err
+		}
+		var ev Event
+		if jerr := json.Unmarshal(line, &ev); jerr != nil {
+			// Only the tail may be damaged by a crash; damage elsewhere is real.
+			if _, perr := r.Peek(1); perr == io.EOF {
+				return off, nil
+			}
+			return off, fmt.Errorf("line at byte %d: %v", off, jerr)
+		}
+		off += int64(len(line))
+		j.seq = ev.Seq
+		j.remember(ev)
+		if replay != nil {
+			replay(ev)
+		}
+	}
+}
+
+// flusher writes buffered events out periodically so a reader of the file
+// (or a crash) loses at most ~100ms of non-message events.
+func (j *Journal) flusher() {
+	defer close(j.done)
+	t := time.NewTicker(100 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-j.stop:
+			return
+		case <-t.C:
+			j.mu.Lock()
+			if j.dirty && !j.syncing {
+				j.flushLocked(false)
+			}
+			j.mu.Unlock()
+		}
+	}
+}
+
+func (j *Journal) flushLocked(fsync bool) {
+	if j.err != nil {
+		return
+	}
+	if err := j.w.Flush(); err != nil {
+		j.err = err
+		return
+	}
+	j.dirty = false
+	if fsync {
+		if err := j.file.Sync(); err != nil {
+			j.err = err
+		}
+	}
+}
+
+// Append records ev (Seq and Time are set here) and returns it. With
+// durable, Append returns only after the event is on disk (fsync'd).
+func (j *Journal) Append(ev Event, durable bool) (Event, error) {
+	j.mu.Lock()
+	j.seq++
+	ev.Seq = j.seq
+	if ev.Time.IsZero() {
+		ev.Time = j.now()
+	}
+	j.remember(ev)
+	for s := range j.subs {
+		s.push(ev)
+	}
+	if j.file == nil {
+		j.mu.Unlock()
+		return ev, nil
+	}
+	if j.err == nil {
+		line, err := json.Marshal(ev)
+		if err == nil {
+			line = append(line, '\n')
+			_, err = j.w.Write(line)
+		}
+		if err != nil {
+			j.err = err
+		}
+		j.dirty = true
+	}
+	if durable {
+		// Group commit: wait for an fsync that started after this write.
+		target := j.syncGen + 1
+		if j.syncing {
+			target++
+		}
+		for j.syncGen < target && j.err == nil {
+			if !j.syncing {
+				j.syncing = true
+				j.flushLocked(false)
+				j.mu.Unlock()
+				var err error
+				if j.err == nil {
+					err = j.file.Sync()
+				}
+				j.mu.Lock()
+				if err != nil && j.err == nil {
+					j.err = err
+				}
+				j.syncing = false
+				j.syncGen++
+				j.synced.Broadcast()
+				continue
+			}
+			j.synced.Wait()
+		}
+	}
+	err := j.err
+	j.mu.Unlock()
+	return ev, err
+}
+
+// remember keeps ev in the ring and, without a state directory, in the
+// message index. Called with mu held.
+func (j *Journal) remember(ev Event) {
+	j.ring = append(j.ring, ev)
+	if !j.keepAll && len(j.ring) > j.ringCap {
+		// Amortised trim: keep the newest half; the file has the rest.
+		keep := j.ringCap / 2
+		j.ring = append(j.ring[:0:0], j.ring[len(j.ring)-keep:]...)
+	}
+	if j.keepAll && ev.Kind == EventTransaction && ev.Transaction != nil && ev.Transaction.Message != nil {
+		j.messages = append(j.messages, *ev.Transaction.Message)
+	}
+}
+
+// Seq returns the sequence number of the latest event.
+func (j *Journal) Seq() uint64 {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return j.seq
+}
+
+// Since returns the events with Seq > since, at most limit (0 = no limit).
+// With a state directory, events older than the in-memory window are read
+// back from the file.
+func (j *Journal) Since(since uint64, limit int) ([]Event, error) {
+	j.mu.Lock()
+	if len(j.ring) > 0 && (j.ring[0].Seq <= since+1 || j.file == nil) {
+		var out []Event
+		for _, ev := range j.ring {
+			if ev.Seq > since {
+				out = append(out, ev)
+				if limit > 0 && len(out) == limit {
+					break
+				}
+			}
+		}
+		j.mu.Unlock()
+		return out, nil
+	}
+	if j.file == nil {
+		j.mu.Unlock()
+		return nil, nil
+	}
+	j.flushLocked(false)
+	name := j.file.Name()
+	j.mu.Unlock()
+	return readJournalFile(name, since, limit)
+}
+
+// readJournalFile reads events with Seq > since from a journal file.
+func readJournalFile(name string, since uint64, limit int) ([]Event, error) {
+	f, err := os.Open(name)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	var out []Event
+	r := bufio.NewReaderSize(f, 256<<10)
+	for {
+		line, err := r.ReadBytes('\n')
+		if len(line) > 0 && line[len(line)-1] == '\n' {
+			var ev Event
+			if json.Unmarshal(bytes.TrimSpace(line), &ev) == nil && ev.Seq > since {
+				out = append(out, ev)
+				if limit > 0 && len(out) == limit {
+					return out, nil
+				}
+			}
+		}
+		if err != nil {
+			return out, nil
+		}
+	}
+}
+
+// ReadJournal reads every event of a state directory's journal (offline use).
+func ReadJournal(stateDir string) ([]Event, error) {
+	return readJournalFile(filepath.Join(stateDir, journalFile), 0, 0)
+}
+
+// Messages returns every message received so far (oldest first). With a
+// state directory they are read back from the file, so memory stays flat
+// however many messages the journal holds.
+func (j *Journal) Messages() ([]Message, error) {
+	j.mu.Lock()
+	if j.file == nil {
+		defer j.mu.Unlock()
+		return append([]Message(nil), j.messages...), nil
+	}
+	j.flushLocked(false)
+	name := j.file.Name()
+	j.mu.Unlock()
+	evs, err := readJournalFile(name, 0, 0)
+	var out []Message
+	for _, ev := range evs {
+		if ev.Kind == EventTransaction && ev.Transaction != nil && ev.Transaction.Message != nil {
+			out = append(out, *ev.Transaction.Message)
+		}
+	}
+	return out, err
+}
+
+// Subscribe returns a channel that receives every event appended from now
+// on, in order, and a cancel function that closes it. Events queue up
+// without bound if the reader is slow: nothing is dropped.
+func (j *Journal) Subscribe() (<-chan Event, func()) {
+	s := newSubscriber()
+	j.mu.Lock()
+	j.subs[s] = struct{}{}
+	j.mu.Unlock()
+	var once sync.Once
+	return s.out, func() {
+		once.Do(func() {
+			j.mu.Lock()
+			delete(j.subs, s)
+			j.mu.Unlock()
+			s.close()
+		})
+	}
+}
+
+// Close flushes and fsyncs the journal, and closes every subscription.
+func (j *Journal) Close() error {
+	j.mu.Lock()
+	subs := j.subs
+	j.subs = map[*subscriber]struct{}{}
+	j.mu.Unlock()
+	for s := range subs {
+		s.close()
+	}
+	if j.file == nil {
+		return nil
+	}
+	close(j.stop)
+	<-j.done
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	j.flushLocked(true)
+	err := j.file.Close()
+	if j.err != nil {
+		return j.err
+	}
+	return err
+}
+
+// subscriber is one unbounded, ordered event queue feeding a channel.
+type subscriber struct {
+	mu     sync.Mutex
+	queue  []Event
+	wake   chan struct{}
+	out    chan Event
+	closed chan struct{}
+}
+
+func newSubscriber() *subscriber {
+	s := &subscriber{wake: make(chan struct{}, 1), out: make(chan Event, 64), closed: make(chan struct{})}
+	go s.pump()
+	return s
+}
+
+func (s *subscriber) push(ev Event) {
+	s.mu.Lock()
+	s.queue = append(s.queue, ev)
+	s.mu.Unlock()
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (s *subscriber) close() {
+	select {
+	case <-s.closed:
+	default:
+		close(s.closed)
+	}
+}
+
+func (s *subscriber) pump() {
+	defer close(s.out)
+	for {
+		s.mu.Lock()
+		batch := s.queue
+		s.queue = nil
+		s.mu.Unlock()
+		for _, ev := range batch {
+			select {
+			case s.out <- ev:
+			case <-s.closed:
+				return
+			}
+		}
+		if len(batch) > 0 {
+			continue
+		}
+		select {
+		case <-s.wake:
+		case <-s.closed:
+			return
+		}
+	}
+}

@@ -1,0 +1,422 @@
+package fakemta
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"path"
+	"strconv"
+	"strings"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// PositionError is an input error located in a file: "file:line:col: msg".
+type PositionError struct {
+	File string
+	Line int
+	Col  int
+	Msg  string
+}
+
+func (e *PositionError) Error() string {
+	return fmt.Sprintf("%s:%d:%d: %s", e.File, e.Line, e.Col, e.Msg)
+}
+
+// Greylist defaults, as postgrey ships them (delay, max age) and as
+// milter-greylist documents them (retry window).
+const (
+	DefaultGreylistDelay       = 300 * time.Second
+	DefaultGreylistRetryWindow = 48 * time.Hour
+	DefaultGreylistMaxAge      = 35 * 24 * time.Hour
+	DefaultGreylistReply       = "451 4.7.1 Greylisted, please try again in %s seconds"
+)
+
+// ParsePolicy parses a policy YAML document; file names it in errors.
+// Errors are *PositionError, several joined with errors.Join.
+func ParsePolicy(file string, data []byte) (*Policy, error) {
+	var doc yaml.Node
+	if err := yaml.Unmarshal(data, &doc); err != nil {
+		return nil, yamlSyntaxError(file, err)
+	}
+	if len(doc.Content) == 0 {
+		return &Policy{}, nil
+	}
+	return ParsePolicyNode(file, doc.Content[0])
+}
+
+// yamlSyntaxError turns yaml's "yaml: line N: msg" into file:N:1: msg.
+func yamlSyntaxError(file string, err error) error {
+	msg := strings.TrimPrefix(err.Error(), "yaml: ")
+	line := 1
+	if rest, ok := strings.CutPrefix(msg, "line "); ok {
+		if i := strings.Index(rest, ":"); i > 0 {
+			if n, err := strconv.Atoi(rest[:i]); err == nil {
+				line, msg = n, strings.TrimSpace(rest[i+1:])
+			}
+		}
+	}
+	return &PositionError{File: file, Line: line, Col: 1, Msg: msg}
+}
+
+// policyParser collects every error of a document instead of stopping at the first.
+type policyParser struct {
+	file string
+	errs []error
+}
+
+func (p *policyParser) errorf(n *yaml.Node, format string, args ...any) {
+	p.errs = append(p.errs, &PositionError{File: p.file, Line: n.Line, Col: n.Column, Msg: fmt.Sprintf(format, args...)})
+}
+
+// ParsePolicyNode parses a policy from a YAML mapping node (for policies
+// embedded in scenario files); positions refer to file.
+func ParsePolicyNode(file string, n *yaml.Node) (*Policy, error) {
+	p := &policyParser{file: file}
+	pol := p.policy(n)
+	if len(p.errs) > 0 {
+		return nil, errors.Join(p.errs...)
+	}
+	return pol, nil
+}
+
+// mapping iterates a mapping node's keys, reporting keys not in allowed.
+func (p *policyParser) mapping(n *yaml.Node, what string, allowed []string, f func(key string, k, v *yaml.Node)) {
+	if n.Kind == yaml.AliasNode {
+		n = n.Alias
+	}
+	if n.Kind != yaml.MappingNode {
+		if n.Kind == yaml.ScalarNode && n.Tag == "!!null" {
+			return
+		}
+		p.errorf(n, "%s must be a mapping", what)
+		return
+	}
+	seen := map[string]bool{}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := n.Content[i], n.Content[i+1]
+		if !contains(allowed, k.Value) {
+			p.errorf(k, "unknown key %q in %s (allowed: %s)", k.Value, what, strings.Join(allowed, ", "))
+			continue
+		}
+		if seen[k.Value] {
+			p.errorf(k, "duplicate key %q in %s", k.Value, what)
+			continue
+		}
+		seen[k.Value] = true
+		f(k.Value, k, v)
+	}
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+func (p *policyParser) policy(n *yaml.Node) *Policy {
+	pol := &Policy{}
+	p.mapping(n, "policy", []string{"greylist", "rules"}, func(key string, k, v *yaml.Node) {
+		switch key {
+		case "greylist":
+			pol.Greylist = p.greylist(v)
+		case "rules":
+			if v.Kind != yaml.SequenceNode {
+				p.errorf(v, "rules must be a list")
+				return
+			}
+			for _, r := range v.Content {
+				if rule, ok := p.rule(r); ok {
+					pol.Rules = append(pol.Rules, rule)
+				}
+			}
+		}
+	})
+	return pol
+}
+
+func (p *policyParser) greylist(n *yaml.Node) *Greylist {
+	g := &Greylist{
+		Delay: DefaultGreylistDelay, RetryWindow: DefaultGreylistRetryWindow, MaxAge: DefaultGreylistMaxAge,
+		SubnetV4: 24, SubnetV6: 64, AutoWhitelistAfter: 5, Reply: DefaultGreylistReply, Stage: StageRcpt,
+	}
+	p.mapping(n, "greylist", []string{"delay", "retry_window", "max_age", "subnet_v4", "subnet_v6", "auto_whitelist_after", "reply", "stage"}, func(key string, k, v *yaml.Node) {
+		switch key {
+		case "delay":
+			g.Delay = p.duration(v, key)
+		case "retry_window":
+			g.RetryWindow = p.duration(v, key)
+		case "max_age":
+			g.MaxAge = p.duration(v, key)
+		case "subnet_v4":
+			g.SubnetV4 = p.intIn(v, key, 0, 32)
+		case "subnet_v6":
+			g.SubnetV6 = p.intIn(v, key, 0, 128)
+		case "auto_whitelist_after":
+			g.AutoWhitelistAfter = p.intIn(v, key, 0, 1000000)
+		case "reply":
+			if r, err := ParseReply(strings.ReplaceAll(v.Value, "%s", "0")); err != nil {
+				p.errorf(v, "greylist reply: %v", err)
+			} else if r.Code/100 != 4 {
+				p.errorf(v, "greylist reply must be a 4xx reply, got %d", r.Code)
+			} else {
+				g.Reply = v.Value
+			}
+		case "stage":
+			switch Stage(v.Value) {
+			case StageRcpt, StageEOD:
+				g.Stage = Stage(v.Value)
+			default:
+				p.errorf(v, "greylist stage must be rcpt or eod, got %q", v.Value)
+			}
+		}
+	})
+	if g.RetryWindow > 0 && g.RetryWindow < g.Delay {
+		p.errorf(n, "greylist retry_window (%s) is shorter than delay (%s): no retry could ever pass", g.RetryWindow, g.Delay)
+	}
+	return g
+}
+
+var ruleKeys = []string{"match", "reply", "drop", "close", "delay", "tls", "accept"}
+
+func (p *policyParser) rule(n *yaml.Node) (Rule, bool) {
+	r := Rule{Line: n.Line, Col: n.Column}
+	var actions []string
+	nerr := len(p.errs)
+	p.mapping(n, "rule", ruleKeys, func(key string, k, v *yaml.Node) {
+		if key != "match" {
+			actions = append(actions, key)
+		}
+		switch key {
+		case "match":
+			r.Match = p.match(v)
+		case "reply":
+			rep, err := ParseReply(v.Value)
+			if err != nil {
+				p.errorf(v, "reply: %v", err)
+				return
+			}
+			r.Action, r.Reply = ActionReply, &rep
+		case "drop":
+			if !p.boolTrue(v, key) {
+				return
+			}
+			r.Action = ActionDrop
+		case "accept":
+			if !p.boolTrue(v, key) {
+				return
+			}
+			r.Action = ActionAccept
+		case "close":
+			// "close: 421" or a whole reply "close: 421 4.3.2 Shutting down".
+			text := v.Value
+			if _, err := strconv.Atoi(text); err == nil {
+				text += " Service not available, closing transmission channel"
+			}
+			rep, err := ParseReply(text)
+			if err != nil {
+				p.errorf(v, "close: %v", err)
+				return
+			}
+			r.Action, r.Reply = ActionClose, &rep
+		case "delay":
+			r.Action, r.Delay = ActionDelay, p.duration(v, key)
+		case "tls":
+			if v.Value != "fail" {
+				p.errorf(v, "tls action must be \"fail\", got %q", v.Value)
+				return
+			}
+			r.Action = ActionTLS
+		}
+	})
+	if n.Kind != yaml.MappingNode {
+		return r, false
+	}
+	switch {
+	case len(actions) == 0:
+		p.errorf(n, "rule has no action (one of: reply, drop, close, delay, tls, accept)")
+	case len(actions) > 1:
+		p.errorf(n, "rule has %d actions (%s): give exactly one", len(actions), strings.Join(actions, ", "))
+	}
+	if r.Action == ActionTLS && r.Match.Stage != StageStartTLS {
+		p.errorf(n, "tls: fail needs match.stage: starttls")
+	}
+	if r.Action == ActionReply && r.Reply != nil && r.Match.Stage == StageConnect && r.Reply.Code/100 == 2 {
+		p.errorf(n, "a connect-stage reply must be 4xx or 5xx (the 220 greeting is the default)")
+	}
+	return r, len(p.errs) == nerr
+}
+
+func (p *policyParser) match(n *yaml.Node) Match {
+	var m Match
+	p.mapping(n, "match", []string{"stage", "attempt", "connection", "client", "helo", "sender", "rcpt", "after", "before"}, func(key string, k, v *yaml.Node) {
+		switch key {
+		case "stage":
+			switch s := Stage(v.Value); s {
+			case StageConnect, StageHelo, StageStartTLS, StageMail, StageRcpt, StageData, StageEOD, StageQuit:
+				m.Stage = s
+			default:
+				p.errorf(v, "unknown stage %q (connect, helo, starttls, mail, rcpt, data, eod, quit)", v.Value)
+			}
+		case "attempt", "connection":
+			r, err := ParseIntRange(v.Value)
+			if err != nil {
+				p.errorf(v, "%s: %v", key, err)
+				return
+			}
+			if key == "attempt" {
+				m.Attempt = &r
+			} else {
+				m.Connection = &r
+			}
+		case "client":
+			if _, err := parseClientMatch(v.Value); err != nil {
+				p.errorf(v, "client: %v", err)
+				return
+			}
+			m.Client = v.Value
+		case "helo", "sender", "rcpt":
+			if _, err := path.Match(strings.ToLower(v.Value), ""); err != nil {
+				p.errorf(v, "%s: bad glob %q: %v", key, v.Value, err)
+				return
+			}
+			switch key {
+			case "helo":
+				m.Helo = v.Value
+			case "sender":
+				m.Sender = v.Value
+			case "rcpt":
+				m.Rcpt = v.Value
+			}
+		case "after":
+			m.After = p.duration(v, key)
+		case "before":
+			m.Before = p.duration(v, key)
+		}
+	})
+	if m.Attempt != nil && m.Stage != "" && m.Stage != StageRcpt && m.Stage != StageData && m.Stage != StageEOD {
+		p.errorf(n, "attempt counts recipients: it needs stage rcpt, data or eod (or no stage), not %s", m.Stage)
+	}
+	return m
+}
+
+func (p *policyParser) duration(v *yaml.Node, key string) time.Duration {
+	d, err := parseDuration(v.Value)
+	if err != nil || d < 0 {
+		p.errorf(v, "%s: invalid duration %q (want e.g. 2s, 5m, 48h, 35d)", key, v.Value)
+		return 0
+	}
+	return d
+}
+
+func (p *policyParser) intIn(v *yaml.Node, key string, lo, hi int) int {
+	n, err := strconv.Atoi(v.Value)
+	if err != nil || n < lo || n > hi {
+		p.errorf(v, "%s must be a whole number from %d to %d, got %q", key, lo, hi, v.Value)
+		return lo
+	}
+	return n
+}
+
+func (p *policyParser) boolTrue(v *yaml.Node, key string) bool {
+	b, err := strconv.ParseBool(v.Value)
+	if err != nil || !b {
+		p.errorf(v, "%s must be true", key)
+		return false
+	}
+	return true
+}
+
+// parseDuration is time.ParseDuration plus whole days ("35d"), as greylisters write max ages.
+func parseDuration(s string) (time.Duration, error) {
+	if days, ok := strings.CutSuffix(s, "d"); ok {
+		if n, err := strconv.Atoi(days); err == nil && n >= 0 {
+			return time.Duration(n) * 24 * time.Hour, nil
+		}
+	}
+	return time.ParseDuration(s)
+}
+
+// ParseReply parses "CODE [X.Y.Z] text" into a Reply.
+func ParseReply(s string) (Reply, error) {
+	s = strings.TrimSpace(s)
+	code, rest, _ := strings.Cut(s, " ")
+	n, err := strconv.Atoi(code)
+	if err != nil || len(code) != 3 || n < 200 || n > 599 {
+		return Reply{}, fmt.Errorf("%q does not start with a reply code 200-599", s)
+	}
+	r := Reply{Code: n}
+	rest = strings.TrimSpace(rest)
+	if first, text, _ := strings.Cut(rest, " "); isEnhanced(first) {
+		if first[0]-'0' != byte(n/100) {
+			return Reply{}, fmt.Errorf("enhanced code %s does not match reply class %d", first, n/100)
+		}
+		r.Enhanced, rest = first, strings.TrimSpace(text)
+	}
+	if strings.ContainsAny(rest, "\r\n") {
+		return Reply{}, fmt.Errorf("reply text must be one line")
+	}
+	r.Text = rest
+	if r.Text == "" {
+		r.Text = "No reason given"
+	}
+	return r, nil
+}
+
+func isEnhanced(s string) bool {
+	parts := strings.Split(s, ".")
+	if len(parts) != 3 || (parts[0] != "2" && parts[0] != "4" && parts[0] != "5") {
+		return false
+	}
+	for _, p := range parts[1:] {
+		if n, err := strconv.Atoi(p); err != nil || n < 0 || n > 999 || len(p) > 3 {
+			return false
+		}
+	}
+	return true
+}
+
+// ParseIntRange parses "3", "1-3" or "4-".
+func ParseIntRange(s string) (IntRange, error) {
+	lo, hi, isRange := strings.Cut(strings.TrimSpace(s), "-")
+	min, err := strconv.Atoi(strings.TrimSpace(lo))
+	if err != nil || min < 1 {
+		return IntRange{}, fmt.Errorf("want N, N-M or N- with N ≥ 1, got %q", s)
+	}
+	if !isRange {
+		return IntRange{Min: min, Max: min}, nil
+	}
+	if strings.TrimSpace(hi) == "" {
+		return IntRange{Min: min}, nil
+	}
+	max, err := strconv.Atoi(strings.TrimSpace(hi))
+	if err != nil || max < min {
+		return IntRange{}, fmt.Errorf("want N, N-M or N- with N ≤ M, got %q", s)
+	}
+	return IntRange{Min: min, Max: max}, nil
+}
+
+// Contains reports whether n is in r.
+func (r IntRange) Contains(n int) bool {
+	return n >= r.Min && (r.Max == 0 || n <= r.Max)
+}
+
+// parseClientMatch parses an address or CIDR.
+func parseClientMatch(s string) (netip.Prefix, error) {
+	if strings.Contains(s, "/") {
+		pfx, err := netip.ParsePrefix(s)
+		if err != nil {
+			return netip.Prefix{}, fmt.Errorf("bad CIDR %q", s)
+		}
+		return pfx.Masked(), nil
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("bad address %q", s)
+	}
+	return netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()), nil
+}

@@ -1,0 +1,339 @@
+// Package fakemta is a fake remote MTA: the next hop of a relay under test.
+// It answers by a Policy (greylisting with real per-triplet state, scheduled
+// replies, drops, delays, TLS faults), records everything in a Journal,
+// parses the DSNs a relay sends back, and serves a control API.
+package fakemta
+
+import (
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/emersion/go-smtp"
+)
+
+// Config configures a Server.
+type Config struct {
+	// Listen addresses (host:port); ":0" ports pick a free one.
+	Listen []string
+	Policy *Policy
+	// StateDir keeps the journal (and with it the greylist state) across
+	// restarts; "" keeps everything in memory.
+	StateDir string
+	// WipeState starts with no greylist memory (the journal is kept: it is history).
+	WipeState bool
+	// KeepBodies writes every received body to this folder.
+	KeepBodies string
+	// TLS enables STARTTLS.
+	TLS *tls.Config
+	// Domain is the name in the greeting (default fakemta.greyharness.test).
+	Domain string
+	// Limits (defaults: 32 MiB, 2000 bytes, 1000, 5 min, 1 min).
+	MaxMessageBytes int64
+	MaxLineLength   int
+	MaxRecipients   int
+	ReadTimeout     time.Duration
+	WriteTimeout    time.Duration
+	// Now is the clock (tests inject one); default time.Now.
+	Now func() time.Time
+	// Logf logs server-side problems; default log.Printf to stderr.
+	Logf func(format string, args ...any)
+}
+
+// Server is a running fake MTA.
+type Server struct {
+	cfg     Config
+	policy  atomic.Pointer[Policy]
+	grey    *greylistState
+	journal *Journal
+	smtp    *smtp.Server
+	started time.Time
+	connSeq atomic.Uint64
+	msgSeq  atomic.Uint64
+	metrics *Metrics
+
+	mu        sync.Mutex
+	listeners []net.Listener
+	conns     map[*conn]struct{}
+	closed    bool
+	serveWG   sync.WaitGroup
+}
+
+// New opens the state (replaying the journal to rebuild greylist memory)
+// and prepares a server; Start or Serve runs it.
+func New(cfg Config) (*Server, error) {
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Logf == nil {
+		l := log.New(os.Stderr, "fakemta: ", log.LstdFlags)
+		cfg.Logf = l.Printf
+	}
+	if cfg.Domain == "" {
+		cfg.Domain = "fakemta.greyharness.test"
+	}
+	if cfg.MaxMessageBytes == 0 {
+		cfg.MaxMessageBytes = 32 << 20
+	}
+	if cfg.MaxLineLength == 0 {
+		cfg.MaxLineLength = 2000
+	}
+	if cfg.MaxRecipients == 0 {
+		cfg.MaxRecipients = 1000
+	}
+	if cfg.ReadTimeout == 0 {
+		cfg.ReadTimeout = 5 * time.Minute
+	}
+	if cfg.WriteTimeout == 0 {
+		cfg.WriteTimeout = time.Minute
+	}
+	if cfg.Policy == nil {
+		cfg.Policy = &Policy{}
+	}
+	if cfg.KeepBodies != "" {
+		if err := os.MkdirAll(cfg.KeepBodies, 0o755); err != nil {
+			return nil, err
+		}
+	}
+	s := &Server{cfg: cfg, grey: newGreylistState(), conns: map[*conn]struct{}{}, metrics: NewMetrics()}
+	s.policy.Store(cfg.Policy)
+	var maxConn uint64
+	j, err := openJournal(cfg.StateDir, cfg.Now, func(ev Event) {
+		if ev.Conn > maxConn {
+			maxConn = ev.Conn
+		}
+		s.replay(ev)
+	})
+	if err != nil {
+		return nil, err
+	}
+	s.journal = j
+	s.connSeq.Store(maxConn)
+	s.msgSeq.Store(j.Seq())
+	if cfg.WipeState {
+		s.grey.wipe()
+		s.record(Event{Kind: EventControl, Note: "wipe-state"}, false)
+	}
+	s.started = cfg.Now()
+	s.record(Event{Kind: EventControl, Note: "start"}, false)
+
+	be := smtp.BackendFunc(s.newSession)
+	srv := smtp.NewServer(be)
+	srv.Domain = cfg.Domain
+	srv.MaxMessageBytes = cfg.MaxMessageBytes
+	srv.MaxLineLength = cfg.MaxLineLength
+	srv.MaxRecipients = cfg.MaxRecipients
+	srv.ReadTimeout = cfg.ReadTimeout
+	srv.WriteTimeout = cfg.WriteTimeout
+	srv.EnableSMTPUTF8 = true
+	srv.ErrorLog = logfLogger(cfg.Logf)
+	s.smtp = srv
+	return s, nil
+}
+
+type logfLogger func(string, ...any)
+
+func (l logfLogger) Printf(format string, v ...any) { l(format, v...) }
+func (l logfLogger) Println(v ...any)               { l("%s", fmt.Sprintln(v...)) }
+
+// Start listens on every configured address and serves in the background.
+func (s *Server) Start() error {
+	if len(s.cfg.Listen) == 0 {
+		return errors.New("fakemta: no listen address")
+	}
+	var ls []net.Listener
+	for _, addr := range s.cfg.Listen {
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			for _, l := range ls {
+				l.Close()
+			}
+			return fmt.Errorf("fakemta: listen %s: %w", addr, err)
+		}
+		ls = append(ls, l)
+	}
+	for _, l := range ls {
+		s.Serve(l)
+	}
+	return nil
+}
+
+// Serve serves l in the background (tests pass a 127.0.0.1:0 listener).
+func (s *Server) Serve(l net.Listener) {
+	s.mu.Lock()
+	s.listeners = append(s.listeners, l)
+	s.mu.Unlock()
+	s.serveWG.Add(1)
+	go func() {
+		defer s.serveWG.Done()
+		s.smtp.Serve(&tapListener{Listener: l, srv: s})
+	}()
+}
+
+// Addrs returns the addresses the server listens on.
+func (s *Server) Addrs() []net.Addr {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []net.Addr
+	for _, l := range s.listeners {
+		out = append(out, l.Addr())
+	}
+	return out
+}
+
+// Addr returns the first listen address as host:port.
+func (s *Server) Addr() string {
+	if a := s.Addrs(); len(a) > 0 {
+		return a[0].String()
+	}
+	return ""
+}
+
+// Journal returns the server's journal.
+func (s *Server) Journal() *Journal { return s.journal }
+
+// Metrics returns the server's Prometheus metrics.
+func (s *Server) Metrics() *Metrics { return s.metrics }
+
+// Policy returns the policy in force.
+func (s *Server) Policy() *Policy { return s.policy.Load() }
+
+// SetPolicy swaps the policy live; connections pick it up at their next decision.
+func (s *Server) SetPolicy(p *Policy) {
+	if p == nil {
+		p = &Policy{}
+	}
+	s.policy.Store(p)
+	s.record(Event{Kind: EventControl, Note: "policy"}, false)
+}
+
+// WipeGreylist forgets every greylist triplet and whitelisted client.
+func (s *Server) WipeGreylist() {
+	s.grey.wipe()
+	s.record(Event{Kind: EventControl, Note: "wipe-state"}, false)
+}
+
+// Greylist lists the greylist triplets the server remembers.
+func (s *Server) Greylist() []GreylistEntry { return s.grey.entries() }
+
+// Started returns when the server started (rules' after/before count from it).
+func (s *Server) Started() time.Time { return s.started }
+
+// Close stops listening, cuts every connection, and closes the journal.
+func (s *Server) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	conns := make([]*conn, 0, len(s.conns))
+	for c := range s.conns {
+		conns = append(conns, c)
+	}
+	s.mu.Unlock()
+	err := s.smtp.Close()
+	for _, c := range conns {
+		c.Close()
+	}
+	s.serveWG.Wait()
+	s.record(Event{Kind: EventControl, Note: "stop"}, false)
+	if jerr := s.journal.Close(); err == nil || errors.Is(err, smtp.ErrServerClosed) {
+		err = jerr
+	}
+	return err
+}
+
+// record appends ev to the journal and updates metrics.
+func (s *Server) record(ev Event, durable bool) (Event, error) {
+	ev, err := s.journal.Append(ev, durable)
+	s.metrics.observe(ev)
+	if err != nil {
+		s.cfg.Logf("journal: %v", err)
+	}
+	return ev, err
+}
+
+// replay rebuilds greylist state from one journaled event.
+func (s *Server) replay(ev Event) {
+	switch ev.Kind {
+	case EventControl:
+		if ev.Note == "wipe-state" {
+			s.grey.wipe()
+		}
+	case EventTransaction:
+		tx := ev.Transaction
+		if tx == nil {
+			return
+		}
+		gl := s.Policy().Greylist
+		v4, v6 := 24, 64
+		if gl != nil {
+			v4, v6 = gl.SubnetV4, gl.SubnetV6
+		}
+		subnet := subnetOf(ev.Client, v4, v6)
+		for _, r := range tx.Rcpts {
+			k := tripletKey{subnet, lower(tx.MailFrom), lower(r.Addr)}
+			s.grey.setCount(k, StageRcpt, r.Attempt)
+			if r.Greylist != "" {
+				s.grey.replay(gl, k, r.Greylist, ev.Time)
+			}
+			if tx.Data != nil && r.Reply.Code/100 == 2 {
+				s.grey.count(k, StageData, ev.Time)
+				s.grey.count(k, StageEOD, ev.Time)
+			}
+		}
+	}
+}
+
+// keepBody opens the file a received body is written to.
+func (s *Server) keepBody(id string) (io.WriteCloser, string, error) {
+	if s.cfg.KeepBodies == "" {
+		return nil, "", nil
+	}
+	p := filepath.Join(s.cfg.KeepBodies, id+".eml")
+	f, err := os.Create(p)
+	return f, p, err
+}
+
+func (s *Server) track(c *conn, on bool) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if on {
+		if s.closed {
+			return false
+		}
+		s.conns[c] = struct{}{}
+	} else {
+		delete(s.conns, c)
+	}
+	return true
+}
+
+// tapListener wraps every accepted connection in the wire tap.
+type tapListener struct {
+	net.Listener
+	srv *Server
+}
+
+func (l *tapListener) Accept() (net.Conn, error) {
+	for {
+		nc, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		c := l.srv.newConn(nc, l.Listener.Addr().String())
+		if c == nil {
+			continue // dropped at connect by policy
+		}
+		return c, nil
+	}
+}

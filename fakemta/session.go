@@ -1,0 +1,341 @@
+package fakemta
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"io"
+	"net/mail"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/emersion/go-smtp"
+	"github.com/greyharness/greyharness/fakemta/dsn"
+)
+
+// maxDSNBytes bounds how much of a null-sender message is kept in memory
+// to parse it as a DSN; larger ones are journaled but not parsed.
+const maxDSNBytes = 4 << 20
+
+// session is one SMTP session (from EHLO to QUIT) on a tapped connection.
+type session struct {
+	srv *Server
+	c   *conn
+	tx  *Transaction
+}
+
+var _ smtp.Session = (*session)(nil)
+
+func (s *Server) newSession(sc *smtp.Conn) (smtp.Session, error) {
+	c, ok := sc.Conn().(*conn)
+	if !ok {
+		return nil, errors.New("fakemta: connection is not tapped")
+	}
+	c.helo = sc.Hostname()
+	sess := &session{srv: s, c: c}
+	c.sess = sess
+	return sess, nil
+}
+
+func smtpError(r *Reply) *smtp.SMTPError {
+	e := &smtp.SMTPError{Code: r.Code, Message: r.Text}
+	if r.Enhanced != "" {
+		parts := strings.Split(r.Enhanced, ".")
+		for i := range 3 {
+			e.EnhancedCode[i], _ = strconv.Atoi(parts[i])
+		}
+	} else {
+		e.EnhancedCode = smtp.NoEnhancedCode
+	}
+	return e
+}
+
+// act carries out a rule at a backend stage: it returns the reply to give
+// (nil: go on with the default) and the error go-smtp should answer with.
+func (se *session) act(rule *Rule) (*Reply, error) {
+	if rule == nil {
+		return nil, nil
+	}
+	switch rule.Action {
+	case ActionAccept:
+		return &Reply{Code: 250, Enhanced: "2.0.0", Text: "OK"}, nil
+	case ActionReply:
+		if rule.Reply.Code/100 == 2 {
+			return rule.Reply, nil
+		}
+		return rule.Reply, smtpError(rule.Reply)
+	case ActionClose:
+		se.c.next = &override{closeAfter: true}
+		return rule.Reply, smtpError(rule.Reply)
+	case ActionDrop:
+		se.c.next = &override{drop: true}
+		r := &Reply{Dropped: true}
+		return r, smtpError(&Reply{Code: 421, Enhanced: "4.4.2", Text: "dropped"})
+	case ActionDelay:
+		se.srv.record(Event{Kind: EventControl, Conn: se.c.id, Client: se.c.client, Note: "tarpit " + rule.Delay.String() + " at " + string(rule.Match.Stage)}, false)
+		t := time.NewTimer(rule.Delay)
+		select {
+		case <-t.C:
+		case <-se.c.closed:
+			t.Stop()
+			return &Reply{Dropped: true}, smtpError(&Reply{Code: 421, Enhanced: "4.4.2", Text: "closed"})
+		}
+	}
+	return nil, nil
+}
+
+func (se *session) greylist() *Greylist { return se.srv.Policy().Greylist }
+
+func (se *session) key(rcpt string) tripletKey {
+	v4, v6 := 24, 64
+	if gl := se.greylist(); gl != nil {
+		v4, v6 = gl.SubnetV4, gl.SubnetV6
+	}
+	from := ""
+	if se.tx != nil {
+		from = se.tx.MailFrom
+	}
+	return tripletKey{subnetOf(se.c.client, v4, v6), lower(from), lower(rcpt)}
+}
+
+// countStage bumps and returns the per-recipient counters for stage.
+func (se *session) countStage(stage Stage, rcpts []string) []int {
+	now := se.srv.cfg.Now()
+	out := make([]int, len(rcpts))
+	for i, r := range rcpts {
+		out[i] = se.srv.grey.count(se.key(r), stage, now)
+	}
+	return out
+}
+
+// Mail starts a transaction.
+func (se *session) Mail(from string, _ *smtp.MailOptions) error {
+	se.finish("rset")
+	se.tx = &Transaction{Helo: se.c.helo, MailFrom: from}
+	m := se.c.matchCtx(StageMail)
+	m.sender = from
+	reply, err := se.act(se.srv.decide(m))
+	if reply == nil {
+		reply = &Reply{Code: 250, Enhanced: "2.1.0", Text: "Sender OK"}
+	}
+	se.tx.Mail = *reply
+	if err != nil {
+		se.finish("")
+		return err
+	}
+	return nil
+}
+
+// Rcpt decides one recipient: rules first, then the greylist.
+func (se *session) Rcpt(to string, _ *smtp.RcptOptions) error {
+	if se.tx == nil {
+		return &smtp.SMTPError{Code: 503, EnhancedCode: smtp.EnhancedCode{5, 5, 1}, Message: "MAIL first"}
+	}
+	now := se.srv.cfg.Now()
+	k := se.key(to)
+	attempt := se.srv.grey.count(k, StageRcpt, now)
+	m := se.c.matchCtx(StageRcpt)
+	m.rcpts, m.attempts = []string{to}, []int{attempt}
+	ra := RcptAttempt{Addr: to, Attempt: attempt}
+	rule := se.srv.decide(m)
+	reply, err := se.act(rule)
+	if reply == nil && (rule == nil || rule.Action == ActionDelay) {
+		if gl := se.greylist(); gl != nil && gl.Stage != StageEOD {
+			outcome, left := se.srv.grey.check(gl, k, now)
+			ra.Greylist = outcome
+			if outcome == greyDeferred {
+				r := greylistReply(gl, left)
+				reply, err = &r, smtpError(&r)
+			}
+		}
+	}
+	if reply == nil {
+		reply = &Reply{Code: 250, Enhanced: "2.1.5", Text: "Recipient OK"}
+	}
+	ra.Reply = *reply
+	se.tx.Rcpts = append(se.tx.Rcpts, ra)
+	return err
+}
+
+// accepted lists the recipients that got a 2xx at RCPT.
+func (se *session) accepted() []string {
+	var out []string
+	for _, r := range se.tx.Rcpts {
+		if r.Reply.Code/100 == 2 {
+			out = append(out, r.Addr)
+		}
+	}
+	return out
+}
+
+// Data receives the body, journals the message durably, then decides the
+// reply to the final dot (rules at eod, then an eod-stage greylist).
+func (se *session) Data(r io.Reader) error {
+	if se.tx == nil {
+		return &smtp.SMTPError{Code: 503, EnhancedCode: smtp.EnhancedCode{5, 5, 1}, Message: "MAIL first"}
+	}
+	now := se.srv.cfg.Now
+	msg, readErr := se.receive(r)
+	rcpts := se.accepted()
+	if readErr != nil {
+		var se2 *smtp.SMTPError
+		rep := Reply{Code: 451, Enhanced: "4.3.0", Text: readErr.Error()}
+		if errors.As(readErr, &se2) {
+			rep = Reply{Code: se2.Code, Enhanced: enhancedString(se2.EnhancedCode), Text: se2.Message}
+		}
+		se.tx.Data = &rep
+		se.finish("")
+		return readErr
+	}
+	m := se.c.matchCtx(StageEOD)
+	m.rcpts, m.attempts = rcpts, se.countStage(StageEOD, rcpts)
+	rule := se.srv.decide(m)
+	reply, err := se.act(rule)
+	if reply == nil && (rule == nil || rule.Action == ActionDelay) {
+		if gl := se.greylist(); gl != nil && gl.Stage == StageEOD {
+			var worst time.Duration
+			deferred := false
+			for i, rc := range rcpts {
+				outcome, left := se.srv.grey.check(gl, se.key(rc), now())
+				for j := range se.tx.Rcpts {
+					if se.tx.Rcpts[j].Addr == rcpts[i] && se.tx.Rcpts[j].Reply.Code/100 == 2 {
+						se.tx.Rcpts[j].Greylist = outcome
+					}
+				}
+				if outcome == greyDeferred {
+					deferred = true
+					worst = max(worst, left)
+				}
+			}
+			if deferred {
+				r := greylistReply(gl, worst)
+				reply, err = &r, smtpError(&r)
+			}
+		}
+	}
+	if reply == nil {
+		reply = &Reply{Code: 250, Enhanced: "2.0.0", Text: "OK: queued as " + msg.ID}
+	}
+	msg.Accepted = reply.Code/100 == 2 && !reply.Dropped
+	se.tx.Data = reply
+	se.tx.Message = msg
+	// Durable before the reply leaves: after 250 the message must not vanish.
+	se.finishDurable("")
+	return err
+}
+
+func enhancedString(e smtp.EnhancedCode) string {
+	if e == smtp.NoEnhancedCode || e == (smtp.EnhancedCode{}) {
+		return ""
+	}
+	return strconv.Itoa(e[0]) + "." + strconv.Itoa(e[1]) + "." + strconv.Itoa(e[2])
+}
+
+// receive reads the body: hash, size, identifying headers, the body to
+// disk with --keep-bodies, and a DSN parse for null-sender messages.
+func (se *session) receive(r io.Reader) (*Message, error) {
+	id := "m" + strconv.FormatUint(se.srv.msgSeq.Add(1), 36) + "-" + strconv.FormatInt(se.srv.cfg.Now().UnixNano()%1e9, 36)
+	msg := &Message{ID: id, MailFrom: se.tx.MailFrom, RcptTo: se.accepted()}
+	h := sha256.New()
+	var head bytes.Buffer // header block, bounded
+	var dsnBuf *bytes.Buffer
+	if se.tx.MailFrom == "" {
+		dsnBuf = &bytes.Buffer{}
+	}
+	w, path, err := se.srv.keepBody(id)
+	if err != nil {
+		se.srv.cfg.Logf("keep body: %v", err)
+	}
+	msg.BodyPath = path
+	buf := make([]byte, 32<<10)
+	inHead := true
+	for {
+		n, rerr := r.Read(buf)
+		if n > 0 {
+			chunk := buf[:n]
+			h.Write(chunk)
+			msg.Size += int64(n)
+			if inHead && head.Len() < 256<<10 {
+				head.Write(chunk)
+				if bytes.Contains(head.Bytes(), []byte("\r\n\r\n")) || bytes.Contains(head.Bytes(), []byte("\n\n")) {
+					inHead = false
+				}
+			}
+			if dsnBuf != nil {
+				if dsnBuf.Len()+n <= maxDSNBytes {
+					dsnBuf.Write(chunk)
+				} else {
+					dsnBuf = nil
+				}
+			}
+			if w != nil {
+				if _, werr := w.Write(chunk); werr != nil {
+					se.srv.cfg.Logf("keep body: %v", werr)
+					w.Close()
+					w = nil
+				}
+			}
+		}
+		if rerr == io.EOF {
+			break
+		}
+		if rerr != nil {
+			if w != nil {
+				w.Close()
+			}
+			return msg, rerr
+		}
+	}
+	if w != nil {
+		if f, ok := w.(interface{ Sync() error }); ok {
+			f.Sync()
+		}
+		w.Close()
+	}
+	msg.SHA256 = hex.EncodeToString(h.Sum(nil))
+	msg.ReceivedAt = se.srv.cfg.Now()
+	if hdr, err := mail.ReadMessage(bufio.NewReader(io.MultiReader(bytes.NewReader(head.Bytes()), strings.NewReader("\r\n\r\n")))); err == nil {
+		msg.MessageID = strings.Trim(strings.TrimSpace(hdr.Header.Get("Message-Id")), "<>")
+		msg.HarnessID = strings.TrimSpace(hdr.Header.Get("X-Greyharness-Id"))
+		msg.Subject = hdr.Header.Get("Subject")
+	}
+	if dsnBuf != nil {
+		if rep, err := dsn.Parse(bytes.NewReader(dsnBuf.Bytes())); err == nil {
+			msg.DSN = rep
+		}
+	}
+	return msg, nil
+}
+
+// finish ends the open transaction (if any) and journals it.
+func (se *session) finish(aborted string) { se.end(aborted, false) }
+
+func (se *session) finishDurable(aborted string) { se.end(aborted, true) }
+
+func (se *session) end(aborted string, durable bool) {
+	tx := se.tx
+	if tx == nil {
+		return
+	}
+	se.tx = nil
+	if tx.Data == nil && aborted != "" {
+		tx.Aborted = aborted
+	}
+	se.srv.record(Event{Kind: EventTransaction, Conn: se.c.id, Client: se.c.client, TLS: se.c.tls, Transaction: tx}, durable)
+}
+
+// Reset ends an open transaction (RSET, a new EHLO, or after DATA).
+func (se *session) Reset() { se.finish("rset") }
+
+// Logout ends an open transaction when the connection goes.
+func (se *session) Logout() error {
+	if se.c.quitSeen {
+		se.finish("quit")
+	} else {
+		se.finish("disconnect")
+	}
+	return nil
+}

@@ -1,0 +1,126 @@
+// Package history holds what one scenario run recorded: submissions to the
+// relay under test, the fake MTA's journal, queue listings, and faults. The
+// ledger judges a History offline; it is saved as JSON on failure so
+// `greyharness judge DIR` can re-check it.
+package history
+
+import (
+	"time"
+
+	"github.com/greyharness/greyharness/fakemta"
+)
+
+// Timing is the relay profile's timing, from which every deadline derives.
+type Timing struct {
+	RetryMax      Duration `json:"retry_max" yaml:"retry_max"`           // longest gap between two delivery attempts
+	QueueLifetime Duration `json:"queue_lifetime" yaml:"queue_lifetime"` // when a deferred message must bounce
+	DelayWarning  Duration `json:"delay_warning" yaml:"delay_warning"`   // when a delayed DSN is due (0: relay sends none)
+	RestartGrace  Duration `json:"restart_grace" yaml:"restart_grace"`   // how long a (re)start may take
+}
+
+// Submission is one message the harness handed to the relay under test.
+type Submission struct {
+	HarnessID   string    `json:"harness_id"` // X-Greyharness-Id, unique per message
+	MessageID   string    `json:"message_id"` // without angle brackets
+	Group       string    `json:"group"`      // the send step's name, for expectations
+	MailFrom    string    `json:"mail_from"`
+	RcptTo      []string  `json:"rcpt_to"`
+	SubmittedAt time.Time `json:"submitted_at"`
+	// Accepted is true when the relay answered 2xx to the final dot: from then
+	// on the relay owns the message (RFC 5321 §6.1).
+	Accepted bool          `json:"accepted"`
+	Reply    fakemta.Reply `json:"reply"`
+	// Resubmission marks a second submission of an already used Message-ID.
+	Resubmission bool `json:"resubmission,omitempty"`
+}
+
+// QueueEntry is one message as the relay's queue listing shows it.
+type QueueEntry struct {
+	QueueID    string    `json:"queue_id"`
+	Sender     string    `json:"sender"`
+	Recipients []string  `json:"recipients"`
+	Arrival    time.Time `json:"arrival,omitempty"`
+	Reason     string    `json:"reason,omitempty"` // last delay reason, when the listing says
+	// NextAttempt is when the relay says it will try next, when it says so.
+	NextAttempt time.Time `json:"next_attempt,omitempty"`
+	MessageID   string    `json:"message_id,omitempty"` // when the listing shows it
+	HarnessID   string    `json:"harness_id,omitempty"` // when the listing shows it
+}
+
+// QueueSnapshot is one queue listing taken at At. Err is set when listing
+// failed (then Entries means nothing).
+type QueueSnapshot struct {
+	At      time.Time    `json:"at"`
+	Entries []QueueEntry `json:"entries"`
+	Err     string       `json:"err,omitempty"`
+}
+
+// FaultKind names an injected fault.
+type FaultKind string
+
+// Fault kinds.
+const (
+	FaultRelayRestart   FaultKind = "relay-restart"
+	FaultRelayStop      FaultKind = "relay-stop"
+	FaultRelayStart     FaultKind = "relay-start"
+	FaultFakeMTAStop    FaultKind = "fakemta-stop"
+	FaultFakeMTAStart   FaultKind = "fakemta-start"
+	FaultFakeMTARestart FaultKind = "fakemta-restart"
+	FaultFakeMTAWipe    FaultKind = "fakemta-wipe-state"
+	FaultPolicySwap     FaultKind = "policy"
+	FaultFlush          FaultKind = "flush"
+)
+
+// Fault is one injected fault with when it began and ended.
+type Fault struct {
+	Kind   FaultKind `json:"kind"`
+	Start  time.Time `json:"start"`
+	End    time.Time `json:"end"`
+	Detail string    `json:"detail,omitempty"`
+	Err    string    `json:"err,omitempty"`
+}
+
+// Checkpoint records a `checkpoint` step: the ledger judges every message
+// submitted before At as of At.
+type Checkpoint struct {
+	Name string    `json:"name"`
+	At   time.Time `json:"at"`
+}
+
+// Expectation is one scenario expectation on a group of messages.
+type Expectation struct {
+	Group   string   `json:"group,omitempty"`   // "" = all messages
+	Verdict string   `json:"verdict,omitempty"` // delivered, bounced, ...
+	Within  Duration `json:"within,omitempty"`  // latency bound from submission (stale beyond it)
+	// DSNAction expects a DSN with this Action (delayed, failed) for each message of the group.
+	DSNAction string `json:"dsn_action,omitempty"`
+}
+
+// Expect is a scenario's expectations.
+type Expect struct {
+	Messages            []Expectation `json:"messages,omitempty"`
+	NoDuplicates        bool          `json:"no_duplicates"`
+	ToleratedDuplicates bool          `json:"tolerated_duplicates,omitempty"` // duplicates reported as info, not failure
+	// NoSilentHold is always on; kept for the record.
+	NoSilentHold bool `json:"no_silent_hold"`
+	// RetryTooSoonIsError makes "retry too soon" fail the scenario instead of warning.
+	RetryTooSoonIsError bool `json:"retry_too_soon_is_error,omitempty"`
+}
+
+// History is everything one scenario run recorded.
+type History struct {
+	Scenario string `json:"scenario"`
+	Relay    string `json:"relay"` // relay profile name
+	Timing   Timing `json:"timing"`
+	// GreylistDelay is the scenario policy's greylist delay (0 when no greylist),
+	// for "retry too soon".
+	GreylistDelay Duration        `json:"greylist_delay"`
+	Started       time.Time       `json:"started"`
+	Ended         time.Time       `json:"ended"` // when the scenario drained
+	Submissions   []Submission    `json:"submissions"`
+	Journal       []fakemta.Event `json:"journal"`
+	Queue         []QueueSnapshot `json:"queue"`
+	Faults        []Fault         `json:"faults"`
+	Checkpoints   []Checkpoint    `json:"checkpoints,omitempty"`
+	Expect        Expect          `json:"expect"`
+}

@@ -1,0 +1,86 @@
+// Package profile loads a relay profile: how the harness reaches, controls,
+// inspects and times a relay under test.
+package profile
+
+import "github.com/greyharness/greyharness/harness/history"
+
+// QueueFormat names a relay's queue listing format.
+type QueueFormat string
+
+// Queue listing formats.
+const (
+	QueuePostfixJSON QueueFormat = "postfix-json" // postqueue -j
+	QueueExim        QueueFormat = "exim"         // exim -bp
+	QueueOpenSMTPD   QueueFormat = "opensmtpd"    // smtpctl show queue
+	QueueSample      QueueFormat = "sample-json"  // greyharness sample-relay queue listing
+	QueueNone        QueueFormat = "none"
+)
+
+// Submit says where and how the harness submits traffic.
+type Submit struct {
+	Addr     string `yaml:"addr" json:"addr"`                             // host:port
+	Helo     string `yaml:"helo,omitempty" json:"helo,omitempty"`         // default "harness.greyharness.test"
+	StartTLS bool   `yaml:"starttls,omitempty" json:"starttls,omitempty"` // use STARTTLS (certificate not verified)
+	Username string `yaml:"username,omitempty" json:"username,omitempty"` // AUTH PLAIN when set
+	Password string `yaml:"password,omitempty" json:"password,omitempty"`
+}
+
+// Commands are shell commands (run with sh -c in the profile's folder,
+// ${ENV} expanded). Start may run the relay in the foreground: when
+// StartForeground is true the harness keeps it as a supervised child.
+type Commands struct {
+	Start           string `yaml:"start,omitempty" json:"start,omitempty"`
+	StartForeground bool   `yaml:"start_foreground,omitempty" json:"start_foreground,omitempty"`
+	// Ready is run after start until it exits 0 (bounded by timing.restart_grace).
+	Ready   string `yaml:"ready,omitempty" json:"ready,omitempty"`
+	Stop    string `yaml:"stop,omitempty" json:"stop,omitempty"`
+	Restart string `yaml:"restart,omitempty" json:"restart,omitempty"` // default: stop then start
+	Flush   string `yaml:"flush,omitempty" json:"flush,omitempty"`
+	Queue   string `yaml:"queue,omitempty" json:"queue,omitempty"` // prints the queue listing in QueueFormat
+	// Setup runs once before the first start (e.g. build a private instance, empty the queue).
+	Setup string `yaml:"setup,omitempty" json:"setup,omitempty"`
+	// Teardown runs once after the run.
+	Teardown string `yaml:"teardown,omitempty" json:"teardown,omitempty"`
+}
+
+// FakeMTARef points at a fake MTA already deployed beside the relay (staging).
+type FakeMTARef struct {
+	API   string `yaml:"api" json:"api"`
+	Token string `yaml:"token,omitempty" json:"token,omitempty"`
+}
+
+// Profile is a relay profile.
+type Profile struct {
+	Name        string         `yaml:"name" json:"name"`
+	Submit      Submit         `yaml:"submit" json:"submit"`
+	Commands    Commands       `yaml:"commands" json:"commands"`
+	QueueFormat QueueFormat    `yaml:"queue_format" json:"queue_format"`
+	NextHop     []string       `yaml:"next_hop" json:"next_hop"` // where the in-process fake MTA listens
+	FakeMTA     *FakeMTARef    `yaml:"fakemta,omitempty" json:"fakemta,omitempty"`
+	Timing      history.Timing `yaml:"timing" json:"timing"`
+	// Env is extra environment for commands (values ${ENV}-expanded).
+	Env map[string]string `yaml:"env,omitempty" json:"env,omitempty"`
+	// Dir is the profile file's folder; commands run there. Set by Load.
+	Dir string `yaml:"-" json:"dir"`
+	// Expectations overrides per scenario name, for behaviour a relay truly has
+	// (explained in README), e.g. {"delay-warning": {skip: "exim sends ..."}}.
+	Scenarios map[string]ScenarioOverride `yaml:"scenarios,omitempty" json:"scenarios,omitempty"`
+}
+
+// ScenarioOverride adjusts one scenario for one relay, with the reason.
+type ScenarioOverride struct {
+	Skip string `yaml:"skip,omitempty" json:"skip,omitempty"` // skip with this reason
+}
+
+// Capability is something a scenario may need from a profile.
+type Capability string
+
+// Capabilities.
+const (
+	CapRestart        Capability = "restart"
+	CapStop           Capability = "stop"
+	CapQueue          Capability = "queue"
+	CapFlush          Capability = "flush"
+	CapFakeMTAControl Capability = "fakemta-control" // stop/start the fake MTA (in-process only)
+	CapDelayWarning   Capability = "delay-warning"   // timing.delay_warning > 0
+)
