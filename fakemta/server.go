@@ -169,9 +169,14 @@ func (s *Server) Start() error {
 // Serve serves l in the background (tests pass a 127.0.0.1:0 listener).
 func (s *Server) Serve(l net.Listener) {
 	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		l.Close()
+		return
+	}
 	s.listeners = append(s.listeners, l)
+	s.serveWG.Add(1) // under mu, so Close's Wait cannot start before it
 	s.mu.Unlock()
-	s.serveWG.Add(1)
 	go func() {
 		defer s.serveWG.Done()
 		s.smtp.Serve(&tapListener{Listener: l, srv: s})
@@ -239,8 +244,14 @@ func (s *Server) Close() error {
 	for c := range s.conns {
 		conns = append(conns, c)
 	}
+	listeners := append([]net.Listener(nil), s.listeners...)
 	s.mu.Unlock()
 	err := s.smtp.Close()
+	// go-smtp closes only the listeners its Serve goroutines have already
+	// registered; one whose goroutine has not started yet would serve forever.
+	for _, l := range listeners {
+		l.Close()
+	}
 	for _, c := range conns {
 		c.Close()
 	}

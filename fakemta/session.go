@@ -126,7 +126,16 @@ func (se *session) Mail(from string, _ *smtp.MailOptions) error {
 		se.finish("")
 		return err
 	}
+	se.say(reply)
 	return nil
+}
+
+// say makes go-smtp's success reply carry the text the journal records
+// (go-smtp writes its own words for a nil error).
+func (se *session) say(r *Reply) {
+	if se.c.next == nil {
+		se.c.next = &override{reply: r}
+	}
 }
 
 // Rcpt decides one recipient: rules first, then the greylist.
@@ -157,6 +166,9 @@ func (se *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 	}
 	ra.Reply = *reply
 	se.tx.Rcpts = append(se.tx.Rcpts, ra)
+	if err == nil {
+		se.say(reply)
+	}
 	return err
 }
 
@@ -224,6 +236,9 @@ func (se *session) Data(r io.Reader) error {
 	se.tx.Message = msg
 	// Durable before the reply leaves: after 250 the message must not vanish.
 	se.finishDurable("")
+	if err == nil {
+		se.say(reply)
+	}
 	return err
 }
 

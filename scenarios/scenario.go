@@ -17,16 +17,20 @@ type Scenario struct {
 	// as a YAML node so the fakemta parser reports its own errors with the
 	// scenario file's positions.
 	Policy yaml.Node `yaml:"policy,omitempty"`
-	// Needs lists profile capabilities the scenario cannot run without
-	// (restart, queue, flush, fakemta-control, delay-warning). The loader
-	// also derives them from the steps.
-	Needs  []string `yaml:"needs,omitempty"`
-	Steps  []Step   `yaml:"steps"`
-	Expect Expect   `yaml:"expect,omitempty"`
+	// DeclaredNeeds is the YAML key `needs`: profile capabilities the
+	// scenario cannot run without (restart, stop, queue, flush,
+	// fakemta-control, delay-warning), beyond those its steps imply. The Go
+	// field is not called Needs because the method Needs returns declared
+	// and derived capabilities together.
+	DeclaredNeeds []string `yaml:"needs,omitempty"`
+	Steps         []Step   `yaml:"steps"`
+	Expect        Expect   `yaml:"expect,omitempty"`
 
-	// File and Line locate the scenario for messages. Set by the loader.
+	// File, Line and Col locate the scenario (its mapping) for messages.
+	// Set by the loader.
 	File string `yaml:"-"`
 	Line int    `yaml:"-"`
+	Col  int    `yaml:"-"`
 }
 
 // Step is one step; exactly one of its action fields is set.
@@ -84,7 +88,9 @@ type Restart struct {
 }
 
 // Checkpoint judges now: each message delivered, bounced, or visibly queued
-// with a retry due within retry_max.
+// with a retry due within retry_max. In YAML it is written `checkpoint:`,
+// `checkpoint: NAME` or `checkpoint: {name: NAME}`; the loader names an
+// unnamed checkpoint "step-N".
 type Checkpoint struct {
 	Name string `yaml:"name,omitempty"`
 }

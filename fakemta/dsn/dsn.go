@@ -38,7 +38,10 @@ type Notice struct {
 	Date         time.Time // Date header
 	ArrivalDate  time.Time
 	EnvelopeID   string // Original-Envelope-Id, optional
-	Recipients   []Recipient
+	// MessageID is the DSN's own Message-ID (angle brackets optional); Build
+	// generates one from Date, a random part and ReportingMTA when empty.
+	MessageID  string
+	Recipients []Recipient
 	// OriginalHeaders is the original message's header block; it is returned
 	// as text/rfc822-headers (or message/rfc822 with OriginalBody when ReturnFull).
 	OriginalHeaders []byte

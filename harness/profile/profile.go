@@ -58,6 +58,9 @@ type Profile struct {
 	NextHop     []string       `yaml:"next_hop" json:"next_hop"` // where the in-process fake MTA listens
 	FakeMTA     *FakeMTARef    `yaml:"fakemta,omitempty" json:"fakemta,omitempty"`
 	Timing      history.Timing `yaml:"timing" json:"timing"`
+	// LogFiles are the relay's own log files (e.g. Postfix's maillog_file);
+	// their tails join the captured output in failure dumps (${ENV}-expanded).
+	LogFiles []string `yaml:"log_files,omitempty" json:"log_files,omitempty"`
 	// Env is extra environment for commands (values ${ENV}-expanded).
 	Env map[string]string `yaml:"env,omitempty" json:"env,omitempty"`
 	// Dir is the profile file's folder; commands run there. Set by Load.

@@ -1,0 +1,58 @@
+# greyharness — make demo runs the default pack against the built-in sample
+# relay; make test runs every test (unit, sample-relay bug matrix, real
+# Postfix and Exim end to end).
+SHELL := /bin/bash
+export PATH := /usr/local/go/bin:$(PATH)
+GO      ?= go
+BIN     := bin/greyharness
+RESULTS ?= results
+
+.PHONY: all build demo test unit lint vet e2e e2e-postfix e2e-exim bench bench-fakemta fuzz clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN) ./cmd/greyharness
+
+## demo: the default scenario pack against the built-in sample relay.
+demo: build
+	$(BIN) run --relay sample
+
+## test: vet + gofmt, unit tests, sample-relay matrix, Postfix and Exim end to end.
+test: lint build unit e2e
+
+unit:
+	$(GO) test -count=1 -timeout 15m ./...
+
+lint: vet
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+
+vet:
+	$(GO) vet ./...
+
+e2e: e2e-postfix e2e-exim
+
+e2e-postfix: build
+	@mkdir -p $(RESULTS)
+	$(BIN) run --relay ci/postfix/relay.yaml --junit $(RESULTS)/postfix-junit.xml --json $(RESULTS)/postfix.json --results $(RESULTS)/postfix
+
+e2e-exim: build
+	@mkdir -p $(RESULTS)
+	$(BIN) run --relay ci/exim/relay.yaml --junit $(RESULTS)/exim-junit.xml --json $(RESULTS)/exim.json --results $(RESULTS)/exim
+
+bench: bench-fakemta
+	$(GO) test -run '^$$' -bench . -benchmem ./fakemta/...
+
+bench-fakemta:
+	bash fakemta/bench/bench.sh
+
+## fuzz: short runs of every fuzz target (FUZZTIME=60s for the long ones).
+FUZZTIME ?= 10s
+fuzz:
+	$(GO) test ./fakemta -run '^$$' -fuzz '^FuzzParsePolicy$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./fakemta -run '^$$' -fuzz '^FuzzWireTap$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./fakemta/dsn -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME)
+
+clean:
+	rm -rf bin $(RESULTS)

@@ -1,0 +1,193 @@
+#!/usr/bin/env bash
+# Private Exim 4 for greyharness: Debian's exim4-daemon-light extracted into a
+# private folder (it conflicts with Postfix as a package, so it is never
+# installed), run on loopback as a relay under test.
+#
+#   exim.sh install   download + extract Exim when missing (idempotent, non-interactive)
+#   exim.sh setup     install, then write the config and an EMPTY spool
+#   exim.sh start     exec exim -bdf -q1s (foreground daemon, 1-second queue runs)
+#   exim.sh ready     exit 0 when the daemon's port answers 220
+#   exim.sh stop      SIGTERM the daemon (harmless when not running)
+#   exim.sh flush     exim -qff (deliver everything now, frozen included)
+#   exim.sh queue     exim -bp
+#   exim.sh teardown  stop, then remove the work dir (the extracted Exim stays cached)
+#
+# Environment:
+#   GREYHARNESS_WORK   work dir (default /tmp/greyharness-exim)
+#   GREYHARNESS_CACHE  where Exim is extracted (default /tmp/greyharness-exim-root)
+#   SUBMIT_PORT        daemon port on 127.0.0.1 (default 2535)
+#   NEXT_HOP_PORT      every non-local domain goes to 127.0.0.1::PORT (default 2536)
+#
+# Run as root (CI: sudo): the daemon starts as root and delivers as Debian-exim.
+set -euo pipefail
+
+WORK=${GREYHARNESS_WORK:-/tmp/greyharness-exim}
+ROOT=${GREYHARNESS_CACHE:-/tmp/greyharness-exim-root}
+SUBMIT_PORT=${SUBMIT_PORT:-2535}
+NEXT_HOP_PORT=${NEXT_HOP_PORT:-2536}
+EXIM=$ROOT/usr/sbin/exim4
+CONF=$WORK/exim.conf
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin:$PATH
+
+die() { echo "exim.sh: $*" >&2; exit 1; }
+
+as_root() {
+	if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo -n "$@"; else die "need root for: $*"; fi
+}
+
+apt_install() {
+	if ! as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$@"; then
+		as_root apt-get update
+		as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$@"
+	fi
+}
+
+install_exim() {
+	if ! getent group Debian-exim >/dev/null; then as_root groupadd --system Debian-exim; fi
+	if ! getent passwd Debian-exim >/dev/null; then
+		as_root useradd --system --gid Debian-exim --no-create-home --home-dir /var/spool/exim4 \
+			--shell /usr/sbin/nologin Debian-exim
+	fi
+	if [ -x "$EXIM" ] && "$EXIM" -C /dev/null -bV >/dev/null 2>&1; then
+		return 0
+	fi
+	echo "exim.sh: extracting Exim from Debian packages into $ROOT" >&2
+	dpkg -s libidn12 >/dev/null 2>&1 || apt_install libidn12
+	local dl
+	dl=$(mktemp -d)
+	chmod 755 "$dl"
+	local pkgs="exim4-daemon-light exim4-base exim4-config"
+	if ! (cd "$dl" && apt-get download $pkgs); then
+		as_root apt-get update
+		(cd "$dl" && apt-get download $pkgs)
+	fi
+	mkdir -p "$ROOT"
+	for deb in "$dl"/*.deb; do dpkg -x "$deb" "$ROOT"; done
+	rm -rf "$dl"
+	[ -x "$EXIM" ] || die "no $EXIM after extraction"
+	# Shared libraries the light daemon needs but a minimal system may lack.
+	local missing
+	missing=$(ldd "$EXIM" | awk '/not found/{print $1}')
+	if [ -n "$missing" ]; then
+		echo "exim.sh: missing libraries: $missing" >&2
+		apt_install $(for l in $missing; do dpkg -S "$l" 2>/dev/null | cut -d: -f1; done) || true
+		missing=$(ldd "$EXIM" | awk '/not found/{print $1}')
+		[ -z "$missing" ] || die "Exim needs libraries that are not installed: $missing"
+	fi
+	"$EXIM" -C /dev/null -bV >/dev/null || die "$EXIM does not run"
+}
+
+pid_of() { [ -f "$WORK/exim.pid" ] && cat "$WORK/exim.pid" 2>/dev/null || true; }
+
+stop_daemon() {
+	local pid
+	pid=$(pid_of)
+	[ -n "$pid" ] || return 0
+	kill -TERM "$pid" 2>/dev/null || return 0
+	for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
+	kill -KILL "$pid" 2>/dev/null || true
+}
+
+setup() {
+	install_exim
+	case "$WORK" in /|/tmp|/tmp/|"") die "refusing work dir '$WORK'" ;; esac
+	stop_daemon
+	rm -rf "$WORK/spool" "$WORK/log"
+	mkdir -p "$WORK/spool" "$WORK/log"
+	chown Debian-exim:Debian-exim "$WORK/spool" "$WORK/log"
+	chmod 750 "$WORK/spool"
+	cat >"$CONF" <<EOF
+# greyharness private Exim: relay on 127.0.0.1:${SUBMIT_PORT} -> 127.0.0.1:${NEXT_HOP_PORT}
+exim_path = $EXIM
+exim_user = Debian-exim
+exim_group = Debian-exim
+spool_directory = $WORK/spool
+log_file_path = $WORK/log/%slog
+pid_file_path = $WORK/exim.pid
+primary_hostname = relay.greyharness.test
+qualify_domain = greyharness.test
+local_interfaces = 127.0.0.1
+daemon_smtp_ports = ${SUBMIT_PORT}
+domainlist local_domains =
+domainlist relay_to_domains =
+hostlist relay_from_hosts = 127.0.0.1
+acl_smtp_rcpt = acl_check_rcpt
+acl_smtp_data = acl_check_data
+host_lookup =
+rfc1413_hosts =
+tls_advertise_hosts =
+never_users = root
+keep_environment =
+smtp_accept_queue_per_connection = 0
+delay_warning = 15s
+# Bounces that cannot be delivered are dropped after a while instead of being
+# frozen for a week; frozen messages time out too.
+ignore_bounce_errors_after = 30s
+timeout_frozen_after = 2m
+log_selector = +smtp_confirmation +queue_time +deliver_time +received_recipients
+
+begin acl
+acl_check_rcpt:
+  accept  hosts = +relay_from_hosts
+  deny    message = relay not permitted
+acl_check_data:
+  accept
+
+begin routers
+to_next_hop:
+  driver = manualroute
+  domains = ! +local_domains
+  transport = remote_smtp
+  route_list = * 127.0.0.1::${NEXT_HOP_PORT}
+  self = send
+  no_more
+
+begin transports
+remote_smtp:
+  driver = smtp
+  allow_localhost
+  hosts_try_chunking = :
+  hosts_avoid_tls = *
+  connect_timeout = 5s
+
+begin retry
+*  *  F,40s,1s
+
+begin rewrite
+EOF
+	chmod 644 "$CONF"
+	"$EXIM" -C "$CONF" -bV >/dev/null || die "config check failed: $EXIM -C $CONF -bV"
+	echo "exim.sh: instance ready in $WORK (daemon 127.0.0.1:${SUBMIT_PORT}, next hop 127.0.0.1:${NEXT_HOP_PORT})" >&2
+}
+
+ready() {
+	local pid
+	pid=$(pid_of)
+	[ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 1
+	exec 3<>"/dev/tcp/127.0.0.1/${SUBMIT_PORT}" || return 1
+	local line=""
+	read -r -t 2 line <&3 || true
+	printf 'QUIT\r\n' >&3 || true
+	exec 3>&-
+	case "$line" in 220*) return 0 ;; *) return 1 ;; esac
+}
+
+cmd=${1:-}
+case "$cmd" in
+install) install_exim ;;
+setup) setup ;;
+start)
+	[ -f "$CONF" ] || die "no instance in $WORK: run setup first"
+	exec "$EXIM" -C "$CONF" -bdf -q1s
+	;;
+ready) ready 2>/dev/null ;;
+stop) stop_daemon ;;
+flush) exec "$EXIM" -C "$CONF" -qff ;;
+queue) exec "$EXIM" -C "$CONF" -bp ;;
+teardown)
+	stop_daemon
+	case "$WORK" in /|/tmp|/tmp/|"") die "refusing work dir '$WORK'" ;; esac
+	rm -rf "$WORK"
+	;;
+*) die "usage: exim.sh install|setup|start|ready|stop|flush|queue|teardown" ;;
+esac

@@ -1,0 +1,134 @@
+#!/usr/bin/env bash
+# Private Postfix instance for greyharness: a relay under test on loopback.
+#
+#   postfix.sh install   install Debian's postfix when missing (idempotent, non-interactive)
+#   postfix.sh setup     install, then build the private instance with an EMPTY queue
+#   postfix.sh start     run the instance in the foreground (exec postfix start-fg)
+#   postfix.sh ready     exit 0 when the smtpd port accepts and `postfix status` is ok
+#   postfix.sh stop      stop the instance (postfix stop; harmless when not running)
+#   postfix.sh flush     postqueue -f
+#   postfix.sh queue     postqueue -j (one JSON object per line)
+#   postfix.sh teardown  stop, then remove the work dir
+#
+# Environment:
+#   GREYHARNESS_WORK  work dir (default /tmp/greyharness-postfix)
+#   SUBMIT_PORT       smtpd listener on 127.0.0.1 (default 2525)
+#   NEXT_HOP_PORT     relayhost [127.0.0.1]:PORT, the fake MTA (default 2526)
+#
+# Postfix's master runs as root: run this as root (CI: sudo).
+set -euo pipefail
+
+WORK=${GREYHARNESS_WORK:-/tmp/greyharness-postfix}
+SUBMIT_PORT=${SUBMIT_PORT:-2525}
+NEXT_HOP_PORT=${NEXT_HOP_PORT:-2526}
+CONF=$WORK/etc
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin:$PATH
+
+die() { echo "postfix.sh: $*" >&2; exit 1; }
+
+as_root() {
+	if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo -n "$@"; else die "need root for: $*"; fi
+}
+
+install_postfix() {
+	if command -v postfix >/dev/null && command -v postqueue >/dev/null && [ -x /usr/lib/postfix/sbin/master ]; then
+		return 0
+	fi
+	echo "postfix.sh: installing postfix from Debian" >&2
+	echo "postfix postfix/main_mailer_type select No configuration" | as_root debconf-set-selections
+	if ! as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends postfix; then
+		as_root apt-get update
+		as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends postfix
+	fi
+	command -v postfix >/dev/null || die "postfix still missing after apt-get install"
+}
+
+running() { postfix -c "$CONF" status >/dev/null 2>&1; }
+
+stop_instance() {
+	[ -f "$CONF/main.cf" ] || return 0
+	if running; then
+		postfix -c "$CONF" stop >/dev/null 2>&1 || true
+		for _ in $(seq 1 100); do running || return 0; sleep 0.1; done
+		postfix -c "$CONF" abort >/dev/null 2>&1 || true
+	fi
+}
+
+setup() {
+	install_postfix
+	case "$WORK" in /|/tmp|/tmp/|"") die "refusing work dir '$WORK'" ;; esac
+	stop_instance
+	rm -rf "$WORK/spool" "$WORK/data" "$CONF"
+	mkdir -p "$CONF" "$WORK/spool" "$WORK/data"
+	chown root:root "$WORK/spool"
+	chown postfix "$WORK/data"
+	local master=/etc/postfix/master.cf
+	[ -f "$master" ] || master=/usr/share/postfix/master.cf.dist
+	# The smtpd listener moves from "smtp inet" to 127.0.0.1:SUBMIT_PORT.
+	sed -E "s/^smtp([[:space:]]+)inet([[:space:]])/127.0.0.1:${SUBMIT_PORT}\\1inet\\2/" "$master" >"$CONF/master.cf"
+	grep -q "^127.0.0.1:${SUBMIT_PORT}[[:space:]]" "$CONF/master.cf" || die "could not rewrite the smtp inet line of $master"
+	: >"$CONF/main.cf"
+	postconf -c "$CONF" -e \
+		"compatibility_level = 3.6" \
+		"queue_directory = $WORK/spool" \
+		"data_directory = $WORK/data" \
+		"maillog_file_prefixes = $WORK" \
+		"maillog_file = $WORK/maillog" \
+		"meta_directory = /etc/postfix" \
+		"myhostname = relay.greyharness.test" \
+		"mydomain = greyharness.test" \
+		"myorigin = \$myhostname" \
+		"mydestination =" \
+		"relay_domains =" \
+		"local_recipient_maps =" \
+		"alias_maps =" \
+		"alias_database =" \
+		"inet_interfaces = 127.0.0.1" \
+		"inet_protocols = ipv4" \
+		"smtp_bind_address = 127.0.0.1" \
+		"mynetworks = 127.0.0.0/8" \
+		"smtpd_relay_restrictions = permit_mynetworks, reject" \
+		"smtpd_peername_lookup = no" \
+		"relayhost = [127.0.0.1]:${NEXT_HOP_PORT}" \
+		"smtp_dns_support_level = disabled" \
+		"smtp_tls_security_level = may" \
+		"queue_run_delay = 1s" \
+		"minimal_backoff_time = 1s" \
+		"maximal_backoff_time = 2s" \
+		"bounce_queue_lifetime = 45s" \
+		"maximal_queue_lifetime = 45s" \
+		"delay_warning_time = 15s" \
+		"smtp_destination_concurrency_limit = 4" \
+		"default_process_limit = 20" \
+		"smtp_connect_timeout = 5s" \
+		"biff = no"
+	# Debian's master.cf chroots most services: the private instance has no chroot.
+	postconf -c "$CONF" -F '*/*/chroot = n'
+	postfix -c "$CONF" check >/dev/null 2>&1 || postfix -c "$CONF" check
+	echo "postfix.sh: instance ready in $WORK (smtpd 127.0.0.1:${SUBMIT_PORT}, relayhost [127.0.0.1]:${NEXT_HOP_PORT})" >&2
+}
+
+ready() {
+	(exec 3<>"/dev/tcp/127.0.0.1/${SUBMIT_PORT}") 2>/dev/null || return 1
+	running
+}
+
+cmd=${1:-}
+case "$cmd" in
+install) install_postfix ;;
+setup) setup ;;
+start)
+	[ -f "$CONF/main.cf" ] || die "no instance in $WORK: run setup first"
+	exec postfix -c "$CONF" start-fg
+	;;
+ready) ready ;;
+stop) stop_instance ;;
+flush) exec postqueue -c "$CONF" -f ;;
+queue) exec postqueue -c "$CONF" -j ;;
+teardown)
+	stop_instance
+	case "$WORK" in /|/tmp|/tmp/|"") die "refusing work dir '$WORK'" ;; esac
+	rm -rf "$WORK"
+	;;
+*) die "usage: postfix.sh install|setup|start|ready|stop|flush|queue|teardown" ;;
+esac

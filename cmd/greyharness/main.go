@@ -1,0 +1,84 @@
+// Command greyharness is the greylisting SMTP test harness: a fake remote
+// MTA, a scenario runner that judges a relay under test message by
+// message, and a sample relay with switchable bugs.
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+
+	"github.com/greyharness/greyharness/fakemta"
+	"github.com/greyharness/greyharness/harness"
+	"github.com/greyharness/greyharness/samplerelay"
+	"github.com/greyharness/greyharness/scenarios"
+)
+
+const usage = `greyharness — prove a relay never holds a greylisted message silently.
+
+Usage:
+  greyharness run [--relay FILE|sample[:BUG,...]] [--scenarios PATH]... [--label-filter EXPR]
+                  [--focus REGEX] [--junit FILE] [--json FILE] [--results DIR] [-v]
+  greyharness validate PATH...          check scenario files (file:line:col errors, exit 2)
+  greyharness judge DIR|history.json    re-judge a saved history offline
+  greyharness fakemta [flags]           run the fake remote MTA (greyharness fakemta -h)
+  greyharness sample-relay serve|queue|flush [flags]
+                                        the built-in sample relay with switchable bugs
+  greyharness probe ADDR                exit 0 when an SMTP server greets on ADDR
+
+Exit codes: 0 all passed, 1 a verdict failed, 2 bad input.
+`
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return harness.ExitBadInput
+	}
+	switch args[0] {
+	case "run":
+		o, err := harness.ParseRunFlags(args[1:], stderr)
+		if err != nil {
+			return harness.ExitBadInput
+		}
+		return harness.Run(o, stdout, stderr)
+	case "validate":
+		if len(args) < 2 {
+			fmt.Fprintln(stderr, "greyharness validate: give scenario files or folders")
+			return harness.ExitBadInput
+		}
+		if errs := scenarios.Validate(args[1:]); len(errs) > 0 {
+			for _, e := range errs {
+				fmt.Fprintln(stderr, e)
+			}
+			return harness.ExitBadInput
+		}
+		fmt.Fprintln(stdout, "ok")
+		return 0
+	case "judge":
+		verbose := false
+		var paths []string
+		for _, a := range args[1:] {
+			if a == "-v" {
+				verbose = true
+			} else {
+				paths = append(paths, a)
+			}
+		}
+		return harness.Judge(paths, stdout, stderr, verbose)
+	case "fakemta":
+		return fakemta.Main(args[1:], stdout, stderr)
+	case "sample-relay":
+		return samplerelay.Main(args[1:], stdout, stderr)
+	case "probe":
+		return harness.Probe(args[1:], stderr)
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+		return 0
+	}
+	fmt.Fprintf(stderr, "greyharness: unknown command %q\n\n%s", args[0], usage)
+	return harness.ExitBadInput
+}

@@ -1,0 +1,396 @@
+package dsn
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+)
+
+// utc builds a UTC time for expectations.
+func utc(y int, mo time.Month, d, h, mi, s int) time.Time {
+	return time.Date(y, mo, d, h, mi, s, 0, time.UTC)
+}
+
+// normalize puts every time in UTC so that reflect.DeepEqual compares
+// instants, not zone pointers.
+func normalize(r *Report) *Report {
+	if r == nil {
+		return nil
+	}
+	c := *r
+	c.ArrivalDate = c.ArrivalDate.UTC()
+	c.Recipients = append([]Recipient(nil), r.Recipients...)
+	for i := range c.Recipients {
+		c.Recipients[i].LastAttemptDate = c.Recipients[i].LastAttemptDate.UTC()
+		c.Recipients[i].WillRetryUntil = c.Recipients[i].WillRetryUntil.UTC()
+	}
+	return &c
+}
+
+func assertReport(t *testing.T, got, want *Report) {
+	t.Helper()
+	g, w := normalize(got), normalize(want)
+	if !reflect.DeepEqual(g, w) {
+		t.Errorf("report mismatch\n got: %+v\nwant: %+v", g, w)
+	}
+}
+
+// sampleWant is the exact report each sample in testdata must parse to.
+var sampleWant = map[string]*Report{
+	"postfix-failed.eml": {
+		ReportingMTA: "mx.client.test",
+		ArrivalDate:  utc(2026, 11, 24, 16, 25, 31),
+		Recipients: []Recipient{{
+			Action:            "failed",
+			Status:            "5.1.1",
+			FinalRecipient:    "failed@remote.test",
+			OriginalRecipient: "failed@remote.test",
+			DiagnosticCode:    "smtp; 550 5.1.1 <failed@remote.test>: Recipient address rejected: User unknown",
+			RemoteMTA:         "127.0.0.1",
+		}},
+		OriginalMessageID: "pf-failed-0001.20250101@client.test",
+		OriginalHarnessID: "gh-pf-failed-0001",
+		OriginalSubject:   "greyharness probe pf-failed-0001",
+	},
+	"postfix-delayed.eml": {
+		ReportingMTA: "mx.client.test",
+		ArrivalDate:  utc(2026, 11, 24, 16, 25, 31),
+		Recipients: []Recipient{{
+			Action:            "delayed",
+			Status:            "4.7.1",
+			FinalRecipient:    "delayed@remote.test",
+			OriginalRecipient: "delayed@remote.test",
+			DiagnosticCode:    "smtp; 451 4.7.1 <delayed@remote.test>: Recipient address rejected: Greylisted, try again later",
+			RemoteMTA:         "127.0.0.1",
+			WillRetryUntil:    utc(2026, 11, 24, 16, 25, 51),
+		}},
+		OriginalMessageID: "pf-delayed-0001.20250101@client.test",
+		OriginalHarnessID: "gh-pf-delayed-0001",
+		OriginalSubject:   "greyharness probe pf-delayed-0001",
+	},
+	"exim-failed.eml": {
+		ReportingMTA: "mx.exim.test",
+		Recipients: []Recipient{{
+			Action:         "failed",
+			Status:         "5.0.0",
+			FinalRecipient: "failed@remote.test",
+			DiagnosticCode: "smtp; 550 5.1.1 <failed@remote.test>: Recipient address rejected: User unknown",
+			RemoteMTA:      "127.0.0.1",
+		}},
+		OriginalMessageID: "exim-failed-0001.20250101@client.test",
+		OriginalHarnessID: "gh-exim-failed-0001",
+		OriginalSubject:   "greyharness probe exim-failed-0001",
+	},
+	"exim-delayed.eml": {
+		ReportingMTA: "mx.exim.test",
+		Recipients: []Recipient{{
+			Action:         "delayed",
+			Status:         "4.0.0",
+			FinalRecipient: "delayed@remote.test",
+			DiagnosticCode: "smtp; 451 4.7.1 <delayed@remote.test>: Recipient address rejected: Greylisted, try again later",
+			RemoteMTA:      "127.0.0.1",
+		}},
+		OriginalMessageID: "exim-delayed-0001.20250101@client.test",
+		OriginalHarnessID: "gh-exim-delayed-0001",
+		OriginalSubject:   "greyharness probe exim-delayed-0001",
+	},
+	"exchange-failed.eml": {
+		ReportingMTA: "EXCH01.contoso.test",
+		ArrivalDate:  utc(2025, 1, 6, 7, 15, 40),
+		Recipients: []Recipient{{
+			Action:            "failed",
+			Status:            "4.4.7",
+			FinalRecipient:    "delayed@remote.test",
+			OriginalRecipient: "delayed@remote.test",
+			DiagnosticCode:    "smtp;400 4.4.7 Message delayed",
+			RemoteMTA:         "mx.remote.test",
+		}},
+		OriginalMessageID: "exch-failed-0001.20250101@client.test",
+		OriginalHarnessID: "gh-exch-failed-0001",
+		OriginalSubject:   "greyharness probe exch-failed-0001 été", // RFC 2047, iso-8859-1
+	},
+}
+
+func readSample(t testing.TB, name string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("testdata", name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func toLF(b []byte) []byte   { return bytes.ReplaceAll(b, []byte("\r\n"), []byte("\n")) }
+func toCRLF(b []byte) []byte { return bytes.ReplaceAll(toLF(b), []byte("\n"), []byte("\r\n")) }
+
+func TestParseSamples(t *testing.T) {
+	for name, want := range sampleWant {
+		raw := readSample(t, name)
+		for _, v := range []struct {
+			ending string
+			data   []byte
+		}{{"as-saved", raw}, {"LF", toLF(raw)}, {"CRLF", toCRLF(raw)}} {
+			t.Run(name+"/"+v.ending, func(t *testing.T) {
+				got, err := Parse(bytes.NewReader(v.data))
+				if err != nil {
+					t.Fatalf("Parse: %v", err)
+				}
+				assertReport(t, got, want)
+			})
+		}
+	}
+}
+
+// TestSamplesCovered keeps sampleWant and testdata in step.
+func TestSamplesCovered(t *testing.T) {
+	files, err := filepath.Glob(filepath.Join("testdata", "*.eml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(files) != len(sampleWant) {
+		t.Fatalf("testdata has %d .eml files, sampleWant has %d", len(files), len(sampleWant))
+	}
+	for _, f := range files {
+		if sampleWant[filepath.Base(f)] == nil {
+			t.Errorf("%s has no expected report", f)
+		}
+	}
+}
+
+func TestParseNotDSN(t *testing.T) {
+	cases := map[string]string{
+		"plain text": "From: a@b\r\nSubject: hi\r\n\r\nhello\r\n",
+		"no header":  "",
+		"multipart/mixed": "Content-Type: multipart/mixed; boundary=x\r\n\r\n--x\r\n" +
+			"Content-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; a\r\n\r\n" +
+			"Final-Recipient: rfc822; b@c\r\nAction: failed\r\nStatus: 5.0.0\r\n\r\n--x--\r\n",
+		"MDN report": "Content-Type: multipart/report; report-type=disposition-notification; boundary=x\r\n\r\n" +
+			"--x\r\nContent-Type: text/plain\r\n\r\nread\r\n--x--\r\n",
+		"report without report-type": "Content-Type: multipart/report; boundary=x\r\n\r\n--x--\r\n",
+		"bad media params":           "Content-Type: multipart/report; report-type=delivery-status; boundary=\"x\r\n\r\n",
+	}
+	for name, msg := range cases {
+		t.Run(name, func(t *testing.T) {
+			rep, err := Parse(strings.NewReader(msg))
+			if !errors.Is(err, ErrNotDSN) {
+				t.Fatalf("err = %v, want ErrNotDSN", err)
+			}
+			if rep != nil {
+				t.Errorf("report = %+v, want nil", rep)
+			}
+		})
+	}
+}
+
+func TestParseMalformedKeepsPartialReport(t *testing.T) {
+	// A report whose status part is missing: the returned headers still name
+	// the message, for a "bad DSN" verdict.
+	msg := "Content-Type: multipart/report; report-type=delivery-status; boundary=b\n\n" +
+		"--b\nContent-Type: text/plain\n\nsorry\n" +
+		"--b\nContent-Type: text/rfc822-headers\n\nMessage-ID: <m1@x>\nX-Greyharness-Id: gh-1\n\n--b--\n"
+	rep, err := Parse(strings.NewReader(msg))
+	if !errors.Is(err, ErrMalformed) {
+		t.Fatalf("err = %v, want ErrMalformed", err)
+	}
+	assertReport(t, rep, &Report{OriginalMessageID: "m1@x", OriginalHarnessID: "gh-1"})
+
+	// A status part without any per-recipient group.
+	msg = "Content-Type: multipart/report; report-type=delivery-status; boundary=b\n\n" +
+		"--b\nContent-Type: message/delivery-status\n\nReporting-MTA: dns; mx.a\n\n--b--\n"
+	rep, err = Parse(strings.NewReader(msg))
+	if !errors.Is(err, ErrMalformed) {
+		t.Fatalf("err = %v, want ErrMalformed", err)
+	}
+	assertReport(t, rep, &Report{ReportingMTA: "mx.a"})
+
+	// An unreadable top-level header.
+	if _, err := Parse(strings.NewReader(" leading continuation\r\n\r\n")); !errors.Is(err, ErrMalformed) {
+		t.Fatalf("err = %v, want ErrMalformed", err)
+	}
+}
+
+func TestParseTooLarge(t *testing.T) {
+	head := "Content-Type: multipart/report; report-type=delivery-status; boundary=b\r\n\r\n"
+	r := io.MultiReader(strings.NewReader(head), io.LimitReader(zeros{}, MaxMessageBytes))
+	if _, err := Parse(r); !errors.Is(err, ErrTooLarge) {
+		t.Fatalf("err = %v, want ErrTooLarge", err)
+	}
+}
+
+type zeros struct{}
+
+func (zeros) Read(p []byte) (int, error) {
+	for i := range p {
+		p[i] = 'a'
+	}
+	return len(p), nil
+}
+
+type failingReader struct{}
+
+func (failingReader) Read([]byte) (int, error) { return 0, errors.New("boom") }
+
+func TestParseReadError(t *testing.T) {
+	_, err := Parse(failingReader{})
+	if err == nil || !strings.Contains(err.Error(), "boom") {
+		t.Fatalf("err = %v, want the read error", err)
+	}
+}
+
+// TestParseQuirks covers layouts seen in the wild that the samples do not:
+// several recipients, typed addresses in angle brackets, status comments,
+// junk lines, base64 and unknown charsets, truncation, and the
+// In-Reply-To/References fallback.
+func TestParseQuirks(t *testing.T) {
+	tests := []struct {
+		name string
+		msg  string
+		want *Report
+	}{{
+		name: "two recipients, comments, brackets, blank-ish separators",
+		msg: "Content-Type: Multipart/Report; Report-Type=\"Delivery-Status\"; boundary=\"b\"\n\n" +
+			"preamble\n--b\nContent-Type: message/delivery-status\n\n" +
+			"\n  \nReporting-MTA: dns; mx.a.test\nOriginal-Envelope-Id: ENV-1\n" +
+			"Arrival-Date: Mon, 6 Jan 2025 07:15:40 -0500\n\n" +
+			"Final-Recipient: RFC822; <one@x.test>\nAction: Failed\nStatus: 5.0.0 (permanent failure)\n" +
+			"Last-Attempt-Date: Mon, 6 Jan 2025 07:16:00 -0500\n\n\n" +
+			"Final-Recipient: rfc822;two@x.test\nAction: DELAYED\nStatus: 4.4.1\n" +
+			"Diagnostic-Code: X-Postfix;\n connect to mx.x.test[192.0.2.1]:25:\n\tConnection refused\n" +
+			"--b--\n",
+		want: &Report{
+			ReportingMTA:       "mx.a.test",
+			OriginalEnvelopeID: "ENV-1",
+			ArrivalDate:        utc(2025, 1, 6, 12, 15, 40),
+			Recipients: []Recipient{
+				{Action: "failed", Status: "5.0.0", FinalRecipient: "one@x.test", LastAttemptDate: utc(2025, 1, 6, 12, 16, 0)},
+				{Action: "delayed", Status: "4.4.1", FinalRecipient: "two@x.test",
+					DiagnosticCode: "X-Postfix; connect to mx.x.test[192.0.2.1]:25: Connection refused"},
+			},
+		},
+	}, {
+		name: "malformed line skips rest of its group only",
+		msg: "Content-Type: multipart/report; report-type=delivery-status; boundary=b\r\n\r\n" +
+			"--b\r\nContent-Type: message/delivery-status\r\n\r\n" +
+			"Reporting-MTA: dns; mx.a.test\r\nthis line has no colon\r\nArrival-Date: junk\r\n\r\n" +
+			"Final-Recipient: rfc822; one@x.test\r\nAction: failed\r\nStatus: 5.1.1\r\n\r\n" +
+			"--b--\r\n",
+		want: &Report{
+			ReportingMTA: "mx.a.test",
+			Recipients:   []Recipient{{Action: "failed", Status: "5.1.1", FinalRecipient: "one@x.test"}},
+		},
+	}, {
+		name: "base64 status, unknown charsets, encoded subject in unknown charset",
+		msg: "Content-Type: multipart/report; report-type=delivery-status; boundary=b\n\n" +
+			"--b\nContent-Type: text/plain; charset=x-no-such-charset\n\n\xff\xfe\n" +
+			"--b\nContent-Type: message/delivery-status\nContent-Transfer-Encoding: base64\n\n" +
+			"UmVwb3J0aW5nLU1UQTogZG5zOyBteC5iNjQudGVzdAoKRmluYWwtUmVjaXBpZW50OiByZmM4\n" +
+			"MjI7IGJAeC50ZXN0CkFjdGlvbjogZmFpbGVkClN0YXR1czogNS4xLjEK\n" +
+			"--b\nContent-Type: text/rfc822-headers; charset=x-no-such-charset\n\n" +
+			"Subject: =?x-no-such-charset?Q?caf=E9?=\nMessage-Id: <q@x>\n\n" +
+			"--b--\n",
+		want: &Report{
+			ReportingMTA:      "mx.b64.test",
+			Recipients:        []Recipient{{Action: "failed", Status: "5.1.1", FinalRecipient: "b@x.test"}},
+			OriginalMessageID: "q@x",
+			OriginalSubject:   "=?x-no-such-charset?Q?caf=E9?=",
+		},
+	}, {
+		name: "known legacy charset part and quoted-printable returned headers",
+		msg: "Content-Type: multipart/report; report-type=delivery-status; boundary=b\n\n" +
+			"--b\nContent-Type: message/delivery-status\n\n" +
+			"Reporting-MTA: dns; mx.a.test\n\nFinal-Recipient: rfc822; b@x.test\nAction: failed\nStatus: 5.1.1\n\n" +
+			"--b\nContent-Type: text/rfc822-headers; charset=windows-1252\nContent-Transfer-Encoding: quoted-printable\n\n" +
+			"Subject: caf=E9 =80\nMessage-Id: <q@x>\n\n" +
+			"--b--\n",
+		want: &Report{
+			ReportingMTA:      "mx.a.test",
+			Recipients:        []Recipient{{Action: "failed", Status: "5.1.1", FinalRecipient: "b@x.test"}},
+			OriginalMessageID: "q@x",
+			OriginalSubject:   "café €",
+		},
+	}, {
+		name: "truncated after the status part, id from References",
+		msg: "References: <older@x> <orig@client.test>\n" +
+			"Content-Type: multipart/report; report-type=delivery-status; boundary=b\n\n" +
+			"--b\nContent-Type: message/delivery-status\n\n" +
+			"Reporting-MTA: dns; mx.a.test\n\nFinal-Recipient: rfc822; b@x.test\nAction: delayed\nStatus: 4.7.1\n",
+		want: &Report{
+			ReportingMTA:      "mx.a.test",
+			Recipients:        []Recipient{{Action: "delayed", Status: "4.7.1", FinalRecipient: "b@x.test"}},
+			OriginalMessageID: "orig@client.test",
+		},
+	}, {
+		name: "In-Reply-To preferred over References",
+		msg: "In-Reply-To: <irt@client.test>\nReferences: <other@x>\n" +
+			"Content-Type: multipart/report; report-type=delivery-status; boundary=b\n\n" +
+			"--b\nContent-Type: message/delivery-status\n\n" +
+			"Final-Recipient: rfc822; b@x.test\nAction: failed\nStatus: 5.1.1\n\n--b--\n",
+		want: &Report{
+			Recipients:        []Recipient{{Action: "failed", Status: "5.1.1", FinalRecipient: "b@x.test"}},
+			OriginalMessageID: "irt@client.test",
+		},
+	}, {
+		name: "RFC 6533 global delivery status with utf-8 addresses",
+		msg: "Content-Type: multipart/report; report-type=global-delivery-status; boundary=b\n\n" +
+			"--b\nContent-Type: message/global-delivery-status\n\n" +
+			"Reporting-MTA: dns; mx.a.test\n\n" +
+			"Original-Recipient: utf-8; j\\x{00F6}rg@b\\x{00FC}cher.test\n" +
+			"Final-Recipient: utf-8; jörg@bücher.test\nAction: failed\nStatus: 5.1.1\n\n" +
+			"--b\nContent-Type: message/global-headers\n\n" +
+			"Message-ID: <g@x>\nSubject: Grüße\nX-Greyharness-Id: gh-g\n\n" +
+			"--b--\n",
+		want: &Report{
+			ReportingMTA: "mx.a.test",
+			Recipients: []Recipient{{Action: "failed", Status: "5.1.1",
+				FinalRecipient: "jörg@bücher.test", OriginalRecipient: "jörg@bücher.test"}},
+			OriginalMessageID: "g@x",
+			OriginalHarnessID: "gh-g",
+			OriginalSubject:   "Grüße",
+		},
+	}, {
+		name: "returned message with leading blank line and bare Message-ID",
+		msg: "Content-Type: multipart/report; report-type=delivery-status; boundary=b\n\n" +
+			"--b\nContent-Type: message/delivery-status\n\n" +
+			"Final-Recipient: rfc822; b@x.test\nAction: failed\nStatus: 5.1.1\n\n" +
+			"--b\nContent-Type: message/rfc822\n\n\nMessage-ID: bare-id@x\nSubject:\n  folded\n  subject\n\nbody\n" +
+			"--b--\n",
+		want: &Report{
+			Recipients:        []Recipient{{Action: "failed", Status: "5.1.1", FinalRecipient: "b@x.test"}},
+			OriginalMessageID: "bare-id@x",
+			OriginalSubject:   "folded subject",
+		},
+	}}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := Parse(strings.NewReader(tt.msg))
+			if err != nil {
+				t.Fatalf("Parse: %v", err)
+			}
+			assertReport(t, got, tt.want)
+		})
+	}
+}
+
+func TestStripType(t *testing.T) {
+	for in, want := range map[string]string{
+		"rfc822; a@b":           "a@b",
+		"rfc822;a@b":            "a@b",
+		" RFC822 ; <a@b> ":      "a@b",
+		"a@b":                   "a@b",
+		"dns; mx.example":       "mx.example",
+		`"a;b"@c`:               `"a;b"@c`,
+		"utf-8; \\x{41}\\x{zz}": "A\\x{zz}",
+		"utf-8; \\x{41":         "\\x{41",
+		"":                      "",
+	} {
+		if got := stripType(in); got != want {
+			t.Errorf("stripType(%q) = %q, want %q", in, got, want)
+		}
+	}
+}

@@ -1,0 +1,272 @@
+package harness
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	. "github.com/onsi/ginkgo/v2"
+
+	"github.com/greyharness/greyharness/harness/ledger"
+	"github.com/greyharness/greyharness/harness/profile"
+	"github.com/greyharness/greyharness/harness/relay"
+	"github.com/greyharness/greyharness/harness/report"
+	"github.com/greyharness/greyharness/harness/runner"
+	"github.com/greyharness/greyharness/scenarios"
+)
+
+// Exit codes of `greyharness run` and `greyharness judge`.
+const (
+	ExitPassed   = 0
+	ExitFailed   = 1
+	ExitBadInput = 2
+)
+
+type stringList []string
+
+func (l *stringList) String() string     { return strings.Join(*l, ",") }
+func (l *stringList) Set(v string) error { *l = append(*l, v); return nil }
+
+// RunOptions are `greyharness run`'s flags.
+type RunOptions struct {
+	Relay       string
+	Scenarios   []string
+	LabelFilter string
+	Focus       string
+	JUnit       string
+	JSON        string
+	Results     string
+	Verbose     bool
+	// Bin is the greyharness binary the sample relay runs as (default: this executable).
+	Bin string
+	Env map[string]string
+}
+
+// ParseRunFlags parses `greyharness run` flags.
+func ParseRunFlags(args []string, stderr io.Writer) (*RunOptions, error) {
+	o := &RunOptions{}
+	fs := flag.NewFlagSet("greyharness run", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&o.Relay, "relay", "sample", "relay profile: a YAML file, or sample[:BUG[,BUG]] for the built-in sample relay")
+	var sc stringList
+	fs.Var(&sc, "scenarios", "scenario file or folder (repeatable; default: the embedded default pack)")
+	fs.StringVar(&o.LabelFilter, "label-filter", "", "run only scenarios whose labels match this Ginkgo label expression")
+	fs.StringVar(&o.Focus, "focus", "", "run only scenarios whose name matches this regular expression")
+	fs.StringVar(&o.JUnit, "junit", "", "write a JUnit XML report here")
+	fs.StringVar(&o.JSON, "json", "", "write the verdicts as JSON here")
+	fs.StringVar(&o.Results, "results", "results", "folder for the history of failed scenarios (re-judge with greyharness judge)")
+	fs.BoolVar(&o.Verbose, "v", false, "print every message's timeline, not only failing ones")
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	o.Scenarios = sc
+	return o, nil
+}
+
+// cliT is the GinkgoTestingT of a run outside `go test`.
+type cliT struct{ failed bool }
+
+func (t *cliT) Fail() { t.failed = true }
+
+// Run is `greyharness run`: load, run the specs, report. It returns the exit code.
+func Run(o *RunOptions, stdout, stderr io.Writer) int {
+	scs, err := LoadScenarios(o.Scenarios)
+	if err != nil {
+		printErrors(stderr, err)
+		return ExitBadInput
+	}
+	prof, cleanup, err := LoadRelay(o.Relay, o.Bin, o.Env)
+	if err != nil {
+		printErrors(stderr, err)
+		return ExitBadInput
+	}
+	defer cleanup()
+	logDir, err := os.MkdirTemp("", "greyharness-relay-log-")
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return ExitBadInput
+	}
+	defer os.RemoveAll(logDir)
+	results := o.Results
+	if results != "" {
+		results, _ = filepath.Abs(results)
+	}
+	s := &Suite{Profile: prof, Relay: relay.New(prof, logDir), Scenarios: scs, ResultsDir: results, Progress: stderr, Verbose: o.Verbose}
+	DefineSpecs(s)
+	suiteCfg, repCfg := GinkgoConfiguration()
+	suiteCfg.LabelFilter = o.LabelFilter
+	if o.Focus != "" {
+		suiteCfg.FocusStrings = []string{o.Focus}
+	}
+	repCfg.JUnitReport = o.JUnit
+	repCfg.NoColor = os.Getenv("NO_COLOR") != "" || os.Getenv("CI") != ""
+	repCfg.Succinct = true
+	t := &cliT{}
+	passed := RunSpecs(t, "greyharness: "+prof.Name, suiteCfg, repCfg)
+	if o.JSON != "" {
+		if err := writeOutcomes(o.JSON, s.Outcomes); err != nil {
+			fmt.Fprintln(stderr, err)
+		}
+	}
+	summary(stdout, prof.Name, s.Outcomes)
+	if !passed || t.failed {
+		return ExitFailed
+	}
+	return ExitPassed
+}
+
+func printErrors(w io.Writer, err error) {
+	var j interface{ Unwrap() []error }
+	if errors.As(err, &j) {
+		for _, e := range j.Unwrap() {
+			printErrors(w, e)
+		}
+		return
+	}
+	fmt.Fprintln(w, err)
+}
+
+// LoadScenarios loads scenario files or folders; none means the embedded default pack.
+func LoadScenarios(paths []string) ([]scenarios.Scenario, error) {
+	if len(paths) == 0 {
+		return scenarios.Default()
+	}
+	return scenarios.LoadPaths(paths)
+}
+
+// LoadRelay resolves --relay: a profile file, or sample[:BUGS]. The cleanup
+// removes the sample relay's work folder.
+func LoadRelay(spec, bin string, env map[string]string) (*profile.Profile, func(), error) {
+	if spec == "sample" || strings.HasPrefix(spec, "sample:") {
+		if bin == "" {
+			exe, err := os.Executable()
+			if err != nil {
+				return nil, func() {}, err
+			}
+			bin = exe
+		}
+		dir, err := os.MkdirTemp("", "greyharness-sample-relay-")
+		if err != nil {
+			return nil, func() {}, err
+		}
+		p, err := SampleProfile(bin, strings.TrimPrefix(strings.TrimPrefix(spec, "sample"), ":"), dir, env)
+		if err != nil {
+			os.RemoveAll(dir)
+			return nil, func() {}, err
+		}
+		return p, func() { os.RemoveAll(dir) }, nil
+	}
+	p, err := profile.Load(spec)
+	return p, func() {}, err
+}
+
+type outcomeJSON struct {
+	Scenario string          `json:"scenario"`
+	Status   string          `json:"status"` // passed, failed, skipped, error
+	Skipped  string          `json:"skipped,omitempty"`
+	Error    string          `json:"error,omitempty"`
+	Saved    string          `json:"saved,omitempty"`
+	Result   json.RawMessage `json:"result,omitempty"`
+}
+
+func status(o Outcome) string {
+	switch {
+	case o.Skipped != "":
+		return "skipped"
+	case o.Result == nil:
+		return "error"
+	case o.Result.Passed && o.Err == "":
+		return "passed"
+	}
+	return "failed"
+}
+
+func writeOutcomes(path string, outs []Outcome) error {
+	var arr []outcomeJSON
+	for _, o := range outs {
+		j := outcomeJSON{Scenario: o.Scenario, Status: status(o), Skipped: o.Skipped, Error: o.Err, Saved: o.Saved}
+		if o.Result != nil {
+			var b strings.Builder
+			if err := report.JSON(&b, *o.Result); err == nil {
+				j.Result = json.RawMessage(b.String())
+			}
+		}
+		arr = append(arr, j)
+	}
+	b, err := json.MarshalIndent(arr, "", "  ")
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(path, append(b, '\n'), 0o644)
+}
+
+func summary(w io.Writer, relay string, outs []Outcome) {
+	counts := map[string]int{}
+	for _, o := range outs {
+		counts[status(o)]++
+	}
+	verdicts := map[ledger.Verdict]int{}
+	for _, o := range outs {
+		if o.Result != nil {
+			for v, n := range o.Result.Counts {
+				verdicts[v] += n
+			}
+		}
+	}
+	var vs []string
+	for v, n := range verdicts {
+		vs = append(vs, fmt.Sprintf("%s %d", v, n))
+	}
+	sort.Strings(vs)
+	fmt.Fprintf(w, "greyharness: relay %s: %d scenario(s) passed, %d failed, %d skipped", relay, counts["passed"], counts["failed"]+counts["error"], counts["skipped"])
+	if len(vs) > 0 {
+		fmt.Fprintf(w, " — verdicts: %s", strings.Join(vs, ", "))
+	}
+	fmt.Fprintln(w)
+}
+
+// Judge is `greyharness judge DIR`: re-judge saved histories offline.
+func Judge(paths []string, stdout, stderr io.Writer, verbose bool) int {
+	if len(paths) == 0 {
+		fmt.Fprintln(stderr, "greyharness judge: give a results folder or history.json")
+		return ExitBadInput
+	}
+	code := ExitPassed
+	for _, p := range paths {
+		files := []string{p}
+		if st, err := os.Stat(p); err == nil && st.IsDir() {
+			files, _ = filepath.Glob(filepath.Join(p, "history.json"))
+			more, _ := filepath.Glob(filepath.Join(p, "*", "history.json"))
+			files = append(files, more...)
+		}
+		if len(files) == 0 {
+			fmt.Fprintf(stderr, "greyharness judge: no history.json in %s\n", p)
+			return ExitBadInput
+		}
+		for _, f := range files {
+			h, err := runner.LoadHistory(f)
+			if err != nil {
+				fmt.Fprintln(stderr, err)
+				return ExitBadInput
+			}
+			res := ledger.Judge(h)
+			report.Text(stdout, res, h, verbose)
+			if !res.Passed {
+				code = ExitFailed
+			}
+		}
+	}
+	return code
+}
+
+var _ = context.Background

@@ -1,0 +1,722 @@
+package ledger
+
+import (
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/greyharness/greyharness/fakemta"
+	"github.com/greyharness/greyharness/harness/history"
+)
+
+// Judge judges a History. It is pure: "now" is h.Ended, and only the
+// History's own timestamps are used (the fake MTA's journal times for
+// attempts and DSNs; never dates written by the relay).
+func Judge(h *history.History) Result {
+	if h == nil {
+		h = &history.History{}
+	}
+	j := newJudge(h)
+	j.walk()
+	var out []Finding
+	for _, trs := range j.tracks {
+		for _, tr := range trs {
+			out = append(out, j.judgeTrack(tr))
+		}
+	}
+	sort.SliceStable(out, func(a, b int) bool {
+		x, y := out[a], out[b]
+		if !x.SubmittedAt.Equal(y.SubmittedAt) {
+			return x.SubmittedAt.Before(y.SubmittedAt)
+		}
+		if x.HarnessID != y.HarnessID {
+			return x.HarnessID < y.HarnessID
+		}
+		return strings.ToLower(x.Rcpt) < strings.ToLower(y.Rcpt)
+	})
+	sc := j.scenario
+	sort.SliceStable(sc, func(a, b int) bool {
+		x, y := sc[a], sc[b]
+		if !x.Timeline[0].At.Equal(y.Timeline[0].At) {
+			return x.Timeline[0].At.Before(y.Timeline[0].At)
+		}
+		return x.Why < y.Why
+	})
+	out = append(out, sc...)
+	r := Result{Findings: out, Passed: true, Counts: map[Verdict]int{}}
+	for _, f := range out {
+		r.Counts[f.Primary]++
+		if f.Failed {
+			r.Passed = false
+		}
+	}
+	return r
+}
+
+// expectation is a group's merged expectations.
+type expectation struct {
+	verdict   Verdict
+	within    time.Duration
+	dsnAction string
+}
+
+// NormalizeVerdict maps the spellings a scenario may use ("held silently",
+// "held_silently", "Held-Silently") to the Verdict.
+func NormalizeVerdict(s string) Verdict {
+	s = strings.ToLower(strings.TrimSpace(s))
+	s = strings.NewReplacer(" ", "-", "_", "-").Replace(s)
+	return Verdict(s)
+}
+
+// expectFor merges the expectations for group: a group's own entries win
+// over group-less ("all messages") entries; unset verdict means delivered.
+func (j *judge) expectFor(group string) expectation {
+	var e expectation
+	for pass := 0; pass < 2; pass++ {
+		for _, x := range j.h.Expect.Messages {
+			if (pass == 0 && (group == "" || x.Group != group)) || (pass == 1 && x.Group != "") {
+				continue
+			}
+			if e.verdict == "" && x.Verdict != "" {
+				e.verdict = NormalizeVerdict(x.Verdict)
+			}
+			if e.within == 0 && x.Within > 0 {
+				e.within = x.Within.D()
+			}
+			if e.dsnAction == "" && x.DSNAction != "" {
+				e.dsnAction = strings.ToLower(strings.TrimSpace(x.DSNAction))
+			}
+		}
+	}
+	if e.verdict == "" {
+		e.verdict = Delivered
+	}
+	return e
+}
+
+func (e expectation) String() string {
+	s := string(e.verdict)
+	if e.within > 0 {
+		s += " within " + e.within.String()
+	}
+	if e.dsnAction != "" {
+		s += ", with a DSN Action: " + e.dsnAction
+	}
+	return s
+}
+
+// activity is a moment from which the relay gets a fresh retry_max: the
+// submission, an attempt, or the end of an outage.
+type activity struct {
+	at   time.Time
+	what string
+}
+
+// window is a stretch past a retry deadline with no attempt while the
+// message was unresolved.
+type window struct {
+	from     activity
+	deadline time.Time
+	until    time.Time
+	untilWhy string
+	open     bool // unresolved to the end of the scenario
+}
+
+type verdicts struct {
+	why     map[Verdict][]string
+	failing map[Verdict]bool
+}
+
+func (v *verdicts) add(x Verdict, why string) {
+	if v.why == nil {
+		v.why = map[Verdict][]string{}
+	}
+	if why != "" {
+		v.why[x] = append(v.why[x], why)
+	} else if _, ok := v.why[x]; !ok {
+		v.why[x] = nil
+	}
+}
+
+func (v *verdicts) has(x Verdict) bool { _, ok := v.why[x]; return ok }
+
+func (j *judge) rel(t time.Time) string { return Rel(j.h.Started, t) }
+
+func (j *judge) judgeTrack(tr *track) Finding {
+	s := tr.sub
+	exp := j.expectFor(s.Group)
+	f := Finding{
+		HarnessID: s.HarnessID, MessageID: s.MessageID, Group: s.Group, Rcpt: tr.rcpt,
+		SubmittedAt: s.SubmittedAt, Expected: exp.String(),
+	}
+	tl := []TimelineEntry{{At: s.SubmittedAt, What: WhatSubmitted,
+		Detail: fmt.Sprintf("MAIL FROM:<%s> RCPT TO:<%s>, relay replied %s", s.MailFrom, tr.rcpt, fmtReply(&s.Reply))}}
+	if !s.Accepted {
+		f.Verdicts, f.Primary = []Verdict{NotAccepted}, NotAccepted
+		f.Why = fmt.Sprintf("the relay refused the submission at %s (%s): not its responsibility", j.rel(s.SubmittedAt), fmtReply(&s.Reply))
+		f.Timeline = tl
+		return f
+	}
+	sort.SliceStable(tr.attempts, func(a, b int) bool { return tr.attempts[a].at.Before(tr.attempts[b].at) })
+	sort.SliceStable(tr.dsns, func(a, b int) bool { return tr.dsns[a].at.Before(tr.dsns[b].at) })
+	sort.Slice(tr.delivered, func(a, b int) bool { return tr.delivered[a].Before(tr.delivered[b]) })
+	var v verdicts
+	extraFail := []string{}
+
+	// Resolution: first delivery, first well-formed failed DSN, or first
+	// failed DSN that is bad (the relay did report, but unusably).
+	var delivered, bounced, badResolved time.Time
+	var bounce *dsnSeen
+	if len(tr.delivered) > 0 {
+		delivered = tr.delivered[0]
+	}
+	for i := range tr.dsns {
+		d := &tr.dsns[i]
+		if !d.accepted {
+			continue
+		}
+		switch {
+		case len(d.problems) > 0:
+			v.add(BadDSN, fmt.Sprintf("the DSN that arrived at %s %s", j.rel(d.at), strings.Join(d.problems, "; ")))
+			if d.action == "failed" && badResolved.IsZero() {
+				badResolved = d.at
+			}
+		case d.action == "failed":
+			if bounce == nil {
+				bounce, bounced = d, d.at
+			}
+		case d.action == "delayed":
+			v.add(DelayedNotice, fmt.Sprintf("a DSN Action: delayed (Status %s) arrived at %s", d.status, j.rel(d.at)))
+		}
+	}
+	resolved := earliest(delivered, bounced, badResolved)
+	end := resolved
+	if end.IsZero() {
+		end = j.h.Ended
+	}
+
+	// Attempts as activities, and the timeline of attempts.
+	acts := []activity{{s.SubmittedAt, "submission"}}
+	var lastAttempt time.Time
+	bodies := 0
+	var bodyNotes []string
+	for _, a := range tr.attempts {
+		tl = append(tl, j.attemptEntries(tr, a)...)
+		if a.at.Before(end) {
+			acts = append(acts, activity{a.at, "attempt"})
+		}
+		if a.at.After(lastAttempt) {
+			lastAttempt = a.at
+		}
+		if a.body && a.rcpt != nil && is2xx(a.rcpt.Code) && !a.rcpt.Dropped && a.data != nil && (a.data.Dropped || is2xx(a.data.Code)) {
+			bodies++
+			what := fmtReply(a.data)
+			if a.data.Dropped {
+				what = "line dropped after the body, no reply"
+			}
+			bodyNotes = append(bodyNotes, fmt.Sprintf("%s (%s)", j.rel(a.at), what))
+		}
+	}
+	var connOnly []attempt
+	for _, a := range j.connOnly {
+		if a.at.After(s.SubmittedAt) && a.at.Before(end) {
+			acts = append(acts, activity{a.at, "connection attempt"})
+			connOnly = append(connOnly, a)
+		}
+	}
+	tl = append(tl, j.collapseConnOnly(connOnly)...)
+	for _, o := range j.outages {
+		if o.end.After(s.SubmittedAt) && o.end.Before(end) {
+			acts = append(acts, activity{o.end, "end of " + string(o.kind)})
+		}
+	}
+	sort.SliceStable(acts, func(a, b int) bool { return acts[a].at.Before(acts[b].at) })
+
+	// Faults, DSNs and queue sightings on the timeline.
+	for _, fl := range j.h.Faults {
+		if !fl.Start.Before(s.SubmittedAt) && !fl.Start.After(end) || (fl.Start.Before(s.SubmittedAt) && fl.End.After(s.SubmittedAt)) {
+			d := string(fl.Kind)
+			if !fl.End.IsZero() {
+				d += " until " + j.rel(fl.End)
+			}
+			if fl.Detail != "" {
+				d += ": " + fl.Detail
+			}
+			if fl.Err != "" {
+				d += " (error: " + fl.Err + ")"
+			}
+			tl = append(tl, TimelineEntry{At: fl.Start, What: WhatFault, Detail: d})
+		}
+	}
+	for _, d := range tr.dsns {
+		det := fmt.Sprintf("conn %d: DSN Action: %s Status: %s, attributed by %s", d.conn, d.action, d.status, d.matchedBy)
+		if !d.accepted {
+			det += " (not accepted by the fake MTA)"
+		}
+		if len(d.problems) > 0 {
+			det += "; bad: " + strings.Join(d.problems, "; ")
+		}
+		tl = append(tl, TimelineEntry{At: d.at, What: WhatDSN, Detail: det})
+	}
+	tl = append(tl, tr.notes...)
+	tl = append(tl, j.queueEntries(tr, end, resolved.IsZero())...)
+
+	// Delivery and its problems.
+	if !delivered.IsZero() {
+		v.add(Delivered, fmt.Sprintf("delivered at %s, %s after submission", j.rel(delivered), delivered.Sub(s.SubmittedAt).Round(time.Millisecond)))
+		if len(tr.delivered) >= 1 && bodies >= 2 {
+			v.add(Duplicate, fmt.Sprintf("its body reached %s %d times: %s", tr.rcpt, bodies, strings.Join(bodyNotes, ", ")))
+		}
+		if exp.within > 0 && delivered.Sub(s.SubmittedAt) > exp.within {
+			by := s.SubmittedAt.Add(exp.within)
+			v.add(Stale, fmt.Sprintf("delivered at %s, %s after submission; expected within %s (by %s)",
+				j.rel(delivered), delivered.Sub(s.SubmittedAt).Round(time.Millisecond), exp.within, j.rel(by)))
+			tl = append(tl, TimelineEntry{At: by, What: WhatDeadline, Detail: "expected delivered within " + exp.within.String()})
+		}
+	}
+	if bounce != nil {
+		v.add(Bounced, fmt.Sprintf("a DSN Action: failed (Status %s) arrived at %s", bounce.status, j.rel(bounced)))
+		if !delivered.IsZero() {
+			extraFail = append(extraFail, fmt.Sprintf("it was delivered at %s and yet bounced at %s", j.rel(delivered), j.rel(bounced)))
+		}
+		if ql := j.h.Timing.QueueLifetime.D(); ql > 0 && delivered.IsZero() {
+			due := s.SubmittedAt.Add(ql)
+			if bounced.Before(due.Add(-LifetimeSlack(ql))) && j.temporary(tr, bounce) {
+				v.add(PrematureBounce, fmt.Sprintf("bounced at %s for a temporary failure (Status %s; the fake MTA never gave it a 5xx) before the queue lifetime %s ran out at %s (slack %s)",
+					j.rel(bounced), bounce.status, ql, j.rel(due), LifetimeSlack(ql)))
+				tl = append(tl, TimelineEntry{At: due, What: WhatDeadline, Detail: "queue lifetime " + ql.String() + " ends: no bounce for a temporary failure before this"})
+			}
+		}
+	}
+	if len(tr.tooSoon) > 0 {
+		t := tr.tooSoon[0]
+		why := fmt.Sprintf("retried at %s, only %s after the greylist deferral at %s (greylist delay %s)",
+			j.rel(t.at), t.at.Sub(t.ref).Round(time.Millisecond), j.rel(t.ref), j.h.GreylistDelay.D())
+		if n := len(tr.tooSoon); n > 1 {
+			why += fmt.Sprintf(", %d retries too soon in all", n)
+		}
+		v.add(RetryTooSoon, why)
+	}
+
+	// Retry deadlines: every gap with no attempt longer than the bound.
+	var openVerdict Verdict
+	if j.h.Timing.RetryMax > 0 {
+		for _, w := range j.windows(acts, end, resolved.IsZero()) {
+			verdict, why := j.judgeWindow(tr, w)
+			v.add(verdict, why)
+			tl = append(tl, TimelineEntry{At: w.deadline, What: WhatDeadline,
+				Detail: fmt.Sprintf("retry deadline: %s (%s) + retry_max %s + slack %s, no attempt by then",
+					j.rel(w.from.at), w.from.what, j.h.Timing.RetryMax.D(), RetrySlack(j.h.Timing.RetryMax.D()))})
+			if w.open {
+				openVerdict = verdict
+			}
+		}
+	}
+
+	// Outcome.
+	var outcome Verdict
+	switch {
+	case !delivered.IsZero():
+		outcome = Delivered
+	case bounce != nil:
+		outcome = Bounced
+	case !badResolved.IsZero():
+		outcome = BadDSN
+	default:
+		if final := j.finalSnap(); final != nil && !final.At.Before(j.lastFaultEnd) && !final.At.Before(lastAttempt) &&
+			!final.At.Before(s.SubmittedAt) && !visible(*final, tr) {
+			outcome = Lost
+			v.add(Lost, fmt.Sprintf("undelivered and unbounced when the scenario drained at %s, and absent from the final queue listing at %s (after the last fault ended at %s)",
+				j.rel(j.h.Ended), j.rel(final.At), j.rel(j.lastFaultEnd)))
+		} else if openVerdict != "" {
+			outcome = openVerdict
+		} else {
+			outcome = Pending
+			last := acts[len(acts)-1].at
+			v.add(Pending, fmt.Sprintf("still in flight when the scenario ended at %s: last activity %s, next attempt due by %s",
+				j.rel(j.h.Ended), j.rel(last), j.rel(last.Add(j.bound))))
+		}
+	}
+
+	// Checkpoints.
+	for _, cp := range j.h.Checkpoints {
+		tl = append(tl, j.checkpoint(tr, cp, acts, resolved, &v)...)
+	}
+
+	// Expectations.
+	if exp.dsnAction != "" {
+		found := false
+		for _, d := range tr.dsns {
+			if d.accepted && len(d.problems) == 0 && d.action == exp.dsnAction {
+				found = true
+			}
+		}
+		if !found {
+			extraFail = append(extraFail, fmt.Sprintf("expected a DSN with Action: %s (group %q) by the end at %s; none arrived", exp.dsnAction, s.Group, j.rel(j.h.Ended)))
+		}
+	}
+	v.failing = map[Verdict]bool{}
+	for x := range v.why {
+		switch x {
+		case Lost, HeldSilently, BadDSN:
+			v.failing[x] = true
+		case Stalled, PrematureBounce, Stale:
+			v.failing[x] = x != exp.verdict
+		case Duplicate:
+			v.failing[x] = !j.h.Expect.ToleratedDuplicates && x != exp.verdict
+		case RetryTooSoon:
+			v.failing[x] = j.h.Expect.RetryTooSoonIsError && x != exp.verdict
+		}
+	}
+	outcomeOK := outcome == exp.verdict || v.has(exp.verdict)
+	if !outcomeOK && !v.failing[outcome] { // a failing outcome explains itself
+		extraFail = append([]string{fmt.Sprintf("expected %s (group %q) but it ended %s", exp.verdict, s.Group, outcome)}, extraFail...)
+	}
+
+	for x := range v.why {
+		f.Verdicts = append(f.Verdicts, x)
+	}
+	sort.Slice(f.Verdicts, func(a, b int) bool { return canon(f.Verdicts[a]) < canon(f.Verdicts[b]) })
+	var failing []Verdict
+	for _, x := range f.Verdicts {
+		if v.failing[x] {
+			failing = append(failing, x)
+		}
+	}
+	f.Failed = len(failing) > 0 || len(extraFail) > 0
+	f.Primary = worst(f.Verdicts)
+	switch {
+	case len(failing) > 0:
+		f.Primary = worst(failing)
+	case f.Failed:
+		f.Primary = outcome
+	}
+	f.Warn = !f.Failed && ((v.has(RetryTooSoon)) || v.has(Duplicate))
+	// Why: the primary's explanation, then every other failure.
+	parts := []string{string(f.Primary) + ": " + strings.Join(v.why[f.Primary], "; ")}
+	if len(v.why[f.Primary]) == 0 {
+		parts[0] = string(f.Primary)
+	}
+	for _, x := range failing {
+		if x != f.Primary {
+			parts = append(parts, string(x)+": "+strings.Join(v.why[x], "; "))
+		}
+	}
+	parts = append(parts, extraFail...)
+	if !f.Failed && f.Warn && f.Primary != RetryTooSoon && v.has(RetryTooSoon) {
+		parts = append(parts, "retry-too-soon: "+strings.Join(v.why[RetryTooSoon], "; "))
+	}
+	f.Why = strings.Join(parts, "; also ")
+	sort.SliceStable(tl, func(a, b int) bool { return tl[a].At.Before(tl[b].At) })
+	f.Timeline = tl
+	return f
+}
+
+// canon is a verdict's place in Finding.Verdicts: outcomes first, then
+// problems from worst to mildest.
+func canon(v Verdict) int {
+	switch v {
+	case Delivered:
+		return -4
+	case Bounced:
+		return -3
+	case Pending:
+		return -2
+	case NotAccepted:
+		return -1
+	}
+	return Severity(v)
+}
+
+func worst(vs []Verdict) Verdict {
+	var w Verdict
+	for _, v := range vs {
+		if w == "" || Severity(v) < Severity(w) {
+			w = v
+		}
+	}
+	return w
+}
+
+func earliest(ts ...time.Time) time.Time {
+	var e time.Time
+	for _, t := range ts {
+		if !t.IsZero() && (e.IsZero() || t.Before(e)) {
+			e = t
+		}
+	}
+	return e
+}
+
+// temporary reports whether a bounce was for a temporary failure: the fake
+// MTA never answered this recipient with a 5xx, and either the relay did try
+// or its DSN says 4.x.x (a relay may bounce untried mail for its own
+// permanent reason, 5.x.x).
+func (j *judge) temporary(tr *track, d *dsnSeen) bool {
+	tried := false
+	for _, a := range tr.attempts {
+		if a.at.After(d.at) {
+			continue
+		}
+		tried = true
+		for _, r := range []*fakemta.Reply{&a.mail, a.rcpt, a.data} {
+			if r != nil && !r.Dropped && r.Code >= 500 {
+				return false
+			}
+		}
+	}
+	return tried || !strings.HasPrefix(d.status, "5")
+}
+
+// windows finds the stretches past a retry deadline: after each activity,
+// if no further activity (nor the start of an outage, which pauses the
+// clock) comes within the bound while the message is unresolved.
+func (j *judge) windows(acts []activity, end time.Time, unresolved bool) []window {
+	var ws []window
+	for i, a := range acts {
+		if j.inOutage(a.at) || !a.at.Before(end) {
+			continue
+		}
+		next, nextWhy, open := end, "the end of the scenario", unresolved
+		if !unresolved {
+			nextWhy = "resolution"
+		}
+		if i+1 < len(acts) && acts[i+1].at.Before(end) {
+			next, nextWhy, open = acts[i+1].at, acts[i+1].what, false
+		}
+		for _, o := range j.outages {
+			if o.start.After(a.at) && o.start.Before(next) {
+				next, nextWhy, open = o.start, "start of "+string(o.kind), false
+				break
+			}
+		}
+		if next.Sub(a.at) > j.bound {
+			ws = append(ws, window{from: a, deadline: a.at.Add(j.bound), until: next, untilWhy: nextWhy, open: open})
+		}
+	}
+	return ws
+}
+
+// judgeWindow decides held-silently or stalled for one overdue window from
+// the queue listings taken during it (at or after the deadline, up to the
+// window's end; for an open window, any time after the deadline). With no
+// listing in the window, the latest listing between the last activity and
+// the deadline stands in. Absent from any of them: held silently; listed in
+// all: stalled; no listing at all: stalled, visibility unknown.
+func (j *judge) judgeWindow(tr *track, w window) (Verdict, string) {
+	var ev []history.QueueSnapshot
+	for _, s := range j.snaps {
+		if !s.At.Before(w.deadline) && (w.open || !s.At.After(w.until)) {
+			ev = append(ev, s)
+		}
+	}
+	if len(ev) == 0 {
+		for _, s := range j.snaps {
+			if !s.At.Before(w.from.at) && s.At.Before(w.deadline) {
+				ev = []history.QueueSnapshot{s}
+			}
+		}
+	}
+	gap := fmt.Sprintf("no delivery attempt from %s (%s) until %s (%s): retry deadline %s (retry_max %s + slack %s) missed",
+		j.rel(w.from.at), w.from.what, j.rel(w.until), w.untilWhy, j.rel(w.deadline), j.h.Timing.RetryMax.D(), RetrySlack(j.h.Timing.RetryMax.D()))
+	if w.open {
+		gap = fmt.Sprintf("no delivery attempt from %s (%s) to the end at %s: retry deadline %s (retry_max %s + slack %s) missed",
+			j.rel(w.from.at), w.from.what, j.rel(w.until), j.rel(w.deadline), j.h.Timing.RetryMax.D(), RetrySlack(j.h.Timing.RetryMax.D()))
+	}
+	for _, s := range ev {
+		if !visible(s, tr) {
+			return HeldSilently, gap + fmt.Sprintf(", and the queue listing at %s did not show it", j.rel(s.At))
+		}
+	}
+	if len(ev) == 0 {
+		return Stalled, gap + " (no queue listing while it was overdue: visibility unknown)"
+	}
+	return Stalled, gap + fmt.Sprintf(", though the queue listing at %s showed it", j.rel(ev[0].At))
+}
+
+// visible reports whether a queue listing shows the (message, recipient):
+// an entry with its harness id, else its Message-ID, else its sender when
+// the listing shows neither; and, when the entry lists recipients, this one.
+func visible(s history.QueueSnapshot, tr *track) bool {
+	_, ok := queueEntry(s, tr)
+	return ok
+}
+
+func queueEntry(s history.QueueSnapshot, tr *track) (history.QueueEntry, bool) {
+	for _, e := range s.Entries {
+		var match bool
+		switch {
+		case e.HarnessID != "":
+			match = e.HarnessID == tr.sub.HarnessID
+		case e.MessageID != "":
+			match = normID(e.MessageID) == normID(tr.sub.MessageID)
+		default:
+			match = normAddr(e.Sender) == normAddr(tr.sub.MailFrom)
+		}
+		if !match {
+			continue
+		}
+		if len(e.Recipients) > 0 {
+			found := false
+			for _, r := range e.Recipients {
+				if normAddr(r) == normAddr(tr.rcpt) {
+					found = true
+				}
+			}
+			if !found {
+				continue
+			}
+		}
+		return e, true
+	}
+	return history.QueueEntry{}, false
+}
+
+func (j *judge) finalSnap() *history.QueueSnapshot {
+	if len(j.snaps) == 0 {
+		return nil
+	}
+	return &j.snaps[len(j.snaps)-1]
+}
+
+// checkpoint judges tr as of cp.At: it must be resolved, or listed in the
+// first usable queue listing at or after cp.At with an activity within the
+// retry bound before cp.At.
+func (j *judge) checkpoint(tr *track, cp history.Checkpoint, acts []activity, resolved time.Time, v *verdicts) []TimelineEntry {
+	s := tr.sub
+	if !s.SubmittedAt.Before(cp.At) || (!resolved.IsZero() && !resolved.After(cp.At)) {
+		return nil
+	}
+	var snap *history.QueueSnapshot
+	for i := range j.snaps {
+		if !j.snaps[i].At.Before(cp.At) {
+			snap = &j.snaps[i]
+			break
+		}
+	}
+	if snap != nil && !resolved.IsZero() && !resolved.After(snap.At) {
+		return nil // resolved before the listing could show it
+	}
+	var last activity
+	for _, a := range acts {
+		if !a.at.After(cp.At) {
+			last = a
+		}
+	}
+	recent := j.h.Timing.RetryMax == 0 || j.inOutage(cp.At) || cp.At.Sub(last.at) <= j.bound
+	name := fmt.Sprintf("checkpoint %q at %s", cp.Name, j.rel(cp.At))
+	entry := TimelineEntry{At: cp.At, What: WhatDeadline,
+		Detail: name + ": must be delivered, bounced, or listed in the queue with an attempt within retry_max " + j.h.Timing.RetryMax.D().String() + " + slack"}
+	switch {
+	case snap != nil && !visible(*snap, tr):
+		v.add(HeldSilently, fmt.Sprintf("at %s it was neither delivered nor bounced and the queue listing at %s did not show it (last activity %s, %s)",
+			name, j.rel(snap.At), j.rel(last.at), last.what))
+	case !recent:
+		seen := "no queue listing after the checkpoint"
+		if snap != nil {
+			seen = "listed at " + j.rel(snap.At)
+		}
+		v.add(Stalled, fmt.Sprintf("at %s its last activity was %s (%s), longer ago than retry_max %s + slack %s (%s)",
+			name, j.rel(last.at), last.what, j.h.Timing.RetryMax.D(), RetrySlack(j.h.Timing.RetryMax.D()), seen))
+	default:
+		return nil
+	}
+	return []TimelineEntry{entry}
+}
+
+// attemptEntries renders one attempt as an attempt entry (the RCPT reply)
+// and, when it had a body, a reply entry (the eod reply).
+func (j *judge) attemptEntries(tr *track, a attempt) []TimelineEntry {
+	d := fmt.Sprintf("conn %d", a.conn)
+	if a.client != "" {
+		d += " from " + a.client
+	}
+	if a.rcpt == nil {
+		d += fmt.Sprintf(": MAIL FROM:<%s> got %s, no RCPT", a.mailFrom, fmtReply(&a.mail))
+	} else {
+		d += fmt.Sprintf(": RCPT TO:<%s> got %s", tr.rcpt, fmtReply(a.rcpt))
+		if a.greylist != "" {
+			d += fmt.Sprintf(" (greylist %s, attempt %d)", a.greylist, a.n)
+		}
+	}
+	if a.aborted != "" && a.data == nil {
+		d += ", transaction ended by " + a.aborted
+	}
+	out := []TimelineEntry{{At: a.at, What: WhatAttempt, Detail: d}}
+	if a.data != nil {
+		r := "after the final dot: " + fmtReply(a.data)
+		if a.data.Dropped {
+			r = "line dropped after the body was received, before any reply (RFC 1047)"
+		}
+		out = append(out, TimelineEntry{At: a.at, What: WhatReply, Detail: r})
+	}
+	return out
+}
+
+// collapseConnOnly puts failed connections on the timeline, one entry per
+// run of identical failures.
+func (j *judge) collapseConnOnly(as []attempt) []TimelineEntry {
+	var out []TimelineEntry
+	for i := 0; i < len(as); {
+		k := i + 1
+		key := func(a attempt) string { _, after, _ := strings.Cut(a.detail, ": "); return after }
+		for k < len(as) && key(as[k]) == key(as[i]) {
+			k++
+		}
+		d := as[i].detail
+		if n := k - i; n > 1 {
+			d += fmt.Sprintf(" (%d such connections until %s)", n, j.rel(as[k-1].at))
+		}
+		out = append(out, TimelineEntry{At: as[i].at, What: WhatAttempt, Detail: d})
+		i = k
+	}
+	return out
+}
+
+// queueEntries puts queue sightings on the timeline from submission to the
+// resolution (or any time, if unresolved): one entry per run of listings
+// that agree.
+func (j *judge) queueEntries(tr *track, end time.Time, unresolved bool) []TimelineEntry {
+	var out []TimelineEntry
+	var runStart int
+	var runSeen bool
+	var n int
+	flush := func(last time.Time) {
+		if n == 0 {
+			return
+		}
+		e := &out[runStart]
+		if n > 1 {
+			e.Detail += fmt.Sprintf(" (%d listings until %s)", n, j.rel(last))
+		}
+	}
+	var prev time.Time
+	for _, s := range j.snaps {
+		if s.At.Before(tr.sub.SubmittedAt) || (!unresolved && s.At.After(end)) {
+			continue
+		}
+		e, ok := queueEntry(s, tr)
+		if n > 0 && ok == runSeen {
+			n++
+			prev = s.At
+			continue
+		}
+		flush(prev)
+		runStart, runSeen, n, prev = len(out), ok, 1, s.At
+		if ok {
+			d := "listed"
+			if e.QueueID != "" {
+				d += " as " + e.QueueID
+			}
+			if e.Reason != "" {
+				d += ": " + e.Reason
+			}
+			out = append(out, TimelineEntry{At: s.At, What: WhatQueueSeen, Detail: d})
+		} else {
+			out = append(out, TimelineEntry{At: s.At, What: WhatQueueMissing, Detail: fmt.Sprintf("not in the queue listing (%d entries)", len(s.Entries))})
+		}
+	}
+	flush(prev)
+	return out
+}

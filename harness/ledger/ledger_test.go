@@ -1,0 +1,589 @@
+package ledger
+
+import (
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/greyharness/greyharness/fakemta"
+	"github.com/greyharness/greyharness/fakemta/dsn"
+	"github.com/greyharness/greyharness/harness/history"
+)
+
+const bob = "bob@rcpt.test"
+const carol = "carol@rcpt.test"
+
+func TestSlack(t *testing.T) {
+	if got := RetryBound(20 * time.Second); got != 31*time.Second {
+		t.Errorf("RetryBound(20s) = %s, want 31s", got)
+	}
+	if got := LifetimeSlack(300 * time.Second); got != 7*time.Second {
+		t.Errorf("LifetimeSlack(5m) = %s, want 7s", got)
+	}
+	if got := Rel(t0, at(12.3456)); got != "+12.345s" {
+		t.Errorf("Rel = %q", got)
+	}
+	if got := Rel(t0, at(-1.5)); got != "-1.500s" {
+		t.Errorf("Rel negative = %q", got)
+	}
+}
+
+func TestDelivered(t *testing.T) {
+	b := newH(30)
+	s := b.submit("m1", 0, bob)
+	b.greylist(1, s, bob)
+	b.listing(5, queued(s))
+	b.deliver(10, s, bob)
+	r := Judge(b.h)
+	f := find(t, r, "m1", bob)
+	want(t, f, Delivered, false, Delivered)
+	if !r.Passed || r.Counts[Delivered] != 1 {
+		t.Errorf("passed %v counts %v", r.Passed, r.Counts)
+	}
+	if !strings.Contains(f.Why, "delivered at +10.000s") {
+		t.Errorf("why %q", f.Why)
+	}
+	if !hasEntry(f, WhatAttempt, "451 4.7.1") || !hasEntry(f, WhatReply, "after the final dot: 250") || !hasEntry(f, WhatQueueSeen, "Qm1") {
+		t.Errorf("timeline lacks attempt/reply/queue: %s", dumpTimeline(f))
+	}
+}
+
+func TestDeliveredNeedsRcpt2xx(t *testing.T) {
+	// eod 250 but this recipient was refused at RCPT: not delivered to it.
+	b := newH(20)
+	s := b.submit("m1", 0, bob, carol)
+	d := fakemta.Reply{Code: 250}
+	b.txn(1, s.MailFrom, []fakemta.RcptAttempt{{Addr: bob, Reply: ok250()}, {Addr: carol, Reply: grey(), Greylist: "deferred"}}, &d, body(s, 1, bob))
+	r := Judge(b.h)
+	want(t, find(t, r, "m1", bob), Delivered, false, Delivered)
+	if f := find(t, r, "m1", carol); f.Has(Delivered) {
+		t.Errorf("carol counted delivered: %v", f.Verdicts)
+	}
+}
+
+func TestBounced(t *testing.T) {
+	b := newH(30)
+	b.h.Expect.Messages = []history.Expectation{{Group: "bad", Verdict: "bounced", DSNAction: "failed"}}
+	s := b.submit("m1", 0, bob)
+	s.Group = "bad"
+	b.reject(1, s, bob, fakemta.Reply{Code: 550, Enhanced: "5.1.1", Text: "no such user"})
+	b.bounce(2, s, "BOB@rcpt.test", "failed", "5.1.1") // recipient matched case-insensitively
+	r := Judge(b.h)
+	f := find(t, r, "m1", bob)
+	want(t, f, Bounced, false, Bounced)
+	if !r.Passed {
+		t.Errorf("should pass: %s", f.Why)
+	}
+	// The same DSN delivered again (e.g. after a drop at eod) counts once.
+	b.bounce(3, s, bob, "failed", "5.1.1")
+	r = Judge(b.h)
+	want(t, find(t, r, "m1", bob), Bounced, false, Bounced)
+	if !r.Passed || len(r.Findings) != 1 {
+		t.Errorf("second copy of the DSN: %+v", r.Findings)
+	}
+	b.h.Journal = b.h.Journal[:2]
+	// Without the expectation a bounce fails (delivered is expected).
+	b.h.Expect.Messages = nil
+	f = find(t, Judge(b.h), "m1", bob)
+	want(t, f, Bounced, true, Bounced)
+	if !strings.Contains(f.Why, "expected delivered") {
+		t.Errorf("why %q", f.Why)
+	}
+}
+
+func TestBouncedByOriginalRecipientAndMessageID(t *testing.T) {
+	b := newH(30)
+	s := b.submit("m1", 0, bob)
+	b.h.Expect.Messages = []history.Expectation{{Verdict: "bounced"}}
+	b.reject(1, s, bob, fakemta.Reply{Code: 550, Enhanced: "5.1.1"})
+	b.dsnTo(2, s.MailFrom, &dsn.Report{
+		Recipients:        []dsn.Recipient{{Action: "failed", Status: "5.1.1", FinalRecipient: "bob@internal.test", OriginalRecipient: bob}},
+		OriginalMessageID: "<" + s.MessageID + ">",
+	}, "d1@relay.test")
+	want(t, find(t, Judge(b.h), "m1", bob), Bounced, false, Bounced)
+}
+
+func TestDelayedNotice(t *testing.T) {
+	b := newH(40)
+	b.h.Expect.Messages = []history.Expectation{{Group: "slow", DSNAction: "delayed"}}
+	s := b.submit("m1", 0, bob)
+	s.Group = "slow"
+	b.greylist(1, s, bob)
+	b.bounce(5, s, bob, "delayed", "4.7.1")
+	b.deliver(20, s, bob)
+	s2 := b.submit("m2", 0, bob)
+	s2.Group = "slow"
+	b.greylist(1, s2, bob)
+	b.deliver(20, s2, bob)
+	r := Judge(b.h)
+	want(t, find(t, r, "m1", bob), Delivered, false, Delivered, DelayedNotice)
+	f := find(t, r, "m2", bob)
+	want(t, f, Delivered, true, Delivered)
+	if !strings.Contains(f.Why, "expected a DSN with Action: delayed") {
+		t.Errorf("why %q", f.Why)
+	}
+}
+
+// The seed incident: greylisted, then invisible in the queue past its
+// deadline, released only by a restart.
+func TestHeldSilentlyReleasedByRestart(t *testing.T) {
+	b := newH(80)
+	b.h.Expect.Messages = []history.Expectation{{Within: dur(30)}}
+	s := b.submit("m1", 0, bob)
+	b.greylist(1, s, bob)
+	b.listing(5, queued(s))
+	b.listing(40) // deadline is +32s (1 + 20 + 11): gone from the listing
+	b.fault(history.FaultRelayRestart, 60, 62)
+	b.listing(61) // during the restart: not evidence
+	b.listing(63, queued(s))
+	b.deliver(64, s, bob)
+	r := Judge(b.h)
+	f := find(t, r, "m1", bob)
+	want(t, f, HeldSilently, true, Delivered, HeldSilently, Stale)
+	if r.Passed || r.Counts[HeldSilently] != 1 {
+		t.Errorf("passed %v counts %v", r.Passed, r.Counts)
+	}
+	for _, s := range []string{"+1.000s", "+32.000s", "+40.000s", "start of relay-restart"} {
+		if !strings.Contains(f.Why, s) {
+			t.Errorf("why lacks %q: %s", s, f.Why)
+		}
+	}
+	if !hasEntry(f, WhatQueueMissing, "") || !hasEntry(f, WhatFault, "relay-restart") || !hasEntry(f, WhatDeadline, "retry deadline") {
+		t.Errorf("timeline: %s", dumpTimeline(f))
+	}
+	t.Logf("why: %s%s", f.Why, dumpTimeline(f))
+	// Had it stayed listed, the same gap is only stalled.
+	b.h.Queue[1].Entries = []history.QueueEntry{queued(s)}
+	want(t, find(t, Judge(b.h), "m1", bob), Stalled, true, Delivered, Stalled, Stale)
+}
+
+func TestStalled(t *testing.T) {
+	b := newH(60)
+	s := b.submit("m1", 0, bob)
+	b.greylist(1, s, bob)
+	b.listing(40, queued(s))
+	b.listing(50, queued(s))
+	b.deliver(55, s, bob)
+	f := find(t, Judge(b.h), "m1", bob)
+	want(t, f, Stalled, true, Delivered, Stalled)
+	if !strings.Contains(f.Why, "showed it") {
+		t.Errorf("why %q", f.Why)
+	}
+	// Still stuck at the end, listed: the outcome is stalled.
+	b = newH(60)
+	s = b.submit("m1", 0, bob)
+	b.greylist(1, s, bob)
+	b.listing(60, queued(s))
+	want(t, find(t, Judge(b.h), "m1", bob), Stalled, true, Stalled)
+}
+
+func TestStalledWithoutQueueListing(t *testing.T) {
+	b := newH(60)
+	s := b.submit("m1", 0, bob)
+	b.greylist(1, s, bob)
+	f := find(t, Judge(b.h), "m1", bob)
+	want(t, f, Stalled, true, Stalled)
+	if !strings.Contains(f.Why, "visibility unknown") {
+		t.Errorf("why %q", f.Why)
+	}
+}
+
+func TestLost(t *testing.T) {
+	// Gone after a restart, before any deadline: lost, not held silently.
+	b := newH(20)
+	s := b.submit("m1", 0, bob)
+	b.greylist(1, s, bob)
+	b.listing(5, queued(s))
+	b.fault(history.FaultRelayRestart, 10, 12)
+	b.listing(20)
+	f := find(t, Judge(b.h), "m1", bob)
+	want(t, f, Lost, true, Lost)
+
+	// Gone past its deadline too: both verdicts, primary lost.
+	b.h.Ended = at(100)
+	b.h.Queue[1].At = at(100)
+	f = find(t, Judge(b.h), "m1", bob)
+	want(t, f, Lost, true, Lost, HeldSilently)
+
+	// A final listing before the last fault proves nothing: not lost.
+	b = newH(20)
+	s = b.submit("m1", 0, bob)
+	b.greylist(1, s, bob)
+	b.listing(9)
+	b.fault(history.FaultRelayRestart, 10, 12)
+	f = find(t, Judge(b.h), "m1", bob)
+	if f.Has(Lost) {
+		t.Errorf("lost from a listing before the last fault: %v %s", f.Verdicts, f.Why)
+	}
+}
+
+func TestDuplicate(t *testing.T) {
+	b := newH(30)
+	s := b.submit("m1", 0, bob)
+	b.dropEOD(1, s, bob) // body received, relay never got the 250 (RFC 1047)
+	b.deliver(10, s, bob)
+	f := find(t, Judge(b.h), "m1", bob)
+	want(t, f, Duplicate, true, Delivered, Duplicate)
+	if !strings.Contains(f.Why, "2 times") {
+		t.Errorf("why %q", f.Why)
+	}
+	b.h.Expect.ToleratedDuplicates = true
+	f = find(t, Judge(b.h), "m1", bob)
+	want(t, f, Duplicate, false, Delivered, Duplicate)
+	if !f.Warn {
+		t.Error("tolerated duplicate should warn")
+	}
+}
+
+func TestDroppedOnlyIsNotDelivered(t *testing.T) {
+	b := newH(10)
+	s := b.submit("m1", 0, bob)
+	b.dropEOD(1, s, bob)
+	f := find(t, Judge(b.h), "m1", bob)
+	if f.Has(Delivered) || f.Has(Duplicate) {
+		t.Errorf("verdicts %v", f.Verdicts)
+	}
+	want(t, f, Pending, true, Pending)
+}
+
+func TestStale(t *testing.T) {
+	b := newH(30)
+	b.h.Expect.Messages = []history.Expectation{{Group: "g", Within: dur(5)}}
+	s := b.submit("m1", 0, bob)
+	s.Group = "g"
+	b.greylist(1, s, bob)
+	b.deliver(10, s, bob)
+	f := find(t, Judge(b.h), "m1", bob)
+	want(t, f, Stale, true, Delivered, Stale)
+	if !strings.Contains(f.Why, "expected within 5s (by +5.000s)") {
+		t.Errorf("why %q", f.Why)
+	}
+	// A group expecting stale mail passes.
+	b.h.Expect.Messages[0].Verdict = "stale"
+	want(t, find(t, Judge(b.h), "m1", bob), Stale, false, Delivered, Stale)
+}
+
+func TestPrematureBounce(t *testing.T) {
+	b := newH(60)
+	b.h.Expect.Messages = []history.Expectation{{Verdict: "bounced"}}
+	s := b.submit("m1", 0, bob)
+	b.greylist(1, s, bob)
+	b.bounce(30, s, bob, "failed", "4.7.1")
+	f := find(t, Judge(b.h), "m1", bob)
+	want(t, f, PrematureBounce, true, Bounced, PrematureBounce)
+	if !strings.Contains(f.Why, "+300.000s") {
+		t.Errorf("why %q", f.Why)
+	}
+	// After the queue lifetime (minus 7s slack) it is a proper bounce.
+	b.h.Journal[len(b.h.Journal)-1].Time = at(294)
+	b.h.Timing.RetryMax = dur(600)
+	b.h.Ended = at(300)
+	want(t, find(t, Judge(b.h), "m1", bob), Bounced, false, Bounced)
+	// A 5xx from the fake MTA makes an early bounce proper.
+	b = newH(60)
+	b.h.Expect.Messages = []history.Expectation{{Verdict: "bounced"}}
+	s = b.submit("m1", 0, bob)
+	b.greylist(1, s, bob)
+	b.reject(5, s, bob, fakemta.Reply{Code: 554, Enhanced: "5.7.1"})
+	b.bounce(6, s, bob, "failed", "5.7.1")
+	want(t, find(t, Judge(b.h), "m1", bob), Bounced, false, Bounced)
+}
+
+func TestRetryTooSoon(t *testing.T) {
+	b := newH(100)
+	b.h.GreylistDelay = dur(60)
+	b.h.Timing.RetryMax = dur(60)
+	s := b.submit("m1", 0, bob)
+	b.greylist(1, s, bob)
+	b.greylist(10, s, bob) // 9s after the deferral: too soon
+	b.deliver(70, s, bob)  // 69s after the first deferral: fine
+	r := Judge(b.h)
+	f := find(t, r, "m1", bob)
+	want(t, f, RetryTooSoon, false, Delivered, RetryTooSoon)
+	if !f.Warn || !r.Passed || !strings.Contains(f.Why, "only 9s after the greylist deferral at +1.000s") {
+		t.Errorf("warn %v passed %v why %q", f.Warn, r.Passed, f.Why)
+	}
+	b.h.Expect.RetryTooSoonIsError = true
+	want(t, find(t, Judge(b.h), "m1", bob), RetryTooSoon, true, Delivered, RetryTooSoon)
+	// A retry after the delay is fine.
+	b.h.Journal = b.h.Journal[:1]
+	b.deliver(62, s, bob)
+	want(t, find(t, Judge(b.h), "m1", bob), Delivered, false, Delivered)
+}
+
+func TestBadDSN(t *testing.T) {
+	b := newH(30)
+	b.h.Expect.Messages = []history.Expectation{{Verdict: "bounced"}}
+	s := b.submit("m1", 0, bob)
+	b.reject(1, s, bob, fakemta.Reply{Code: 550, Enhanced: "5.1.1"})
+	// Names no message: attributed by the envelope recipient (the unique sender).
+	b.dsnTo(2, s.MailFrom, &dsn.Report{Recipients: []dsn.Recipient{{Action: "failed", Status: "5.1.1", FinalRecipient: bob}}}, "d1@relay.test")
+	r := Judge(b.h)
+	f := find(t, r, "m1", bob)
+	want(t, f, BadDSN, true, BadDSN)
+	if !strings.Contains(f.Why, "names no original message") {
+		t.Errorf("why %q", f.Why)
+	}
+
+	// No Final-Recipient: bad, attributed to the whole message.
+	b = newH(30)
+	b.h.Expect.Messages = []history.Expectation{{Verdict: "bounced"}}
+	s = b.submit("m1", 0, bob)
+	b.reject(1, s, bob, fakemta.Reply{Code: 550})
+	b.dsnTo(2, s.MailFrom, &dsn.Report{OriginalHarnessID: "m1", Recipients: []dsn.Recipient{{Action: "failed", Status: "5.1.1"}}}, "d1@relay.test")
+	f = find(t, Judge(b.h), "m1", bob)
+	want(t, f, BadDSN, true, BadDSN)
+	if !strings.Contains(f.Why, "no Final-Recipient") {
+		t.Errorf("why %q", f.Why)
+	}
+
+	// A DSN to the null recipient and an unattributable one: scenario-level.
+	b = newH(30)
+	d := fakemta.Reply{Code: 250}
+	b.txn(3, "", []fakemta.RcptAttempt{{Addr: "", Reply: ok250()}}, &d, &fakemta.Message{MessageID: "x@relay.test", SHA256: "x",
+		DSN: &dsn.Report{OriginalMessageID: "d0@relay.test", Recipients: []dsn.Recipient{{Action: "failed", FinalRecipient: "a@b"}}}})
+	b.dsnTo(4, "nobody@else.test", &dsn.Report{Recipients: []dsn.Recipient{{Action: "failed"}}}, "y@relay.test")
+	r = Judge(b.h)
+	if r.Passed || len(r.Findings) != 2 {
+		t.Fatalf("want 2 scenario-level findings, got %+v", r.Findings)
+	}
+	if !strings.Contains(r.Findings[0].Why, "null recipient <>") || r.Findings[0].HarnessID != "" || r.Findings[0].Primary != BadDSN {
+		t.Errorf("finding 0: %+v", r.Findings[0])
+	}
+	if !strings.Contains(r.Findings[1].Why, "names no original message") {
+		t.Errorf("finding 1: %+v", r.Findings[1])
+	}
+}
+
+func TestDSNAboutADSN(t *testing.T) {
+	b := newH(30)
+	b.h.Expect.Messages = []history.Expectation{{Verdict: "bounced"}}
+	s := b.submit("m1", 0, bob)
+	b.reject(1, s, bob, fakemta.Reply{Code: 550})
+	b.bounce(2, s, bob, "failed", "5.1.1") // dsn-m1-failed@relay.test
+	// The relay then bounces its own bounce back to the sender.
+	b.dsnTo(5, s.MailFrom, &dsn.Report{OriginalMessageID: "dsn-m1-failed@relay.test",
+		Recipients: []dsn.Recipient{{Action: "failed", Status: "5.0.0", FinalRecipient: s.MailFrom}}}, "dd@relay.test")
+	r := Judge(b.h)
+	f := find(t, r, "m1", bob)
+	want(t, f, BadDSN, true, Bounced, BadDSN)
+	if !strings.Contains(f.Why, "a bounce of a bounce") || len(r.Findings) != 1 {
+		t.Errorf("why %q, findings %d", f.Why, len(r.Findings))
+	}
+}
+
+func TestPendingAndCheckpoints(t *testing.T) {
+	b := newH(20)
+	b.h.Checkpoints = []history.Checkpoint{{Name: "cp1", At: at(15)}}
+	ok := b.submit("ok", 0, bob)
+	hidden := b.submit("hidden", 0, bob)
+	late := b.submit("late", 14, bob) // submitted before cp1, not yet attempted: fine
+	b.greylist(1, ok, bob)
+	b.greylist(1, hidden, bob)
+	b.listing(16, queued(ok), queued(late))
+	b.listing(20, queued(ok), queued(late))
+	r := Judge(b.h)
+	f := find(t, r, "ok", bob)
+	want(t, f, Pending, true, Pending) // the scenario ended before delivery: expected delivered
+	if !strings.Contains(f.Why, "next attempt due by +32.000s") {
+		t.Errorf("why %q", f.Why)
+	}
+	f = find(t, r, "hidden", bob)
+	want(t, f, Lost, true, Lost, HeldSilently)
+	if !strings.Contains(f.Why, `checkpoint "cp1" at +15.000s`) || !hasEntry(f, WhatDeadline, "cp1") {
+		t.Errorf("why %q timeline %s", f.Why, dumpTimeline(f))
+	}
+	want(t, find(t, r, "late", bob), Pending, true, Pending)
+	if r.Counts[Pending] != 2 || r.Counts[Lost] != 1 {
+		t.Errorf("counts %v", r.Counts)
+	}
+	// Stalled at a checkpoint: listed but no attempt for too long.
+	b = newH(60)
+	b.h.Checkpoints = []history.Checkpoint{{Name: "cp", At: at(40)}}
+	s := b.submit("m1", 0, bob)
+	b.greylist(1, s, bob)
+	b.listing(41, queued(s))
+	b.greylist(42, s, bob)
+	b.deliver(50, s, bob)
+	f = find(t, Judge(b.h), "m1", bob)
+	want(t, f, Stalled, true, Delivered, Stalled)
+	if !strings.Contains(f.Why, `checkpoint "cp"`) {
+		t.Errorf("why %q", f.Why)
+	}
+}
+
+func TestNotAccepted(t *testing.T) {
+	b := newH(10)
+	s := b.submit("m1", 0, bob)
+	s.Accepted, s.Reply = false, fakemta.Reply{Code: 452, Enhanced: "4.3.1", Text: "insufficient storage"}
+	r := Judge(b.h)
+	want(t, find(t, r, "m1", bob), NotAccepted, false, NotAccepted)
+	if !r.Passed {
+		t.Error("a refused submission is not the relay's failure")
+	}
+}
+
+// A resubmission shares the Message-ID; the DSN is attributed by harness id.
+func TestDSNForResubmittedMessage(t *testing.T) {
+	b := newH(30)
+	b.h.Expect.Messages = []history.Expectation{{Group: "second", Verdict: "bounced"}}
+	first := b.submit("m1", 0, bob)
+	second := b.submit("m2", 1, bob)
+	second.MessageID, second.Resubmission, second.Group = first.MessageID, true, "second"
+	b.deliver(2, first, bob)
+	b.reject(3, second, bob, fakemta.Reply{Code: 550})
+	b.bounce(4, second, bob, "failed", "5.1.1")
+	r := Judge(b.h)
+	want(t, find(t, r, "m1", bob), Delivered, false, Delivered)
+	want(t, find(t, r, "m2", bob), Bounced, false, Bounced)
+	if !r.Passed {
+		t.Errorf("findings %+v", r.Findings)
+	}
+}
+
+// A DSN greylisted at RCPT before it is accepted is neither bad nor a
+// second DSN, and not an attempt of the original message.
+func TestGreylistedDSN(t *testing.T) {
+	b := newH(60)
+	b.h.GreylistDelay = dur(5)
+	b.h.Expect.Messages = []history.Expectation{{Verdict: "bounced", DSNAction: "failed"}}
+	s := b.submit("m1", 0, bob)
+	b.reject(1, s, bob, fakemta.Reply{Code: 550, Enhanced: "5.1.1"})
+	b.txn(2, "", []fakemta.RcptAttempt{{Addr: s.MailFrom, Attempt: 1, Reply: grey(), Greylist: "deferred"}}, nil, nil)
+	b.txn(3, "", []fakemta.RcptAttempt{{Addr: s.MailFrom, Attempt: 2, Reply: grey(), Greylist: "deferred"}}, nil, nil)
+	b.bounce(10, s, bob, "failed", "5.1.1")
+	r := Judge(b.h)
+	f := find(t, r, "m1", bob)
+	want(t, f, Bounced, false, Bounced)
+	if len(r.Findings) != 1 || !r.Passed {
+		t.Errorf("findings %+v", r.Findings)
+	}
+	n := 0
+	for _, e := range f.Timeline {
+		if e.What == WhatAttempt {
+			n++
+		}
+	}
+	if n != 1 {
+		t.Errorf("want 1 attempt (the 550), got %d: %s", n, dumpTimeline(f))
+	}
+}
+
+// Only fake-MTA journal times count: an Arrival-Date written by a relay with
+// a skewed clock changes nothing.
+func TestClockSkewIgnored(t *testing.T) {
+	var results []Result
+	for _, skew := range []time.Duration{0, 48 * time.Hour, -48 * time.Hour} {
+		b := newH(60)
+		s := b.submit("m1", 0, bob)
+		b.greylist(1, s, bob)
+		b.bounce(30, s, bob, "failed", "4.7.1")
+		rep := b.h.Journal[len(b.h.Journal)-1].Transaction.Message.DSN
+		rep.ArrivalDate = s.SubmittedAt.Add(skew)
+		rep.Recipients[0].LastAttemptDate = at(1).Add(skew)
+		results = append(results, Judge(b.h))
+	}
+	want(t, find(t, results[0], "m1", bob), PrematureBounce, true, Bounced, PrematureBounce)
+	for i := 1; i < len(results); i++ {
+		if !reflect.DeepEqual(results[0], results[i]) {
+			t.Errorf("skew %d changed the result:\n%+v\n%+v", i, results[0], results[i])
+		}
+	}
+}
+
+func TestPartialDeferral(t *testing.T) {
+	mk := func() (*hb, *history.Submission) {
+		b := newH(40)
+		s := b.submit("m1", 0, bob, carol)
+		d := fakemta.Reply{Code: 250, Enhanced: "2.0.0"}
+		b.txn(1, s.MailFrom, []fakemta.RcptAttempt{
+			{Addr: bob, Attempt: 1, Reply: ok250()},
+			{Addr: carol, Attempt: 1, Reply: grey(), Greylist: "deferred"},
+		}, &d, body(s, 1, bob))
+		return b, s
+	}
+	// Only the deferred recipient is retried: both delivered once.
+	b, s := mk()
+	b.deliver(10, s, carol)
+	r := Judge(b.h)
+	want(t, find(t, r, "m1", bob), Delivered, false, Delivered)
+	want(t, find(t, r, "m1", carol), Delivered, false, Delivered)
+	// Retrying both delivers bob twice.
+	b, s = mk()
+	b.deliver(10, s, bob, carol)
+	r = Judge(b.h)
+	want(t, find(t, r, "m1", bob), Duplicate, true, Delivered, Duplicate)
+	want(t, find(t, r, "m1", carol), Delivered, false, Delivered)
+}
+
+// Outages pause the retry clock; failed connections count as attempts.
+func TestOutagesAndConnectionFailures(t *testing.T) {
+	b := newH(90)
+	s := b.submit("m1", 0, bob)
+	b.greylist(1, s, bob)
+	b.fault(history.FaultFakeMTAStop, 5, 6)
+	b.fault(history.FaultFakeMTAStart, 50, 51)
+	b.deliver(75, s, bob) // 24s after the fake MTA came back: fine
+	want(t, find(t, Judge(b.h), "m1", bob), Delivered, false, Delivered)
+
+	b = newH(90)
+	s = b.submit("m1", 0, bob)
+	b.greylist(1, s, bob)
+	for _, sec := range []float64{20, 40, 60} {
+		b.conn++
+		b.event(fakemta.Event{Time: at(sec), Kind: fakemta.EventConnect, Conn: b.conn, Client: "192.0.2.10:1"})
+		b.event(fakemta.Event{Time: at(sec), Kind: fakemta.EventReply, Conn: b.conn, Reply: &fakemta.Reply{Code: 421, Enhanced: "4.3.2", Text: "busy"}})
+		b.event(fakemta.Event{Time: at(sec), Kind: fakemta.EventClose, Conn: b.conn})
+	}
+	b.deliver(85, s, bob)
+	f := find(t, Judge(b.h), "m1", bob)
+	want(t, f, Delivered, false, Delivered)
+	if !hasEntry(f, WhatAttempt, "3 such connections") {
+		t.Errorf("timeline %s", dumpTimeline(f))
+	}
+	// Without them the same history is stalled.
+	var kept []fakemta.Event
+	for _, ev := range b.h.Journal {
+		if ev.Kind == fakemta.EventTransaction {
+			kept = append(kept, ev)
+		}
+	}
+	b.h.Journal = kept
+	want(t, find(t, Judge(b.h), "m1", bob), Stalled, true, Delivered, Stalled)
+}
+
+func TestDeterministicAndPure(t *testing.T) {
+	b := newH(80)
+	for _, id := range []string{"c", "a", "b"} {
+		s := b.submit(id, 0, carol, bob)
+		b.greylist(1, s, bob)
+	}
+	b.listing(40)
+	snapshot := len(b.h.Journal)
+	r1, r2 := Judge(b.h), Judge(b.h)
+	if !reflect.DeepEqual(r1, r2) {
+		t.Fatal("Judge is not deterministic")
+	}
+	if len(b.h.Journal) != snapshot {
+		t.Fatal("Judge modified the history")
+	}
+	var order []string
+	for _, f := range r1.Findings {
+		order = append(order, f.HarnessID+"/"+f.Rcpt)
+	}
+	if got := strings.Join(order, " "); got != "a/bob@rcpt.test a/carol@rcpt.test b/bob@rcpt.test b/carol@rcpt.test c/bob@rcpt.test c/carol@rcpt.test" {
+		t.Errorf("order %s", got)
+	}
+	if r := Judge(nil); !r.Passed || len(r.Findings) != 0 {
+		t.Errorf("nil history: %+v", r)
+	}
+}
+
+func TestNormalizeVerdict(t *testing.T) {
+	for in, w := range map[string]Verdict{"held silently": HeldSilently, "Premature_Bounce": PrematureBounce, " delivered ": Delivered} {
+		if got := NormalizeVerdict(in); got != w {
+			t.Errorf("%q -> %q, want %q", in, got, w)
+		}
+	}
+}

@@ -1,0 +1,473 @@
+package profile
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"reflect"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+
+	"github.com/greyharness/greyharness/harness/history"
+)
+
+// Defaults applied by Load.
+const (
+	DefaultHelo         = "harness.greyharness.test"
+	DefaultRestartGrace = 10 * time.Second
+)
+
+// Error is a profile error at a position of the profile file. Its text is
+// "file:line:col: message".
+type Error struct {
+	File string
+	Line int
+	Col  int
+	Msg  string
+}
+
+func (e *Error) Error() string { return fmt.Sprintf("%s:%d:%d: %s", e.File, e.Line, e.Col, e.Msg) }
+
+// Load reads the relay profile at path. Unknown keys are errors, every error
+// is "file:line:col: message", ${ENV} / $ENV references are expanded (see
+// Expand), defaults are applied and the profile is validated. Dir is set to
+// the file's absolute folder.
+func Load(path string) (*Profile, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return nil, err
+	}
+	p, err := Parse(path, data)
+	if err != nil {
+		return nil, err
+	}
+	p.Dir = filepath.Dir(abs)
+	return p, nil
+}
+
+// Parse is Load on bytes already read; file names them in errors. Dir is left
+// empty.
+func Parse(file string, data []byte) (*Profile, error) {
+	l := &loader{file: file, pos: map[string]*yaml.Node{}, keys: map[string]*yaml.Node{}}
+	var doc yaml.Node
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	if err := dec.Decode(&doc); err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil, &Error{File: file, Line: 1, Col: 1, Msg: "empty relay profile"}
+		}
+		return nil, l.syntaxError(err)
+	}
+	root := &doc
+	if root.Kind == yaml.DocumentNode && len(root.Content) == 1 {
+		root = root.Content[0]
+	}
+	l.root = root
+	p := &Profile{}
+	if err := l.decode(root, reflect.ValueOf(p).Elem(), ""); err != nil {
+		return nil, err
+	}
+	var extra yaml.Node
+	if err := dec.Decode(&extra); err == nil {
+		return nil, l.errAt(&extra, "a relay profile is one YAML document; found a second one")
+	}
+	if err := l.finish(p, filepath.Base(file)); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+type loader struct {
+	file string
+	root *yaml.Node
+	pos  map[string]*yaml.Node // dotted key path -> value node
+	keys map[string]*yaml.Node // dotted key path -> key node
+}
+
+func (l *loader) errAt(n *yaml.Node, format string, a ...any) error {
+	line, col := 1, 1
+	if n != nil && n.Line > 0 {
+		line, col = n.Line, n.Column
+	}
+	return &Error{File: l.file, Line: line, Col: col, Msg: fmt.Sprintf(format, a...)}
+}
+
+// errPath reports at the value of path, or else at the key of its longest
+// present prefix.
+func (l *loader) errPath(path string, format string, a ...any) error {
+	if n, ok := l.pos[path]; ok {
+		return l.errAt(n, format, a...)
+	}
+	for p := path; p != ""; {
+		if n, ok := l.keys[p]; ok {
+			return l.errAt(n, format, a...)
+		}
+		i := strings.LastIndexAny(p, ".[")
+		if i < 0 {
+			break
+		}
+		p = p[:i]
+	}
+	return l.errAt(l.root, format, a...)
+}
+
+var yamlLineRE = regexp.MustCompile(`^yaml: line (\d+): (.*)$`)
+
+func (l *loader) syntaxError(err error) error {
+	msg := err.Error()
+	if m := yamlLineRE.FindStringSubmatch(msg); m != nil {
+		line, _ := strconv.Atoi(m[1])
+		return &Error{File: l.file, Line: line, Col: 1, Msg: m[2]}
+	}
+	return &Error{File: l.file, Line: 1, Col: 1, Msg: strings.TrimPrefix(msg, "yaml: ")}
+}
+
+var unmarshalerType = reflect.TypeFor[yaml.Unmarshaler]()
+
+// decode decodes n into v strictly: unknown keys and wrong kinds are errors
+// at the offending node.
+func (l *loader) decode(n *yaml.Node, v reflect.Value, path string) error {
+	if n.Kind == yaml.AliasNode {
+		n = n.Alias
+	}
+	if path != "" {
+		l.pos[path] = n
+	}
+	if n.Kind == yaml.ScalarNode && n.Tag == "!!null" {
+		return nil // key present without value: keep the zero value
+	}
+	if v.Kind() != reflect.Pointer && v.CanAddr() && v.Addr().Type().Implements(unmarshalerType) {
+		if n.Kind != yaml.ScalarNode {
+			return l.errAt(n, "%s: expected a scalar value", label(path))
+		}
+		if err := v.Addr().Interface().(yaml.Unmarshaler).UnmarshalYAML(n); err != nil {
+			return l.errAt(n, "%s: %v", label(path), err)
+		}
+		return nil
+	}
+	switch v.Kind() {
+	case reflect.Pointer:
+		if v.IsNil() {
+			v.Set(reflect.New(v.Type().Elem()))
+		}
+		return l.decode(n, v.Elem(), path)
+	case reflect.Struct:
+		if n.Kind != yaml.MappingNode {
+			return l.errAt(n, "%s: expected a mapping of keys, got %s", label(path), kindName(n))
+		}
+		fields := yamlFields(v.Type())
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			k, val := n.Content[i], n.Content[i+1]
+			idx, ok := fields[k.Value]
+			if !ok {
+				return l.errAt(k, "unknown key %q%s (known: %s)", k.Value, in(path), strings.Join(sortedKeys(fields), ", "))
+			}
+			l.keys[join(path, k.Value)] = k
+			if err := l.decode(val, v.Field(idx), join(path, k.Value)); err != nil {
+				return err
+			}
+		}
+		return nil
+	case reflect.Map:
+		if n.Kind != yaml.MappingNode {
+			return l.errAt(n, "%s: expected a mapping, got %s", label(path), kindName(n))
+		}
+		if v.IsNil() {
+			v.Set(reflect.MakeMap(v.Type()))
+		}
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			k, val := n.Content[i], n.Content[i+1]
+			if k.Kind != yaml.ScalarNode {
+				return l.errAt(k, "%s: keys must be strings", label(path))
+			}
+			l.keys[join(path, k.Value)] = k
+			elem := reflect.New(v.Type().Elem()).Elem()
+			if err := l.decode(val, elem, join(path, k.Value)); err != nil {
+				return err
+			}
+			v.SetMapIndex(reflect.ValueOf(k.Value).Convert(v.Type().Key()), elem)
+		}
+		return nil
+	case reflect.Slice:
+		items := n.Content
+		if n.Kind == yaml.ScalarNode {
+			items = []*yaml.Node{n} // a single value stands for a one-item list
+		} else if n.Kind != yaml.SequenceNode {
+			return l.errAt(n, "%s: expected a list, got %s", label(path), kindName(n))
+		}
+		s := reflect.MakeSlice(v.Type(), len(items), len(items))
+		for i, it := range items {
+			if err := l.decode(it, s.Index(i), fmt.Sprintf("%s[%d]", path, i)); err != nil {
+				return err
+			}
+		}
+		v.Set(s)
+		return nil
+	case reflect.String:
+		if n.Kind != yaml.ScalarNode {
+			return l.errAt(n, "%s: expected a string, got %s", label(path), kindName(n))
+		}
+		v.SetString(n.Value)
+		return nil
+	case reflect.Bool:
+		var b bool
+		if n.Kind != yaml.ScalarNode || n.Decode(&b) != nil {
+			return l.errAt(n, "%s: expected true or false, got %s", label(path), shown(n))
+		}
+		v.SetBool(b)
+		return nil
+	case reflect.Int, reflect.Int64, reflect.Int32:
+		var i int64
+		if n.Kind != yaml.ScalarNode || n.Decode(&i) != nil {
+			return l.errAt(n, "%s: expected an integer, got %s", label(path), shown(n))
+		}
+		v.SetInt(i)
+		return nil
+	}
+	return l.errAt(n, "%s: unsupported field type %s", label(path), v.Type())
+}
+
+func yamlFields(t reflect.Type) map[string]int {
+	m := map[string]int{}
+	for i := range t.NumField() {
+		f := t.Field(i)
+		if !f.IsExported() {
+			continue
+		}
+		name, _, _ := strings.Cut(f.Tag.Get("yaml"), ",")
+		if name == "-" {
+			continue
+		}
+		if name == "" {
+			name = strings.ToLower(f.Name)
+		}
+		m[name] = i
+	}
+	return m
+}
+
+func sortedKeys(m map[string]int) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
+}
+
+func join(path, key string) string {
+	if path == "" {
+		return key
+	}
+	return path + "." + key
+}
+
+func label(path string) string {
+	if path == "" {
+		return "relay profile"
+	}
+	return path
+}
+
+func in(path string) string {
+	if path == "" {
+		return ""
+	}
+	return " in " + path
+}
+
+func kindName(n *yaml.Node) string {
+	switch n.Kind {
+	case yaml.MappingNode:
+		return "a mapping"
+	case yaml.SequenceNode:
+		return "a list"
+	case yaml.ScalarNode:
+		return shown(n)
+	}
+	return "nothing"
+}
+
+func shown(n *yaml.Node) string {
+	if n.Kind != yaml.ScalarNode {
+		return kindName(n)
+	}
+	return strconv.Quote(n.Value)
+}
+
+// Expand expands ${NAME}, $NAME and ${NAME:-default} in s with lookup (nil:
+// the process environment). "$$" is a literal "$".
+func Expand(s string, lookup func(string) (string, bool)) string {
+	if lookup == nil {
+		lookup = os.LookupEnv
+	}
+	return os.Expand(s, func(name string) string {
+		if name == "$" {
+			return "$"
+		}
+		if k, def, ok := strings.Cut(name, ":-"); ok {
+			if v, found := lookup(k); found && v != "" {
+				return v
+			}
+			return def
+		}
+		v, _ := lookup(name)
+		return v
+	})
+}
+
+// finish expands, defaults and validates.
+func (l *loader) finish(p *Profile, base string) error {
+	// Env values are expanded against the process environment; everything
+	// else sees Env first, then the process environment.
+	for k, v := range p.Env {
+		p.Env[k] = Expand(v, nil)
+	}
+	lookup := func(name string) (string, bool) {
+		if v, ok := p.Env[name]; ok {
+			return v, true
+		}
+		return os.LookupEnv(name)
+	}
+	c := &p.Commands
+	for _, s := range []*string{&c.Setup, &c.Start, &c.Ready, &c.Stop, &c.Restart, &c.Flush, &c.Queue, &c.Teardown,
+		&p.Submit.Addr, &p.Submit.Helo, &p.Submit.Username, &p.Submit.Password} {
+		*s = Expand(*s, lookup)
+	}
+	for i := range p.NextHop {
+		p.NextHop[i] = Expand(p.NextHop[i], lookup)
+	}
+	for i := range p.LogFiles {
+		p.LogFiles[i] = Expand(p.LogFiles[i], lookup)
+	}
+	if p.FakeMTA != nil {
+		p.FakeMTA.API = Expand(p.FakeMTA.API, lookup)
+		p.FakeMTA.Token = Expand(p.FakeMTA.Token, lookup)
+	}
+
+	// Defaults.
+	if p.Name == "" {
+		p.Name = strings.TrimSuffix(base, filepath.Ext(base))
+	}
+	if p.Submit.Helo == "" {
+		p.Submit.Helo = DefaultHelo
+	}
+	if p.Timing.RestartGrace == 0 {
+		p.Timing.RestartGrace = history.Duration(DefaultRestartGrace)
+	}
+	if p.QueueFormat == "" && c.Queue == "" {
+		p.QueueFormat = QueueNone
+	}
+
+	// Validation.
+	if p.Submit.Addr == "" {
+		return l.errPath("submit.addr", "submit.addr is required (host:port where the relay accepts mail)")
+	}
+	if err := checkHostPort(p.Submit.Addr); err != nil {
+		return l.errPath("submit.addr", "submit.addr %q: %v", p.Submit.Addr, err)
+	}
+	if (p.Submit.Username == "") != (p.Submit.Password == "") {
+		return l.errPath("submit", "submit.username and submit.password go together")
+	}
+	switch p.QueueFormat {
+	case QueuePostfixJSON, QueueExim, QueueOpenSMTPD, QueueSample, QueueNone:
+	case "":
+		return l.errPath("queue_format", "queue_format is required when commands.queue is set (one of %s)", formats())
+	default:
+		return l.errPath("queue_format", "unknown queue_format %q (one of %s)", p.QueueFormat, formats())
+	}
+	if p.QueueFormat != QueueNone && c.Queue == "" {
+		return l.errPath("commands.queue", "queue_format %q needs commands.queue", p.QueueFormat)
+	}
+	if p.FakeMTA != nil && p.FakeMTA.API == "" {
+		return l.errPath("fakemta.api", "fakemta.api is required when fakemta is set")
+	}
+	if len(p.NextHop) == 0 && p.FakeMTA == nil {
+		return l.errPath("next_hop", "next_hop is required (host:port where the in-process fake MTA listens) unless fakemta.api is set")
+	}
+	for i, h := range p.NextHop {
+		if err := checkHostPort(h); err != nil {
+			return l.errPath(fmt.Sprintf("next_hop[%d]", i), "next_hop %q: %v", h, err)
+		}
+	}
+	if c.StartForeground && c.Start == "" {
+		return l.errPath("commands.start_foreground", "commands.start_foreground needs commands.start")
+	}
+	t := p.Timing
+	if t.RetryMax <= 0 {
+		return l.errPath("timing.retry_max", "timing.retry_max is required and must be > 0 (longest gap between two delivery attempts)")
+	}
+	if t.QueueLifetime <= 0 {
+		return l.errPath("timing.queue_lifetime", "timing.queue_lifetime is required and must be > 0 (when a deferred message must bounce)")
+	}
+	if t.DelayWarning < 0 {
+		return l.errPath("timing.delay_warning", "timing.delay_warning must be >= 0")
+	}
+	if t.RestartGrace < 0 {
+		return l.errPath("timing.restart_grace", "timing.restart_grace must be > 0")
+	}
+	return nil
+}
+
+func formats() string {
+	return strings.Join([]string{string(QueuePostfixJSON), string(QueueExim), string(QueueOpenSMTPD), string(QueueSample), string(QueueNone)}, ", ")
+}
+
+func checkHostPort(s string) error {
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return errors.New("want host:port")
+	}
+	if host == "" {
+		return errors.New("host is empty")
+	}
+	n, err := strconv.Atoi(port)
+	if err != nil || n < 1 || n > 65535 {
+		return fmt.Errorf("port %q is not a number in 1..65535", port)
+	}
+	return nil
+}
+
+// Has reports whether the profile provides capability c.
+func (p *Profile) Has(c Capability) bool {
+	cmd := p.Commands
+	switch c {
+	case CapRestart:
+		return cmd.Restart != "" || (cmd.Start != "" && (cmd.Stop != "" || cmd.StartForeground))
+	case CapStop:
+		return cmd.Stop != "" || (cmd.StartForeground && cmd.Start != "")
+	case CapQueue:
+		return cmd.Queue != "" && p.QueueFormat != QueueNone && p.QueueFormat != ""
+	case CapFlush:
+		return cmd.Flush != ""
+	case CapFakeMTAControl:
+		return p.FakeMTA == nil
+	case CapDelayWarning:
+		return p.Timing.DelayWarning > 0
+	}
+	return false
+}
+
+// Missing returns the capabilities of needs the profile lacks, in order (nil
+// when none).
+func (p *Profile) Missing(needs []Capability) []Capability {
+	var out []Capability
+	for _, c := range needs {
+		if !p.Has(c) && !slices.Contains(out, c) {
+			out = append(out, c)
+		}
+	}
+	return out
+}

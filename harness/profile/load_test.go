@@ -1,0 +1,176 @@
+package profile
+
+import (
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+const good = `
+name: postfix
+submit:
+  addr: 127.0.0.1:${SUBMIT_PORT:-2525}
+commands:
+  setup: ./postfix.sh setup
+  start: exec ./postfix.sh start
+  start_foreground: true
+  ready: ./postfix.sh ready
+  queue: ./postfix.sh queue --dir $WORKDIR
+  flush: echo $$HOME
+queue_format: postfix-json
+next_hop: 127.0.0.1:${NEXT_HOP_PORT}
+timing:
+  retry_max: 3s
+  queue_lifetime: 45s
+  delay_warning: 15s
+env:
+  WORKDIR: ${GH_TEST_BASE}/work
+  NEXT_HOP_PORT: "2600"
+scenarios:
+  delay-warning:
+    skip: not today
+`
+
+func writeProfile(t *testing.T, body string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "relay.yaml")
+	if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestLoadGood(t *testing.T) {
+	t.Setenv("GH_TEST_BASE", "/srv")
+	t.Setenv("SUBMIT_PORT", "")
+	path := writeProfile(t, good)
+	p, err := Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Dir != filepath.Dir(path) || !filepath.IsAbs(p.Dir) {
+		t.Errorf("Dir = %q, want %q", p.Dir, filepath.Dir(path))
+	}
+	if p.Submit.Addr != "127.0.0.1:2525" {
+		t.Errorf("addr = %q (default of ${SUBMIT_PORT:-2525} not applied)", p.Submit.Addr)
+	}
+	if p.Submit.Helo != DefaultHelo {
+		t.Errorf("helo default = %q", p.Submit.Helo)
+	}
+	if p.Env["WORKDIR"] != "/srv/work" {
+		t.Errorf("env WORKDIR = %q", p.Env["WORKDIR"])
+	}
+	if p.Commands.Queue != "./postfix.sh queue --dir /srv/work" {
+		t.Errorf("queue command = %q (env from profile not expanded)", p.Commands.Queue)
+	}
+	if p.Commands.Flush != "echo $HOME" {
+		t.Errorf("$$ not kept as $: %q", p.Commands.Flush)
+	}
+	if !slices.Equal(p.NextHop, []string{"127.0.0.1:2600"}) {
+		t.Errorf("next_hop = %v", p.NextHop)
+	}
+	if p.Timing.RestartGrace.D() != 10*time.Second || p.Timing.RetryMax.D() != 3*time.Second {
+		t.Errorf("timing = %+v", p.Timing)
+	}
+	if p.Scenarios["delay-warning"].Skip != "not today" {
+		t.Errorf("scenarios = %+v", p.Scenarios)
+	}
+	for _, c := range []Capability{CapRestart, CapStop, CapQueue, CapFlush, CapFakeMTAControl, CapDelayWarning} {
+		if !p.Has(c) {
+			t.Errorf("Has(%s) = false", c)
+		}
+	}
+	if m := p.Missing([]Capability{CapQueue, CapRestart}); m != nil {
+		t.Errorf("Missing = %v", m)
+	}
+}
+
+func TestCapabilities(t *testing.T) {
+	p := &Profile{QueueFormat: QueueNone, FakeMTA: &FakeMTARef{API: "http://x"}}
+	got := p.Missing([]Capability{CapRestart, CapStop, CapQueue, CapFlush, CapFakeMTAControl, CapDelayWarning, CapRestart})
+	want := []Capability{CapRestart, CapStop, CapQueue, CapFlush, CapFakeMTAControl, CapDelayWarning}
+	if !slices.Equal(got, want) {
+		t.Errorf("Missing = %v, want %v", got, want)
+	}
+	p.Commands = Commands{Start: "s", Stop: "x"}
+	if !p.Has(CapRestart) || !p.Has(CapStop) {
+		t.Error("start+stop should give restart and stop")
+	}
+	p.Commands = Commands{Restart: "r"}
+	if !p.Has(CapRestart) || p.Has(CapStop) {
+		t.Error("restart command alone gives restart only")
+	}
+}
+
+func TestLoadErrors(t *testing.T) {
+	base := "submit:\n  addr: 127.0.0.1:25\nnext_hop: [127.0.0.1:26]\ntiming:\n  retry_max: 3s\n  queue_lifetime: 40s\n"
+	cases := []struct {
+		name, body, want string
+	}{
+		{"unknown top key", base + "queu_format: exim\n", `:7:1: unknown key "queu_format"`},
+		{"unknown nested key", "submit:\n  adr: x\n", `:2:3: unknown key "adr" in submit`},
+		{"bad duration", strings.Replace(base, "3s", "3 parsecs", 1), `:5:14: timing.retry_max: invalid duration`},
+		{"bad bool", base + "commands:\n  start: x\n  start_foreground: maybe\n", `:9:21: commands.start_foreground: expected true or false`},
+		{"missing addr", "next_hop: [127.0.0.1:26]\n", `:1:1: submit.addr is required`},
+		{"bad addr", strings.Replace(base, "127.0.0.1:25", "localhost", 1), `:2:9: submit.addr "localhost": want host:port`},
+		{"bad format", base + "queue_format: sendmail\ncommands:\n  queue: mailq\n", `:7:15: unknown queue_format "sendmail"`},
+		{"format without command", base + "queue_format: exim\n", `queue_format "exim" needs commands.queue`},
+		{"queue without format", base + "commands:\n  queue: mailq\n", `queue_format is required when commands.queue is set`},
+		{"no next hop", "submit:\n  addr: 127.0.0.1:25\ntiming:\n  retry_max: 3s\n  queue_lifetime: 40s\n", `:1:1: next_hop is required`},
+		{"bad next hop", strings.Replace(base, "127.0.0.1:26", "127.0.0.1:x", 1), `:3:12: next_hop "127.0.0.1:x": port "x"`},
+		{"no retry_max", strings.Replace(base, "  retry_max: 3s\n", "", 1), `:4:1: timing.retry_max is required`},
+		{"zero lifetime", strings.Replace(base, "40s", "0s", 1), `:6:19: timing.queue_lifetime is required`},
+		{"no timing", "submit:\n  addr: 127.0.0.1:25\nnext_hop: 127.0.0.1:26\n", `:1:1: timing.retry_max is required`},
+		{"syntax", "submit:\n  addr: [\n", `relay.yaml:2:1: did not find expected node content`},
+		{"wrong kind", "submit: 127.0.0.1:25\n", `:1:9: submit: expected a mapping of keys, got "127.0.0.1:25"`},
+		{"empty", "", `:1:1: empty relay profile`},
+		{"foreground without start", base + "commands:\n  start_foreground: true\n", `commands.start_foreground needs commands.start`},
+		{"fakemta without api", "submit:\n  addr: 127.0.0.1:25\nfakemta:\n  token: x\ntiming:\n  retry_max: 3s\n  queue_lifetime: 40s\n", `:3:1: fakemta.api is required`},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			path := writeProfile(t, tc.body)
+			_, err := Load(path)
+			if err == nil {
+				t.Fatalf("no error, want %q", tc.want)
+			}
+			if !strings.HasPrefix(err.Error(), path+":") {
+				t.Errorf("error %q does not start with the file name", err)
+			}
+			if !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("error %q\nwant it to contain %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestFakeMTAWithoutNextHop(t *testing.T) {
+	t.Setenv("GH_TOKEN", "s3cret")
+	p, err := Parse("x.yaml", []byte("submit:\n  addr: '[::1]:25'\nfakemta:\n  api: http://127.0.0.1:8025\n  token: $GH_TOKEN\ntiming:\n  retry_max: 1m\n  queue_lifetime: 5d\n  restart_grace: 30s\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.FakeMTA.Token != "s3cret" || p.Name != "x" || p.QueueFormat != QueueNone || p.Timing.QueueLifetime.D() != 120*time.Hour || p.Timing.RestartGrace.D() != 30*time.Second {
+		t.Errorf("profile = %+v", p)
+	}
+	if p.Has(CapFakeMTAControl) {
+		t.Error("a deployed fake MTA cannot be controlled")
+	}
+}
+
+// The shipped profiles must load.
+func TestShippedProfiles(t *testing.T) {
+	for _, f := range []string{"../../ci/postfix/relay.yaml", "../../ci/exim/relay.yaml"} {
+		p, err := Load(f)
+		if err != nil {
+			t.Errorf("%s: %v", f, err)
+			continue
+		}
+		if m := p.Missing([]Capability{CapRestart, CapStop, CapQueue, CapFlush, CapDelayWarning}); m != nil {
+			t.Errorf("%s lacks %v", f, m)
+		}
+	}
+}

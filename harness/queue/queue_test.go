@@ -1,0 +1,199 @@
+package queue
+
+import (
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/greyharness/greyharness/harness/history"
+	"github.com/greyharness/greyharness/harness/profile"
+)
+
+func read(t *testing.T, name string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("testdata", name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func parse(t *testing.T, f profile.QueueFormat, name string, now time.Time) []history.QueueEntry {
+	t.Helper()
+	es, err := Parse(f, read(t, name), now)
+	if err != nil {
+		t.Fatalf("%s: %v", name, err)
+	}
+	return es
+}
+
+func find(t *testing.T, es []history.QueueEntry, id string) history.QueueEntry {
+	t.Helper()
+	for _, e := range es {
+		if e.QueueID == id {
+			return e
+		}
+	}
+	t.Fatalf("no entry %s in %+v", id, es)
+	return history.QueueEntry{}
+}
+
+// Captured from Debian's Postfix 3.7.11 (ci/postfix) with the next hop down,
+// then one message put on hold, then with a sink answering 451 4.7.1 to .org.
+func TestPostfixJSON(t *testing.T) {
+	es := parse(t, profile.QueuePostfixJSON, "postfix-deferred.jsonl", time.Time{})
+	if len(es) != 2 {
+		t.Fatalf("entries = %+v", es)
+	}
+	m := find(t, es, "BA4F798438D")
+	if m.Sender != "sender@example.test" || !slices.Equal(m.Recipients, []string{"rcpt1@example.net", "rcpt2@example.org"}) {
+		t.Errorf("entry = %+v", m)
+	}
+	if !m.Arrival.Equal(time.Unix(1795537377, 0)) || !strings.Contains(m.Reason, "Connection refused") {
+		t.Errorf("arrival/reason = %v %q", m.Arrival, m.Reason)
+	}
+	if b := find(t, es, "BC20398438E"); b.Sender != "" {
+		t.Errorf("bounce sender = %q, want \"\" (MAILER-DAEMON)", b.Sender)
+	}
+
+	es = parse(t, profile.QueuePostfixJSON, "postfix-hold.jsonl", time.Time{})
+	if h := find(t, es, "BC20398438E"); !strings.HasPrefix(h.Reason, "on hold; connect to") {
+		t.Errorf("hold reason = %q", h.Reason)
+	}
+
+	es = parse(t, profile.QueuePostfixJSON, "postfix-greylisted.jsonl", time.Time{})
+	g := find(t, es, "E01B8984B7B")
+	if !slices.Equal(g.Recipients, []string{"rcpt2@example.org"}) || !strings.Contains(g.Reason, "451 4.7.1 greylisted") {
+		t.Errorf("greylisted entry = %+v", g)
+	}
+
+	es = parse(t, profile.QueuePostfixJSON, "postfix-empty.jsonl", time.Time{})
+	if es == nil || len(es) != 0 {
+		t.Errorf("empty queue = %#v, want empty non-nil", es)
+	}
+}
+
+// Captured from Debian's Exim 4.96 (ci/exim): deferred + a frozen bounce,
+// a partial delivery (one recipient "D"), and the same frozen.
+func TestExim(t *testing.T) {
+	now := time.Unix(1795537420, 0)
+	es := parse(t, profile.QueueExim, "exim-deferred-frozen.txt", now)
+	if len(es) != 2 {
+		t.Fatalf("entries = %+v", es)
+	}
+	m := find(t, es, "1xVtIt-0001n9-0l")
+	if m.Sender != "sender@example.test" || !slices.Equal(m.Recipients, []string{"rcpt1@example.net", "rcpt2@example.org"}) || m.Reason != "" {
+		t.Errorf("entry = %+v", m)
+	}
+	// 1xVtIt = 1795537415 in base 62; the mainlog says it arrived 16:23:35 UTC.
+	if !m.Arrival.Equal(time.Unix(1795537415, 0)) {
+		t.Errorf("arrival = %v", m.Arrival.UTC())
+	}
+	b := find(t, es, "1xVtIt-0001nC-0m")
+	if b.Sender != "" || b.Reason != "frozen" || !slices.Equal(b.Recipients, []string{"x@example.net"}) {
+		t.Errorf("frozen bounce = %+v", b)
+	}
+
+	es = parse(t, profile.QueueExim, "exim-partial.txt", now)
+	p := find(t, es, "1xVtKq-0002qD-1p")
+	if !slices.Equal(p.Recipients, []string{"rcpt2@example.org"}) {
+		t.Errorf("delivered recipient not left out: %+v", p)
+	}
+
+	es = parse(t, profile.QueueExim, "exim-partial-frozen-bounce.txt", now)
+	if len(es) != 2 || find(t, es, "1xVtKq-0002qD-1p").Reason != "frozen" || find(t, es, "1xVtKq-0002qR-3B").Sender != "" {
+		t.Errorf("entries = %+v", es)
+	}
+}
+
+func TestEximShapes(t *testing.T) {
+	now := time.Date(2026, 11, 24, 18, 0, 0, 0, time.UTC)
+	// Ages and sizes as Exim prints them for older messages; an ID whose time
+	// does not match the age (foreign ID scheme) falls back to now - age.
+	out := "25m  2.9K 1t5C6F-000123-AB <bob@example.org>\n          rcpt@x.example\n        +D child@x.example\n\n" +
+		" 3h   12M 1rmXxc-00000000ABC-0Tmp <> *** frozen ***\n        D done@y.example\n          left@y.example\n"
+	es, err := ParseExim([]byte(out), now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(es) != 2 || es[0].Sender != "bob@example.org" || !slices.Equal(es[0].Recipients, []string{"rcpt@x.example"}) {
+		t.Fatalf("entries = %+v", es)
+	}
+	if !es[0].Arrival.Equal(now.Add(-25 * time.Minute)) {
+		t.Errorf("arrival from age = %v", es[0].Arrival)
+	}
+	if es[1].QueueID != "1rmXxc-00000000ABC-0Tmp" || es[1].Reason != "frozen" || !slices.Equal(es[1].Recipients, []string{"left@y.example"}) {
+		t.Errorf("entry = %+v", es[1])
+	}
+	if _, err := ParseExim([]byte("garbage here\n"), now); err == nil {
+		t.Error("garbage accepted")
+	}
+	if es, err := ParseExim(nil, now); err != nil || len(es) != 0 {
+		t.Errorf("empty listing = %v %v", es, err)
+	}
+}
+
+// testdata/opensmtpd.txt follows OpenSMTPD's smtpctl.c show_queue_envelope()
+// (no OpenSMTPD on this machine to capture from).
+func TestOpenSMTPD(t *testing.T) {
+	now := time.Unix(1795537420, 0)
+	es := parse(t, profile.QueueOpenSMTPD, "opensmtpd.txt", now)
+	if len(es) != 2 {
+		t.Fatalf("entries = %+v", es)
+	}
+	m := find(t, es, "1d2a3b4c")
+	if m.Sender != "sender@example.test" || !slices.Equal(m.Recipients, []string{"rcpt1@example.net", "rcpt2@example.org"}) {
+		t.Errorf("entry = %+v", m)
+	}
+	if !m.Arrival.Equal(time.Unix(1795537400, 0)) || !m.NextAttempt.Equal(now.Add(3*time.Second)) {
+		t.Errorf("times = %v %v", m.Arrival, m.NextAttempt)
+	}
+	if m.Reason != "421 4.7.1 greylisted, try again later" {
+		t.Errorf("reason = %q", m.Reason)
+	}
+	b := find(t, es, "2e0f00aa")
+	if b.Sender != "" || b.Reason != "on hold" || !b.NextAttempt.IsZero() {
+		t.Errorf("bounce = %+v", b)
+	}
+	if _, err := ParseOpenSMTPD([]byte("1|2|3\n"), now); err == nil {
+		t.Error("short line accepted")
+	}
+}
+
+func TestSample(t *testing.T) {
+	es := parse(t, profile.QueueSample, "sample.json", time.Time{})
+	if len(es) != 2 {
+		t.Fatalf("entries = %+v", es)
+	}
+	if es[0].HarnessID != "gh-1" || es[0].MessageID != "m1@greyharness.test" || es[0].NextAttempt.IsZero() || len(es[0].Recipients) != 2 {
+		t.Errorf("entry = %+v", es[0])
+	}
+	if es[1].Sender != "" || !es[1].NextAttempt.IsZero() {
+		t.Errorf("entry = %+v", es[1])
+	}
+	for _, bad := range []string{`{"queue_id":"x"}`, `[{"queue_id":"x","bogus":1}]`, `[{"sender":"a"}]`, `[] []`} {
+		if _, err := ParseSample([]byte(bad)); err == nil {
+			t.Errorf("accepted %s", bad)
+		}
+	}
+	for _, empty := range []string{"", "[]\n", "null"} {
+		if es, err := ParseSample([]byte(empty)); err != nil || len(es) != 0 {
+			t.Errorf("%q: %v %v", empty, es, err)
+		}
+	}
+}
+
+func TestParseErrors(t *testing.T) {
+	if _, err := Parse(profile.QueuePostfixJSON, []byte("{\"queue_id\": \"A\"}\nnot json\n"), time.Now()); err == nil || !strings.Contains(err.Error(), "line 2") {
+		t.Errorf("err = %v", err)
+	}
+	if _, err := Parse("mailq", nil, time.Now()); err == nil {
+		t.Error("unknown format accepted")
+	}
+	if es, err := Parse(profile.QueueNone, []byte("anything"), time.Now()); err != nil || es != nil {
+		t.Errorf("none = %v %v", es, err)
+	}
+}

@@ -1,0 +1,157 @@
+// Package harness drives a relay under test through the scenarios with
+// Ginkgo: one Ordered container per scenario, one spec per step, and a
+// last spec that judges every message with the ledger. The same specs run
+// under `go test`/`ginkgo run ./harness` and inside `greyharness run`.
+package harness
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	. "github.com/onsi/ginkgo/v2"
+
+	"github.com/greyharness/greyharness/harness/history"
+	"github.com/greyharness/greyharness/harness/ledger"
+	"github.com/greyharness/greyharness/harness/profile"
+	"github.com/greyharness/greyharness/harness/report"
+	"github.com/greyharness/greyharness/harness/runner"
+	"github.com/greyharness/greyharness/scenarios"
+)
+
+// RelayController is a relay under test with its whole lifecycle.
+type RelayController interface {
+	runner.Relay
+	Setup(ctx context.Context) error
+	Teardown(ctx context.Context) error
+}
+
+// Outcome is one scenario's result.
+type Outcome struct {
+	Scenario string
+	Skipped  string // reason, when skipped
+	Err      string // the harness could not run a step
+	History  *history.History
+	Result   *ledger.Result
+	Saved    string // results folder, on failure
+}
+
+// Suite is what DefineSpecs needs: a loaded profile, its relay, the scenarios.
+type Suite struct {
+	Profile    *profile.Profile
+	Relay      RelayController
+	Scenarios  []scenarios.Scenario
+	ResultsDir string
+	Progress   io.Writer
+	Verbose    bool
+
+	mu       sync.Mutex
+	Outcomes []Outcome
+}
+
+func (s *Suite) record(o Outcome) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.Outcomes = append(s.Outcomes, o)
+}
+
+// Missing returns the capabilities sc needs that the profile lacks.
+func (s *Suite) Missing(sc *scenarios.Scenario) []string {
+	var out []string
+	for _, c := range s.Profile.Missing(sc.Needs()) {
+		out = append(out, string(c))
+	}
+	return out
+}
+
+// scenarioTimeout bounds a whole scenario from the profile's timing.
+func (s *Suite) scenarioTimeout(sc *scenarios.Scenario) time.Duration {
+	t := s.Profile.Timing
+	per := t.RetryMax.D()*6 + t.RestartGrace.D()*2 + t.QueueLifetime.D() + t.DelayWarning.D() + 2*time.Minute
+	return per
+}
+
+// DefineSpecs declares the suite's specs; call it before RunSpecs.
+func DefineSpecs(s *Suite) {
+	BeforeSuite(func(ctx SpecContext) {
+		if err := s.Relay.Setup(ctx); err != nil {
+			Fail(fmt.Sprintf("relay %s setup: %v\n%s", s.Profile.Name, err, s.Relay.Logs()))
+		}
+		if err := s.Relay.Start(ctx); err != nil {
+			Fail(fmt.Sprintf("relay %s start: %v\n%s", s.Profile.Name, err, s.Relay.Logs()))
+		}
+	}, NodeTimeout(s.Profile.Timing.RestartGrace.D()*2+5*time.Minute))
+	AfterSuite(func(ctx SpecContext) {
+		s.Relay.Stop(ctx)
+		if err := s.Relay.Teardown(ctx); err != nil {
+			GinkgoWriter.Printf("relay teardown: %v\n", err)
+		}
+	}, NodeTimeout(s.Profile.Timing.RestartGrace.D()*2+time.Minute))
+
+	for i := range s.Scenarios {
+		sc := &s.Scenarios[i]
+		describeScenario(s, sc)
+	}
+}
+
+func describeScenario(s *Suite, sc *scenarios.Scenario) {
+	opt := &runner.Options{Profile: s.Profile, Relay: s.Relay, ResultsDir: s.ResultsDir, Progress: s.Progress, Verbose: s.Verbose}
+	timeout := s.scenarioTimeout(sc)
+	Describe(sc.Name, Label(sc.Labels...), Ordered, func() {
+		var run *runner.Run
+		var stepErr string
+		BeforeAll(func(ctx SpecContext) {
+			if o, ok := s.Profile.Scenarios[sc.Name]; ok && o.Skip != "" {
+				s.record(Outcome{Scenario: sc.Name, Skipped: o.Skip})
+				Skip(fmt.Sprintf("the %s profile skips %s: %s", s.Profile.Name, sc.Name, o.Skip))
+			}
+			if missing := s.Missing(sc); len(missing) > 0 {
+				why := fmt.Sprintf("needs %s, which the %s profile does not provide", strings.Join(missing, ", "), s.Profile.Name)
+				s.record(Outcome{Scenario: sc.Name, Skipped: why})
+				Skip(why)
+			}
+			var err error
+			run, err = runner.Begin(ctx, opt, sc)
+			if err != nil {
+				Fail(fmt.Sprintf("%s: %v", sc.File, err))
+			}
+			DeferCleanup(run.Close)
+		}, NodeTimeout(time.Minute))
+		for i := range sc.Steps {
+			st := &sc.Steps[i]
+			It(fmt.Sprintf("step %d: %s", i+1, runner.Describe(st)), func(ctx SpecContext) {
+				if err := run.Step(ctx, i, st); err != nil {
+					stepErr = fmt.Sprintf("step %d (%s:%d): %v", i+1, sc.File, st.Line, err)
+					Fail(stepErr)
+				}
+			}, SpecTimeout(timeout))
+		}
+		It("judges every message (ledger)", func(ctx SpecContext) {
+			h, res := run.Finish(ctx)
+			o := Outcome{Scenario: sc.Name, History: h, Result: &res, Err: stepErr}
+			var b strings.Builder
+			report.Text(&b, res, h, s.Verbose)
+			if !res.Passed && s.ResultsDir != "" {
+				if dir, err := runner.Save(s.ResultsDir, h, res, s.Relay.Logs()); err == nil {
+					o.Saved = dir
+					fmt.Fprintf(&b, "history saved to %s (re-judge with: greyharness judge %s)\n", dir, dir)
+				}
+			}
+			s.record(o)
+			if s.Progress != nil {
+				fmt.Fprint(s.Progress, b.String())
+			}
+			if !res.Passed {
+				Fail(b.String())
+			}
+		}, SpecTimeout(timeout))
+	})
+}
+
+// ProgressWriter is where live progress goes: stderr, so it is seen live
+// even when Ginkgo buffers spec output.
+var ProgressWriter io.Writer = os.Stderr
