@@ -33,7 +33,7 @@ type GreylistEntry struct {
 	Recipient string    `json:"recipient"`
 	FirstSeen time.Time `json:"first_seen"`
 	LastSeen  time.Time `json:"last_seen"`
-	PassedAt  time.Time `json:"passed_at,omitempty"`
+	PassedAt  time.Time `json:"passed_at,omitzero"`
 	Passes    int       `json:"passes"`
 	Attempts  int       `json:"attempts"`
 }

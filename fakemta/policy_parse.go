@@ -144,12 +144,17 @@ func (p *policyParser) greylist(n *yaml.Node) *Greylist {
 		Delay: DefaultGreylistDelay, RetryWindow: DefaultGreylistRetryWindow, MaxAge: DefaultGreylistMaxAge,
 		SubnetV4: 24, SubnetV6: 64, AutoWhitelistAfter: 5, Reply: DefaultGreylistReply, Stage: StageRcpt,
 	}
+	at := n // where a retry_window/delay conflict is reported
 	p.mapping(n, "greylist", []string{"delay", "retry_window", "max_age", "subnet_v4", "subnet_v6", "auto_whitelist_after", "reply", "stage"}, func(key string, k, v *yaml.Node) {
 		switch key {
 		case "delay":
 			g.Delay = p.duration(v, key)
+			if at == n {
+				at = v
+			}
 		case "retry_window":
 			g.RetryWindow = p.duration(v, key)
+			at = v
 		case "max_age":
 			g.MaxAge = p.duration(v, key)
 		case "subnet_v4":
@@ -176,7 +181,7 @@ func (p *policyParser) greylist(n *yaml.Node) *Greylist {
 		}
 	})
 	if g.RetryWindow > 0 && g.RetryWindow < g.Delay {
-		p.errorf(n, "greylist retry_window (%s) is shorter than delay (%s): no retry could ever pass", g.RetryWindow, g.Delay)
+		p.errorf(at, "greylist retry_window (%s) is shorter than delay (%s): no retry could ever pass", g.RetryWindow, g.Delay)
 	}
 	return g
 }

@@ -5,6 +5,7 @@
 package fakemta
 
 import (
+	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -246,21 +247,25 @@ func (s *Server) Close() error {
 	}
 	listeners := append([]net.Listener(nil), s.listeners...)
 	s.mu.Unlock()
-	err := s.smtp.Close()
-	// go-smtp closes only the listeners its Serve goroutines have already
-	// registered; one whose goroutine has not started yet would serve forever.
+	// Close listeners ourselves (go-smtp knows only those its Serve
+	// goroutines have registered), cut every connection, then let go-smtp
+	// wait for its handlers: each ends its session (Logout) in its own
+	// goroutine. go-smtp's Close would call Logout from this goroutine,
+	// racing the handler still using the session.
 	for _, l := range listeners {
 		l.Close()
 	}
 	for _, c := range conns {
 		c.Close()
 	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	if s.smtp.Shutdown(ctx) != nil && ctx.Err() != nil {
+		s.smtp.Close()
+	}
+	cancel()
 	s.serveWG.Wait()
 	s.record(Event{Kind: EventControl, Note: "stop"}, false)
-	if jerr := s.journal.Close(); err == nil || errors.Is(err, smtp.ErrServerClosed) {
-		err = jerr
-	}
-	return err
+	return s.journal.Close()
 }
 
 // record appends ev to the journal and updates metrics.

@@ -10,6 +10,7 @@ import (
 	"net/mail"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/emersion/go-smtp"
@@ -24,7 +25,12 @@ const maxDSNBytes = 4 << 20
 type session struct {
 	srv *Server
 	c   *conn
-	tx  *Transaction
+	// mu guards tx. Data holds it for its whole run: with BDAT, go-smtp runs
+	// Data in a goroutine of its own and may call Reset or Logout (RSET,
+	// EHLO, QUIT, a cut line) while it runs; they first close the chunk
+	// pipe, so Data ends soon and they wait for it.
+	mu sync.Mutex
+	tx *Transaction
 }
 
 var _ smtp.Session = (*session)(nil)
@@ -113,6 +119,8 @@ func (se *session) countStage(stage Stage, rcpts []string) []int {
 
 // Mail starts a transaction.
 func (se *session) Mail(from string, _ *smtp.MailOptions) error {
+	se.mu.Lock()
+	defer se.mu.Unlock()
 	se.finish("rset")
 	se.tx = &Transaction{Helo: se.c.helo, MailFrom: from}
 	m := se.c.matchCtx(StageMail)
@@ -140,6 +148,8 @@ func (se *session) say(r *Reply) {
 
 // Rcpt decides one recipient: rules first, then the greylist.
 func (se *session) Rcpt(to string, _ *smtp.RcptOptions) error {
+	se.mu.Lock()
+	defer se.mu.Unlock()
 	if se.tx == nil {
 		return &smtp.SMTPError{Code: 503, EnhancedCode: smtp.EnhancedCode{5, 5, 1}, Message: "MAIL first"}
 	}
@@ -186,6 +196,8 @@ func (se *session) accepted() []string {
 // Data receives the body, journals the message durably, then decides the
 // reply to the final dot (rules at eod, then an eod-stage greylist).
 func (se *session) Data(r io.Reader) error {
+	se.mu.Lock()
+	defer se.mu.Unlock()
 	if se.tx == nil {
 		return &smtp.SMTPError{Code: 503, EnhancedCode: smtp.EnhancedCode{5, 5, 1}, Message: "MAIL first"}
 	}
@@ -193,6 +205,11 @@ func (se *session) Data(r io.Reader) error {
 	msg, readErr := se.receive(r)
 	rcpts := se.accepted()
 	if readErr != nil {
+		if errors.Is(readErr, smtp.ErrDataReset) {
+			// BDAT cut short by RSET, EHLO, QUIT or a lost line: no reply
+			// is given to it; Reset or Logout ends the transaction.
+			return readErr
+		}
 		var se2 *smtp.SMTPError
 		rep := Reply{Code: 451, Enhanced: "4.3.0", Text: readErr.Error()}
 		if errors.As(readErr, &se2) {
@@ -343,10 +360,16 @@ func (se *session) end(aborted string, durable bool) {
 }
 
 // Reset ends an open transaction (RSET, a new EHLO, or after DATA).
-func (se *session) Reset() { se.finish("rset") }
+func (se *session) Reset() {
+	se.mu.Lock()
+	defer se.mu.Unlock()
+	se.finish("rset")
+}
 
 // Logout ends an open transaction when the connection goes.
 func (se *session) Logout() error {
+	se.mu.Lock()
+	defer se.mu.Unlock()
 	if se.c.quitSeen {
 		se.finish("quit")
 	} else {

@@ -180,28 +180,52 @@ func (c *conn) process() {
 }
 
 // processData passes body bytes through until the line with a lone dot.
+// It finds the end exactly where go-smtp's data reader does (CRLF "." CRLF,
+// RFC 5321 4.1.1.4): a "." line after a bare LF or CR is body, and what
+// follows it must not be taken for commands.
 func (c *conn) processData() {
 	const (
-		lineStart = iota
-		midLine
+		lineStart = iota // after CRLF (or right after the 354)
 		dot
 		dotCR
+		cr
+		midLine
 	)
 	for i, b := range c.inbuf {
-		switch {
-		case b == '\n' && (c.dataSt == dot || c.dataSt == dotCR):
-			c.out = append(c.out, c.inbuf[:i+1]...)
-			c.inbuf = c.inbuf[i+1:]
-			c.mode, c.dataSt = modeHold, lineStart // the final reply comes next
-			return
-		case b == '\n':
-			c.dataSt = lineStart
-		case b == '.' && c.dataSt == lineStart:
-			c.dataSt = dot
-		case b == '\r' && c.dataSt == dot:
-			c.dataSt = dotCR
-		default:
+		switch c.dataSt {
+		case lineStart:
+			switch b {
+			case '.':
+				c.dataSt = dot
+			case '\r':
+				c.dataSt = cr
+			default:
+				c.dataSt = midLine
+			}
+		case dot:
+			if b == '\r' {
+				c.dataSt = dotCR
+			} else {
+				c.dataSt = midLine
+			}
+		case dotCR:
+			if b == '\n' {
+				c.out = append(c.out, c.inbuf[:i+1]...)
+				c.inbuf = c.inbuf[i+1:]
+				c.mode, c.dataSt = modeHold, lineStart // the final reply comes next
+				return
+			}
 			c.dataSt = midLine
+		case cr:
+			if b == '\n' {
+				c.dataSt = lineStart
+			} else {
+				c.dataSt = midLine
+			}
+		default:
+			if b == '\r' {
+				c.dataSt = cr
+			}
 		}
 	}
 	c.out = append(c.out, c.inbuf...)
@@ -237,10 +261,13 @@ func (c *conn) command(line []byte) {
 		stage = StageQuit
 		c.quitSeen = true
 	case "BDAT":
-		if f := strings.Fields(arg); len(f) > 0 {
-			if size, err := strconv.ParseInt(f[0], 10, 64); err == nil && size >= 0 {
+		// A chunk follows only when go-smtp will read it: it refuses
+		// other argument forms without reading anything.
+		f := strings.Fields(arg)
+		if len(f) == 1 || len(f) == 2 && strings.EqualFold(f[1], "LAST") {
+			if size, err := strconv.ParseUint(f[0], 10, 32); err == nil {
 				c.out = append(c.out, line...)
-				c.bdatLeft = size
+				c.bdatLeft = int64(size)
 				if size > 0 {
 					c.mode = modeBDAT
 				}
@@ -392,7 +419,7 @@ func (c *conn) sendReply(wire []byte) error {
 		wire = c.ehloCapabilities(wire)
 	}
 	if code == 354 {
-		c.mode = modeData
+		c.mode, c.dataSt = modeData, 0
 	} else if c.mode == modeHold && !(o != nil && o.startTLS) {
 		c.mode = modeCommand
 	}
