@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"reflect"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -31,7 +32,19 @@ func FuzzParsePolicy(f *testing.F) {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, in string) {
-		p, err := ParsePolicy("fuzz.yaml", []byte(in))
+		// A hang is a failure too: report it with the input so the fuzzer keeps it.
+		var (
+			p   *Policy
+			err error
+		)
+		done := make(chan struct{})
+		go func() { p, err = ParsePolicy("fuzz.yaml", []byte(in)); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			buf := make([]byte, 1<<20)
+			t.Fatalf("ParsePolicy hangs on %q\n%s", in, buf[:runtime.Stack(buf, true)])
+		}
 		if err != nil {
 			if !strings.HasPrefix(err.Error(), "fuzz.yaml:") {
 				t.Fatalf("error without a position: %v", err)

@@ -142,11 +142,11 @@ func describeScenario(s *Suite, sc *scenarios.Scenario) {
 				}
 			}
 			s.record(o)
+			if !res.Passed {
+				Fail(b.String()) // Ginkgo prints it, timelines and all
+			}
 			if s.Progress != nil {
 				fmt.Fprint(s.Progress, b.String())
-			}
-			if !res.Passed {
-				Fail(b.String())
 			}
 		}, SpecTimeout(timeout))
 	})

@@ -93,12 +93,12 @@ setup() {
 		"smtp_dns_support_level = disabled" \
 		"smtp_tls_security_level = may" \
 		"queue_run_delay = 1s" \
-		"minimal_backoff_time = 1s" \
-		"maximal_backoff_time = 2s" \
+		"minimal_backoff_time = 3s" \
+		"maximal_backoff_time = 3s" \
 		"bounce_queue_lifetime = 45s" \
 		"maximal_queue_lifetime = 45s" \
 		"delay_warning_time = 15s" \
-		"smtp_destination_concurrency_limit = 4" \
+		"smtp_destination_concurrency_limit = 20" \
 		"default_process_limit = 20" \
 		"smtp_connect_timeout = 5s" \
 		"biff = no"

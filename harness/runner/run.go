@@ -25,6 +25,7 @@ import (
 	"github.com/greyharness/greyharness/harness/report"
 	"github.com/greyharness/greyharness/harness/traffic"
 	"github.com/greyharness/greyharness/scenarios"
+	"go.yaml.in/yaml/v3"
 )
 
 // Relay controls the relay under test (harness/relay implements it).
@@ -54,17 +55,19 @@ type Options struct {
 
 // Run is one scenario in progress.
 type Run struct {
-	opt      *Options
-	sc       *scenarios.Scenario
-	policy   *fakemta.Policy
-	stateDir string
-	timing   history.Timing
+	opt        *Options
+	sc         *scenarios.Scenario
+	policy     *fakemta.Policy
+	policyNode *yaml.Node
+	stateDir   string
+	timing     history.Timing
 
-	mu   sync.Mutex
-	h    history.History
-	fake *fakemta.Server
-	sub  func() // cancels the journal subscription
-	subD chan struct{}
+	mu     sync.Mutex
+	h      history.History
+	fake   *fakemta.Server
+	remote *remoteFakeMTA // staging: a fake MTA beside the relay, driven by its API
+	sub    func()         // cancels the journal subscription
+	subD   chan struct{}
 
 	track    *tracker
 	pollStop chan struct{}
@@ -92,7 +95,7 @@ func Begin(ctx context.Context, opt *Options, sc *scenarios.Scenario) (*Run, err
 			return nil, err
 		}
 	}
-	r := &Run{opt: opt, sc: sc, policy: pol, stateDir: dir, timing: opt.Profile.Timing, track: newTracker(), sent: map[string]bool{}}
+	r := &Run{opt: opt, sc: sc, policy: pol, policyNode: &sc.Policy, stateDir: dir, timing: opt.Profile.Timing, track: newTracker(), sent: map[string]bool{}}
 	r.h = history.History{Scenario: sc.Name, Relay: opt.Profile.Name, Timing: r.timing, Started: time.Now(), Expect: expectOf(sc)}
 	if pol.Greylist != nil {
 		r.h.GreylistDelay = history.Duration(pol.Greylist.Delay)
@@ -125,8 +128,39 @@ func expectOf(sc *scenarios.Scenario) history.Expect {
 	return e
 }
 
-// startFake starts the in-process fake MTA on the profile's next hop.
+// record appends a journal event to the history and the tracker.
+func (r *Run) record(ev fakemta.Event) {
+	r.mu.Lock()
+	r.h.Journal = append(r.h.Journal, ev)
+	r.mu.Unlock()
+	r.track.observe(ev)
+}
+
+// policyYAML renders a policy node for the remote fake MTA's API.
+func policyYAML(n *yaml.Node) []byte {
+	if n == nil || n.Kind == 0 {
+		return []byte("{}")
+	}
+	b, err := yaml.Marshal(n)
+	if err != nil {
+		return []byte("{}")
+	}
+	return b
+}
+
+// startFake starts the in-process fake MTA on the profile's next hop, or
+// points the profile's remote fake MTA at this scenario.
 func (r *Run) startFake(wipe bool) error {
+	if ref := r.opt.Profile.FakeMTA; ref != nil {
+		rm := newRemoteFakeMTA(ref)
+		if err := rm.begin(policyYAML(r.policyNode), r.record); err != nil {
+			return err
+		}
+		r.mu.Lock()
+		r.remote = rm
+		r.mu.Unlock()
+		return nil
+	}
 	srv, err := fakemta.New(fakemta.Config{
 		Listen: r.opt.Profile.NextHop, Policy: r.currentPolicy(), StateDir: r.stateDir, WipeState: wipe,
 		TLS: r.opt.TLS, ReadTimeout: 2 * time.Minute, Logf: func(string, ...any) {},
@@ -144,10 +178,7 @@ func (r *Run) startFake(wipe bool) error {
 	go func() {
 		defer close(done)
 		for ev := range ch {
-			r.mu.Lock()
-			r.h.Journal = append(r.h.Journal, ev)
-			r.mu.Unlock()
-			r.track.observe(ev)
+			r.record(ev)
 		}
 	}()
 	r.mu.Lock()
@@ -163,9 +194,13 @@ func (r *Run) currentPolicy() *fakemta.Policy {
 // stopFake closes the fake MTA and waits until its journal is all recorded.
 func (r *Run) stopFake() error {
 	r.mu.Lock()
-	srv, cancel, done := r.fake, r.sub, r.subD
-	r.fake = nil
+	srv, cancel, done, rm := r.fake, r.sub, r.subD, r.remote
+	r.fake, r.remote = nil, nil
 	r.mu.Unlock()
+	if rm != nil {
+		rm.end()
+		return nil
+	}
 	if srv == nil {
 		return nil
 	}
@@ -244,13 +279,16 @@ func (r *Run) Step(ctx context.Context, i int, st *scenarios.Step) error {
 			return err
 		}
 		return r.fault(history.FaultPolicySwap, fmt.Sprintf("line %d", st.Line), func() error {
-			r.policy = p
+			r.policy, r.policyNode = p, st.Policy
 			r.mu.Lock()
-			srv := r.fake
+			srv, rm := r.fake, r.remote
 			if p.Greylist != nil {
 				r.h.GreylistDelay = history.Duration(p.Greylist.Delay)
 			}
 			r.mu.Unlock()
+			if rm != nil {
+				return rm.setPolicy(policyYAML(st.Policy))
+			}
 			if srv != nil {
 				srv.SetPolicy(p)
 			}
@@ -524,8 +562,11 @@ func (r *Run) fakemtaStep(what string) error {
 	case "wipe-state":
 		return r.fault(history.FaultFakeMTAWipe, "", func() error {
 			r.mu.Lock()
-			srv := r.fake
+			srv, rm := r.fake, r.remote
 			r.mu.Unlock()
+			if rm != nil {
+				return rm.wipe()
+			}
 			if srv == nil {
 				return errors.New("the fake MTA is stopped")
 			}
@@ -540,10 +581,10 @@ func (r *Run) fakemtaStep(what string) error {
 // fake MTA and judges the history.
 func (r *Run) Finish(ctx context.Context) (*history.History, ledger.Result) {
 	r.mu.Lock()
-	running := r.fake != nil
+	running := r.fake != nil || r.remote != nil
 	r.mu.Unlock()
 	if running {
-		r.wait(ctx, &scenarios.Wait{For: "drained"})
+		r.drain(ctx)
 		// Watch one more retry interval: a relay that sends a delivered
 		// message again (a duplicate) or retries too soon does it now.
 		settle := r.timing.RetryMax.D()
@@ -562,6 +603,35 @@ func (r *Run) Finish(ctx context.Context) (*history.History, ledger.Result) {
 	r.mu.Unlock()
 	res := ledger.Judge(&h)
 	return &h, res
+}
+
+// drain waits until every message is delivered or bounced. A relay that
+// has not settled gets every chance before anything is called lost: a
+// flush, then a restart (when the profile can do them), each followed by
+// another wait. Correct relays settle in the first wait and pay nothing.
+func (r *Run) drain(ctx context.Context) {
+	drained := &scenarios.Wait{For: "drained"}
+	if r.wait(ctx, drained) {
+		return
+	}
+	p := r.opt.Profile
+	if p.Has(profile.CapFlush) {
+		r.progress("not drained: flushing the relay's queue")
+		if err := r.fault(history.FaultFlush, "drain", func() error { return r.opt.Relay.Flush(ctx) }); err == nil && r.wait(ctx, drained) {
+			return
+		}
+	}
+	if p.Has(profile.CapRestart) {
+		r.progress("not drained: restarting the relay")
+		err := r.fault(history.FaultRelayRestart, "drain", func() error {
+			rctx, cancel := context.WithTimeout(ctx, 2*r.timing.RestartGrace.D()+10*time.Second)
+			defer cancel()
+			return r.opt.Relay.Restart(rctx)
+		})
+		if err == nil {
+			r.wait(ctx, drained)
+		}
+	}
 }
 
 // Close removes the fake MTA's state (the history is kept by the caller).

@@ -1,0 +1,78 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// buildBinary builds greyharness once for the CLI tests.
+func buildBinary(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "greyharness")
+	out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
+	if err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return bin
+}
+
+func runBin(t *testing.T, bin string, args ...string) (int, string) {
+	t.Helper()
+	cmd := exec.Command(bin, args...)
+	cmd.Dir = t.TempDir()
+	cmd.Env = append(os.Environ(), "NO_COLOR=1")
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	err := cmd.Run()
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return ee.ExitCode(), out.String()
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return 0, out.String()
+}
+
+func TestCLI(t *testing.T) {
+	bin := buildBinary(t)
+
+	t.Run("seed incident is reported as held silently with its timeline", func(t *testing.T) {
+		code, out := runBin(t, bin, "run", "--relay", "sample:kb950757", "--focus", "double-restart-then-greylist")
+		if code != 1 {
+			t.Fatalf("exit %d, want 1\n%s", code, out)
+		}
+		for _, want := range []string{"FAIL held-silently message gh-", "submitted", "attempt", "451 4.7.1", "deadline", "fault"} {
+			if !strings.Contains(out, want) {
+				t.Errorf("output lacks %q\n%s", want, out)
+			}
+		}
+	})
+	t.Run("correct sample relay passes", func(t *testing.T) {
+		code, out := runBin(t, bin, "run", "--relay", "sample", "--focus", "greylist-once")
+		if code != 0 || !strings.Contains(out, "1 scenario(s) passed, 0 failed") {
+			t.Fatalf("exit %d, want 0\n%s", code, out)
+		}
+	})
+	t.Run("bad input exits 2", func(t *testing.T) {
+		bad := filepath.Join(t.TempDir(), "bad.yaml")
+		os.WriteFile(bad, []byte("name: x\nsteps:\n  - send: {to: [a@b.test], count: 0}\n"), 0o644)
+		if code, out := runBin(t, bin, "validate", bad); code != 2 || !strings.Contains(out, bad+":3:") {
+			t.Fatalf("validate: exit %d\n%s", code, out)
+		}
+		if code, out := runBin(t, bin, "run", "--relay", "/nonexistent/relay.yaml"); code != 2 {
+			t.Fatalf("missing profile: exit %d\n%s", code, out)
+		}
+		if code, out := runBin(t, bin, "run", "--bogus"); code != 2 {
+			t.Fatalf("bad flag: exit %d\n%s", code, out)
+		}
+		if code, out := runBin(t, bin, "run", "--relay", "sample:no-such-bug"); code != 2 || !strings.Contains(out, "kb950757") {
+			t.Fatalf("bad bug: exit %d\n%s", code, out)
+		}
+	})
+}

@@ -1,0 +1,325 @@
+// Command bench measures the fake MTA against Postfix's smtp-sink, the C
+// reference, with Postfix's smtp-source as the load generator.
+//
+//	go run ./fakemta/bench                    # 3 alternating rounds, then the RSS run
+//	go run ./fakemta/bench -rounds 5 -messages 50000
+//	go run ./fakemta/bench serve --listen 127.0.0.1:2525 --state DIR [--cpuprofile F]
+//
+// The fake MTA runs as its own process (this program's "serve" mode) with
+// the journal on (a state directory, one fsync per message, shared by
+// concurrent sessions) and a policy of greylist delay 0s plus one reject
+// rule. smtp-source treats a 4xx as fatal, so the greylist triplet is
+// passed once before the timed run. Postfix is installed when missing.
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"runtime/pprof"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/emersion/go-smtp"
+	"github.com/greyharness/greyharness/fakemta"
+)
+
+const benchPolicy = `greylist:
+  delay: 0s
+rules:
+  - match: {stage: rcpt, rcpt: "reject@*"}
+    reply: "550 5.1.1 No such user"
+`
+
+const (
+	sender    = "bench@client.test"
+	recipient = "sink@remote.test"
+)
+
+func main() {
+	if len(os.Args) > 1 && os.Args[1] == "serve" {
+		if err := serve(os.Args[2:]); err != nil {
+			fmt.Fprintln(os.Stderr, "bench serve:", err)
+			os.Exit(1)
+		}
+		return
+	}
+	rounds := flag.Int("rounds", 3, "alternating rounds (fake MTA, smtp-sink)")
+	messages := flag.Int("messages", 20000, "messages per timed run (smtp-source -m)")
+	sessions := flag.Int("sessions", 20, "parallel sessions (smtp-source -s)")
+	size := flag.Int("size", 1024, "payload bytes (smtp-source -l)")
+	rssMessages := flag.Int("rss-messages", 100000, "messages journaled before reading the fake MTA's peak RSS (0 = skip)")
+	cpuprofile := flag.String("cpuprofile", "", "write the fake MTA's CPU profile of the last round here")
+	flag.Parse()
+	if err := run(*rounds, *messages, *sessions, *size, *rssMessages, *cpuprofile); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+// serve runs the fake MTA until SIGTERM or SIGINT.
+func serve(args []string) error {
+	fs := flag.NewFlagSet("serve", flag.ExitOnError)
+	listen := fs.String("listen", "127.0.0.1:0", "listen address")
+	state := fs.String("state", "", "state directory (journal)")
+	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile here")
+	memprofile := fs.String("memprofile", "", "write a heap profile here at exit")
+	fs.Parse(args)
+	pol, err := fakemta.ParsePolicy("bench.yaml", []byte(benchPolicy))
+	if err != nil {
+		return err
+	}
+	if *cpuprofile != "" {
+		f, err := os.Create(*cpuprofile)
+		if err != nil {
+			return err
+		}
+		pprof.StartCPUProfile(f)
+		defer pprof.StopCPUProfile()
+	}
+	s, err := fakemta.New(fakemta.Config{Listen: []string{*listen}, StateDir: *state, Policy: pol})
+	if err != nil {
+		return err
+	}
+	if err := s.Start(); err != nil {
+		return err
+	}
+	fmt.Println("ADDR", s.Addr())
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	<-ctx.Done()
+	err = s.Close()
+	if *memprofile != "" {
+		if f, ferr := os.Create(*memprofile); ferr == nil {
+			pprof.WriteHeapProfile(f)
+			f.Close()
+		}
+	}
+	return err
+}
+
+func run(rounds, messages, sessions, size, rssMessages int, cpuprofile string) error {
+	source, sink, err := ensurePostfix()
+	if err != nil {
+		return err
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	fmt.Printf("smtp-source -s %d -m %d -l %d, %d alternating rounds (fake MTA: journal on, greylist delay 0s + 1 reject rule)\n",
+		sessions, messages, size, rounds)
+	var fakeRates, sinkRates []float64
+	for r := 1; r <= rounds; r++ {
+		prof := ""
+		if r == rounds {
+			prof = cpuprofile
+		}
+		rate, rss, err := runFake(self, source, messages, sessions, size, prof)
+		if err != nil {
+			return fmt.Errorf("round %d fake MTA: %w", r, err)
+		}
+		fakeRates = append(fakeRates, rate)
+		fmt.Printf("round %d  fake MTA   %8.0f msgs/s  (VmHWM %.1f MiB)\n", r, rate, rss)
+		rate, err = runSink(source, sink, messages, sessions, size)
+		if err != nil {
+			return fmt.Errorf("round %d smtp-sink: %w", r, err)
+		}
+		sinkRates = append(sinkRates, rate)
+		fmt.Printf("round %d  smtp-sink  %8.0f msgs/s\n", r, rate)
+	}
+	fm, sm := median(fakeRates), median(sinkRates)
+	fmt.Printf("median   fake MTA %.0f msgs/s, smtp-sink %.0f msgs/s, ratio %.2f (target >= 0.80)\n", fm, sm, fm/sm)
+	if rssMessages > 0 {
+		rate, rss, err := runFake(self, source, rssMessages, sessions, size, "")
+		if err != nil {
+			return fmt.Errorf("RSS run: %w", err)
+		}
+		fmt.Printf("RSS run  fake MTA after %d journaled messages: VmHWM %.1f MiB (target <= 64), %.0f msgs/s\n", rssMessages, rss, rate)
+	}
+	return nil
+}
+
+// ensurePostfix finds smtp-source and smtp-sink, installing Debian's postfix when missing.
+func ensurePostfix() (string, string, error) {
+	find := func(name string) string {
+		if p, err := exec.LookPath(name); err == nil {
+			return p
+		}
+		if p := "/usr/sbin/" + name; fileExists(p) {
+			return p
+		}
+		return ""
+	}
+	if find("smtp-source") == "" || find("smtp-sink") == "" {
+		fmt.Println("installing postfix (for smtp-source and smtp-sink)...")
+		sel := exec.Command("debconf-set-selections")
+		sel.Stdin = strings.NewReader("postfix postfix/main_mailer_type select No configuration\n")
+		sel.Stdout, sel.Stderr = os.Stdout, os.Stderr
+		if err := sel.Run(); err != nil {
+			return "", "", fmt.Errorf("debconf-set-selections: %w", err)
+		}
+		inst := exec.Command("apt-get", "install", "-y", "postfix")
+		inst.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
+		inst.Stdout, inst.Stderr = os.Stdout, os.Stderr
+		if err := inst.Run(); err != nil {
+			return "", "", fmt.Errorf("apt-get install postfix: %w", err)
+		}
+	}
+	src, snk := find("smtp-source"), find("smtp-sink")
+	if src == "" || snk == "" {
+		return "", "", errors.New("smtp-source/smtp-sink not found after installing postfix")
+	}
+	return src, snk, nil
+}
+
+func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
+
+// runFake starts the fake MTA process on a fresh state dir, passes the
+// greylist triplet, times smtp-source against it and returns msgs/s and
+// the process's peak RSS in MiB.
+func runFake(self, source string, messages, sessions, size int, cpuprofile string) (float64, float64, error) {
+	dir, err := os.MkdirTemp("", "fakemta-bench-")
+	if err != nil {
+		return 0, 0, err
+	}
+	defer os.RemoveAll(dir)
+	args := []string{"serve", "--listen", "127.0.0.1:0", "--state", filepath.Join(dir, "state")}
+	if cpuprofile != "" {
+		args = append(args, "--cpuprofile", cpuprofile)
+	}
+	cmd := exec.Command(self, args...)
+	cmd.Stderr = os.Stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return 0, 0, err
+	}
+	if err := cmd.Start(); err != nil {
+		return 0, 0, err
+	}
+	defer func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		cmd.Wait()
+	}()
+	line, err := bufio.NewReader(out).ReadString('\n')
+	addr, ok := strings.CutPrefix(strings.TrimSpace(line), "ADDR ")
+	if err != nil || !ok {
+		return 0, 0, fmt.Errorf("fake MTA said %q: %v", line, err)
+	}
+	// Pass the triplet: the first try is greylisted, the retry (delay 0s) passes.
+	if err := sendOnce(addr); err == nil {
+		return 0, 0, errors.New("first message was not greylisted")
+	}
+	if err := sendOnce(addr); err != nil {
+		return 0, 0, fmt.Errorf("retry after delay 0s: %w", err)
+	}
+	if err := sendReject(addr); err == nil {
+		return 0, 0, errors.New("reject rule did not reject")
+	}
+	elapsed, err := timeSource(source, addr, messages, sessions, size)
+	if err != nil {
+		return 0, 0, err
+	}
+	rss, err := vmHWM(cmd.Process.Pid)
+	if err != nil {
+		return 0, 0, err
+	}
+	return float64(messages) / elapsed.Seconds(), rss, nil
+}
+
+func runSink(source, sink string, messages, sessions, size int) (float64, error) {
+	port, err := freePort()
+	if err != nil {
+		return 0, err
+	}
+	addr := "127.0.0.1:" + strconv.Itoa(port)
+	cmd := exec.Command(sink, "-c", addr, "1000")
+	cmd.Stdout, cmd.Stderr = nil, os.Stderr
+	if err := cmd.Start(); err != nil {
+		return 0, err
+	}
+	defer func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+	}()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		c, err := net.Dial("tcp", addr)
+		if err == nil {
+			c.Close()
+			break
+		}
+		if time.Now().After(deadline) {
+			return 0, fmt.Errorf("smtp-sink not listening on %s: %w", addr, err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	elapsed, err := timeSource(source, addr, messages, sessions, size)
+	if err != nil {
+		return 0, err
+	}
+	return float64(messages) / elapsed.Seconds(), nil
+}
+
+func timeSource(source, addr string, messages, sessions, size int) (time.Duration, error) {
+	cmd := exec.Command(source, "-s", strconv.Itoa(sessions), "-m", strconv.Itoa(messages), "-l", strconv.Itoa(size),
+		"-f", sender, "-t", recipient, addr)
+	start := time.Now()
+	out, err := cmd.CombinedOutput()
+	elapsed := time.Since(start)
+	if err != nil {
+		return 0, fmt.Errorf("smtp-source: %v: %s", err, out)
+	}
+	return elapsed, nil
+}
+
+func sendOnce(addr string) error {
+	return smtp.SendMail(addr, nil, sender, []string{recipient}, strings.NewReader("Subject: pass\r\n\r\ntriplet\r\n"))
+}
+
+func sendReject(addr string) error {
+	return smtp.SendMail(addr, nil, sender, []string{"reject@remote.test"}, strings.NewReader("Subject: r\r\n\r\nx\r\n"))
+}
+
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// vmHWM reads a process's peak resident set size in MiB.
+func vmHWM(pid int) (float64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			kb, err := strconv.Atoi(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")))
+			return float64(kb) / 1024, err
+		}
+	}
+	return 0, errors.New("no VmHWM")
+}
+
+func median(xs []float64) float64 {
+	s := append([]float64(nil), xs...)
+	sort.Float64s(s)
+	if len(s) == 0 {
+		return 0
+	}
+	return s[len(s)/2]
+}
