@@ -45,7 +45,7 @@ bench: bench-fakemta
 	$(GO) test -run '^$$' -bench . -benchmem ./fakemta/...
 
 bench-fakemta:
-	bash fakemta/bench/bench.sh
+	$(GO) run ./fakemta/bench
 
 ## fuzz: short runs of every fuzz target (FUZZTIME=60s for the long ones).
 FUZZTIME ?= 10s

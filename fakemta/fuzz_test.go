@@ -105,7 +105,7 @@ func wireServer(t *testing.T) *Server {
 		s, err := New(Config{Policy: pol, TLS: tlsCfg, MaxMessageBytes: 4096, MaxLineLength: 512, MaxRecipients: 5,
 			ReadTimeout: 5 * time.Second, Logf: func(format string, args ...any) {
 				msg := fmt.Sprintf(format, args...)
-				if strings.Contains(msg, "panic") {
+				if strings.Contains(msg, "panic") && !goSMTPBDATSessionPanic(msg) {
 					wireMu.Lock()
 					wirePanics = append(wirePanics, msg)
 					wireMu.Unlock()
@@ -179,4 +179,15 @@ func FuzzWireTap(f *testing.F) {
 
 func isReset(err error) bool {
 	return err != nil && (strings.Contains(err.Error(), "connection reset") || strings.Contains(err.Error(), "broken pipe"))
+}
+
+// goSMTPBDATSessionPanic recognises a go-smtp v0.25.1 bug, not ours: a
+// client that sends "BDAT n" and hangs up before any chunk byte makes
+// go-smtp close the connection (Session() becomes nil) before its BDAT
+// goroutine calls Session().Data; go-smtp recovers the nil dereference and
+// logs it. No fakemta code runs and no state changes
+// (TestBDATClientGoneBeforeChunk checks the journal).
+func goSMTPBDATSessionPanic(msg string) bool {
+	return strings.Contains(msg, "nil pointer dereference") && strings.Contains(msg, "(*Conn).handleBdat.func1()") &&
+		!strings.Contains(msg, "greyharness/fakemta.")
 }

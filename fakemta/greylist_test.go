@@ -93,12 +93,19 @@ func TestGreylistDelayAndEarlyRetry(t *testing.T) {
 		{advance: time.Second, want: 0}, // exactly the delay: passes
 		{advance: time.Second, want: 0}, // and stays passed
 	})
-	var outcomes []string
-	for _, ev := range journalEvents(t, s) {
-		if ev.Kind == EventTransaction {
-			outcomes = append(outcomes, ev.Transaction.Rcpts[0].Greylist)
+	// Transactions are journaled as sessions end; order them by attempt.
+	outcomes := make([]string, 5)
+	pollUntil(t, "5 transactions", func() bool {
+		n := 0
+		for _, ev := range journalEvents(t, s) {
+			if ev.Kind == EventTransaction {
+				r := ev.Transaction.Rcpts[0]
+				outcomes[r.Attempt-1] = r.Greylist
+				n++
+			}
 		}
-	}
+		return n == 5
+	})
 	if got := strings.Join(outcomes, ","); got != "deferred,deferred,deferred,passed,passed" {
 		t.Fatalf("journaled outcomes %s", got)
 	}
@@ -164,15 +171,9 @@ func TestGreylistAutoWhitelist(t *testing.T) {
 			{rcpt: "r3@remote.test", want: 0},                    // subnet has 2 passes: whitelisted
 			{from: "127.0.0.9", rcpt: "r4@remote.test", want: 0}, // the same /24
 		})
-		var last string
-		for _, ev := range journalEvents(t, s) {
-			if ev.Kind == EventTransaction {
-				last = ev.Transaction.Rcpts[0].Greylist
-			}
-		}
-		if last != "whitelisted" {
-			t.Fatalf("last outcome %q, want whitelisted", last)
-		}
+		waitJournal(t, s, "r3 whitelisted", func(ev Event) bool {
+			return ev.Kind == EventTransaction && ev.Transaction.Rcpts[0].Addr == "r3@remote.test" && ev.Transaction.Rcpts[0].Greylist == "whitelisted"
+		})
 	})
 	t.Run("off", func(t *testing.T) {
 		s, clock := greyServer(t, "greylist:\n  delay: 10s\n  auto_whitelist_after: 0\n")
@@ -216,13 +217,14 @@ func TestGreylistAtEOD(t *testing.T) {
 	if len(msgs) != 3 || msgs[0].Accepted || msgs[1].Accepted || !msgs[2].Accepted {
 		t.Fatalf("messages %+v", msgs)
 	}
-	ev := journalEvents(t, s)
 	var tx *Transaction
-	for _, e := range ev {
-		if e.Kind == EventTransaction {
+	waitJournal(t, s, "delivered transaction", func(e Event) bool {
+		if e.Kind == EventTransaction && e.Transaction.Data != nil && e.Transaction.Data.Code == 250 {
 			tx = e.Transaction
+			return true
 		}
-	}
+		return false
+	})
 	if tx.Rcpts[0].Greylist != "passed" || tx.Rcpts[1].Greylist != "passed" || tx.Data.Code != 250 {
 		t.Fatalf("last transaction %+v", tx)
 	}

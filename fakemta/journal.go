@@ -27,6 +27,7 @@ type Journal struct {
 	seq     uint64
 	file    *os.File
 	w       *bufio.Writer
+	enc     *json.Encoder // writes to w
 	dirty   bool
 	syncing bool
 	synced  *sync.Cond // broadcast after each fsync
@@ -67,6 +68,10 @@ func openJournal(dir string, now func() time.Time, replay func(Event)) (*Journal
 	if err != nil {
 		return nil, err
 	}
+	// The file holds everything: memory keeps a small window, allocated
+	// once and trimmed in place, so it stays flat however long the run.
+	j.ringCap = 4096
+	j.ring = make([]Event, 0, j.ringCap+1)
 	good, err := j.replayFile(f, replay)
 	if err != nil {
 		f.Close()
@@ -81,6 +86,7 @@ func openJournal(dir string, now func() time.Time, replay func(Event)) (*Journal
 		return nil, err
 	}
 	j.file, j.w = f, bufio.NewWriterSize(f, 256<<10)
+	j.enc = json.NewEncoder(j.w)
 	go j.flusher()
 	return j, nil
 }
@@ -168,12 +174,9 @@ func (j *Journal) Append(ev Event, durable bool) (Event, error) {
 		return ev, nil
 	}
 	if j.err == nil {
-		line, err := json.Marshal(ev)
-		if err == nil {
-			line = append(line, '\n')
-			_, err = j.w.Write(line)
-		}
-		if err != nil {
+		// Encode marshals into its own (pooled) buffer, then writes the
+		// whole line with its newline: no torn line from an encoding error.
+		if err := j.enc.Encode(ev); err != nil {
 			j.err = err
 		}
 		j.dirty = true
@@ -215,9 +218,11 @@ func (j *Journal) Append(ev Event, durable bool) (Event, error) {
 func (j *Journal) remember(ev Event) {
 	j.ring = append(j.ring, ev)
 	if !j.keepAll && len(j.ring) > j.ringCap {
-		// Amortised trim: keep the newest half; the file has the rest.
+		// Amortised trim in place: keep the newest half; the file has the rest.
 		keep := j.ringCap / 2
-		j.ring = append(j.ring[:0:0], j.ring[len(j.ring)-keep:]...)
+		n := copy(j.ring, j.ring[len(j.ring)-keep:])
+		clear(j.ring[n:])
+		j.ring = j.ring[:n]
 	}
 	if j.keepAll && ev.Kind == EventTransaction && ev.Transaction != nil && ev.Transaction.Message != nil {
 		j.messages = append(j.messages, *ev.Transaction.Message)

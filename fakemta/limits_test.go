@@ -235,3 +235,33 @@ func TestBDATAbortedMidMessage(t *testing.T) {
 		return n == 3
 	})
 }
+
+// A client gone right after "BDAT n" (no chunk byte) leaves a clean
+// journal: the transaction ends as a disconnect, no message.
+func TestBDATClientGoneBeforeChunk(t *testing.T) {
+	s := startServer(t, "", nil)
+	for _, bdat := range []string{"BDAT 0\r\n", "BDAT 10\r\n", "BDAT 10 LAST\r\n"} {
+		c := dialRaw(t, s.Addr())
+		c.greeting()
+		c.must("EHLO x.test", 250)
+		c.must("MAIL FROM:<a@x.test>", 250)
+		c.must("RCPT TO:<b@x.test>", 250)
+		c.write(bdat)
+		c.nc.Close()
+	}
+	pollUntil(t, "three transactions", func() bool {
+		n := 0
+		for _, ev := range journalEvents(t, s) {
+			if ev.Kind == EventTransaction {
+				if ev.Transaction.Message != nil || ev.Transaction.Data != nil && ev.Transaction.Data.Code/100 == 2 {
+					t.Fatalf("cut BDAT journaled as %+v", ev.Transaction)
+				}
+				n++
+			}
+		}
+		return n == 3
+	})
+	if code, err := send(t, s.Addr(), "a@client.test", "b@remote.test"); code != 0 {
+		t.Fatal(code, err)
+	}
+}

@@ -282,7 +282,9 @@ func (se *session) receive(r io.Reader) (*Message, error) {
 		se.srv.cfg.Logf("keep body: %v", err)
 	}
 	msg.BodyPath = path
-	buf := make([]byte, 32<<10)
+	bp := bodyBufs.Get().(*[]byte)
+	defer bodyBufs.Put(bp)
+	buf := *bp
 	inHead := true
 	for {
 		n, rerr := r.Read(buf)
@@ -341,6 +343,9 @@ func (se *session) receive(r io.Reader) (*Message, error) {
 	}
 	return msg, nil
 }
+
+// bodyBufs recycles the buffers bodies are read through (one per message).
+var bodyBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
 
 // finish ends the open transaction (if any) and journals it.
 func (se *session) finish(aborted string) { se.end(aborted, false) }

@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"sort"
 	"strings"
 	"testing"
 	"time"
@@ -292,11 +293,21 @@ func TestMatchAttemptRanges(t *testing.T) {
 	}
 	// The journal numbers each recipient's attempts.
 	var got []int
+	pollUntil(t, "7 transactions", func() bool {
+		n := 0
+		for _, ev := range journalEvents(t, s) {
+			if ev.Kind == EventTransaction {
+				n++
+			}
+		}
+		return n == 7
+	})
 	for _, ev := range journalEvents(t, s) {
 		if ev.Kind == EventTransaction && ev.Transaction.Rcpts[0].Addr == "b@remote.test" {
 			got = append(got, ev.Transaction.Rcpts[0].Attempt)
 		}
 	}
+	sort.Ints(got) // each transaction is journaled when its session ends, not in RCPT order
 	if fmt.Sprint(got) != "[1 2 3 4 5 6]" {
 		t.Fatalf("attempts journaled: %v", got)
 	}

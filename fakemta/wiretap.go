@@ -74,7 +74,7 @@ type override struct {
 
 func (s *Server) newConn(nc net.Conn, local string) *conn {
 	c := &conn{srv: s, id: s.connSeq.Add(1), raw: nc, cur: nc, client: nc.RemoteAddr().String(), local: local,
-		verbs: map[int]string{}, ovr: map[int]*override{}, closed: make(chan struct{}), scratch: make([]byte, 32<<10)}
+		verbs: map[int]string{}, ovr: map[int]*override{}, closed: make(chan struct{}), scratch: make([]byte, 8<<10)}
 	if !s.track(c, true) {
 		nc.Close()
 		return nil
@@ -134,6 +134,12 @@ func (c *conn) Read(p []byte) (int, error) {
 			continue
 		}
 		if err != nil {
+			if errors.Is(err, io.EOF) && (c.mode == modeBDAT || c.mode == modeData) {
+				// The client is gone inside a chunk: go-smtp reads a chunk
+				// through an io.LimitReader, which would take a plain EOF for
+				// the chunk's end and accept a cut BDAT LAST as a whole message.
+				return 0, io.ErrUnexpectedEOF
+			}
 			return 0, err
 		}
 	}

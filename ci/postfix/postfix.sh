@@ -68,6 +68,18 @@ setup() {
 	sed -E "s/^smtp([[:space:]]+)inet([[:space:]])/127.0.0.1:${SUBMIT_PORT}\\1inet\\2/" "$master" >"$CONF/master.cf"
 	grep -q "^127.0.0.1:${SUBMIT_PORT}[[:space:]]" "$CONF/master.cf" || die "could not rewrite the smtp inet line of $master"
 	: >"$CONF/main.cf"
+	# Timers (see docs/relays.md):
+	# - minimal_backoff_time = maximal_backoff_time = 3s. qmgr feeds a deferred
+	#   file whose mtime is up to 1s in the future (qmgr_active_feed), in whole
+	#   seconds, so a 1s backoff means "retry at the next scan": a retry inside
+	#   a 1s greylist delay, and a scan that can reach the file while the smtp
+	#   process that deferred it still holds its lock - qmgr then logs
+	#   "skipped, still being delivered" and parks the file for 60s. With 3s the
+	#   retry is due 1-2s after the deferral and the next scan (queue_run_delay
+	#   1s) starts it: retry_max 3s.
+	# - smtp_destination_concurrency_limit = 20 (Postfix's default): every TLS
+	#   session to the fake MTA is a fresh connection (~50ms of handshake), so
+	#   with 4 agents 500 greylisted messages took ~7s per queue pass.
 	postconf -c "$CONF" -e \
 		"compatibility_level = 3.6" \
 		"queue_directory = $WORK/spool" \

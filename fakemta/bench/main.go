@@ -243,7 +243,11 @@ func runSink(source, sink string, messages, sessions, size int) (float64, error)
 		return 0, err
 	}
 	addr := "127.0.0.1:" + strconv.Itoa(port)
-	cmd := exec.Command(sink, "-c", addr, "1000")
+	args := []string{"-c", addr, "1000"}
+	if os.Geteuid() == 0 {
+		args = append([]string{"-u", "nobody"}, args...) // smtp-sink refuses to run as root
+	}
+	cmd := exec.Command(sink, args...)
 	cmd.Stdout, cmd.Stderr = nil, os.Stderr
 	if err := cmd.Start(); err != nil {
 		return 0, err
@@ -283,12 +287,35 @@ func timeSource(source, addr string, messages, sessions, size int) (time.Duratio
 	return elapsed, nil
 }
 
-func sendOnce(addr string) error {
-	return smtp.SendMail(addr, nil, sender, []string{recipient}, strings.NewReader("Subject: pass\r\n\r\ntriplet\r\n"))
-}
+func sendOnce(addr string) error { return sendPlain(addr, recipient) }
 
-func sendReject(addr string) error {
-	return smtp.SendMail(addr, nil, sender, []string{"reject@remote.test"}, strings.NewReader("Subject: r\r\n\r\nx\r\n"))
+func sendReject(addr string) error { return sendPlain(addr, "reject@remote.test") }
+
+// sendPlain delivers one small message without STARTTLS.
+func sendPlain(addr, rcpt string) error {
+	c, err := smtp.Dial(addr)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	if err := c.Hello("bench.client.test"); err != nil {
+		return err
+	}
+	if err := c.Mail(sender, nil); err != nil {
+		return err
+	}
+	if err := c.Rcpt(rcpt, nil); err != nil {
+		return err
+	}
+	w, err := c.Data()
+	if err != nil {
+		return err
+	}
+	w.Write([]byte("Subject: pass\r\n\r\ntriplet\r\n"))
+	if err := w.Close(); err != nil {
+		return err
+	}
+	return c.Quit()
 }
 
 func freePort() (int, error) {

@@ -484,11 +484,55 @@ func (r *Run) wait(ctx context.Context, w *scenarios.Wait) bool {
 	until := time.Now().Add(d)
 	r.progress("waiting for %s until %s (%s)", Describe(&scenarios.Step{Wait: w})[len("wait for "):], until.Format("15:04:05"), d.Round(100*time.Millisecond))
 	ok := r.until(ctx, until, func() bool { return r.track.all(w.Group, c) })
+	if ok && w.For == "drained" {
+		ok = r.dequeued(ctx, w.Group, until)
+	}
 	if !ok {
 		left, total := r.track.pending(w.Group, c)
 		r.progress("wait timed out: %d of %d message(s) not there yet (the ledger will say why)", left, total)
 	}
 	return ok
+}
+
+// dequeued waits until the relay's queue listing no longer shows any
+// message of group: the relay, not only the fake MTA, is done with them
+// (the 250 after the final dot has been recorded by the relay). The relay
+// sends no events, so this polls its listing, with the wait's deadline.
+func (r *Run) dequeued(ctx context.Context, group string, until time.Time) bool {
+	p := r.opt.Profile
+	if !p.Has(profile.CapQueue) {
+		return true
+	}
+	senders, ids := r.track.identities(group)
+	every := min(max(r.timing.RetryMax.D()/8, 100*time.Millisecond), time.Second)
+	for {
+		qctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		snap := r.opt.Relay.Queue(qctx)
+		cancel()
+		r.mu.Lock()
+		r.h.Queue = append(r.h.Queue, snap)
+		r.mu.Unlock()
+		listed := snap.Err != ""
+		for _, e := range snap.Entries {
+			if ids[e.HarnessID] || ids[e.MessageID] || senders[strings.ToLower(e.Sender)] {
+				listed = true
+				break
+			}
+		}
+		if !listed {
+			return true
+		}
+		if !time.Now().Before(until) {
+			return false
+		}
+		t := time.NewTimer(min(every, time.Until(until)))
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return false
+		}
+	}
 }
 
 // until waits on tracker changes until f holds, the deadline, or ctx ends.

@@ -215,3 +215,21 @@ func anyRcpt(f func(*rcptState) bool) cond {
 		return false
 	}
 }
+
+// identities returns the envelope senders and ids (harness ids and
+// Message-IDs) of the accepted messages of group, for queue listings.
+func (t *tracker) identities(group string) (senders, ids map[string]bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	senders, ids = map[string]bool{}, map[string]bool{}
+	for _, id := range t.order {
+		m := t.msgs[id]
+		if group != "" && m.sub.Group != group {
+			continue
+		}
+		senders[strings.ToLower(m.sub.MailFrom)] = true
+		ids[m.sub.HarnessID], ids[m.sub.MessageID] = true, true
+	}
+	delete(ids, "")
+	return senders, ids
+}
