@@ -49,6 +49,7 @@ func testBin() (string, map[string]string) {
 }
 
 func TestHarness(t *testing.T) {
+	t.Parallel() // the bug matrix runs beside it on other ports
 	RegisterFailHandler(Fail)
 	var paths []string
 	if *scenariosFlag != "" {
