@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"time"
 )
@@ -27,12 +28,12 @@ type Journal struct {
 	seq     uint64
 	file    *os.File
 	w       *bufio.Writer
-	enc     *json.Encoder // writes to w
 	dirty   bool
 	syncing bool
 	synced  *sync.Cond // broadcast after each fsync
 	syncGen uint64     // completed fsyncs
 	err     error      // first write error; the journal stops accepting durable events
+	tc      timeCache  // formats event times (under mu)
 
 	// ring holds the latest events for GET /journal without a state dir and
 	// for quick reads; keepAll (no state dir) keeps every event instead.
@@ -86,7 +87,6 @@ func openJournal(dir string, now func() time.Time, replay func(Event)) (*Journal
 		return nil, err
 	}
 	j.file, j.w = f, bufio.NewWriterSize(f, 256<<10)
-	j.enc = json.NewEncoder(j.w)
 	go j.flusher()
 	return j, nil
 }
@@ -159,6 +159,14 @@ func (j *Journal) flushLocked(fsync bool) {
 // Append records ev (Seq and Time are set here) and returns it. With
 // durable, Append returns only after the event is on disk (fsync'd).
 func (j *Journal) Append(ev Event, durable bool) (Event, error) {
+	// Encode what does not depend on Seq and Time before taking the lock,
+	// so sessions encode in parallel; the lock covers the short head.
+	var tail *[]byte
+	hand := false
+	if j.file != nil {
+		tail = lineBufs.Get().(*[]byte)
+		*tail, hand = appendEventTail((*tail)[:0], &ev)
+	}
 	j.mu.Lock()
 	j.seq++
 	ev.Seq = j.seq
@@ -174,12 +182,33 @@ func (j *Journal) Append(ev Event, durable bool) (Event, error) {
 		return ev, nil
 	}
 	if j.err == nil {
-		// Encode marshals into its own (pooled) buffer, then writes the
-		// whole line with its newline: no torn line from an encoding error.
-		if err := j.enc.Encode(ev); err != nil {
+		// The whole line goes out in one piece, newline included: an
+		// encoding error leaves no torn line.
+		var head [64]byte
+		h := append(head[:0], `{"seq":`...)
+		h = strconv.AppendUint(h, ev.Seq, 10)
+		h = append(h, `,"time":`...)
+		h, ok := j.tc.appendTime(h, ev.Time)
+		var err error
+		if ok && hand {
+			if _, err = j.w.Write(h); err == nil {
+				_, err = j.w.Write(*tail)
+			}
+		} else {
+			var b []byte
+			if b, err = json.Marshal(ev); err == nil {
+				if _, err = j.w.Write(b); err == nil {
+					err = j.w.WriteByte('\n')
+				}
+			}
+		}
+		if err != nil {
 			j.err = err
 		}
 		j.dirty = true
+	}
+	if cap(*tail) <= 64<<10 {
+		lineBufs.Put(tail)
 	}
 	if durable {
 		// Group commit: wait for an fsync that started after this write.
@@ -191,9 +220,10 @@ func (j *Journal) Append(ev Event, durable bool) (Event, error) {
 			if !j.syncing {
 				j.syncing = true
 				j.flushLocked(false)
+				healthy := j.err == nil
 				j.mu.Unlock()
 				var err error
-				if j.err == nil {
+				if healthy {
 					err = j.file.Sync()
 				}
 				j.mu.Lock()

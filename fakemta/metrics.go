@@ -4,6 +4,8 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -19,6 +21,9 @@ type Metrics struct {
 	messages    prometheus.Counter
 	dsns        *prometheus.CounterVec
 	greylist    *prometheus.CounterVec
+
+	commandKids counterCache
+	replyKids   [500]atomic.Pointer[prometheus.Counter]
 }
 
 // NewMetrics registers the metrics on a registry of their own.
@@ -39,6 +44,7 @@ func NewMetrics() *Metrics {
 			Help: "Greylist decisions, by outcome (deferred, passed, whitelisted)."}, []string{"outcome"}),
 	}
 	m.reg.MustRegister(m.connections, m.commands, m.replies, m.messages, m.dsns, m.greylist)
+	m.commandKids.vec = m.commands
 	return m
 }
 
@@ -53,22 +59,130 @@ func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
 var knownVerbs = map[string]bool{"EHLO": true, "HELO": true, "LHLO": true, "MAIL": true, "RCPT": true, "DATA": true,
 	"BDAT": true, "RSET": true, "NOOP": true, "QUIT": true, "STARTTLS": true, "VRFY": true, "AUTH": true, "HELP": true}
 
-func (m *Metrics) observe(ev Event) {
+// Label children are resolved once and kept (WithLabelValues hashes the
+// labels on every call). A child is made on first use, as WithLabelValues
+// does, so /metrics shows the same series.
+type counterCache struct {
+	vec  *prometheus.CounterVec
+	mu   sync.Mutex
+	kids atomic.Pointer[map[string]prometheus.Counter] // copy on write
+}
+
+func (cc *counterCache) get(label string) prometheus.Counter {
+	if m := cc.kids.Load(); m != nil {
+		if c, ok := (*m)[label]; ok {
+			return c
+		}
+	}
+	cc.mu.Lock()
+	defer cc.mu.Unlock()
+	old := cc.kids.Load()
+	if old != nil {
+		if c, ok := (*old)[label]; ok {
+			return c
+		}
+	}
+	c := cc.vec.WithLabelValues(label)
+	m := make(map[string]prometheus.Counter, 1+len(ptrMap(old)))
+	for k, v := range ptrMap(old) {
+		m[k] = v
+	}
+	m[label] = c
+	cc.kids.Store(&m)
+	return c
+}
+
+func ptrMap(p *map[string]prometheus.Counter) map[string]prometheus.Counter {
+	if p == nil {
+		return nil
+	}
+	return *p
+}
+
+// replyCounter returns the replies child for a code, cached for 100-599.
+func (m *Metrics) replyCounter(code int) prometheus.Counter {
+	if code < 100 || code > 599 {
+		return m.replies.WithLabelValues(strconv.Itoa(code))
+	}
+	if c := m.replyKids[code-100].Load(); c != nil {
+		return *c
+	}
+	c := m.replies.WithLabelValues(strconv.Itoa(code))
+	m.replyKids[code-100].Store(&c)
+	return c
+}
+
+// commandVerb is the verb label of a command line: its first word in upper
+// case when it is a known verb, "other" otherwise.
+func commandVerb(cmd string) string {
+	verb, _, _ := strings.Cut(cmd, " ")
+	if len(verb) <= 8 {
+		// ASCII fast path: no allocation for the known verbs.
+		var up [8]byte
+		ascii := true
+		for i := 0; i < len(verb); i++ {
+			b := verb[i]
+			if b >= 0x80 {
+				ascii = false
+				break
+			}
+			if 'a' <= b && b <= 'z' {
+				b -= 'a' - 'A'
+			}
+			up[i] = b
+		}
+		if ascii {
+			switch string(up[:len(verb)]) {
+			case "EHLO":
+				return "EHLO"
+			case "HELO":
+				return "HELO"
+			case "LHLO":
+				return "LHLO"
+			case "MAIL":
+				return "MAIL"
+			case "RCPT":
+				return "RCPT"
+			case "DATA":
+				return "DATA"
+			case "BDAT":
+				return "BDAT"
+			case "RSET":
+				return "RSET"
+			case "NOOP":
+				return "NOOP"
+			case "QUIT":
+				return "QUIT"
+			case "STARTTLS":
+				return "STARTTLS"
+			case "VRFY":
+				return "VRFY"
+			case "AUTH":
+				return "AUTH"
+			case "HELP":
+				return "HELP"
+			}
+			return "other"
+		}
+	}
+	verb = strings.ToUpper(verb)
+	if !knownVerbs[verb] {
+		verb = "other" // bounded label values, whatever clients send
+	}
+	return verb
+}
+
+func (m *Metrics) observe(ev *Event) {
 	switch ev.Kind {
 	case EventConnect:
 		m.connections.Inc()
 	case EventCommand:
-		verb, _, _ := strings.Cut(ev.Command, " ")
-		verb = strings.ToUpper(verb)
-		if !knownVerbs[verb] {
-			verb = "other" // bounded label values, whatever clients send
-		}
-		m.commands.WithLabelValues(verb).Inc()
+		m.commandKids.get(commandVerb(ev.Command)).Inc()
 	case EventReply:
 		if ev.Reply.Dropped {
 			m.replies.WithLabelValues("dropped").Inc()
 		} else {
-			m.replies.WithLabelValues(strconv.Itoa(ev.Reply.Code)).Inc()
+			m.replyCounter(ev.Reply.Code).Inc()
 		}
 	case EventTransaction:
 		tx := ev.Transaction

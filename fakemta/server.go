@@ -271,7 +271,7 @@ func (s *Server) Close() error {
 // record appends ev to the journal and updates metrics.
 func (s *Server) record(ev Event, durable bool) (Event, error) {
 	ev, err := s.journal.Append(ev, durable)
-	s.metrics.observe(ev)
+	s.metrics.observe(&ev)
 	if err != nil {
 		s.cfg.Logf("journal: %v", err)
 	}

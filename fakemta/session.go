@@ -125,7 +125,7 @@ func (se *session) Mail(from string, _ *smtp.MailOptions) error {
 	se.tx = &Transaction{Helo: se.c.helo, MailFrom: from}
 	m := se.c.matchCtx(StageMail)
 	m.sender = from
-	reply, err := se.act(se.srv.decide(m))
+	reply, err := se.act(se.srv.decide(&m))
 	if reply == nil {
 		reply = &Reply{Code: 250, Enhanced: "2.1.0", Text: "Sender OK"}
 	}
@@ -159,7 +159,7 @@ func (se *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 	m := se.c.matchCtx(StageRcpt)
 	m.rcpts, m.attempts = []string{to}, []int{attempt}
 	ra := RcptAttempt{Addr: to, Attempt: attempt}
-	rule := se.srv.decide(m)
+	rule := se.srv.decide(&m)
 	reply, err := se.act(rule)
 	if reply == nil && (rule == nil || rule.Action == ActionDelay) {
 		if gl := se.greylist(); gl != nil && gl.Stage != StageEOD {
@@ -221,7 +221,7 @@ func (se *session) Data(r io.Reader) error {
 	}
 	m := se.c.matchCtx(StageEOD)
 	m.rcpts, m.attempts = rcpts, se.countStage(StageEOD, rcpts)
-	rule := se.srv.decide(m)
+	rule := se.srv.decide(&m)
 	reply, err := se.act(rule)
 	if reply == nil && (rule == nil || rule.Action == ActionDelay) {
 		if gl := se.greylist(); gl != nil && gl.Stage == StageEOD {
@@ -272,7 +272,9 @@ func (se *session) receive(r io.Reader) (*Message, error) {
 	id := "m" + strconv.FormatUint(se.srv.msgSeq.Add(1), 36) + "-" + strconv.FormatInt(se.srv.cfg.Now().UnixNano()%1e9, 36)
 	msg := &Message{ID: id, MailFrom: se.tx.MailFrom, RcptTo: se.accepted()}
 	h := sha256.New()
-	var head bytes.Buffer // header block, bounded
+	rb := recvBufs.Get().(*recvBuf)
+	defer rb.put()
+	head := &rb.head // header block, bounded
 	var dsnBuf *bytes.Buffer
 	if se.tx.MailFrom == "" {
 		dsnBuf = &bytes.Buffer{}
@@ -331,7 +333,10 @@ func (se *session) receive(r io.Reader) (*Message, error) {
 	}
 	msg.SHA256 = hex.EncodeToString(h.Sum(nil))
 	msg.ReceivedAt = se.srv.cfg.Now()
-	if hdr, err := mail.ReadMessage(bufio.NewReader(io.MultiReader(bytes.NewReader(head.Bytes()), strings.NewReader("\r\n\r\n")))); err == nil {
+	head.WriteString("\r\n\r\n") // ends a header block cut short
+	rb.rd.Reset(head.Bytes())
+	rb.br.Reset(&rb.rd)
+	if hdr, err := mail.ReadMessage(rb.br); err == nil {
 		msg.MessageID = strings.Trim(strings.TrimSpace(hdr.Header.Get("Message-Id")), "<>")
 		msg.HarnessID = strings.TrimSpace(hdr.Header.Get("X-Greyharness-Id"))
 		msg.Subject = hdr.Header.Get("Subject")
@@ -346,6 +351,26 @@ func (se *session) receive(r io.Reader) (*Message, error) {
 
 // bodyBufs recycles the buffers bodies are read through (one per message).
 var bodyBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
+// recvBuf is the rest of receive's per-message scratch: the header block
+// and the reader its headers are parsed through.
+type recvBuf struct {
+	head bytes.Buffer
+	rd   bytes.Reader
+	br   *bufio.Reader
+}
+
+var recvBufs = sync.Pool{New: func() any { return &recvBuf{br: bufio.NewReader(nil)} }}
+
+func (rb *recvBuf) put() {
+	if rb.head.Cap() > 512<<10 {
+		return // an unusual header block: let it go
+	}
+	rb.head.Reset()
+	rb.rd.Reset(nil)
+	rb.br.Reset(nil)
+	recvBufs.Put(rb)
+}
 
 // finish ends the open transaction (if any) and journals it.
 func (se *session) finish(aborted string) { se.end(aborted, false) }

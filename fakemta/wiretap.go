@@ -34,15 +34,17 @@ type conn struct {
 	sess   *session
 
 	// read side
-	inbuf    []byte // received, not yet processed
-	out      []byte // processed, not yet handed to go-smtp
+	inbuf    []byte // received, not yet processed (a window of ibase)
+	ibase    []byte // inbuf's whole buffer, reused from its start
+	out      []byte // processed; out[outOff:] is not yet handed to go-smtp
+	outOff   int
+	ready    int // body bytes at the front of inbuf, processed, not yet handed to go-smtp
 	mode     int
-	dataSt   int   // end-of-data detector state
-	bdatLeft int64 // bytes of the current BDAT chunk still to pass
-	scratch  []byte
-	cmdSeq   int            // commands read; the greeting is reply 0
-	verbs    map[int]string // command number -> verb, for replies that need it
-	ovr      map[int]*override
+	dataSt   int               // end-of-data detector state
+	bdatLeft int64             // bytes of the current BDAT chunk still to pass
+	cmdSeq   int               // commands read; the greeting is reply 0
+	verbs    map[int]string    // command number -> verb, for the replies that need it (EHLO, LHLO); made on first use
+	ovr      map[int]*override // made on first use
 
 	// write side
 	wbuf     []byte
@@ -74,13 +76,14 @@ type override struct {
 
 func (s *Server) newConn(nc net.Conn, local string) *conn {
 	c := &conn{srv: s, id: s.connSeq.Add(1), raw: nc, cur: nc, client: nc.RemoteAddr().String(), local: local,
-		verbs: map[int]string{}, ovr: map[int]*override{}, closed: make(chan struct{}), scratch: make([]byte, 8<<10)}
+		closed: make(chan struct{})}
 	if !s.track(c, true) {
 		nc.Close()
 		return nil
 	}
 	s.record(Event{Kind: EventConnect, Conn: c.id, Client: c.client, Local: local}, false)
-	act := s.decide(c.matchCtx(StageConnect))
+	mc := c.matchCtx(StageConnect)
+	act := s.decide(&mc)
 	if act != nil {
 		switch act.Action {
 		case ActionDrop:
@@ -88,16 +91,59 @@ func (s *Server) newConn(nc net.Conn, local string) *conn {
 			c.Close()
 			return nil
 		case ActionReply, ActionClose:
-			c.ovr[0] = &override{reply: act.Reply, closeAfter: true}
+			c.setOverride(0, &override{reply: act.Reply, closeAfter: true})
 		case ActionDelay:
-			c.ovr[0] = &override{delay: act.Delay, delayWhy: "connect"}
+			c.setOverride(0, &override{delay: act.Delay, delayWhy: "connect"})
 		}
 	}
 	return c
 }
 
-func (c *conn) matchCtx(stage Stage) *matchCtx {
-	m := &matchCtx{stage: stage, conn: c.id, client: c.client, helo: c.helo, elapsed: c.srv.cfg.Now().Sub(c.srv.started)}
+func (c *conn) setOverride(n int, o *override) {
+	if c.ovr == nil {
+		c.ovr = map[int]*override{}
+	}
+	c.ovr[n] = o
+}
+
+// Read buffer sizes: a connection starts small (commands are short) and
+// grows while reads fill the buffer (bodies).
+const (
+	minReadBuf = 2 << 10
+	maxReadBuf = 64 << 10
+)
+
+// readMore reads from the wire into inbuf's free space.
+func (c *conn) readMore() (int, error) {
+	if len(c.inbuf) == 0 {
+		c.inbuf = c.ibase[:0]
+	}
+	if cap(c.inbuf)-len(c.inbuf) < minReadBuf/2 {
+		// Move what is left to the front, or into a bigger buffer.
+		size := max(cap(c.ibase), minReadBuf)
+		if len(c.inbuf) > size/2 {
+			size = min(2*size, max(maxReadBuf, 2*len(c.inbuf)))
+		}
+		if size > cap(c.ibase) {
+			c.ibase = make([]byte, 0, size)
+		}
+		c.inbuf = append(c.ibase[:0], c.inbuf...) // copy handles the overlap
+	}
+	free := c.inbuf[len(c.inbuf):cap(c.inbuf)]
+	n, err := c.cur.Read(free)
+	if n == len(free) && cap(c.ibase) < maxReadBuf {
+		// A full read: the next one gets a bigger buffer.
+		nb := make([]byte, len(c.inbuf)+n, min(2*cap(c.ibase), maxReadBuf))
+		copy(nb, c.inbuf[:len(c.inbuf)+n])
+		c.ibase, c.inbuf = nb[:0], nb
+		return n, err
+	}
+	c.inbuf = c.inbuf[:len(c.inbuf)+n]
+	return n, err
+}
+
+func (c *conn) matchCtx(stage Stage) matchCtx {
+	m := matchCtx{stage: stage, conn: c.id, client: c.client, helo: c.helo, elapsed: c.srv.cfg.Now().Sub(c.srv.started)}
 	if c.sess != nil && c.sess.tx != nil {
 		m.sender = c.sess.tx.MailFrom
 		for _, r := range c.sess.tx.Rcpts {
@@ -113,7 +159,7 @@ func (c *conn) matchCtx(stage Stage) *matchCtx {
 // It returns at most one command line per call, so each tap-level decision
 // is taken after go-smtp has handled every earlier (pipelined) command.
 func (c *conn) Read(p []byte) (int, error) {
-	for len(c.out) == 0 {
+	for len(c.out) == c.outOff && c.ready == 0 {
 		if c.isClosed() {
 			return 0, io.EOF
 		}
@@ -124,13 +170,12 @@ func (c *conn) Read(p []byte) (int, error) {
 				c.mode = modeCommand
 			}
 			c.process()
-			if len(c.out) > 0 {
+			if len(c.out) > c.outOff || c.ready > 0 {
 				break
 			}
 		}
-		n, err := c.cur.Read(c.scratch)
+		n, err := c.readMore()
 		if n > 0 {
-			c.inbuf = append(c.inbuf, c.scratch[:n]...)
 			continue
 		}
 		if err != nil {
@@ -143,10 +188,16 @@ func (c *conn) Read(p []byte) (int, error) {
 			return 0, err
 		}
 	}
-	n := copy(p, c.out)
-	c.out = c.out[n:]
-	if len(c.out) == 0 {
-		c.out = c.out[:0:0]
+	if len(c.out) == c.outOff {
+		// Body bytes go to go-smtp straight from inbuf.
+		n := copy(p, c.inbuf[:c.ready])
+		c.inbuf, c.ready = c.inbuf[n:], c.ready-n
+		return n, nil
+	}
+	n := copy(p, c.out[c.outOff:])
+	c.outOff += n
+	if c.outOff == len(c.out) {
+		c.out, c.outOff = c.out[:0], 0
 	}
 	return n, nil
 }
@@ -162,8 +213,7 @@ func (c *conn) process() {
 		if n > c.bdatLeft {
 			n = c.bdatLeft
 		}
-		c.out = append(c.out, c.inbuf[:n]...)
-		c.inbuf = c.inbuf[n:]
+		c.ready = int(n)
 		c.bdatLeft -= n
 		if c.bdatLeft == 0 {
 			c.mode = modeCommand
@@ -185,19 +235,32 @@ func (c *conn) process() {
 	}
 }
 
+// End-of-data detector states.
+const (
+	lineStart = iota // after CRLF (or right after the 354)
+	dot
+	dotCR
+	cr
+	midLine
+)
+
 // processData passes body bytes through until the line with a lone dot.
 // It finds the end exactly where go-smtp's data reader does (CRLF "." CRLF,
 // RFC 5321 4.1.1.4): a "." line after a bare LF or CR is body, and what
 // follows it must not be taken for commands.
 func (c *conn) processData() {
-	const (
-		lineStart = iota // after CRLF (or right after the 354)
-		dot
-		dotCR
-		cr
-		midLine
-	)
-	for i, b := range c.inbuf {
+	if end := c.scanData(c.inbuf); end >= 0 {
+		c.ready = end
+		c.mode, c.dataSt = modeHold, lineStart // the final reply comes next
+		return
+	}
+	c.ready = len(c.inbuf)
+}
+
+// scanData runs the end-of-data detector over b and returns the length up
+// to and including the final dot line, or -1 (b is all body so far).
+func (c *conn) scanData(b []byte) int {
+	for i, b := range b {
 		switch c.dataSt {
 		case lineStart:
 			switch b {
@@ -216,10 +279,7 @@ func (c *conn) processData() {
 			}
 		case dotCR:
 			if b == '\n' {
-				c.out = append(c.out, c.inbuf[:i+1]...)
-				c.inbuf = c.inbuf[i+1:]
-				c.mode, c.dataSt = modeHold, lineStart // the final reply comes next
-				return
+				return i + 1
 			}
 			c.dataSt = midLine
 		case cr:
@@ -234,8 +294,7 @@ func (c *conn) processData() {
 			}
 		}
 	}
-	c.out = append(c.out, c.inbuf...)
-	c.inbuf = c.inbuf[:0]
+	return -1
 }
 
 // command journals one command line and applies tap-level policy.
@@ -246,11 +305,16 @@ func (c *conn) command(line []byte) {
 	c.journalCommand(text)
 	verb, arg, _ := strings.Cut(text, " ")
 	verb = strings.ToUpper(verb)
-	c.verbs[n] = verb
-	if len(c.verbs) > 64 {
-		for k := range c.verbs {
-			if k < n-32 {
-				delete(c.verbs, k)
+	if verb == "EHLO" || verb == "LHLO" {
+		if c.verbs == nil {
+			c.verbs = map[int]string{}
+		}
+		c.verbs[n] = verb
+		if len(c.verbs) > 64 {
+			for k := range c.verbs {
+				if k < n-32 {
+					delete(c.verbs, k)
+				}
 			}
 		}
 	}
@@ -289,14 +353,14 @@ func (c *conn) command(line []byte) {
 	if stage == StageData && c.sess != nil {
 		mc.attempts = c.sess.countStage(StageData, mc.rcpts)
 	}
-	act := c.srv.decide(mc)
+	act := c.srv.decide(&mc)
 	noop := []byte("NOOP\r\n")
 	tlsOn := c.srv.cfg.TLS != nil && !c.tls
 	if act != nil {
 		switch act.Action {
 		case ActionReply:
 			if stage == StageStartTLS && act.Reply.Code == 220 && tlsOn {
-				c.ovr[n] = &override{reply: act.Reply, startTLS: true}
+				c.setOverride(n, &override{reply: act.Reply, startTLS: true})
 				c.out = append(c.out, noop...)
 				c.mode = modeHold
 				return
@@ -304,22 +368,22 @@ func (c *conn) command(line []byte) {
 			if act.Reply.Code/100 == 2 && stage != StageQuit {
 				break // a 2xx reply is go-smtp's own answer; let the command through
 			}
-			c.ovr[n] = &override{reply: act.Reply, closeAfter: stage == StageQuit}
+			c.setOverride(n, &override{reply: act.Reply, closeAfter: stage == StageQuit})
 			c.out = append(c.out, noop...)
 			return
 		case ActionClose:
-			c.ovr[n] = &override{reply: act.Reply, closeAfter: true}
+			c.setOverride(n, &override{reply: act.Reply, closeAfter: true})
 			c.out = append(c.out, noop...)
 			return
 		case ActionDrop:
-			c.ovr[n] = &override{drop: true}
+			c.setOverride(n, &override{drop: true})
 			c.out = append(c.out, noop...)
 			return
 		case ActionDelay:
-			c.ovr[n] = &override{delay: act.Delay, delayWhy: string(stage)}
+			c.setOverride(n, &override{delay: act.Delay, delayWhy: string(stage)})
 		case ActionTLS:
 			if tlsOn {
-				c.ovr[n] = &override{reply: &Reply{Code: 220, Enhanced: "2.0.0", Text: "Ready to start TLS"}, startTLS: true, tlsFail: true}
+				c.setOverride(n, &override{reply: &Reply{Code: 220, Enhanced: "2.0.0", Text: "Ready to start TLS"}, startTLS: true, tlsFail: true})
 				c.out = append(c.out, noop...)
 				c.mode = modeHold
 				return
@@ -332,7 +396,7 @@ func (c *conn) command(line []byte) {
 			o := c.ovr[n]
 			if o == nil {
 				o = &override{}
-				c.ovr[n] = o
+				c.setOverride(n, o)
 			}
 			o.reply, o.startTLS = &Reply{Code: 220, Enhanced: "2.0.0", Text: "Ready to start TLS"}, true
 			c.out = append(c.out, noop...)
@@ -348,31 +412,43 @@ func (c *conn) command(line []byte) {
 // Write collects go-smtp's reply lines and sends each complete reply,
 // after applying any override.
 func (c *conn) Write(p []byte) (int, error) {
-	c.wbuf = append(c.wbuf, p...)
+	// Usually p is one whole reply: it is used in place, not copied.
+	buf := p
+	if len(c.wbuf) > 0 {
+		c.wbuf = append(c.wbuf, p...)
+		buf = c.wbuf
+	}
 	for {
-		// A reply ends with a line whose 4th byte is a space ("250 ok").
-		end := -1
-		for start := 0; start < len(c.wbuf); {
-			i := bytes.IndexByte(c.wbuf[start:], '\n')
-			if i < 0 {
-				break
-			}
-			line := c.wbuf[start : start+i+1]
-			start += i + 1
-			if len(line) < 4 || line[3] != '-' {
-				end = start
-				break
-			}
-		}
+		end := replyEnd(buf)
 		if end < 0 {
-			return len(p), nil
+			break
 		}
-		reply := append([]byte(nil), c.wbuf[:end]...)
-		c.wbuf = c.wbuf[end:]
+		reply := buf[:end]
+		buf = buf[end:]
 		if err := c.sendReply(reply); err != nil {
+			c.wbuf = append(c.wbuf[:0], buf...)
 			return 0, err
 		}
 	}
+	c.wbuf = append(c.wbuf[:0], buf...) // an incomplete reply waits for the rest
+	return len(p), nil
+}
+
+// replyEnd returns the length of the first complete reply in b, -1 if none:
+// a reply ends with a line whose 4th byte is not '-' ("250 ok").
+func replyEnd(b []byte) int {
+	for start := 0; start < len(b); {
+		i := bytes.IndexByte(b[start:], '\n')
+		if i < 0 {
+			return -1
+		}
+		line := b[start : start+i+1]
+		start += i + 1
+		if len(line) < 4 || line[3] != '-' {
+			return start
+		}
+	}
+	return -1
 }
 
 // sendReply applies the override for this reply and writes it.
@@ -421,7 +497,12 @@ func (c *conn) sendReply(wire []byte) error {
 	if o != nil && o.reply != nil {
 		wire = formatReply(*o.reply)
 	}
-	if n > 0 && (c.verbs[n] == "EHLO" || c.verbs[n] == "LHLO") && code == 250 && (o == nil || o.reply == nil) {
+	verb := ""
+	if n > 0 && c.verbs != nil {
+		verb = c.verbs[n]
+		delete(c.verbs, n) // each reply number comes once
+	}
+	if (verb == "EHLO" || verb == "LHLO") && code == 250 && (o == nil || o.reply == nil) {
 		wire = c.ehloCapabilities(wire)
 	}
 	if code == 354 {
@@ -473,8 +554,9 @@ func (c *conn) upgrade(fail bool) error {
 	under := net.Conn(c.raw)
 	if len(c.inbuf) > 0 {
 		under = &prefixConn{Conn: c.raw, prefix: c.inbuf}
-		c.inbuf = nil
+		c.ibase = nil // the prefix keeps it
 	}
+	c.inbuf = nil
 	tc := tls.Server(under, cfg)
 	if d := c.srv.cfg.ReadTimeout; d > 0 {
 		tc.SetDeadline(time.Now().Add(d))
@@ -502,14 +584,29 @@ func (c *conn) journalReply(r Reply) {
 
 // formatReply writes r as one SMTP reply line.
 func formatReply(r Reply) []byte {
+	b := make([]byte, 0, 8+len(r.Enhanced)+len(r.Text))
+	b = strconv.AppendInt(b, int64(r.Code), 10)
+	b = append(b, ' ')
 	if r.Enhanced != "" {
-		return []byte(fmt.Sprintf("%d %s %s\r\n", r.Code, r.Enhanced, r.Text))
+		b = append(b, r.Enhanced...)
+		b = append(b, ' ')
 	}
-	return []byte(fmt.Sprintf("%d %s\r\n", r.Code, r.Text))
+	b = append(b, r.Text...)
+	return append(b, '\r', '\n')
 }
 
 // parseWireReply reads a (possibly multi-line) reply as written.
 func parseWireReply(wire []byte) Reply {
+	// One line (the usual case): no splitting and joining.
+	if r, ok := parseOneLineReply(wire); ok {
+		return r
+	}
+	return parseMultiLineReply(wire)
+}
+
+// parseMultiLineReply reads any reply, one line or several: the general
+// case, and the reference parseOneLineReply must agree with.
+func parseMultiLineReply(wire []byte) Reply {
 	var r Reply
 	var texts []string
 	for _, line := range strings.Split(strings.TrimRight(string(wire), "\r\n"), "\n") {
@@ -534,6 +631,33 @@ func parseWireReply(wire []byte) Reply {
 	}
 	r.Text = strings.Join(texts, "\n")
 	return r
+}
+
+// parseOneLineReply is parseWireReply for a reply without an inner
+// newline; false when wire has one.
+func parseOneLineReply(wire []byte) (Reply, bool) {
+	w := bytes.TrimRight(wire, "\r\n")
+	if bytes.IndexByte(w, '\n') >= 0 {
+		return Reply{}, false
+	}
+	var r Reply
+	line := bytes.TrimRight(w, "\r")
+	if len(line) < 3 {
+		return r, true
+	}
+	s := string(line)
+	r.Code, _ = strconv.Atoi(s[:3])
+	t := ""
+	if len(s) > 4 {
+		t = s[4:]
+	}
+	if first, rest, ok := strings.Cut(t, " "); ok && isEnhanced(first) {
+		r.Enhanced, t = first, rest
+	} else if isEnhanced(t) {
+		r.Enhanced, t = t, ""
+	}
+	r.Text = t
+	return r, true
 }
 
 func (c *conn) isClosed() bool {
