@@ -151,8 +151,12 @@ func (s *Server) Start() error {
 		return errors.New("fakemta: no listen address")
 	}
 	var ls []net.Listener
+	// No TCP keepalive on accepted connections: idle clients are cut by
+	// the read timeout, and the four setsockopt calls per connection cost
+	// about as much as one SMTP reply.
+	lc := net.ListenConfig{KeepAlive: -1}
 	for _, addr := range s.cfg.Listen {
-		l, err := net.Listen("tcp", addr)
+		l, err := lc.Listen(context.Background(), "tcp", addr)
 		if err != nil {
 			for _, l := range ls {
 				l.Close()
