@@ -52,9 +52,12 @@ bench-fakemta:
 ## fuzz: short runs of every fuzz target (FUZZTIME=60s for the long ones).
 FUZZTIME ?= 10s
 fuzz:
-	$(GO) test ./fakemta -run '^$$' -fuzz '^FuzzParsePolicy$$' -fuzztime $(FUZZTIME)
-	$(GO) test ./fakemta -run '^$$' -fuzz '^FuzzWireTap$$' -fuzztime $(FUZZTIME)
-	$(GO) test ./fakemta/dsn -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME)
+	@set -e; for t in fakemta:FuzzParsePolicy fakemta:FuzzWireTap fakemta:FuzzAPIRequest \
+		fakemta:FuzzEventEncoder fakemta:FuzzParseWireReply fakemta/dsn:FuzzParse \
+		fakemta/dsn:FuzzBuildRoundTrip scenarios:FuzzLoadBytes; do \
+		echo "fuzz $${t#*:} ($${t%%:*}, $(FUZZTIME))"; \
+		$(GO) test ./$${t%%:*} -run '^$$' -fuzz "^$${t#*:}\$$" -fuzztime $(FUZZTIME); \
+	done
 
 clean:
 	rm -rf bin $(RESULTS)

@@ -4,6 +4,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -39,6 +40,39 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
+// fromRoot resolves a relative path given to the suite: go test runs it in
+// the package folder, but `ginkgo run ./harness -- --relay=ci/...` is typed
+// at the module root. A path that does not exist here is taken from there.
+func fromRoot(p string) string {
+	if filepath.IsAbs(p) {
+		return p
+	}
+	if _, err := os.Stat(p); err == nil {
+		return p
+	}
+	for dir, _ := os.Getwd(); ; {
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			return filepath.Join(dir, p)
+		}
+		up := filepath.Dir(dir)
+		if up == dir {
+			return p // not in a module: the error names the path as given
+		}
+		dir = up
+	}
+}
+
+// sampleOnly skips a test about the built-in sample relay and the default
+// pack when the suite is aimed at another relay or other scenarios
+// (ginkgo run ./harness -- --relay=ci/postfix/relay.yaml): such a run is
+// about that relay, and the bug matrix alone would add minutes to it.
+func sampleOnly(t *testing.T) {
+	t.Helper()
+	if *relayFlag != "sample" || *scenariosFlag != "" {
+		t.Skipf("about the built-in sample relay and the default pack; this run targets --relay=%s --scenarios=%q", *relayFlag, *scenariosFlag)
+	}
+}
+
 // testBin is the running test binary with the re-exec switch.
 func testBin() (string, map[string]string) {
 	exe, err := os.Executable()
@@ -53,14 +87,20 @@ func TestHarness(t *testing.T) {
 	RegisterFailHandler(Fail)
 	var paths []string
 	if *scenariosFlag != "" {
-		paths = strings.Split(*scenariosFlag, ",")
+		for _, p := range strings.Split(*scenariosFlag, ",") {
+			paths = append(paths, fromRoot(p))
+		}
 	}
 	scs, err := harness.LoadScenarios(paths)
 	if err != nil {
 		t.Fatalf("scenarios: %v", err)
 	}
 	bin, env := testBin()
-	prof, cleanup, err := harness.LoadRelay(*relayFlag, bin, env)
+	relayArg := *relayFlag
+	if !strings.HasPrefix(relayArg, "sample") {
+		relayArg = fromRoot(relayArg)
+	}
+	prof, cleanup, err := harness.LoadRelay(relayArg, bin, env)
 	if err != nil {
 		t.Fatalf("relay profile: %v", err)
 	}
@@ -72,4 +112,17 @@ func TestHarness(t *testing.T) {
 	s := &harness.Suite{Profile: prof, Relay: relay.New(prof, t.TempDir()), Scenarios: scs, ResultsDir: results, Progress: GinkgoWriter}
 	harness.DefineSpecs(s)
 	RunSpecs(t, "greyharness: "+prof.Name)
+}
+
+func TestFromRootResolvesModuleRelativePaths(t *testing.T) {
+	p := fromRoot("ci/postfix/relay.yaml") // typed at the module root; go test runs in harness/
+	if _, err := os.Stat(p); err != nil {
+		t.Fatalf("fromRoot(ci/postfix/relay.yaml) = %s: %v", p, err)
+	}
+	if got := fromRoot("harness_suite_test.go"); got != "harness_suite_test.go" {
+		t.Errorf("a path that exists here stays as given, got %s", got)
+	}
+	if got := fromRoot("no/such/file.yaml"); got == "no/such/file.yaml" || !filepath.IsAbs(got) {
+		t.Errorf("a missing path is taken from the module root, got %s", got)
+	}
 }
