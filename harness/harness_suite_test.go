@@ -11,6 +11,7 @@ import (
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
 
+	"github.com/greyharness/greyharness/fakemta"
 	"github.com/greyharness/greyharness/harness"
 	"github.com/greyharness/greyharness/harness/relay"
 	"github.com/greyharness/greyharness/samplerelay"
@@ -32,6 +33,8 @@ func TestMain(m *testing.M) {
 			os.Exit(samplerelay.Main(os.Args[2:], os.Stdout, os.Stderr))
 		case "probe":
 			os.Exit(harness.Probe(os.Args[2:], os.Stderr))
+		case "fakemta":
+			os.Exit(fakemta.Main(os.Args[2:], os.Stdout, os.Stderr))
 		}
 		fmt.Fprintf(os.Stderr, "unknown re-exec command %q\n", os.Args[1])
 		os.Exit(2)

@@ -1,8 +1,15 @@
 package harness_test
 
 import (
+	"bufio"
+	"bytes"
 	"context"
+	"encoding/json"
+	"net/http"
 	"os"
+	"os/exec"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -27,22 +34,12 @@ func TestStagingFakeMTAOverAPI(t *testing.T) {
 	}
 	defer cleanup()
 
-	// The "deployed" fake MTA: its own state, an API with a token.
-	deployed, err := fakemta.New(fakemta.Config{Listen: prof.NextHop, StateDir: t.TempDir(), Logf: t.Logf})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := deployed.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer deployed.Close()
+	// The "deployed" fake MTA: `greyharness fakemta` as a process of its
+	// own, with its own state and an API behind a token; the harness reaches
+	// it only over HTTP.
 	const token = "s3cret-token"
-	hs, l, err := deployed.ServeAPI("127.0.0.1:0", token)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer hs.Close()
-	prof.FakeMTA = &profile.FakeMTARef{API: "http://" + l.Addr().String(), Token: token}
+	apiURL := startDeployedFakeMTA(t, prof.NextHop, token)
+	prof.FakeMTA = &profile.FakeMTARef{API: apiURL, Token: token}
 
 	pack, err := scenarios.Default()
 	if err != nil {
@@ -104,7 +101,99 @@ func TestStagingFakeMTAOverAPI(t *testing.T) {
 	if !deferred || !delivered {
 		t.Fatalf("journal over SSE: deferred=%v delivered=%v (%d events)", deferred, delivered, len(h.Journal))
 	}
-	if got := deployed.Policy().Greylist; got == nil || got.Delay != time.Second {
-		t.Fatalf("the deployed fake MTA's policy was not set from the scenario: %+v", got)
+	// The scenario's policy is in force on the deployed fake MTA; without
+	// the token its API refuses.
+	var doc fakemta.PolicyDoc
+	if code := getJSON(t, apiURL+"/api/v1/policy", token, &doc); code != http.StatusOK {
+		t.Fatalf("GET /api/v1/policy: HTTP %d", code)
 	}
+	if doc.Greylist == nil || doc.Greylist.Delay != "1s" {
+		t.Fatalf("the deployed fake MTA's policy was not set from the scenario: %+v", doc.Greylist)
+	}
+	if code := getJSON(t, apiURL+"/api/v1/policy", "", nil); code != http.StatusUnauthorized {
+		t.Fatalf("GET /api/v1/policy without the token: HTTP %d, want 401", code)
+	}
+}
+
+// startDeployedFakeMTA runs `greyharness fakemta` (this test binary
+// re-executed) on the next-hop addresses with an API on a free loopback
+// port, and returns the API's URL once the process says it listens.
+func startDeployedFakeMTA(t *testing.T, nextHop []string, token string) string {
+	t.Helper()
+	bin, env := testBin()
+	args := []string{"fakemta", "--state", t.TempDir(), "--api", "127.0.0.1:0", "--api-token", token}
+	for _, a := range nextHop {
+		args = append(args, "--listen", a)
+	}
+	cmd := exec.Command(bin, args...)
+	cmd.Env = os.Environ()
+	for k, v := range env {
+		cmd.Env = append(cmd.Env, k+"="+v)
+	}
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	t.Cleanup(func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case err := <-exited:
+			if err != nil {
+				t.Errorf("deployed fake MTA: %v\n%s", err, stderr.String())
+			}
+		case <-time.After(10 * time.Second):
+			cmd.Process.Kill()
+			t.Errorf("deployed fake MTA did not stop on SIGTERM")
+		}
+	})
+	addr := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			if a, ok := strings.CutPrefix(sc.Text(), "fakemta: api listening on "); ok {
+				addr <- a
+			}
+		}
+		exited <- cmd.Wait()
+	}()
+	select {
+	case a := <-addr:
+		return "http://" + a
+	case err := <-exited:
+		exited <- err
+		t.Fatalf("deployed fake MTA exited before its API listened: %v\n%s", err, stderr.String())
+	case <-time.After(30 * time.Second):
+		t.Fatalf("deployed fake MTA: no API address after 30s\n%s", stderr.String())
+	}
+	return ""
+}
+
+// getJSON GETs url with the bearer token (none when empty), decodes a 200
+// body into v (when not nil) and returns the status code.
+func getJSON(t *testing.T, url, token string, v any) int {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodGet, url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode == http.StatusOK && v != nil {
+		if err := json.NewDecoder(resp.Body).Decode(v); err != nil {
+			t.Fatalf("GET %s: %v", url, err)
+		}
+	}
+	return resp.StatusCode
 }
