@@ -10,13 +10,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"reflect"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -25,24 +23,6 @@ import (
 
 // apiTestMsg is the body apiSend delivers.
 const apiTestMsg = "From: a@client.test\r\nTo: b@remote.test\r\nMessage-ID: <api-1@client.test>\r\nX-Greyharness-Id: gh-api-1\r\nSubject: api\r\n\r\nhello\r\n"
-
-// apiClock is a settable clock for greylist timing.
-type apiClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *apiClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *apiClock) Add(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
 
 // apiFixture is a fake MTA on 127.0.0.1:0 with its API on an httptest server.
 type apiFixture struct {
@@ -53,24 +33,7 @@ type apiFixture struct {
 
 func newAPIFixture(t *testing.T, policyYAML, token string, mod func(*Config)) *apiFixture {
 	t.Helper()
-	pol, err := ParsePolicy("test.yaml", []byte(policyYAML))
-	if err != nil {
-		t.Fatalf("policy: %v", err)
-	}
-	cfg := Config{Policy: pol, Logf: t.Logf, ReadTimeout: 10 * time.Second}
-	if mod != nil {
-		mod(&cfg)
-	}
-	s, err := New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.Serve(l)
-	t.Cleanup(func() { s.Close() })
+	s := startServer(t, policyYAML, mod)
 	hs := httptest.NewServer(s.APIHandler(token))
 	t.Cleanup(hs.Close)
 	return &apiFixture{srv: s, http: hs, token: token}
@@ -421,7 +384,7 @@ func TestAPIEventsLiveThenResumeWithoutGaps(t *testing.T) {
 }
 
 func TestAPIGreylistListingAndReset(t *testing.T) {
-	clock := &apiClock{t: time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)}
+	clock := &fakeClock{t: time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)}
 	f := newAPIFixture(t, "greylist:\n  delay: 5m\n", "", func(c *Config) { c.Now = clock.Now })
 	var es []GreylistEntry
 	f.getJSON(t, "/api/v1/greylist", &es)

@@ -85,15 +85,21 @@ func subnetOf(client string, v4, v6 int) string {
 	return p.String()
 }
 
-// count bumps the stage counter of a triplet and returns the new count.
-func (g *greylistState) count(k tripletKey, stage Stage, now time.Time) int {
-	g.mu.Lock()
-	defer g.mu.Unlock()
+// triplet returns k's state, made on first sight. Called with mu held.
+func (g *greylistState) triplet(k tripletKey) *tripletState {
 	t := g.triplets[k]
 	if t == nil {
 		t = &tripletState{}
 		g.triplets[k] = t
 	}
+	return t
+}
+
+// count bumps the stage counter of a triplet and returns the new count.
+func (g *greylistState) count(k tripletKey, stage Stage, now time.Time) int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	t := g.triplet(k)
 	switch stage {
 	case StageData:
 		t.Data++
@@ -146,11 +152,7 @@ func (g *greylistState) check(gl *Greylist, k tripletKey, now time.Time) (outcom
 		}
 		return greyWhitelisted, 0
 	}
-	t := g.triplets[k]
-	if t == nil {
-		t = &tripletState{}
-		g.triplets[k] = t
-	}
+	t := g.triplet(k)
 	expired := t.FirstSeen.IsZero() ||
 		(gl.MaxAge > 0 && now.Sub(t.LastSeen) > gl.MaxAge) ||
 		(t.PassedAt.IsZero() && gl.RetryWindow > 0 && now.Sub(t.FirstSeen) > gl.RetryWindow)
@@ -176,11 +178,7 @@ func (g *greylistState) check(gl *Greylist, k tripletKey, now time.Time) (outcom
 func (g *greylistState) replay(gl *Greylist, k tripletKey, outcome string, at time.Time) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	t := g.triplets[k]
-	if t == nil {
-		t = &tripletState{}
-		g.triplets[k] = t
-	}
+	t := g.triplet(k)
 	switch outcome {
 	case greyDeferred:
 		fresh := t.FirstSeen.IsZero() || !t.PassedAt.IsZero() ||
@@ -243,11 +241,7 @@ func greylistReply(gl *Greylist, left time.Duration) Reply {
 func (g *greylistState) setCount(k tripletKey, stage Stage, n int) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	t := g.triplets[k]
-	if t == nil {
-		t = &tripletState{}
-		g.triplets[k] = t
-	}
+	t := g.triplet(k)
 	if stage == StageRcpt && n > t.Rcpt {
 		t.Rcpt = n
 	}

@@ -13,19 +13,14 @@ import (
 
 func TestBugKB950757(t *testing.T) {
 	t.Parallel()
-	s := newSink(t)
-	s.script(greylist(1), nil)
-	dir := t.TempDir()
-	cfg := fastCfg(s, dir)
-	cfg.Bugs = []Bug{BugKB950757}
+	s, dir, cfg := greylistedOnce(t, BugKB950757)
 	cfg.DoubleRestartWindow = 1 * time.Second
 
 	// Start, then a double restart: two starts in quick succession.
 	startRelay(t, cfg).stop(t)
 	startRelay(t, cfg).stop(t)
 	r := startRelay(t, cfg)
-	m := submit(t, r.addr, "alice@sender.test", "bob@rcpt.test")
-	waitRcpt(t, s.rcpts, 3*time.Second, func(e rcptEvent) bool { return e.Code == 451 })
+	m := submitDeferred(t, s, r)
 
 	// Held silently: on disk, but not listed and not retried (several backoffs).
 	eventually(t, 2*time.Second, "message hidden from the queue listing", func() bool {
@@ -55,16 +50,12 @@ func TestBugKB950757(t *testing.T) {
 
 func TestDoubleRestartWithoutBugRetries(t *testing.T) {
 	t.Parallel()
-	s := newSink(t)
-	s.script(greylist(1), nil)
-	dir := t.TempDir()
-	cfg := fastCfg(s, dir)
+	s, _, cfg := greylistedOnce(t)
 	cfg.DoubleRestartWindow = 1 * time.Second
 	startRelay(t, cfg).stop(t)
 	startRelay(t, cfg).stop(t)
 	r := startRelay(t, cfg)
-	m := submit(t, r.addr, "alice@sender.test", "bob@rcpt.test")
-	waitRcpt(t, s.rcpts, 3*time.Second, func(e rcptEvent) bool { return e.Code == 451 })
+	m := submitDeferred(t, s, r)
 	d := waitDelivery(t, s.deliveries, 3*time.Second, "retry after the double restart", nil)
 	if !bytes.Contains(d.Data, []byte(m.MessageID)) {
 		t.Fatal("wrong message")
@@ -73,14 +64,9 @@ func TestDoubleRestartWithoutBugRetries(t *testing.T) {
 
 func TestBugDropOn4xx(t *testing.T) {
 	t.Parallel()
-	s := newSink(t)
-	s.script(greylist(1), nil)
-	dir := t.TempDir()
-	cfg := fastCfg(s, dir)
-	cfg.Bugs = []Bug{BugDropOn4xx}
+	s, dir, cfg := greylistedOnce(t, BugDropOn4xx)
 	r := startRelay(t, cfg)
-	submit(t, r.addr, "alice@sender.test", "bob@rcpt.test")
-	waitRcpt(t, s.rcpts, 3*time.Second, func(e rcptEvent) bool { return e.Code == 451 })
+	submitDeferred(t, s, r)
 	eventually(t, 2*time.Second, "message deleted", func() bool { return filesOnDisk(t, dir) == 0 })
 	if l := listing(t, dir); len(l) != 0 {
 		t.Fatalf("listing %+v, want empty", l)
@@ -113,14 +99,9 @@ func TestBugBounceOn4xx(t *testing.T) {
 
 func TestBugNoRetry(t *testing.T) {
 	t.Parallel()
-	s := newSink(t)
-	s.script(greylist(1), nil)
-	dir := t.TempDir()
-	cfg := fastCfg(s, dir)
-	cfg.Bugs = []Bug{BugNoRetry}
+	s, dir, cfg := greylistedOnce(t, BugNoRetry)
 	r := startRelay(t, cfg)
-	m := submit(t, r.addr, "alice@sender.test", "bob@rcpt.test")
-	waitRcpt(t, s.rcpts, 3*time.Second, func(e rcptEvent) bool { return e.Code == 451 })
+	m := submitDeferred(t, s, r)
 	eventually(t, 2*time.Second, "listed with no next_attempt and reason retry disabled", func() bool {
 		e := findEntry(listing(t, dir), m)
 		return e != nil && e.NextAttempt.IsZero() && e.Reason == "retry disabled"
@@ -138,14 +119,9 @@ func TestBugNoRetry(t *testing.T) {
 
 func TestBugStallVisible(t *testing.T) {
 	t.Parallel()
-	s := newSink(t)
-	s.script(greylist(1), nil)
-	dir := t.TempDir()
-	cfg := fastCfg(s, dir)
-	cfg.Bugs = []Bug{BugStallVisible}
+	s, dir, cfg := greylistedOnce(t, BugStallVisible)
 	r := startRelay(t, cfg)
-	m := submit(t, r.addr, "alice@sender.test", "bob@rcpt.test")
-	waitRcpt(t, s.rcpts, 3*time.Second, func(e rcptEvent) bool { return e.Code == 451 })
+	m := submitDeferred(t, s, r)
 	var first time.Time
 	eventually(t, 2*time.Second, "listed with a future next_attempt", func() bool {
 		e := findEntry(listing(t, dir), m)
@@ -191,8 +167,7 @@ func TestBugLoseQueueOnRestart(t *testing.T) {
 	cfg := fastCfg(s, dir)
 	cfg.Bugs = []Bug{BugLoseQueueOnRestart}
 	r := startRelay(t, cfg)
-	m := submit(t, r.addr, "alice@sender.test", "bob@rcpt.test")
-	waitRcpt(t, s.rcpts, 3*time.Second, func(e rcptEvent) bool { return e.Code == 451 })
+	m := submitDeferred(t, s, r)
 	if findEntry(listing(t, dir), m) == nil {
 		t.Fatal("not listed before the restart")
 	}
@@ -267,12 +242,7 @@ func TestBugNoDSNOnExpiry(t *testing.T) {
 func TestBugDSNToNullSender(t *testing.T) {
 	t.Parallel()
 	s := newSink(t)
-	s.script(func(from, to string, n int) *smtp.SMTPError {
-		if to == "nobody@rcpt.test" {
-			return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "No such user"}
-		}
-		return nil
-	}, nil)
+	s.script(rejectNobody, nil)
 	cfg := fastCfg(s, t.TempDir())
 	cfg.Bugs = []Bug{BugDSNToNullSender}
 	r := startRelay(t, cfg)

@@ -230,6 +230,26 @@ func filesOnDisk(t *testing.T, dir string) int {
 	return n
 }
 
+// greylistedOnce is the setup most bug tests share: a sink that greylists
+// each recipient's first attempt, a queue folder, and a fast config with
+// bugs switched on.
+func greylistedOnce(t *testing.T, bugs ...Bug) (*sink, string, Config) {
+	s := newSink(t)
+	s.script(greylist(1), nil)
+	dir := t.TempDir()
+	cfg := fastCfg(s, dir)
+	cfg.Bugs = bugs
+	return s, dir, cfg
+}
+
+// submitDeferred submits alice@sender.test -> bob@rcpt.test through r and
+// waits for the sink's 451.
+func submitDeferred(t *testing.T, s *sink, r *testRelay) sentMsg {
+	m := submit(t, r.addr, "alice@sender.test", "bob@rcpt.test")
+	waitRcpt(t, s.rcpts, 3*time.Second, func(e rcptEvent) bool { return e.Code == 451 })
+	return m
+}
+
 func fastCfg(s *sink, dir string) Config {
 	return Config{
 		NextHop:       s.addr,
@@ -511,12 +531,7 @@ func TestNoDSNAboutNullSender(t *testing.T) {
 func TestPermanentFailureBounces(t *testing.T) {
 	t.Parallel()
 	s := newSink(t)
-	s.script(func(from, to string, n int) *smtp.SMTPError {
-		if to == "nobody@rcpt.test" {
-			return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "No such user"}
-		}
-		return nil
-	}, nil)
+	s.script(rejectNobody, nil)
 	r := startRelay(t, fastCfg(s, t.TempDir()))
 	m := submit(t, r.addr, "alice@sender.test", "nobody@rcpt.test")
 	d := waitDelivery(t, s.deliveries, 3*time.Second, "failure DSN", isDSNTo("alice@sender.test"))

@@ -64,6 +64,14 @@ func greylist(times int) func(from, to string, n int) *smtp.SMTPError {
 	}
 }
 
+// rejectNobody answers 550 5.1.1 to nobody@rcpt.test and accepts the rest.
+func rejectNobody(from, to string, n int) *smtp.SMTPError {
+	if to == "nobody@rcpt.test" {
+		return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "No such user"}
+	}
+	return nil
+}
+
 func tempfailAlways(from, to string, n int) *smtp.SMTPError {
 	return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 7, 1}, Message: "Greylisted, try again later"}
 }
