@@ -37,11 +37,11 @@ e2e: e2e-postfix e2e-exim
 
 e2e-postfix: build
 	@mkdir -p $(RESULTS)
-	$(BIN) run --relay ci/postfix/relay.yaml --junit $(RESULTS)/postfix-junit.xml --json $(RESULTS)/postfix.json --results $(RESULTS)/postfix
+	$(BIN) run --relay ci/postfix/relay.yaml --junit $(RESULTS)/postfix-junit.xml --json $(RESULTS)/postfix.json --html $(RESULTS)/postfix.html --results $(RESULTS)/postfix
 
 e2e-exim: build
 	@mkdir -p $(RESULTS)
-	$(BIN) run --relay ci/exim/relay.yaml --junit $(RESULTS)/exim-junit.xml --json $(RESULTS)/exim.json --results $(RESULTS)/exim
+	$(BIN) run --relay ci/exim/relay.yaml --junit $(RESULTS)/exim-junit.xml --json $(RESULTS)/exim.json --html $(RESULTS)/exim.html --results $(RESULTS)/exim
 
 bench: bench-fakemta
 	$(GO) test -run '^$$' -bench . -benchmem ./fakemta/...

@@ -42,6 +42,7 @@ type RunOptions struct {
 	Focus       string
 	JUnit       string
 	JSON        string
+	HTML        string
 	Results     string
 	Verbose     bool
 	// Bin is the greyharness binary the sample relay runs as (default: this executable).
@@ -61,6 +62,7 @@ func ParseRunFlags(args []string, stderr io.Writer) (*RunOptions, error) {
 	fs.StringVar(&o.Focus, "focus", "", "run only scenarios whose name matches this regular expression")
 	fs.StringVar(&o.JUnit, "junit", "", "write a JUnit XML report here")
 	fs.StringVar(&o.JSON, "json", "", "write the verdicts as JSON here")
+	fs.StringVar(&o.HTML, "html", "", "write a self-contained HTML report (every message's timeline) here")
 	fs.StringVar(&o.Results, "results", "results", "folder for the history of failed scenarios (re-judge with greyharness judge)")
 	fs.BoolVar(&o.Verbose, "v", false, "print every message's timeline, not only failing ones")
 	if err := fs.Parse(args); err != nil {
@@ -115,6 +117,11 @@ func Run(o *RunOptions, stdout, stderr io.Writer) int {
 	passed := RunSpecs(t, "greyharness: "+prof.Name, suiteCfg, repCfg)
 	if o.JSON != "" {
 		if err := writeOutcomes(o.JSON, s.Outcomes); err != nil {
+			fmt.Fprintln(stderr, err)
+		}
+	}
+	if o.HTML != "" {
+		if err := writeHTML(o.HTML, "greyharness: relay "+prof.Name, s.Outcomes); err != nil {
 			fmt.Fprintln(stderr, err)
 		}
 	}
@@ -210,6 +217,28 @@ func writeOutcomes(path string, outs []Outcome) error {
 	return os.WriteFile(path, append(b, '\n'), 0o644)
 }
 
+func writeHTML(path, title string, outs []Outcome) error {
+	reps := make([]report.ScenarioReport, len(outs))
+	for i, o := range outs {
+		reps[i] = report.ScenarioReport{Name: o.Scenario, Status: status(o), Skipped: o.Skipped,
+			Error: o.Err, Saved: o.Saved, Result: o.Result, History: o.History}
+	}
+	return writeFile(path, func(w io.Writer) error { return report.HTML(w, title, reps) })
+}
+
+// writeFile writes path through fn, reporting the first error of either.
+func writeFile(path string, fn func(io.Writer) error) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if err := fn(f); err != nil {
+		f.Close()
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	return f.Close()
+}
+
 func summary(w io.Writer, relay string, outs []Outcome) {
 	counts := map[string]int{}
 	for _, o := range outs {
@@ -236,12 +265,14 @@ func summary(w io.Writer, relay string, outs []Outcome) {
 }
 
 // Judge is `greyharness judge DIR`: re-judge saved histories offline.
-func Judge(paths []string, stdout, stderr io.Writer, verbose bool) int {
+// With htmlPath, it also writes the HTML report of every history judged.
+func Judge(paths []string, stdout, stderr io.Writer, verbose bool, htmlPath string) int {
 	if len(paths) == 0 {
 		fmt.Fprintln(stderr, "greyharness judge: give a results folder or history.json")
 		return ExitBadInput
 	}
 	code := ExitPassed
+	var outs []Outcome
 	for _, p := range paths {
 		files := []string{p}
 		if st, err := os.Stat(p); err == nil && st.IsDir() {
@@ -264,6 +295,13 @@ func Judge(paths []string, stdout, stderr io.Writer, verbose bool) int {
 			if !res.Passed {
 				code = ExitFailed
 			}
+			outs = append(outs, Outcome{Scenario: h.Scenario, History: h, Result: &res, Saved: filepath.Dir(f)})
+		}
+	}
+	if htmlPath != "" {
+		if err := writeHTML(htmlPath, "greyharness judge", outs); err != nil {
+			fmt.Fprintln(stderr, err)
+			return ExitBadInput
 		}
 	}
 	return code

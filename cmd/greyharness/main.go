@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 
 	"github.com/greyharness/greyharness/fakemta"
 	"github.com/greyharness/greyharness/harness"
@@ -18,9 +19,10 @@ const usage = `greyharness — prove a relay never holds a greylisted message si
 
 Usage:
   greyharness run [--relay FILE|sample[:BUG,...]] [--scenarios PATH]... [--label-filter EXPR]
-                  [--focus REGEX] [--junit FILE] [--json FILE] [--results DIR] [-v]
+                  [--focus REGEX] [--junit FILE] [--json FILE] [--html FILE] [--results DIR] [-v]
   greyharness validate PATH...          check scenario files (file:line:col errors, exit 2)
-  greyharness judge DIR|history.json    re-judge a saved history offline
+  greyharness judge [-v] [--html FILE] DIR|history.json...
+                                        re-judge saved histories offline
   greyharness fakemta [flags]           run the fake remote MTA (greyharness fakemta -h)
   greyharness sample-relay serve|queue|flush [flags]
                                         the built-in sample relay with switchable bugs
@@ -59,16 +61,30 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stdout, "ok")
 		return 0
 	case "judge":
-		verbose := false
+		verbose, htmlPath := false, ""
 		var paths []string
-		for _, a := range args[1:] {
-			if a == "-v" {
+		rest := args[1:]
+		for i := 0; i < len(rest); i++ {
+			switch a := rest[i]; {
+			case a == "-v":
 				verbose = true
-			} else {
+			case a == "--html" || a == "-html":
+				if i+1 == len(rest) {
+					fmt.Fprintln(stderr, "greyharness judge: --html needs a file")
+					return harness.ExitBadInput
+				}
+				i++
+				htmlPath = rest[i]
+			case strings.HasPrefix(a, "--html=") || strings.HasPrefix(a, "-html="):
+				_, htmlPath, _ = strings.Cut(a, "=")
+			case strings.HasPrefix(a, "-"):
+				fmt.Fprintf(stderr, "greyharness judge: unknown flag %s\n", a)
+				return harness.ExitBadInput
+			default:
 				paths = append(paths, a)
 			}
 		}
-		return harness.Judge(paths, stdout, stderr, verbose)
+		return harness.Judge(paths, stdout, stderr, verbose, htmlPath)
 	case "fakemta":
 		return fakemta.Main(args[1:], stdout, stderr)
 	case "sample-relay":

@@ -39,11 +39,31 @@ func runBin(t *testing.T, bin string, args ...string) (int, string) {
 	return 0, out.String()
 }
 
+// checkHTML checks an HTML report of the seed incident: the scenario failed
+// and the held message's timeline is open.
+func checkHTML(t *testing.T, path string) {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("HTML report: %v", err)
+	}
+	page := string(b)
+	for _, want := range []string{`<span class="badge failed">failed</span><h2>double-restart-then-greylist</h2>`,
+		`<details open>`, `<span class="badge FAIL">FAIL</span>held-silently — message gh-`, "<td>deadline</td>"} {
+		if !strings.Contains(page, want) {
+			t.Errorf("%s lacks %q", path, want)
+		}
+	}
+}
+
 func TestCLI(t *testing.T) {
 	bin := buildBinary(t)
 
 	t.Run("seed incident is reported as held silently with its timeline", func(t *testing.T) {
-		code, out := runBin(t, bin, "run", "--relay", "sample:kb950757", "--focus", "double-restart-then-greylist")
+		dir := t.TempDir()
+		page, results := filepath.Join(dir, "report.html"), filepath.Join(dir, "results")
+		code, out := runBin(t, bin, "run", "--relay", "sample:kb950757", "--focus", "double-restart-then-greylist",
+			"--html", page, "--results", results)
 		if code != 1 {
 			t.Fatalf("exit %d, want 1\n%s", code, out)
 		}
@@ -52,6 +72,15 @@ func TestCLI(t *testing.T) {
 				t.Errorf("output lacks %q\n%s", want, out)
 			}
 		}
+		checkHTML(t, page)
+
+		// The saved history re-judges offline to the same verdict, HTML included.
+		rejudged := filepath.Join(dir, "rejudged.html")
+		code, out = runBin(t, bin, "judge", "--html", rejudged, results)
+		if code != 1 || !strings.Contains(out, "FAIL held-silently message gh-") {
+			t.Fatalf("judge: exit %d, want 1 and the held message\n%s", code, out)
+		}
+		checkHTML(t, rejudged)
 	})
 	t.Run("correct sample relay passes", func(t *testing.T) {
 		code, out := runBin(t, bin, "run", "--relay", "sample", "--focus", "greylist-once")
@@ -67,6 +96,12 @@ func TestCLI(t *testing.T) {
 		}
 		if code, out := runBin(t, bin, "run", "--relay", "/nonexistent/relay.yaml"); code != 2 {
 			t.Fatalf("missing profile: exit %d\n%s", code, out)
+		}
+		if code, out := runBin(t, bin, "judge", "--html"); code != 2 || !strings.Contains(out, "--html needs a file") {
+			t.Fatalf("judge --html without a file: exit %d\n%s", code, out)
+		}
+		if code, out := runBin(t, bin, "judge", "--bogus", "x"); code != 2 {
+			t.Fatalf("judge bad flag: exit %d\n%s", code, out)
 		}
 		if code, out := runBin(t, bin, "run", "--bogus"); code != 2 {
 			t.Fatalf("bad flag: exit %d\n%s", code, out)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"html"
 	"strings"
 	"testing"
 	"time"
@@ -141,4 +142,59 @@ func TestJSON(t *testing.T) {
 	if err := JSON(&buf, ledger.Result{}); err != nil || !strings.Contains(buf.String(), `"findings": []`) {
 		t.Errorf("empty result: %v %s", err, buf.String())
 	}
+}
+
+func TestHTMLShowsFailingTimelineOpenAndEscapes(t *testing.T) {
+	h := seed()
+	r := ledger.Judge(h)
+	var buf bytes.Buffer
+	err := HTML(&buf, "greyharness: postfix <test>", []ScenarioReport{
+		{Name: h.Scenario, Status: "failed", Result: &r, History: h, Saved: "results/greylist-restart"},
+		{Name: "needs-restart", Status: "skipped", Skipped: "the profile has no restart command"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := buf.String()
+	for _, want := range []string{
+		"<title>greyharness: postfix &lt;test&gt;</title>", // titles and details are escaped
+		`<span class="badge failed">failed</span><h2>greylist-restart</h2>`,
+		Summary(r, h),
+		"skipped: the profile has no restart command",
+		"<code>results/greylist-restart</code>",
+		"&lt;held@h.test&gt;", // message ids in the subject, escaped
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("HTML lacks %q", want)
+		}
+	}
+	// The held message is open with its whole timeline; the delivered one is folded.
+	held := section(t, out, "message held")
+	if !strings.HasPrefix(held, "<details open>") || !strings.Contains(held, string(ledger.HeldSilently)) {
+		t.Errorf("held message not open with its verdict:\n%s", held)
+	}
+	text := html.UnescapeString(held)
+	for _, e := range r.Failed()[0].Timeline {
+		if !strings.Contains(text, ledger.Rel(h.Started, e.At)) || !strings.Contains(text, e.What+"</td><td>"+e.Detail) {
+			t.Errorf("held message's timeline lacks %s %s %s in\n%s", ledger.Rel(h.Started, e.At), e.What, e.Detail, text)
+		}
+	}
+	if fine := section(t, out, "message fine"); !strings.HasPrefix(fine, "<details>") {
+		t.Errorf("delivered message not folded:\n%s", fine)
+	}
+}
+
+// section returns the <details> element whose summary names subject.
+func section(t *testing.T, page, subject string) string {
+	t.Helper()
+	i := strings.Index(page, subject)
+	if i < 0 {
+		t.Fatalf("no %q in the page", subject)
+	}
+	start := strings.LastIndex(page[:i], "<details")
+	end := strings.Index(page[i:], "</details>")
+	if start < 0 || end < 0 {
+		t.Fatalf("%q is not inside a <details> element", subject)
+	}
+	return page[start : i+end]
 }
