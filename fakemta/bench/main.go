@@ -4,6 +4,11 @@
 //	go run ./fakemta/bench                    # 3 alternating rounds, then the RSS run
 //	go run ./fakemta/bench -rounds 5 -messages 50000
 //	go run ./fakemta/bench serve --listen 127.0.0.1:2525 --state DIR [--cpuprofile F]
+//	go run ./fakemta/bench serve-bare --listen 127.0.0.1:2526
+//
+// Each round also times the smallest go-smtp server there is (serve-bare:
+// accept everything, discard the body, no journal, no policy): the ceiling
+// any fake MTA built on go-smtp can reach on this machine.
 //
 // The fake MTA runs as its own process (this program's "serve" mode) with
 // the journal on (a state directory, one fsync per message, shared by
@@ -18,6 +23,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -47,6 +53,13 @@ const (
 )
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "serve-bare" {
+		if err := serveBare(os.Args[2:]); err != nil {
+			fmt.Fprintln(os.Stderr, "bench serve-bare:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if len(os.Args) > 1 && os.Args[1] == "serve" {
 		if err := serve(os.Args[2:]); err != nil {
 			fmt.Fprintln(os.Stderr, "bench serve:", err)
@@ -108,6 +121,39 @@ func serve(args []string) error {
 	return err
 }
 
+// bareBackend is the smallest go-smtp backend: everything accepted, bodies discarded.
+type bareBackend struct{}
+type bareSession struct{}
+
+func (bareBackend) NewSession(*smtp.Conn) (smtp.Session, error) { return bareSession{}, nil }
+func (bareSession) Mail(string, *smtp.MailOptions) error        { return nil }
+func (bareSession) Rcpt(string, *smtp.RcptOptions) error        { return nil }
+func (bareSession) Data(r io.Reader) error {
+	_, err := io.Copy(io.Discard, r)
+	return err
+}
+func (bareSession) Reset()        {}
+func (bareSession) Logout() error { return nil }
+
+// serveBare runs the bare go-smtp server until SIGTERM or SIGINT.
+func serveBare(args []string) error {
+	fs := flag.NewFlagSet("serve-bare", flag.ExitOnError)
+	listen := fs.String("listen", "127.0.0.1:0", "listen address")
+	fs.Parse(args)
+	l, err := net.Listen("tcp", *listen)
+	if err != nil {
+		return err
+	}
+	s := smtp.NewServer(bareBackend{})
+	s.Domain = "bare.bench.test"
+	go s.Serve(l)
+	fmt.Println("ADDR", l.Addr())
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	<-ctx.Done()
+	return s.Close()
+}
+
 func run(rounds, messages, sessions, size, rssMessages int, cpuprofile string) error {
 	source, sink, err := ensurePostfix()
 	if err != nil {
@@ -119,7 +165,7 @@ func run(rounds, messages, sessions, size, rssMessages int, cpuprofile string) e
 	}
 	fmt.Printf("smtp-source -s %d -m %d -l %d, %d alternating rounds (fake MTA: journal on, greylist delay 0s + 1 reject rule)\n",
 		sessions, messages, size, rounds)
-	var fakeRates, sinkRates []float64
+	var fakeRates, bareRates, sinkRates []float64
 	for r := 1; r <= rounds; r++ {
 		prof := ""
 		if r == rounds {
@@ -131,6 +177,12 @@ func run(rounds, messages, sessions, size, rssMessages int, cpuprofile string) e
 		}
 		fakeRates = append(fakeRates, rate)
 		fmt.Printf("round %d  fake MTA   %8.0f msgs/s  (VmHWM %.1f MiB)\n", r, rate, rss)
+		rate, err = runBare(self, source, messages, sessions, size)
+		if err != nil {
+			return fmt.Errorf("round %d bare go-smtp: %w", r, err)
+		}
+		bareRates = append(bareRates, rate)
+		fmt.Printf("round %d  bare go-smtp %6.0f msgs/s\n", r, rate)
 		rate, err = runSink(source, sink, messages, sessions, size)
 		if err != nil {
 			return fmt.Errorf("round %d smtp-sink: %w", r, err)
@@ -138,8 +190,9 @@ func run(rounds, messages, sessions, size, rssMessages int, cpuprofile string) e
 		sinkRates = append(sinkRates, rate)
 		fmt.Printf("round %d  smtp-sink  %8.0f msgs/s\n", r, rate)
 	}
-	fm, sm := median(fakeRates), median(sinkRates)
+	fm, bm, sm := median(fakeRates), median(bareRates), median(sinkRates)
 	fmt.Printf("median   fake MTA %.0f msgs/s, smtp-sink %.0f msgs/s, ratio %.2f (target >= 0.80)\n", fm, sm, fm/sm)
+	fmt.Printf("ceiling  bare go-smtp %.0f msgs/s = %.2f x smtp-sink; the fake MTA reaches %.2f x bare go-smtp\n", bm, bm/sm, fm/bm)
 	if rssMessages > 0 {
 		rate, rss, err := runFake(self, source, rssMessages, sessions, size, "")
 		if err != nil {
@@ -198,24 +251,11 @@ func runFake(self, source string, messages, sessions, size int, cpuprofile strin
 	if cpuprofile != "" {
 		args = append(args, "--cpuprofile", cpuprofile)
 	}
-	cmd := exec.Command(self, args...)
-	cmd.Stderr = os.Stderr
-	out, err := cmd.StdoutPipe()
+	cmd, addr, err := startServer(self, args...)
 	if err != nil {
 		return 0, 0, err
 	}
-	if err := cmd.Start(); err != nil {
-		return 0, 0, err
-	}
-	defer func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		cmd.Wait()
-	}()
-	line, err := bufio.NewReader(out).ReadString('\n')
-	addr, ok := strings.CutPrefix(strings.TrimSpace(line), "ADDR ")
-	if err != nil || !ok {
-		return 0, 0, fmt.Errorf("fake MTA said %q: %v", line, err)
-	}
+	defer stopServer(cmd)
 	// Pass the triplet: the first try is greylisted, the retry (delay 0s) passes.
 	if err := sendOnce(addr); err == nil {
 		return 0, 0, errors.New("first message was not greylisted")
@@ -235,6 +275,45 @@ func runFake(self, source string, messages, sessions, size int, cpuprofile strin
 		return 0, 0, err
 	}
 	return float64(messages) / elapsed.Seconds(), rss, nil
+}
+
+// runBare times smtp-source against the bare go-smtp server.
+func runBare(self, source string, messages, sessions, size int) (float64, error) {
+	cmd, addr, err := startServer(self, "serve-bare", "--listen", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer stopServer(cmd)
+	elapsed, err := timeSource(source, addr, messages, sessions, size)
+	if err != nil {
+		return 0, err
+	}
+	return float64(messages) / elapsed.Seconds(), nil
+}
+
+// startServer runs this program in a server mode and reads the "ADDR" line it prints.
+func startServer(self string, args ...string) (*exec.Cmd, string, error) {
+	cmd := exec.Command(self, args...)
+	cmd.Stderr = os.Stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, "", err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, "", err
+	}
+	line, err := bufio.NewReader(out).ReadString('\n')
+	addr, ok := strings.CutPrefix(strings.TrimSpace(line), "ADDR ")
+	if err != nil || !ok {
+		stopServer(cmd)
+		return nil, "", fmt.Errorf("%s said %q: %v", args[0], line, err)
+	}
+	return cmd, addr, nil
+}
+
+func stopServer(cmd *exec.Cmd) {
+	cmd.Process.Signal(syscall.SIGTERM)
+	cmd.Wait()
 }
 
 func runSink(source, sink string, messages, sessions, size int) (float64, error) {
