@@ -111,7 +111,7 @@ func Run(o *RunOptions, stdout, stderr io.Writer) int {
 		suiteCfg.FocusStrings = []string{o.Focus}
 	}
 	repCfg.JUnitReport = o.JUnit
-	repCfg.NoColor = os.Getenv("NO_COLOR") != "" || os.Getenv("CI") != ""
+	repCfg.NoColor = os.Getenv("NO_COLOR") != "" || os.Getenv("CI") != "" || !isTerminal(stdout)
 	repCfg.Succinct = true
 	t := &cliT{}
 	passed := RunSpecs(t, "greyharness: "+prof.Name, suiteCfg, repCfg)
@@ -130,6 +130,17 @@ func Run(o *RunOptions, stdout, stderr io.Writer) int {
 		return ExitFailed
 	}
 	return ExitPassed
+}
+
+// isTerminal reports whether w is a character device (colour codes would
+// only clutter a log file or a pipe).
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	st, err := f.Stat()
+	return err == nil && st.Mode()&os.ModeCharDevice != 0
 }
 
 func printErrors(w io.Writer, err error) {
