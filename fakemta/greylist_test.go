@@ -2,7 +2,6 @@ package fakemta
 
 import (
 	"errors"
-	"net"
 	"strconv"
 	"strings"
 	"testing"
@@ -15,15 +14,7 @@ import (
 // first failing reply (code 0 = delivered) and its error.
 func sendFrom(t *testing.T, addr, localIP, from string, rcpts ...string) (int, error) {
 	t.Helper()
-	d := net.Dialer{Timeout: 10 * time.Second}
-	if localIP != "" {
-		d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(localIP)}
-	}
-	nc, err := d.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	nc.SetDeadline(time.Now().Add(30 * time.Second))
+	nc := dialFrom(t, addr, localIP)
 	c := smtp.NewClient(nc)
 	defer c.Close()
 	if err := c.Hello("relay.client.test"); err != nil {

@@ -24,8 +24,9 @@ func dialRaw(t *testing.T, addr string) *rawClient {
 	return dialRawFrom(t, addr, "")
 }
 
-// dialRawFrom dials from a given local IP (any loopback address works on Linux).
-func dialRawFrom(t *testing.T, addr, localIP string) *rawClient {
+// dialFrom dials addr from a given local IP ("" = any; every loopback
+// address works on Linux) with a 30s deadline on the connection.
+func dialFrom(t *testing.T, addr, localIP string) net.Conn {
 	t.Helper()
 	d := net.Dialer{Timeout: 10 * time.Second}
 	if localIP != "" {
@@ -36,6 +37,13 @@ func dialRawFrom(t *testing.T, addr, localIP string) *rawClient {
 		t.Fatal(err)
 	}
 	nc.SetDeadline(time.Now().Add(30 * time.Second))
+	return nc
+}
+
+// dialRawFrom dials from a given local IP (any loopback address works on Linux).
+func dialRawFrom(t *testing.T, addr, localIP string) *rawClient {
+	t.Helper()
+	nc := dialFrom(t, addr, localIP)
 	c := &rawClient{t: t, nc: nc, tp: textproto.NewConn(nc)}
 	t.Cleanup(func() { nc.Close() })
 	return c

@@ -221,12 +221,7 @@ func TestBugResendAcceptedRcpts(t *testing.T) {
 func TestBugNoDSNOnExpiry(t *testing.T) {
 	t.Parallel()
 	s := newSink(t)
-	s.script(func(from, to string, n int) *smtp.SMTPError {
-		if to == "bob@rcpt.test" {
-			return tempfailAlways(from, to, n)
-		}
-		return nil
-	}, nil)
+	s.script(tempfailBob, nil)
 	dir := t.TempDir()
 	cfg := fastCfg(s, dir)
 	cfg.QueueLifetime = 800 * time.Millisecond

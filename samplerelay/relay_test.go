@@ -485,12 +485,7 @@ func TestFlushWithoutRelayTimesOut(t *testing.T) {
 func TestExpiryAndDelayDSNs(t *testing.T) {
 	t.Parallel()
 	s := newSink(t)
-	s.script(func(from, to string, n int) *smtp.SMTPError {
-		if to == "bob@rcpt.test" {
-			return tempfailAlways(from, to, n)
-		}
-		return nil
-	}, nil)
+	s.script(tempfailBob, nil)
 	dir := t.TempDir()
 	cfg := fastCfg(s, dir)
 	cfg.DelayWarning, cfg.QueueLifetime = 700*time.Millisecond, 1800*time.Millisecond

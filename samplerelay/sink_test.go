@@ -72,6 +72,14 @@ func rejectNobody(from, to string, n int) *smtp.SMTPError {
 	return nil
 }
 
+// tempfailBob answers 4xx to bob@rcpt.test on every attempt and accepts the rest.
+func tempfailBob(from, to string, n int) *smtp.SMTPError {
+	if to == "bob@rcpt.test" {
+		return tempfailAlways(from, to, n)
+	}
+	return nil
+}
+
 func tempfailAlways(from, to string, n int) *smtp.SMTPError {
 	return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 7, 1}, Message: "Greylisted, try again later"}
 }
