@@ -15,28 +15,7 @@ import (
 func sendFrom(t *testing.T, addr, localIP, from string, rcpts ...string) (int, error) {
 	t.Helper()
 	nc := dialFrom(t, addr, localIP)
-	c := smtp.NewClient(nc)
-	defer c.Close()
-	if err := c.Hello("relay.client.test"); err != nil {
-		return codeOf(err), err
-	}
-	if err := c.Mail(from, nil); err != nil {
-		return codeOf(err), err
-	}
-	for _, r := range rcpts {
-		if err := c.Rcpt(r, nil); err != nil {
-			return codeOf(err), err
-		}
-	}
-	w, err := c.Data()
-	if err != nil {
-		return codeOf(err), err
-	}
-	w.Write([]byte(testMsg))
-	if err := w.Close(); err != nil {
-		return codeOf(err), err
-	}
-	return 0, c.Quit()
+	return transact(smtp.NewClient(nc), from, rcpts...)
 }
 
 type greyStep struct {

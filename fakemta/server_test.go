@@ -63,6 +63,12 @@ func send(t *testing.T, addr, from string, rcpts ...string) (int, error) {
 	if err != nil {
 		return 0, err
 	}
+	return transact(c, from, rcpts...)
+}
+
+// transact runs HELO, MAIL, RCPT..., DATA with testMsg and QUIT on c (and
+// closes it), returning the first failing reply's code (0 = delivered).
+func transact(c *smtp.Client, from string, rcpts ...string) (int, error) {
 	defer c.Close()
 	if err := c.Hello("relay.client.test"); err != nil {
 		return codeOf(err), err

@@ -42,10 +42,7 @@ func TestBugKB950757(t *testing.T) {
 	// The next (single) restart re-stamps and releases it: delivered, late.
 	r.stop(t)
 	startRelay(t, cfg)
-	d := waitDelivery(t, s.deliveries, 3*time.Second, "delivery after the next restart", nil)
-	if !bytes.Contains(d.Data, []byte(m.MessageID)) {
-		t.Fatal("delivered message is not the held one")
-	}
+	waitDeliveryOf(t, s, m, "delivery after the next restart", "delivered message is not the held one")
 }
 
 func TestDoubleRestartWithoutBugRetries(t *testing.T) {
@@ -56,10 +53,7 @@ func TestDoubleRestartWithoutBugRetries(t *testing.T) {
 	startRelay(t, cfg).stop(t)
 	r := startRelay(t, cfg)
 	m := submitDeferred(t, s, r)
-	d := waitDelivery(t, s.deliveries, 3*time.Second, "retry after the double restart", nil)
-	if !bytes.Contains(d.Data, []byte(m.MessageID)) {
-		t.Fatal("wrong message")
-	}
+	waitDeliveryOf(t, s, m, "retry after the double restart", "wrong message")
 }
 
 func TestBugDropOn4xx(t *testing.T) {
@@ -192,10 +186,7 @@ func TestBugRedeliverAfterRestart(t *testing.T) {
 	eventually(t, 2*time.Second, "not listed once delivered", func() bool { return len(listing(t, dir)) == 0 })
 	r.stop(t)
 	startRelay(t, cfg)
-	d := waitDelivery(t, s.deliveries, 3*time.Second, "duplicate delivery after restart", nil)
-	if !bytes.Contains(d.Data, []byte(m.MessageID)) {
-		t.Fatal("duplicate is not the same message")
-	}
+	waitDeliveryOf(t, s, m, "duplicate delivery after restart", "duplicate is not the same message")
 }
 
 func TestBugResendAcceptedRcpts(t *testing.T) {

@@ -101,9 +101,6 @@ func TestServeProcessRestart(t *testing.T) {
 	}
 	s.script(nil, nil)
 	p2 := startProc(t, args...)
-	d := waitDelivery(t, s.deliveries, 3*time.Second, "delivery after a process restart", nil)
-	if !bytes.Contains(d.Data, []byte(m.MessageID)) {
-		t.Fatal("delivered message is not the queued one")
-	}
+	waitDeliveryOf(t, s, m, "delivery after a process restart", "delivered message is not the queued one")
 	p2.terminate(t)
 }

@@ -138,6 +138,16 @@ func waitDelivery(t *testing.T, ch <-chan delivery, within time.Duration, what s
 	}
 }
 
+// waitDeliveryOf waits for the next delivery and checks it is message m.
+func waitDeliveryOf(t *testing.T, s *sink, m sentMsg, what, notIt string) delivery {
+	t.Helper()
+	d := waitDelivery(t, s.deliveries, 3*time.Second, what, nil)
+	if !bytes.Contains(d.Data, []byte(m.MessageID)) {
+		t.Fatal(notIt)
+	}
+	return d
+}
+
 func expectNoDelivery(t *testing.T, ch <-chan delivery, window time.Duration, what string, match func(delivery) bool) {
 	t.Helper()
 	deadline := time.After(window)
@@ -395,10 +405,7 @@ func TestCutAfterDotIsRetried(t *testing.T) {
 	case <-time.After(3 * time.Second):
 		t.Fatal("no first attempt")
 	}
-	d := waitDelivery(t, s.deliveries, 3*time.Second, "re-sent message", nil)
-	if !bytes.Contains(d.Data, []byte(m.MessageID)) {
-		t.Fatal("re-sent message is not the original")
-	}
+	waitDeliveryOf(t, s, m, "re-sent message", "re-sent message is not the original")
 }
 
 func TestRestartKeepsQueue(t *testing.T) {
@@ -419,10 +426,7 @@ func TestRestartKeepsQueue(t *testing.T) {
 	}
 	s.script(nil, nil)
 	startRelay(t, cfg)
-	d := waitDelivery(t, s.deliveries, 3*time.Second, "delivery after restart", nil)
-	if !bytes.Contains(d.Data, []byte(m.MessageID)) {
-		t.Fatal("delivered message is not the queued one")
-	}
+	waitDeliveryOf(t, s, m, "delivery after restart", "delivered message is not the queued one")
 }
 
 func TestInFlightAtStopIsRetried(t *testing.T) {
@@ -445,10 +449,7 @@ func TestInFlightAtStopIsRetried(t *testing.T) {
 	}
 	r1.stop(t) // the relay stops with the message in flight
 	startRelay(t, cfg)
-	d := waitDelivery(t, s.deliveries, 3*time.Second, "delivery after restart", nil)
-	if !bytes.Contains(d.Data, []byte(m.MessageID)) {
-		t.Fatal("delivered message is not the in-flight one")
-	}
+	waitDeliveryOf(t, s, m, "delivery after restart", "delivered message is not the in-flight one")
 }
 
 func TestFlush(t *testing.T) {
