@@ -46,8 +46,10 @@ e2e-exim: build
 bench: bench-fakemta
 	$(GO) test -run '^$$' -bench . -benchmem ./fakemta/...
 
+## bench-fakemta: the fake MTA against smtp-sink (BENCH_FLAGS="-pin -rounds 5" and so on).
+BENCH_FLAGS ?=
 bench-fakemta:
-	$(GO) run ./fakemta/bench
+	$(GO) run ./fakemta/bench $(BENCH_FLAGS)
 
 ## fuzz: short runs of every fuzz target (FUZZTIME=60s for the long ones).
 FUZZTIME ?= 10s

@@ -10,14 +10,16 @@ import (
 )
 
 // BenchmarkDeliver: one message per op over a kept-open go-smtp client, to
-// a server with the journal on disk (one fsync per message).
+// a server with the journal in memory, on disk with one fsync per message,
+// and on disk with an fsync every 100 ms.
 func BenchmarkDeliver(b *testing.B) {
 	for _, tc := range []struct {
 		name  string
 		state bool
-	}{{"memory", false}, {"statedir", true}} {
+		sync  time.Duration
+	}{{"memory", false, 0}, {"statedir", true, 0}, {"statedir-sync100ms", true, 100 * time.Millisecond}} {
 		b.Run(tc.name, func(b *testing.B) {
-			cfg := Config{Policy: &Policy{}, Logf: b.Logf}
+			cfg := Config{Policy: &Policy{}, Logf: b.Logf, JournalSync: tc.sync}
 			if tc.state {
 				cfg.StateDir = b.TempDir()
 			}
@@ -69,7 +71,7 @@ func BenchmarkJournalAppend(b *testing.B) {
 			if tc.state {
 				dir = b.TempDir()
 			}
-			j, err := openJournal(dir, time.Now, nil)
+			j, err := openJournal(dir, 0, time.Now, nil)
 			if err != nil {
 				b.Fatal(err)
 			}

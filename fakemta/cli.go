@@ -108,6 +108,7 @@ type cliOptions struct {
 	listen      listFlag
 	policy      string
 	state       string
+	journalSync string
 	wipeState   bool
 	keepBodies  string
 	api         string
@@ -133,6 +134,7 @@ func newFlagSet(o *cliOptions) *flag.FlagSet {
 	fs.Var(&o.listen, "listen", "SMTP listen `address` host:port, repeatable (port 0 picks a free one)")
 	fs.StringVar(&o.policy, "policy", "", "policy YAML `file` (default: accept everything)")
 	fs.StringVar(&o.state, "state", "", "state `dir`: the journal (journal.jsonl) and with it the greylist memory survive restarts (default: memory only)")
+	fs.StringVar(&o.journalSync, "journal-sync", "message", "when the journal in --state is fsync'd: `message` (before every 250 to a final dot) or an interval like 100ms (written before the 250, fsync'd within the interval: faster, and a machine crash may lose that interval)")
 	fs.BoolVar(&o.wipeState, "wipe-state", false, "start with no greylist memory (the journal is kept: it is history)")
 	fs.StringVar(&o.keepBodies, "keep-bodies", "", "write every received message to `dir`/ID.eml")
 	fs.StringVar(&o.api, "api", "", "serve the control API on `address` host:port, e.g. 127.0.0.1:8025 (default: off)")
@@ -194,6 +196,16 @@ func (o *cliOptions) config(getenv func(string) string) (Config, string, error) 
 		return bad("--tls-self-signed and --tls-cert/--tls-key exclude each other")
 	case (o.tlsCert == "") != (o.tlsKey == ""):
 		return bad("--tls-cert and --tls-key go together")
+	}
+	if o.journalSync != "message" {
+		d, err := time.ParseDuration(o.journalSync)
+		switch {
+		case err != nil || d <= 0:
+			return bad("--journal-sync: want \"message\" or a positive interval like 100ms, got %q", o.journalSync)
+		case o.state == "":
+			return bad("--journal-sync %s needs --state (without it the journal is in memory)", o.journalSync)
+		}
+		cfg.JournalSync = d
 	}
 	var err error
 	switch {

@@ -66,6 +66,9 @@ func TestCLIBadFlagsExit2(t *testing.T) {
 		{[]string{"serve"}, `unexpected argument "serve"`},
 		{[]string{"--api", "0.0.0.0:0"}, "not a loopback address: give a token with --api-token or $GREYHARNESS_API_TOKEN"},
 		{[]string{"--api", ":8025"}, "not a loopback address"},
+		{[]string{"--journal-sync", "often"}, `--journal-sync: want "message" or a positive interval like 100ms, got "often"`},
+		{[]string{"--journal-sync", "0s", "--state", dir}, `got "0s"`},
+		{[]string{"--journal-sync", "100ms"}, "--journal-sync 100ms needs --state"},
 	} {
 		code, stdout, stderr := runCLI(t, c.args...)
 		if code != ExitConfig || !strings.Contains(stderr, c.want) || stdout != "" {
@@ -257,10 +260,16 @@ func TestCLIStopsOnSIGTERMWithJournalFlushed(t *testing.T) {
 	if runtime.GOOS == "windows" {
 		t.Skip("no SIGTERM on windows")
 	}
+	t.Run("journal-sync=message", func(t *testing.T) { testCLIStopsOnSIGTERM(t) })
+	t.Run("journal-sync=50ms", func(t *testing.T) { testCLIStopsOnSIGTERM(t, "--journal-sync", "50ms") })
+}
+
+func testCLIStopsOnSIGTERM(t *testing.T, extra ...string) {
 	state := t.TempDir()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^TestCLIHelperProcess$", "--", "--listen", "127.0.0.1:0", "--state", state)
+	args := append([]string{"-test.run=^TestCLIHelperProcess$", "--", "--listen", "127.0.0.1:0", "--state", state}, extra...)
+	cmd := exec.CommandContext(ctx, os.Args[0], args...)
 	cmd.Env = append(os.Environ(), cliHelperEnv+"=1")
 	var stderr syncBuffer
 	cmd.Stderr = &stderr

@@ -141,7 +141,7 @@ func TestEventEncoderMatchesJSON(t *testing.T) {
 // json.Marshal of the event Append returned, and reads back equal.
 func TestJournalFileMatchesJSON(t *testing.T) {
 	dir := t.TempDir()
-	j, err := openJournal(dir, time.Now, nil)
+	j, err := openJournal(dir, 0, time.Now, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -205,7 +205,7 @@ func TestJournalFileMatchesJSON(t *testing.T) {
 // journal with an error, as json.Encoder did, and leaves no torn line.
 func TestJournalRefusesUnencodableTime(t *testing.T) {
 	dir := t.TempDir()
-	j, err := openJournal(dir, time.Now, nil)
+	j, err := openJournal(dir, 0, time.Now, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -20,20 +20,29 @@ const journalFile = "journal.jsonl"
 // Journal is the append-only record of everything the fake MTA saw and
 // said. With a state directory every event is written as a JSON line;
 // events that carry a received message are fsync'd before the reply goes
-// out (group commit: concurrent sessions share one fsync). Without one,
-// events stay in memory. Subscribers receive every event, in order, on a
-// channel that never drops (each subscriber has its own unbounded queue).
+// out (group commit: concurrent sessions share one fsync), or, with a sync
+// interval, written to the file before the reply and fsync'd at most that
+// interval later. Without a state directory events stay in memory.
+// Subscribers receive every event, in order, on a channel that never drops
+// (each subscriber has its own unbounded queue).
 type Journal struct {
-	mu      sync.Mutex
-	seq     uint64
-	file    *os.File
-	w       *bufio.Writer
-	dirty   bool
-	syncing bool
-	synced  *sync.Cond // broadcast after each fsync
-	syncGen uint64     // completed fsyncs
-	err     error      // first write error; the journal stops accepting durable events
-	tc      timeCache  // formats event times (under mu)
+	mu    sync.Mutex
+	seq   uint64
+	file  *os.File
+	w     *bufio.Writer
+	dirty bool
+	// syncEvery > 0 trades the fsync per message for one per interval:
+	// durable events are still written (write(2)) before Append returns,
+	// so a crash of the process loses nothing; a crash of the machine may
+	// lose the last interval.
+	syncEvery time.Duration
+	unsynced  bool // written since the last fsync (syncEvery > 0)
+	lastSync  time.Time
+	syncing   bool
+	synced    *sync.Cond // broadcast after each fsync
+	syncGen   uint64     // completed fsyncs
+	err       error      // first write error; the journal stops accepting durable events
+	tc        timeCache  // formats event times (under mu)
 
 	// ring holds the latest events for GET /journal without a state dir and
 	// for quick reads; keepAll (no state dir) keeps every event instead.
@@ -53,8 +62,10 @@ type Journal struct {
 // memory. Existing events are replayed through replay (for greylist state)
 // and the sequence continues after the last one. A torn last line (a crash
 // mid-write) is cut off.
-func openJournal(dir string, now func() time.Time, replay func(Event)) (*Journal, error) {
-	j := &Journal{subs: map[*subscriber]struct{}{}, now: now, ringCap: 65536, stop: make(chan struct{}), done: make(chan struct{})}
+// syncEvery 0 fsyncs every durable event; see Journal.syncEvery.
+func openJournal(dir string, syncEvery time.Duration, now func() time.Time, replay func(Event)) (*Journal, error) {
+	j := &Journal{subs: map[*subscriber]struct{}{}, now: now, ringCap: 65536, syncEvery: syncEvery,
+		stop: make(chan struct{}), done: make(chan struct{})}
 	j.synced = sync.NewCond(&j.mu)
 	if dir == "" {
 		j.keepAll = true
@@ -121,19 +132,36 @@ func (j *Journal) replayFile(f *os.File, replay func(Event)) (int64, error) {
 }
 
 // flusher writes buffered events out periodically so a reader of the file
-// (or a crash) loses at most ~100ms of non-message events.
+// (or a crash) loses at most ~100ms of non-message events; with a sync
+// interval it also makes the written events durable that often.
 func (j *Journal) flusher() {
 	defer close(j.done)
-	t := time.NewTicker(100 * time.Millisecond)
+	tick := 100 * time.Millisecond
+	if j.syncEvery > 0 && j.syncEvery < tick {
+		tick = j.syncEvery
+	}
+	t := time.NewTicker(tick)
 	defer t.Stop()
 	for {
 		select {
 		case <-j.stop:
 			return
-		case <-t.C:
+		case now := <-t.C:
 			j.mu.Lock()
 			if j.dirty && !j.syncing {
 				j.flushLocked(false)
+			}
+			if j.unsynced && j.err == nil && now.Sub(j.lastSync) >= j.syncEvery {
+				// Outside the lock: sessions keep writing while the disk works.
+				j.unsynced, j.lastSync = false, now
+				j.mu.Unlock()
+				err := j.file.Sync()
+				j.mu.Lock()
+				if err != nil && j.err == nil {
+					j.err = err
+				}
+				j.syncGen++
+				j.synced.Broadcast()
 			}
 			j.mu.Unlock()
 		}
@@ -144,15 +172,19 @@ func (j *Journal) flushLocked(fsync bool) {
 	if j.err != nil {
 		return
 	}
-	if err := j.w.Flush(); err != nil {
-		j.err = err
-		return
+	if j.w.Buffered() > 0 {
+		if err := j.w.Flush(); err != nil {
+			j.err = err
+			return
+		}
+		j.unsynced = j.syncEvery > 0
 	}
 	j.dirty = false
 	if fsync {
 		if err := j.file.Sync(); err != nil {
 			j.err = err
 		}
+		j.unsynced = false
 	}
 }
 
@@ -210,7 +242,11 @@ func (j *Journal) Append(ev Event, durable bool) (Event, error) {
 	if cap(*tail) <= 64<<10 {
 		lineBufs.Put(tail)
 	}
-	if durable {
+	if durable && j.syncEvery > 0 {
+		// In the kernel before the reply: a kill -9 loses nothing; the
+		// flusher fsyncs within syncEvery.
+		j.flushLocked(false)
+	} else if durable {
 		// Group commit: wait for an fsync that started after this write.
 		target := j.syncGen + 1
 		if j.syncing {

@@ -193,7 +193,8 @@ func TestPersistHelperProcess(t *testing.T) {
 		fmt.Println("ERR", err)
 		os.Exit(2)
 	}
-	s, err := New(Config{Listen: []string{"127.0.0.1:0"}, StateDir: dir, Policy: pol, Logf: func(string, ...any) {}})
+	sync, _ := time.ParseDuration(os.Getenv("FAKEMTA_PERSIST_SYNC"))
+	s, err := New(Config{Listen: []string{"127.0.0.1:0"}, StateDir: dir, Policy: pol, JournalSync: sync, Logf: func(string, ...any) {}})
 	if err == nil {
 		err = s.Start()
 	}
@@ -205,14 +206,23 @@ func TestPersistHelperProcess(t *testing.T) {
 	select {}
 }
 
+// TestStateSurvivesKill9 kills the fake MTA right after a 250 to the final
+// dot, with the journal fsync'd per message and with a sync interval far
+// longer than the test (so only the write before the 250 can save it).
 func TestStateSurvivesKill9(t *testing.T) {
 	if testing.Short() {
 		t.Skip("re-executes the test binary")
 	}
+	for _, sync := range []string{"0s", "1h"} {
+		t.Run("journal-sync="+sync, func(t *testing.T) { testStateSurvivesKill9(t, sync) })
+	}
+}
+
+func testStateSurvivesKill9(t *testing.T, sync string) {
 	dir := t.TempDir()
 	const pol = "greylist:\n  delay: 0s\n  auto_whitelist_after: 0\n"
 	cmd := exec.Command(os.Args[0], "-test.run=^TestPersistHelperProcess$")
-	cmd.Env = append(os.Environ(), "FAKEMTA_PERSIST_HELPER="+dir, "FAKEMTA_PERSIST_POLICY="+pol)
+	cmd.Env = append(os.Environ(), "FAKEMTA_PERSIST_HELPER="+dir, "FAKEMTA_PERSIST_POLICY="+pol, "FAKEMTA_PERSIST_SYNC="+sync)
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)

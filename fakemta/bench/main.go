@@ -3,18 +3,21 @@
 //
 //	go run ./fakemta/bench                    # 3 alternating rounds, then the RSS run
 //	go run ./fakemta/bench -rounds 5 -messages 50000
-//	go run ./fakemta/bench serve --listen 127.0.0.1:2525 --state DIR [--cpuprofile F]
+//	go run ./fakemta/bench -pin               # servers on CPU 0, smtp-source on CPU 1
+//	go run ./fakemta/bench serve --listen 127.0.0.1:2525 --state DIR [--journal-sync 100ms] [--cpuprofile F]
 //	go run ./fakemta/bench serve-bare --listen 127.0.0.1:2526
 //
-// Each round also times the smallest go-smtp server there is (serve-bare:
-// accept everything, discard the body, no journal, no policy): the ceiling
-// any fake MTA built on go-smtp can reach on this machine.
-//
 // The fake MTA runs as its own process (this program's "serve" mode) with
-// the journal on (a state directory, one fsync per message, shared by
-// concurrent sessions) and a policy of greylist delay 0s plus one reject
-// rule. smtp-source treats a 4xx as fatal, so the greylist triplet is
-// passed once before the timed run. Postfix is installed when missing.
+// the journal on in a state directory and a policy of greylist delay 0s
+// plus one reject rule, twice a round: with its defaults (one fsync per
+// message, shared by concurrent sessions) and with the load-test settings
+// (--journal-sync 100ms and GOMAXPROCS=1). smtp-source treats a 4xx as
+// fatal, so the greylist triplet is passed once before each timed run.
+//
+// Each round also times the smallest go-smtp server there is (serve-bare:
+// accept everything, discard the body, no journal, no policy), with the
+// default GOMAXPROCS and with 1: the ceiling any fake MTA built on go-smtp
+// can reach on this machine. Postfix is installed when missing.
 package main
 
 import (
@@ -29,6 +32,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"runtime/pprof"
 	"sort"
 	"strconv"
@@ -73,7 +77,14 @@ func main() {
 	size := flag.Int("size", 1024, "payload bytes (smtp-source -l)")
 	rssMessages := flag.Int("rss-messages", 100000, "messages journaled before reading the fake MTA's peak RSS (0 = skip)")
 	cpuprofile := flag.String("cpuprofile", "", "write the fake MTA's CPU profile of the last round here")
+	pin := flag.Bool("pin", false, "run every server on CPU 0 and smtp-source on CPU 1 (taskset); Go then gives each server GOMAXPROCS=1")
 	flag.Parse()
+	if *pin {
+		if err := pinCPUs(); err != nil {
+			fmt.Fprintln(os.Stderr, "bench: -pin:", err)
+			os.Exit(2)
+		}
+	}
 	if err := run(*rounds, *messages, *sessions, *size, *rssMessages, *cpuprofile); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
@@ -86,6 +97,7 @@ func serve(args []string) error {
 	listen := fs.String("listen", "127.0.0.1:0", "listen address")
 	state := fs.String("state", "", "state directory (journal)")
 	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile here")
+	journalSync := fs.Duration("journal-sync", 0, "fsync the journal at most this often (0: before every 250 to a final dot)")
 	memprofile := fs.String("memprofile", "", "write a heap profile here at exit")
 	fs.Parse(args)
 	pol, err := fakemta.ParsePolicy("bench.yaml", []byte(benchPolicy))
@@ -100,7 +112,7 @@ func serve(args []string) error {
 		pprof.StartCPUProfile(f)
 		defer pprof.StopCPUProfile()
 	}
-	s, err := fakemta.New(fakemta.Config{Listen: []string{*listen}, StateDir: *state, Policy: pol})
+	s, err := fakemta.New(fakemta.Config{Listen: []string{*listen}, StateDir: *state, Policy: pol, JournalSync: *journalSync})
 	if err != nil {
 		return err
 	}
@@ -154,6 +166,14 @@ func serveBare(args []string) error {
 	return s.Close()
 }
 
+// server is one contender of a round.
+type server struct {
+	name string
+	run  func(prof string) (rate, rss float64, err error)
+	fake bool // a fake MTA: its ratio to smtp-sink is the target
+	note string
+}
+
 func run(rounds, messages, sessions, size, rssMessages int, cpuprofile string) error {
 	source, sink, err := ensurePostfix()
 	if err != nil {
@@ -163,42 +183,69 @@ func run(rounds, messages, sessions, size, rssMessages int, cpuprofile string) e
 	if err != nil {
 		return err
 	}
-	fmt.Printf("smtp-source -s %d -m %d -l %d, %d alternating rounds (fake MTA: journal on, greylist delay 0s + 1 reject rule)\n",
-		sessions, messages, size, rounds)
-	var fakeRates, bareRates, sinkRates []float64
-	for r := 1; r <= rounds; r++ {
-		prof := ""
-		if r == rounds {
-			prof = cpuprofile
-		}
-		rate, rss, err := runFake(self, source, messages, sessions, size, prof)
-		if err != nil {
-			return fmt.Errorf("round %d fake MTA: %w", r, err)
-		}
-		fakeRates = append(fakeRates, rate)
-		fmt.Printf("round %d  fake MTA   %8.0f msgs/s  (VmHWM %.1f MiB)\n", r, rate, rss)
-		rate, err = runBare(self, source, messages, sessions, size)
-		if err != nil {
-			return fmt.Errorf("round %d bare go-smtp: %w", r, err)
-		}
-		bareRates = append(bareRates, rate)
-		fmt.Printf("round %d  bare go-smtp %6.0f msgs/s\n", r, rate)
-		rate, err = runSink(source, sink, messages, sessions, size)
-		if err != nil {
-			return fmt.Errorf("round %d smtp-sink: %w", r, err)
-		}
-		sinkRates = append(sinkRates, rate)
-		fmt.Printf("round %d  smtp-sink  %8.0f msgs/s\n", r, rate)
+	oneP := []string{"GOMAXPROCS=1"}
+	servers := []server{
+		{name: "fake MTA", fake: true, note: "defaults: journal fsync'd before every 250 to a final dot",
+			run: func(prof string) (float64, float64, error) {
+				return runFake(self, source, messages, sessions, size, prof, nil, nil)
+			}},
+		{name: "fake MTA load", fake: true, note: "--journal-sync 100ms, GOMAXPROCS=1: written before each 250, fsync'd every 100 ms",
+			run: func(prof string) (float64, float64, error) {
+				return runFake(self, source, messages, sessions, size, "", []string{"--journal-sync", "100ms"}, oneP)
+			}},
+		{name: "bare go-smtp", note: "accept all, discard bodies: the ceiling of a go-smtp server",
+			run: func(string) (float64, float64, error) {
+				r, err := runBare(self, source, messages, sessions, size, nil)
+				return r, 0, err
+			}},
+		{name: "bare go-smtp 1P", note: "the same with GOMAXPROCS=1",
+			run: func(string) (float64, float64, error) {
+				r, err := runBare(self, source, messages, sessions, size, oneP)
+				return r, 0, err
+			}},
+		{name: "smtp-sink", note: "Postfix's C reference: one process, no journal, no disk",
+			run: func(string) (float64, float64, error) {
+				r, err := runSink(source, sink, messages, sessions, size)
+				return r, 0, err
+			}},
 	}
-	fm, bm, sm := median(fakeRates), median(bareRates), median(sinkRates)
-	fmt.Printf("median   fake MTA %.0f msgs/s, smtp-sink %.0f msgs/s, ratio %.2f (target >= 0.80)\n", fm, sm, fm/sm)
-	fmt.Printf("ceiling  bare go-smtp %.0f msgs/s = %.2f x smtp-sink; the fake MTA reaches %.2f x bare go-smtp\n", bm, bm/sm, fm/bm)
+	placement := "servers and smtp-source share every CPU"
+	if serverCPU != nil {
+		placement = "servers on CPU 0, smtp-source on CPU 1"
+	}
+	fmt.Printf("smtp-source -s %d -m %d -l %d, %d alternating rounds, %s (fake MTA: journal on in a state dir, greylist delay 0s + 1 reject rule)\n",
+		sessions, messages, size, rounds, placement)
+	rates := make([][]float64, len(servers))
+	for r := 1; r <= rounds; r++ {
+		for i, sv := range servers {
+			prof := ""
+			if r == rounds {
+				prof = cpuprofile
+			}
+			rate, rss, err := sv.run(prof)
+			if err != nil {
+				return fmt.Errorf("round %d %s: %w", r, sv.name, err)
+			}
+			rates[i] = append(rates[i], rate)
+			if sv.fake {
+				fmt.Printf("round %d  %-16s %6.0f msgs/s  (VmHWM %.1f MiB)\n", r, sv.name, rate, rss)
+			} else {
+				fmt.Printf("round %d  %-16s %6.0f msgs/s\n", r, sv.name, rate)
+			}
+		}
+	}
+	sinkRate := median(rates[len(servers)-1])
+	fmt.Printf("medians (ratio to smtp-sink; target for a fake MTA >= 0.80):\n")
+	for i, sv := range servers {
+		m := median(rates[i])
+		fmt.Printf("  %-16s %6.0f msgs/s  %.2f x  %s\n", sv.name, m, m/sinkRate, sv.note)
+	}
 	if rssMessages > 0 {
-		rate, rss, err := runFake(self, source, rssMessages, sessions, size, "")
+		rate, rss, err := runFake(self, source, rssMessages, sessions, size, "", nil, nil)
 		if err != nil {
 			return fmt.Errorf("RSS run: %w", err)
 		}
-		fmt.Printf("RSS run  fake MTA after %d journaled messages: VmHWM %.1f MiB (target <= 64), %.0f msgs/s\n", rssMessages, rss, rate)
+		fmt.Printf("RSS run  fake MTA (defaults) after %d journaled messages: VmHWM %.1f MiB (target <= 64), %.0f msgs/s\n", rssMessages, rss, rate)
 	}
 	return nil
 }
@@ -241,7 +288,7 @@ func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
 // runFake starts the fake MTA process on a fresh state dir, passes the
 // greylist triplet, times smtp-source against it and returns msgs/s and
 // the process's peak RSS in MiB.
-func runFake(self, source string, messages, sessions, size int, cpuprofile string) (float64, float64, error) {
+func runFake(self, source string, messages, sessions, size int, cpuprofile string, extra, env []string) (float64, float64, error) {
 	dir, err := os.MkdirTemp("", "fakemta-bench-")
 	if err != nil {
 		return 0, 0, err
@@ -251,7 +298,7 @@ func runFake(self, source string, messages, sessions, size int, cpuprofile strin
 	if cpuprofile != "" {
 		args = append(args, "--cpuprofile", cpuprofile)
 	}
-	cmd, addr, err := startServer(self, args...)
+	cmd, addr, err := startServer(self, env, append(args, extra...)...)
 	if err != nil {
 		return 0, 0, err
 	}
@@ -278,8 +325,8 @@ func runFake(self, source string, messages, sessions, size int, cpuprofile strin
 }
 
 // runBare times smtp-source against the bare go-smtp server.
-func runBare(self, source string, messages, sessions, size int) (float64, error) {
-	cmd, addr, err := startServer(self, "serve-bare", "--listen", "127.0.0.1:0")
+func runBare(self, source string, messages, sessions, size int, env []string) (float64, error) {
+	cmd, addr, err := startServer(self, env, "serve-bare", "--listen", "127.0.0.1:0")
 	if err != nil {
 		return 0, err
 	}
@@ -291,9 +338,37 @@ func runBare(self, source string, messages, sessions, size int) (float64, error)
 	return float64(messages) / elapsed.Seconds(), nil
 }
 
-// startServer runs this program in a server mode and reads the "ADDR" line it prints.
-func startServer(self string, args ...string) (*exec.Cmd, string, error) {
-	cmd := exec.Command(self, args...)
+// serverCPU and sourceCPU prefix the servers' and smtp-source's command
+// lines (-pin: taskset, so the two never compete for one core).
+var serverCPU, sourceCPU []string
+
+// pinCPUs sets serverCPU and sourceCPU to CPUs 0 and 1.
+func pinCPUs() error {
+	if runtime.NumCPU() < 2 {
+		return fmt.Errorf("needs 2 CPUs, this machine has %d", runtime.NumCPU())
+	}
+	taskset, err := exec.LookPath("taskset")
+	if err != nil {
+		return err
+	}
+	serverCPU, sourceCPU = []string{taskset, "-c", "0"}, []string{taskset, "-c", "1"}
+	return nil
+}
+
+// command builds prefix + name + args (taskset execs the program, so the
+// process keeps its pid).
+func command(prefix []string, name string, args ...string) *exec.Cmd {
+	if len(prefix) == 0 {
+		return exec.Command(name, args...)
+	}
+	return exec.Command(prefix[0], append(append(prefix[1:len(prefix):len(prefix)], name), args...)...)
+}
+
+// startServer runs this program in a server mode, with env added to its
+// environment, and reads the "ADDR" line it prints.
+func startServer(self string, env []string, args ...string) (*exec.Cmd, string, error) {
+	cmd := command(serverCPU, self, args...)
+	cmd.Env = append(os.Environ(), env...)
 	cmd.Stderr = os.Stderr
 	out, err := cmd.StdoutPipe()
 	if err != nil {
@@ -326,7 +401,7 @@ func runSink(source, sink string, messages, sessions, size int) (float64, error)
 	if os.Geteuid() == 0 {
 		args = append([]string{"-u", "nobody"}, args...) // smtp-sink refuses to run as root
 	}
-	cmd := exec.Command(sink, args...)
+	cmd := command(serverCPU, sink, args...)
 	cmd.Stdout, cmd.Stderr = nil, os.Stderr
 	if err := cmd.Start(); err != nil {
 		return 0, err
@@ -355,7 +430,7 @@ func runSink(source, sink string, messages, sessions, size int) (float64, error)
 }
 
 func timeSource(source, addr string, messages, sessions, size int) (time.Duration, error) {
-	cmd := exec.Command(source, "-s", strconv.Itoa(sessions), "-m", strconv.Itoa(messages), "-l", strconv.Itoa(size),
+	cmd := command(sourceCPU, source, "-s", strconv.Itoa(sessions), "-m", strconv.Itoa(messages), "-l", strconv.Itoa(size),
 		"-f", sender, "-t", recipient, addr)
 	start := time.Now()
 	out, err := cmd.CombinedOutput()
