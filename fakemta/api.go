@@ -1,6 +1,7 @@
 package fakemta
 
 import (
+	"bufio"
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/json"
@@ -222,20 +223,42 @@ func (a *api) messages(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}
-	msgs, err := a.s.Journal().Messages()
-	if err != nil {
+	// Streamed: GET /messages after 100,000 messages must not hold them all.
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	bw := bufio.NewWriterSize(w, 64<<10)
+	n := 0
+	err := a.s.Journal().EachMessage(func(m *Message) error {
+		if m.RcptTo == nil {
+			m.RcptTo = []string{}
+		}
+		b, err := json.Marshal(m)
+		if err != nil {
+			return err
+		}
+		sep := byte(',')
+		if n == 0 {
+			sep = '['
+		}
+		n++
+		bw.WriteByte(sep)
+		_, err = bw.Write(b)
+		return err
+	})
+	switch {
+	case err != nil && n == 0:
 		writeError(w, http.StatusInternalServerError, "reading the journal: "+err.Error())
 		return
+	case err != nil:
+		// The 200 may be out already: cut the response so the client
+		// sees it broken rather than a short array that looks whole.
+		a.s.cfg.Logf("api: GET /api/v1/messages: %v", err)
+		panic(http.ErrAbortHandler)
+	case n == 0:
+		bw.WriteByte('[')
 	}
-	if msgs == nil {
-		msgs = []Message{}
-	}
-	for i := range msgs {
-		if msgs[i].RcptTo == nil {
-			msgs[i].RcptTo = []string{}
-		}
-	}
-	writeJSON(w, http.StatusOK, msgs)
+	bw.WriteString("]\n")
+	bw.Flush()
 }
 
 func (a *api) journal(w http.ResponseWriter, r *http.Request) {

@@ -133,7 +133,7 @@ func newFlagSet(o *cliOptions) *flag.FlagSet {
 	o.maxSize = 32 << 20
 	fs.Var(&o.listen, "listen", "SMTP listen `address` host:port, repeatable (port 0 picks a free one)")
 	fs.StringVar(&o.policy, "policy", "", "policy YAML `file` (default: accept everything)")
-	fs.StringVar(&o.state, "state", "", "state `dir`: the journal (journal.jsonl) and with it the greylist memory survive restarts (default: memory only)")
+	fs.StringVar(&o.state, "state", "", "state `dir`: the journal (journal.jsonl) and with it the greylist memory survive restarts (default: a scratch folder, removed on exit)")
 	fs.StringVar(&o.journalSync, "journal-sync", "message", "when the journal in --state is fsync'd: `message` (before every 250 to a final dot) or an interval like 100ms (written before the 250, fsync'd within the interval: faster, and a machine crash may lose that interval)")
 	fs.BoolVar(&o.wipeState, "wipe-state", false, "start with no greylist memory (the journal is kept: it is history)")
 	fs.StringVar(&o.keepBodies, "keep-bodies", "", "write every received message to `dir`/ID.eml")
@@ -289,8 +289,22 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		}
 	}
 
+	if cfg.StateDir == "" {
+		// Without --state the journal still goes to a file, a scratch one:
+		// memory stays flat however long the run, and the API reads back
+		// the whole history from it.
+		dir, err := os.MkdirTemp("", "greyharness-fakemta-scratch-")
+		if err != nil {
+			fmt.Fprintf(stderr, "fakemta: scratch journal: %v\n", err)
+			return ExitError
+		}
+		cfg.StateDir, cfg.scratch = dir, true
+	}
 	srv, err := New(cfg)
 	if err != nil {
+		if cfg.scratch {
+			os.RemoveAll(cfg.StateDir)
+		}
 		fmt.Fprintf(stderr, "fakemta: %v\n", err)
 		return ExitError
 	}
@@ -337,7 +351,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		fmt.Fprintf(stderr, "fakemta: closing: %v\n", err)
 		code = ExitError
 	}
-	if cfg.StateDir != "" {
+	if !cfg.scratch {
 		say("stopped; journal in %s", filepath.Join(cfg.StateDir, journalFile))
 	} else {
 		say("stopped")

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"io"
 	"net/http"
 	"os"
@@ -256,6 +257,24 @@ func TestCLIHelperProcess(t *testing.T) {
 	os.Exit(Main(args, os.Stdout, os.Stderr))
 }
 
+// startCLI runs the test binary as `greyharness fakemta ARGS` with env
+// added, and returns it with its stdout lines and its stderr.
+func startCLI(t *testing.T, ctx context.Context, env []string, args ...string) (*exec.Cmd, <-chan string, *syncBuffer) {
+	t.Helper()
+	cmd := exec.CommandContext(ctx, os.Args[0], append([]string{"-test.run=^TestCLIHelperProcess$", "--"}, args...)...)
+	cmd.Env = append(append(os.Environ(), cliHelperEnv+"=1"), env...)
+	stderr := &syncBuffer{}
+	cmd.Stderr = stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	return cmd, readyLines(out), stderr
+}
+
 func TestCLIStopsOnSIGTERMWithJournalFlushed(t *testing.T) {
 	if runtime.GOOS == "windows" {
 		t.Skip("no SIGTERM on windows")
@@ -268,19 +287,7 @@ func testCLIStopsOnSIGTERM(t *testing.T, extra ...string) {
 	state := t.TempDir()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	args := append([]string{"-test.run=^TestCLIHelperProcess$", "--", "--listen", "127.0.0.1:0", "--state", state}, extra...)
-	cmd := exec.CommandContext(ctx, os.Args[0], args...)
-	cmd.Env = append(os.Environ(), cliHelperEnv+"=1")
-	var stderr syncBuffer
-	cmd.Stderr = &stderr
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	lines := readyLines(out)
+	cmd, lines, stderr := startCLI(t, ctx, nil, append([]string{"--listen", "127.0.0.1:0", "--state", state}, extra...)...)
 	addr := nextLine(t, ctx, lines, "fakemta: listening on ")
 	if c := apiSend(t, addr, "a@client.test", "b@remote.test"); c != 0 {
 		t.Fatalf("delivery: %d", c)
@@ -306,5 +313,55 @@ func testCLIStopsOnSIGTERM(t *testing.T, extra ...string) {
 	}
 	if msgs != 1 {
 		t.Fatalf("journal holds %d messages, want 1", msgs)
+	}
+}
+
+// TestCLIWithoutStateUsesScratchJournal: without --state the journal goes
+// to a scratch folder under $TMPDIR (memory stays flat on long runs), the
+// API serves from it, and the folder is gone after a clean stop.
+func TestCLIWithoutStateUsesScratchJournal(t *testing.T) {
+	if runtime.GOOS == "windows" {
+		t.Skip("no SIGTERM on windows")
+	}
+	tmp := t.TempDir()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd, lines, stderr := startCLI(t, ctx, []string{"TMPDIR=" + tmp}, "--listen", "127.0.0.1:0", "--api", "127.0.0.1:0")
+	addr := nextLine(t, ctx, lines, "fakemta: listening on ")
+	api := nextLine(t, ctx, lines, "fakemta: api listening on ")
+	if c := apiSend(t, addr, "a@client.test", "b@remote.test"); c != 0 {
+		t.Fatalf("delivery: %d", c)
+	}
+	resp, err := http.Get("http://" + api + "/api/v1/messages")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var msgs []Message
+	err = json.NewDecoder(resp.Body).Decode(&msgs)
+	resp.Body.Close()
+	if err != nil || len(msgs) != 1 || msgs[0].MailFrom != "a@client.test" {
+		t.Fatalf("GET /api/v1/messages: %+v %v", msgs, err)
+	}
+	dirs, _ := filepath.Glob(filepath.Join(tmp, "greyharness-fakemta-scratch-*"))
+	if len(dirs) != 1 {
+		t.Fatalf("scratch folders in $TMPDIR: %q", dirs)
+	}
+	evs, err := ReadJournal(dirs[0])
+	if err != nil || len(evs) == 0 || evs[0].Note != "start" {
+		t.Fatalf("scratch journal: %d events, %v", len(evs), err)
+	}
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if got := nextLine(t, ctx, lines, "fakemta: stopped"); got != "" {
+		t.Fatalf("stop line names a journal that is gone: %q", got)
+	}
+	for range lines {
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("exit: %v, stderr %s", err, stderr.String())
+	}
+	if left, _ := os.ReadDir(tmp); len(left) != 0 {
+		t.Fatalf("left in $TMPDIR after a clean stop: %v", left)
 	}
 }

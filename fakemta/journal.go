@@ -17,6 +17,9 @@ import (
 // journalFile is the journal's name inside a state directory.
 const journalFile = "journal.jsonl"
 
+// scratchSync is the sync interval of a scratch journal: never fsync'd.
+const scratchSync time.Duration = -1
+
 // Journal is the append-only record of everything the fake MTA saw and
 // said. With a state directory every event is written as a JSON line;
 // events that carry a received message are fsync'd before the reply goes
@@ -34,7 +37,8 @@ type Journal struct {
 	// syncEvery > 0 trades the fsync per message for one per interval:
 	// durable events are still written (write(2)) before Append returns,
 	// so a crash of the process loses nothing; a crash of the machine may
-	// lose the last interval.
+	// lose the last interval. scratchSync (a scratch journal nobody reads
+	// after the process) never fsyncs.
 	syncEvery time.Duration
 	unsynced  bool // written since the last fsync (syncEvery > 0)
 	lastSync  time.Time
@@ -242,7 +246,10 @@ func (j *Journal) Append(ev Event, durable bool) (Event, error) {
 	if cap(*tail) <= 64<<10 {
 		lineBufs.Put(tail)
 	}
-	if durable && j.syncEvery > 0 {
+	if durable && j.syncEvery == scratchSync {
+		// A scratch journal: nothing to make durable; the flusher and
+		// readers write it out.
+	} else if durable && j.syncEvery > 0 {
 		// In the kernel before the reply: a kill -9 loses nothing; the
 		// flusher fsyncs within syncEvery.
 		j.flushLocked(false)
@@ -332,28 +339,62 @@ func (j *Journal) Since(since uint64, limit int) ([]Event, error) {
 
 // readJournalFile reads events with Seq > since from a journal file.
 func readJournalFile(name string, since uint64, limit int) ([]Event, error) {
+	var out []Event
+	err := scanJournalFile(name, since, func(ev *Event) bool {
+		out = append(out, *ev)
+		return limit <= 0 || len(out) < limit
+	})
+	return out, err
+}
+
+// scanJournalFile calls fn, in order, for each complete event with Seq >
+// since until fn returns false. It streams: a journal of millions of events
+// is never held in memory, and lines before since are skipped by their
+// leading "seq" without being decoded.
+func scanJournalFile(name string, since uint64, fn func(*Event) bool) error {
 	f, err := os.Open(name)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	defer f.Close()
-	var out []Event
 	r := bufio.NewReaderSize(f, 256<<10)
 	for {
-		line, err := r.ReadBytes('\n')
+		line, err := r.ReadSlice('\n')
+		if errors.Is(err, bufio.ErrBufferFull) {
+			// A line longer than the buffer (a big DSN): read the rest.
+			full := append([]byte(nil), line...)
+			for errors.Is(err, bufio.ErrBufferFull) {
+				line, err = r.ReadSlice('\n')
+				full = append(full, line...)
+			}
+			line = full
+		}
 		if len(line) > 0 && line[len(line)-1] == '\n' {
-			var ev Event
-			if json.Unmarshal(bytes.TrimSpace(line), &ev) == nil && ev.Seq > since {
-				out = append(out, ev)
-				if limit > 0 && len(out) == limit {
-					return out, nil
+			if seq, ok := lineSeq(line); !ok || seq > since {
+				var ev Event
+				if json.Unmarshal(line, &ev) == nil && ev.Seq > since && !fn(&ev) {
+					return nil
 				}
 			}
 		}
 		if err != nil {
-			return out, nil
+			return nil
 		}
 	}
+}
+
+// lineSeq reads the sequence number every journal line starts with.
+func lineSeq(line []byte) (uint64, bool) {
+	rest, ok := bytes.CutPrefix(line, []byte(`{"seq":`))
+	if !ok {
+		return 0, false
+	}
+	n := 0
+	for n < len(rest) && rest[n] >= '0' && rest[n] <= '9' {
+		n++
+	}
+	seq, err := strconv.ParseUint(string(rest[:n]), 10, 64)
+	return seq, err == nil
 }
 
 // ReadJournal reads every event of a state directory's journal (offline use).
@@ -365,22 +406,43 @@ func ReadJournal(stateDir string) ([]Event, error) {
 // state directory they are read back from the file, so memory stays flat
 // however many messages the journal holds.
 func (j *Journal) Messages() ([]Message, error) {
+	var out []Message
+	err := j.EachMessage(func(m *Message) error {
+		out = append(out, *m)
+		return nil
+	})
+	return out, err
+}
+
+// EachMessage calls fn for every received message, oldest first, and stops
+// at the first error fn returns. With a state directory it streams from the
+// file, so a journal of any length is read in constant memory.
+func (j *Journal) EachMessage(fn func(*Message) error) error {
 	j.mu.Lock()
 	if j.file == nil {
-		defer j.mu.Unlock()
-		return append([]Message(nil), j.messages...), nil
+		msgs := append([]Message(nil), j.messages...)
+		j.mu.Unlock()
+		for i := range msgs {
+			if err := fn(&msgs[i]); err != nil {
+				return err
+			}
+		}
+		return nil
 	}
 	j.flushLocked(false)
 	name := j.file.Name()
 	j.mu.Unlock()
-	evs, err := readJournalFile(name, 0, 0)
-	var out []Message
-	for _, ev := range evs {
+	var ferr error
+	err := scanJournalFile(name, 0, func(ev *Event) bool {
 		if ev.Kind == EventTransaction && ev.Transaction != nil && ev.Transaction.Message != nil {
-			out = append(out, *ev.Transaction.Message)
+			ferr = fn(ev.Transaction.Message)
 		}
+		return ferr == nil
+	})
+	if ferr != nil {
+		return ferr
 	}
-	return out, err
+	return err
 }
 
 // Subscribe returns a channel that receives every event appended from now
@@ -418,7 +480,7 @@ func (j *Journal) Close() error {
 	<-j.done
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	j.flushLocked(true)
+	j.flushLocked(j.syncEvery != scratchSync)
 	err := j.file.Close()
 	if j.err != nil {
 		return j.err

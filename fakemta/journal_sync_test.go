@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
@@ -102,5 +103,39 @@ func TestJournalSyncIntervalConcurrent(t *testing.T) {
 		if ev.Seq != uint64(i+1) {
 			t.Fatalf("event %d has seq %d", i, ev.Seq)
 		}
+	}
+}
+
+// TestScanJournalFileLongLinesAndSince: lines longer than the read buffer
+// (a big DSN) come back whole, and since skips by the leading seq.
+func TestScanJournalFileLongLinesAndSince(t *testing.T) {
+	dir := t.TempDir()
+	j, err := openJournal(dir, 0, time.Now, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	long := strings.Repeat("d", 600<<10)
+	for _, note := range []string{"one", long, "three", "four"} {
+		if _, err := j.Append(Event{Kind: EventControl, Note: note}, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := j.Close(); err != nil {
+		t.Fatal(err)
+	}
+	name := filepath.Join(dir, journalFile)
+	all, err := readJournalFile(name, 0, 0)
+	if err != nil || len(all) != 4 || all[1].Note != long || all[3].Note != "four" {
+		t.Fatalf("read all: %d events, %v", len(all), err)
+	}
+	some, err := readJournalFile(name, 2, 1)
+	if err != nil || len(some) != 1 || some[0].Seq != 3 || some[0].Note != "three" {
+		t.Fatalf("since 2, limit 1: %+v %v", some, err)
+	}
+	if seq, ok := lineSeq([]byte(`{"seq":42,"time":"x"}`)); !ok || seq != 42 {
+		t.Fatalf("lineSeq: %d %v", seq, ok)
+	}
+	if _, ok := lineSeq([]byte(`{"time":"x"}`)); ok {
+		t.Fatal("lineSeq read a seq from a line without one")
 	}
 }

@@ -27,8 +27,14 @@ type Config struct {
 	Listen []string
 	Policy *Policy
 	// StateDir keeps the journal (and with it the greylist state) across
-	// restarts; "" keeps everything in memory.
+	// restarts. "" keeps everything in memory, every event for the
+	// server's life (about 10 KB per message): right for tests, not for
+	// long runs (`greyharness fakemta` without --state uses a scratch
+	// folder instead).
 	StateDir string
+	// scratch marks StateDir as a folder of the CLI's own: the journal is
+	// never fsync'd (nothing outlives the process) and Close removes it.
+	scratch bool
 	// JournalSync 0 (the default) fsyncs the journal before every reply to
 	// a final dot. A positive interval writes the message's events to the
 	// file before that reply (a crash of the process loses nothing) and
@@ -116,7 +122,11 @@ func New(cfg Config) (*Server, error) {
 	s := &Server{cfg: cfg, grey: newGreylistState(), conns: map[*conn]struct{}{}, metrics: NewMetrics()}
 	s.policy.Store(cfg.Policy)
 	var maxConn uint64
-	j, err := openJournal(cfg.StateDir, cfg.JournalSync, cfg.Now, func(ev Event) {
+	syncEvery := cfg.JournalSync
+	if cfg.scratch {
+		syncEvery = scratchSync
+	}
+	j, err := openJournal(cfg.StateDir, syncEvery, cfg.Now, func(ev Event) {
 		if ev.Conn > maxConn {
 			maxConn = ev.Conn
 		}
@@ -278,7 +288,13 @@ func (s *Server) Close() error {
 	cancel()
 	s.serveWG.Wait()
 	s.record(Event{Kind: EventControl, Note: "stop"}, false)
-	return s.journal.Close()
+	err := s.journal.Close()
+	if s.cfg.scratch {
+		if rerr := os.RemoveAll(s.cfg.StateDir); err == nil {
+			err = rerr
+		}
+	}
+	return err
 }
 
 // record appends ev to the journal and updates metrics.
