@@ -17,7 +17,8 @@
 // Each round also times the smallest go-smtp server there is (serve-bare:
 // accept everything, discard the body, no journal, no policy), with the
 // default GOMAXPROCS and with 1: the ceiling any fake MTA built on go-smtp
-// can reach on this machine. Postfix is installed when missing.
+// can reach on this machine. Every run reports msgs/s and the CPU time the
+// server process spent per message. Postfix is installed when missing.
 package main
 
 import (
@@ -169,10 +170,14 @@ func serveBare(args []string) error {
 // server is one contender of a round.
 type server struct {
 	name string
-	run  func(prof string) (rate, rss float64, err error)
+	run  func(prof string) (result, error)
 	fake bool // a fake MTA: its ratio to smtp-sink is the target
 	note string
 }
+
+// result is one timed run: msgs/s, the server's peak RSS in MiB (fake MTA
+// only) and its CPU time (user + system, all threads) per message in µs.
+type result struct{ rate, rss, cpu float64 }
 
 func run(rounds, messages, sessions, size, rssMessages int, cpuprofile string) error {
 	source, sink, err := ensurePostfix()
@@ -186,28 +191,19 @@ func run(rounds, messages, sessions, size, rssMessages int, cpuprofile string) e
 	oneP := []string{"GOMAXPROCS=1"}
 	servers := []server{
 		{name: "fake MTA", fake: true, note: "defaults: journal fsync'd before every 250 to a final dot",
-			run: func(prof string) (float64, float64, error) {
+			run: func(prof string) (result, error) {
 				return runFake(self, source, messages, sessions, size, prof, nil, nil)
 			}},
 		{name: "fake MTA load", fake: true, note: "--journal-sync 100ms, GOMAXPROCS=1: written before each 250, fsync'd every 100 ms",
-			run: func(prof string) (float64, float64, error) {
+			run: func(string) (result, error) {
 				return runFake(self, source, messages, sessions, size, "", []string{"--journal-sync", "100ms"}, oneP)
 			}},
 		{name: "bare go-smtp", note: "accept all, discard bodies: the ceiling of a go-smtp server",
-			run: func(string) (float64, float64, error) {
-				r, err := runBare(self, source, messages, sessions, size, nil)
-				return r, 0, err
-			}},
+			run: func(string) (result, error) { return runBare(self, source, messages, sessions, size, nil) }},
 		{name: "bare go-smtp 1P", note: "the same with GOMAXPROCS=1",
-			run: func(string) (float64, float64, error) {
-				r, err := runBare(self, source, messages, sessions, size, oneP)
-				return r, 0, err
-			}},
+			run: func(string) (result, error) { return runBare(self, source, messages, sessions, size, oneP) }},
 		{name: "smtp-sink", note: "Postfix's C reference: one process, no journal, no disk",
-			run: func(string) (float64, float64, error) {
-				r, err := runSink(source, sink, messages, sessions, size)
-				return r, 0, err
-			}},
+			run: func(string) (result, error) { return runSink(source, sink, messages, sessions, size) }},
 	}
 	placement := "servers and smtp-source share every CPU"
 	if serverCPU != nil {
@@ -216,36 +212,38 @@ func run(rounds, messages, sessions, size, rssMessages int, cpuprofile string) e
 	fmt.Printf("smtp-source -s %d -m %d -l %d, %d alternating rounds, %s (fake MTA: journal on in a state dir, greylist delay 0s + 1 reject rule)\n",
 		sessions, messages, size, rounds, placement)
 	rates := make([][]float64, len(servers))
+	cpus := make([][]float64, len(servers))
 	for r := 1; r <= rounds; r++ {
 		for i, sv := range servers {
 			prof := ""
 			if r == rounds {
 				prof = cpuprofile
 			}
-			rate, rss, err := sv.run(prof)
+			res, err := sv.run(prof)
 			if err != nil {
 				return fmt.Errorf("round %d %s: %w", r, sv.name, err)
 			}
-			rates[i] = append(rates[i], rate)
+			rates[i] = append(rates[i], res.rate)
+			cpus[i] = append(cpus[i], res.cpu)
+			line := fmt.Sprintf("round %d  %-16s %6.0f msgs/s  %4.0f µs CPU/msg", r, sv.name, res.rate, res.cpu)
 			if sv.fake {
-				fmt.Printf("round %d  %-16s %6.0f msgs/s  (VmHWM %.1f MiB)\n", r, sv.name, rate, rss)
-			} else {
-				fmt.Printf("round %d  %-16s %6.0f msgs/s\n", r, sv.name, rate)
+				line += fmt.Sprintf("  (VmHWM %.1f MiB)", res.rss)
 			}
+			fmt.Println(line)
 		}
 	}
 	sinkRate := median(rates[len(servers)-1])
 	fmt.Printf("medians (ratio to smtp-sink; target for a fake MTA >= 0.80):\n")
 	for i, sv := range servers {
 		m := median(rates[i])
-		fmt.Printf("  %-16s %6.0f msgs/s  %.2f x  %s\n", sv.name, m, m/sinkRate, sv.note)
+		fmt.Printf("  %-16s %6.0f msgs/s  %.2f x  %4.0f µs CPU/msg  %s\n", sv.name, m, m/sinkRate, median(cpus[i]), sv.note)
 	}
 	if rssMessages > 0 {
-		rate, rss, err := runFake(self, source, rssMessages, sessions, size, "", nil, nil)
+		res, err := runFake(self, source, rssMessages, sessions, size, "", nil, nil)
 		if err != nil {
 			return fmt.Errorf("RSS run: %w", err)
 		}
-		fmt.Printf("RSS run  fake MTA (defaults) after %d journaled messages: VmHWM %.1f MiB (target <= 64), %.0f msgs/s\n", rssMessages, rss, rate)
+		fmt.Printf("RSS run  fake MTA (defaults) after %d journaled messages: VmHWM %.1f MiB (target <= 64), %.0f msgs/s\n", rssMessages, res.rss, res.rate)
 	}
 	return nil
 }
@@ -288,10 +286,10 @@ func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
 // runFake starts the fake MTA process on a fresh state dir, passes the
 // greylist triplet, times smtp-source against it and returns msgs/s and
 // the process's peak RSS in MiB.
-func runFake(self, source string, messages, sessions, size int, cpuprofile string, extra, env []string) (float64, float64, error) {
+func runFake(self, source string, messages, sessions, size int, cpuprofile string, extra, env []string) (result, error) {
 	dir, err := os.MkdirTemp("", "fakemta-bench-")
 	if err != nil {
-		return 0, 0, err
+		return result{}, err
 	}
 	defer os.RemoveAll(dir)
 	args := []string{"serve", "--listen", "127.0.0.1:0", "--state", filepath.Join(dir, "state")}
@@ -300,42 +298,35 @@ func runFake(self, source string, messages, sessions, size int, cpuprofile strin
 	}
 	cmd, addr, err := startServer(self, env, append(args, extra...)...)
 	if err != nil {
-		return 0, 0, err
+		return result{}, err
 	}
 	defer stopServer(cmd)
 	// Pass the triplet: the first try is greylisted, the retry (delay 0s) passes.
 	if err := sendOnce(addr); err == nil {
-		return 0, 0, errors.New("first message was not greylisted")
+		return result{}, errors.New("first message was not greylisted")
 	}
 	if err := sendOnce(addr); err != nil {
-		return 0, 0, fmt.Errorf("retry after delay 0s: %w", err)
+		return result{}, fmt.Errorf("retry after delay 0s: %w", err)
 	}
 	if err := sendReject(addr); err == nil {
-		return 0, 0, errors.New("reject rule did not reject")
+		return result{}, errors.New("reject rule did not reject")
 	}
-	elapsed, err := timeSource(source, addr, messages, sessions, size)
+	res, err := timeSource(source, addr, cmd.Process.Pid, messages, sessions, size)
 	if err != nil {
-		return 0, 0, err
+		return result{}, err
 	}
-	rss, err := vmHWM(cmd.Process.Pid)
-	if err != nil {
-		return 0, 0, err
-	}
-	return float64(messages) / elapsed.Seconds(), rss, nil
+	res.rss, err = vmHWM(cmd.Process.Pid)
+	return res, err
 }
 
 // runBare times smtp-source against the bare go-smtp server.
-func runBare(self, source string, messages, sessions, size int, env []string) (float64, error) {
+func runBare(self, source string, messages, sessions, size int, env []string) (result, error) {
 	cmd, addr, err := startServer(self, env, "serve-bare", "--listen", "127.0.0.1:0")
 	if err != nil {
-		return 0, err
+		return result{}, err
 	}
 	defer stopServer(cmd)
-	elapsed, err := timeSource(source, addr, messages, sessions, size)
-	if err != nil {
-		return 0, err
-	}
-	return float64(messages) / elapsed.Seconds(), nil
+	return timeSource(source, addr, cmd.Process.Pid, messages, sessions, size)
 }
 
 // serverCPU and sourceCPU prefix the servers' and smtp-source's command
@@ -391,10 +382,10 @@ func stopServer(cmd *exec.Cmd) {
 	cmd.Wait()
 }
 
-func runSink(source, sink string, messages, sessions, size int) (float64, error) {
+func runSink(source, sink string, messages, sessions, size int) (result, error) {
 	port, err := freePort()
 	if err != nil {
-		return 0, err
+		return result{}, err
 	}
 	addr := "127.0.0.1:" + strconv.Itoa(port)
 	args := []string{"-c", addr, "1000"}
@@ -404,7 +395,7 @@ func runSink(source, sink string, messages, sessions, size int) (float64, error)
 	cmd := command(serverCPU, sink, args...)
 	cmd.Stdout, cmd.Stderr = nil, os.Stderr
 	if err := cmd.Start(); err != nil {
-		return 0, err
+		return result{}, err
 	}
 	defer func() {
 		cmd.Process.Kill()
@@ -418,27 +409,57 @@ func runSink(source, sink string, messages, sessions, size int) (float64, error)
 			break
 		}
 		if time.Now().After(deadline) {
-			return 0, fmt.Errorf("smtp-sink not listening on %s: %w", addr, err)
+			return result{}, fmt.Errorf("smtp-sink not listening on %s: %w", addr, err)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	elapsed, err := timeSource(source, addr, messages, sessions, size)
-	if err != nil {
-		return 0, err
-	}
-	return float64(messages) / elapsed.Seconds(), nil
+	return timeSource(source, addr, cmd.Process.Pid, messages, sessions, size)
 }
 
-func timeSource(source, addr string, messages, sessions, size int) (time.Duration, error) {
+// timeSource runs smtp-source against addr and returns msgs/s and the CPU
+// time the server process (pid) spent per message meanwhile.
+func timeSource(source, addr string, pid, messages, sessions, size int) (result, error) {
 	cmd := command(sourceCPU, source, "-s", strconv.Itoa(sessions), "-m", strconv.Itoa(messages), "-l", strconv.Itoa(size),
 		"-f", sender, "-t", recipient, addr)
+	cpu0, err := cpuTime(pid)
+	if err != nil {
+		return result{}, err
+	}
 	start := time.Now()
 	out, err := cmd.CombinedOutput()
 	elapsed := time.Since(start)
 	if err != nil {
-		return 0, fmt.Errorf("smtp-source: %v: %s", err, out)
+		return result{}, fmt.Errorf("smtp-source: %v: %s", err, out)
 	}
-	return elapsed, nil
+	cpu1, err := cpuTime(pid)
+	if err != nil {
+		return result{}, err
+	}
+	return result{
+		rate: float64(messages) / elapsed.Seconds(),
+		cpu:  float64((cpu1 - cpu0).Microseconds()) / float64(messages),
+	}, nil
+}
+
+// cpuTime reads a process's user + system time from /proc (clock ticks of
+// 10 ms: Linux's USER_HZ is 100 everywhere Go runs).
+func cpuTime(pid int) (time.Duration, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	// Fields after the command name (which may hold spaces) start at ")".
+	i := strings.LastIndexByte(string(b), ')')
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 13 {
+		return 0, fmt.Errorf("/proc/%d/stat: %d fields", pid, len(f))
+	}
+	utime, err1 := strconv.ParseInt(f[11], 10, 64)
+	stime, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err := errors.Join(err1, err2); err != nil {
+		return 0, fmt.Errorf("/proc/%d/stat: %w", pid, err)
+	}
+	return time.Duration(utime+stime) * 10 * time.Millisecond, nil
 }
 
 func sendOnce(addr string) error { return sendPlain(addr, recipient) }
