@@ -203,7 +203,7 @@ func (o *cliOptions) config(getenv func(string) string) (Config, string, error) 
 		case err != nil || d <= 0:
 			return bad("--journal-sync: want \"message\" or a positive interval like 100ms, got %q", o.journalSync)
 		case o.state == "":
-			return bad("--journal-sync %s needs --state (without it the journal is in memory)", o.journalSync)
+			return bad("--journal-sync %s needs --state (without it the journal is a scratch file, never fsync'd)", o.journalSync)
 		}
 		cfg.JournalSync = d
 	}

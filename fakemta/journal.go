@@ -403,8 +403,8 @@ func ReadJournal(stateDir string) ([]Event, error) {
 }
 
 // Messages returns every message received so far (oldest first). With a
-// state directory they are read back from the file, so memory stays flat
-// however many messages the journal holds.
+// state directory they are read back from the file, holding the messages
+// but never the other events; EachMessage holds neither.
 func (j *Journal) Messages() ([]Message, error) {
 	var out []Message
 	err := j.EachMessage(func(m *Message) error {
