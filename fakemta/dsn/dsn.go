@@ -1,5 +1,6 @@
 // Package dsn parses and builds RFC 3464 delivery status notifications
-// (multipart/report; report-type=delivery-status) with go-message.
+// (multipart/report; report-type=delivery-status, or any multipart message
+// with a message/delivery-status part) with go-message.
 package dsn
 
 import "time"

@@ -33,8 +33,9 @@ const (
 )
 
 var (
-	// ErrNotDSN is returned by Parse for a message that is not a
-	// multipart/report; report-type=delivery-status.
+	// ErrNotDSN is returned by Parse for a message that is neither a
+	// multipart/report; report-type=delivery-status nor a multipart message
+	// with a message/delivery-status part.
 	ErrNotDSN = errors.New("dsn: not a delivery status notification")
 	// ErrMalformed is returned (wrapped) by Parse for a message that claims
 	// to be a DSN but lacks a usable message/delivery-status part or any
@@ -47,12 +48,15 @@ var (
 // Parse reads a whole message (at most MaxMessageBytes) and returns its
 // delivery status report.
 //
-// It returns ErrNotDSN when the message is not a multipart/report with
-// report-type delivery-status (or global-delivery-status, RFC 6533). When the
-// report is malformed (no message/delivery-status part, or no per-recipient
-// block in it) the error wraps ErrMalformed and Parse still returns the
-// partial Report, so a caller can name the message in a "bad DSN" verdict.
-// Parse never panics.
+// A DSN is a multipart/report with report-type delivery-status (or
+// global-delivery-status, RFC 6533), or any other multipart message with a
+// message/delivery-status (or message/global-delivery-status) part at its
+// top level — OpenSMTPD's notices are multipart/mixed. Anything else gives
+// ErrNotDSN. When a DSN is malformed (a declared report without a
+// message/delivery-status part, or a status part without any per-recipient
+// block) the error wraps ErrMalformed and Parse still returns the partial
+// Report, so a caller can name the message in a "bad DSN" verdict. Parse
+// never panics.
 func Parse(r io.Reader) (rep *Report, err error) {
 	defer func() {
 		if p := recover(); p != nil {
@@ -77,13 +81,23 @@ func parse(b []byte) (*Report, error) {
 		return nil, fmt.Errorf("%w: reading header: %v", ErrMalformed, err)
 	}
 	mt, params, perr := mime.ParseMediaType(e.Header.Get("Content-Type"))
-	if perr != nil || mt != "multipart/report" {
+	if perr != nil || !strings.HasPrefix(mt, "multipart/") {
 		return nil, ErrNotDSN
 	}
-	switch strings.ToLower(strings.TrimSpace(params["report-type"])) {
-	case "delivery-status", "global-delivery-status":
-	default:
-		return nil, ErrNotDSN
+	// declared: the message says it is a DSN (RFC 3462 multipart/report).
+	// Otherwise it is one only if a top-level part is a
+	// message/delivery-status: OpenSMTPD sends its failure and delay notices
+	// as multipart/mixed.
+	declared := false
+	if mt == "multipart/report" {
+		switch strings.ToLower(strings.TrimSpace(params["report-type"])) {
+		case "delivery-status", "global-delivery-status":
+			declared = true
+		case "":
+			// No report type: decided by the parts, as for multipart/mixed.
+		default:
+			return nil, ErrNotDSN // an MDN or another kind of report
+		}
 	}
 	mr := e.MultipartReader()
 	if mr == nil {
@@ -115,6 +129,11 @@ func parse(b []byte) (*Report, error) {
 				parseOriginal(io.LimitReader(p.Body, maxOriginalHeaderBytes), rep)
 			}
 		}
+	}
+	if !declared && !haveStatus {
+		// Ordinary mail with attachments (or a bounce written only for
+		// humans): nothing claims it is a DSN.
+		return nil, ErrNotDSN
 	}
 	if rep.OriginalMessageID == "" {
 		// No returned message (or it had no Message-ID): Exim and Exchange

@@ -115,6 +115,77 @@ var sampleWant = map[string]*Report{
 		OriginalHarnessID: "gh-exch-failed-0001",
 		OriginalSubject:   "greyharness probe exch-failed-0001 été", // RFC 2047, iso-8859-1
 	},
+	// OpenSMTPD 6.8: multipart/mixed (not multipart/report) with a
+	// message/delivery-status part; Status is only the class; the
+	// text/rfc822-headers part holds the whole original message.
+	"opensmtpd-failed.eml": {
+		ReportingMTA: "mx.osmtpd.test",
+		Recipients: []Recipient{{
+			Action:         "failed",
+			Status:         "5.0.0",
+			FinalRecipient: "failed@remote.test",
+		}},
+		OriginalMessageID: "osmtpd-failed-0001.20250101@client.test",
+		OriginalHarnessID: "gh-osmtpd-failed-0001",
+		OriginalSubject:   "greyharness probe osmtpd-failed-0001",
+	},
+	"opensmtpd-delayed.eml": {
+		ReportingMTA: "mx.osmtpd.test",
+		Recipients: []Recipient{{
+			Action:         "delayed",
+			Status:         "4.0.0",
+			FinalRecipient: "delayed@remote.test",
+		}},
+		OriginalMessageID: "osmtpd-delayed-0001.20250101@client.test",
+		OriginalHarnessID: "gh-osmtpd-delayed-0001",
+		OriginalSubject:   "greyharness probe osmtpd-delayed-0001",
+	},
+	// OpenSMTPD 6.8 at queue ttl: the message is dropped from the queue, but
+	// the notice says Action: delayed with Status 4.4.7 ("Envelope expired").
+	"opensmtpd-expired.eml": {
+		ReportingMTA: "mx.osmtpd.test",
+		Recipients: []Recipient{{
+			Action:         "delayed",
+			Status:         "4.4.7",
+			FinalRecipient: "delayed@remote.test",
+		}},
+		OriginalMessageID: "osmtpd-delayed-0001.20250101@client.test",
+		OriginalHarnessID: "gh-osmtpd-delayed-0001",
+		OriginalSubject:   "greyharness probe osmtpd-delayed-0001",
+	},
+	// nullmailer 2.2: multipart/report; Reporting-MTA typed x-local-hostname.
+	"nullmailer-failed.eml": {
+		ReportingMTA: "mx.nullmailer.test",
+		ArrivalDate:  utc(2026, 12, 2, 4, 44, 8),
+		Recipients: []Recipient{{
+			Action:          "failed",
+			Status:          "5.1.1",
+			FinalRecipient:  "failed@remote.test",
+			DiagnosticCode:  "SMTP; 550 5.1.1 <failed@remote.test>: Recipient address rejected: User unknown",
+			RemoteMTA:       "127.0.0.1",
+			LastAttemptDate: utc(2026, 12, 2, 4, 44, 8),
+		}},
+		OriginalMessageID: "nullmailer-failed-0001.20250101@client.test",
+		OriginalHarnessID: "gh-nullmailer-failed-0001",
+		OriginalSubject:   "greyharness probe nullmailer-failed-0001",
+	},
+	// nullmailer 2.2 at queuelifetime: the message is moved to failed/, but
+	// the DSN says Action: delayed (the remote's 4.7.1 as Status).
+	"nullmailer-expired.eml": {
+		ReportingMTA: "mx.nullmailer.test",
+		ArrivalDate:  utc(2026, 12, 2, 4, 44, 21),
+		Recipients: []Recipient{{
+			Action:          "delayed",
+			Status:          "4.7.1",
+			FinalRecipient:  "delayed@remote.test",
+			DiagnosticCode:  "SMTP; 451 4.7.1 <delayed@remote.test>: Recipient address rejected: Greylisted, try again later",
+			RemoteMTA:       "127.0.0.1",
+			LastAttemptDate: utc(2026, 12, 2, 4, 44, 21),
+		}},
+		OriginalMessageID: "nullmailer-delayed-0001.20250101@client.test",
+		OriginalHarnessID: "gh-nullmailer-delayed-0001",
+		OriginalSubject:   "greyharness probe nullmailer-delayed-0001",
+	},
 }
 
 func readSample(t testing.TB, name string) []byte {
@@ -167,8 +238,22 @@ func TestParseNotDSN(t *testing.T) {
 	cases := map[string]string{
 		"plain text": "From: a@b\r\nSubject: hi\r\n\r\nhello\r\n",
 		"no header":  "",
-		"multipart/mixed": "Content-Type: multipart/mixed; boundary=x\r\n\r\n--x\r\n" +
-			"Content-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; a\r\n\r\n" +
+		"multipart/mixed without a status part": "Content-Type: multipart/mixed; boundary=x\r\n\r\n" +
+			"--x\r\nContent-Type: text/plain\r\n\r\nsee attached\r\n" +
+			"--x\r\nContent-Type: text/rfc822-headers\r\n\r\nMessage-ID: <m1@x>\r\n\r\n--x--\r\n",
+		// A forwarded DSN is a message about a DSN, not a DSN: only a
+		// top-level status part counts.
+		"DSN forwarded as message/rfc822": "Content-Type: multipart/mixed; boundary=x\r\n\r\n" +
+			"--x\r\nContent-Type: text/plain\r\n\r\nFYI\r\n" +
+			"--x\r\nContent-Type: message/rfc822\r\n\r\n" +
+			"Content-Type: multipart/report; report-type=delivery-status; boundary=y\r\n\r\n" +
+			"--y\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; a\r\n\r\n" +
+			"Final-Recipient: rfc822; b@c\r\nAction: failed\r\nStatus: 5.0.0\r\n\r\n--y--\r\n" +
+			"--x--\r\n",
+		"single-part delivery-status": "Content-Type: message/delivery-status\r\n\r\n" +
+			"Reporting-MTA: dns; a\r\n\r\nFinal-Recipient: rfc822; b@c\r\nAction: failed\r\nStatus: 5.0.0\r\n",
+		"MDN report with a status part": "Content-Type: multipart/report; report-type=disposition-notification; boundary=x\r\n\r\n" +
+			"--x\r\nContent-Type: message/delivery-status\r\n\r\n" +
 			"Final-Recipient: rfc822; b@c\r\nAction: failed\r\nStatus: 5.0.0\r\n\r\n--x--\r\n",
 		"MDN report": "Content-Type: multipart/report; report-type=disposition-notification; boundary=x\r\n\r\n" +
 			"--x\r\nContent-Type: text/plain\r\n\r\nread\r\n--x--\r\n",
@@ -208,6 +293,17 @@ func TestParseMalformedKeepsPartialReport(t *testing.T) {
 		t.Fatalf("err = %v, want ErrMalformed", err)
 	}
 	assertReport(t, rep, &Report{ReportingMTA: "mx.a"})
+
+	// OpenSMTPD's layout (multipart/mixed) with a status part that has no
+	// per-recipient group: a DSN, and a broken one.
+	msg = "Content-Type: multipart/mixed; boundary=b\n\n" +
+		"--b\nContent-Type: message/delivery-status\n\nReporting-MTA: dns; mx.a\n\n" +
+		"--b\nContent-Type: text/rfc822-headers\n\nMessage-ID: <m2@x>\n\n--b--\n"
+	rep, err = Parse(strings.NewReader(msg))
+	if !errors.Is(err, ErrMalformed) {
+		t.Fatalf("multipart/mixed: err = %v, want ErrMalformed", err)
+	}
+	assertReport(t, rep, &Report{ReportingMTA: "mx.a", OriginalMessageID: "m2@x"})
 
 	// An unreadable top-level header.
 	if _, err := Parse(strings.NewReader(" leading continuation\r\n\r\n")); !errors.Is(err, ErrMalformed) {
@@ -324,6 +420,29 @@ func TestParseQuirks(t *testing.T) {
 			ReportingMTA:      "mx.a.test",
 			Recipients:        []Recipient{{Action: "delayed", Status: "4.7.1", FinalRecipient: "b@x.test"}},
 			OriginalMessageID: "orig@client.test",
+		},
+	}, {
+		name: "multipart/mixed with a status part after other attachments",
+		msg: "Content-Type: multipart/mixed; boundary=b\n\n" +
+			"--b\nContent-Type: text/html\n\n<p>sorry</p>\n" +
+			"--b\nContent-Type: message/rfc822\n\nMessage-ID: <orig@client.test>\nSubject: s\n\nbody\n" +
+			"--b\nContent-Type: message/delivery-status\n\n" +
+			"Reporting-MTA: dns; mx.a.test\n\nFinal-Recipient: rfc822; b@x.test\nAction: failed\nStatus: 5.1.1\n\n" +
+			"--b--\n",
+		want: &Report{
+			ReportingMTA:      "mx.a.test",
+			Recipients:        []Recipient{{Action: "failed", Status: "5.1.1", FinalRecipient: "b@x.test"}},
+			OriginalMessageID: "orig@client.test",
+			OriginalSubject:   "s",
+		},
+	}, {
+		name: "multipart/report without report-type, global status part",
+		msg: "In-Reply-To: <irt@client.test>\nContent-Type: multipart/report; boundary=b\n\n" +
+			"--b\nContent-Type: message/global-delivery-status\n\n" +
+			"Final-Recipient: utf-8; b@x.test\nAction: delayed\nStatus: 4.4.7\n\n--b--\n",
+		want: &Report{
+			Recipients:        []Recipient{{Action: "delayed", Status: "4.4.7", FinalRecipient: "b@x.test"}},
+			OriginalMessageID: "irt@client.test",
 		},
 	}, {
 		name: "In-Reply-To preferred over References",
