@@ -186,6 +186,93 @@ var sampleWant = map[string]*Report{
 		OriginalHarnessID: "gh-nullmailer-delayed-0001",
 		OriginalSubject:   "greyharness probe nullmailer-delayed-0001",
 	},
+	// Haraka 3.3.4: multipart/report without From, To or Subject; the
+	// original Message-ID doubles as Original-Envelope-Id; no space after
+	// "dns;" and "rfc822;"; an untyped Remote-MTA.
+	"haraka-failed.eml": {
+		ReportingMTA:       "mx.haraka.test",
+		OriginalEnvelopeID: "<haraka-failed-0001.20250101@client.test>",
+		ArrivalDate:        utc(2026, 12, 2, 4, 46, 47),
+		Recipients: []Recipient{{
+			Action:         "failed",
+			Status:         "5.1.1",
+			FinalRecipient: "failed@remote.test",
+			DiagnosticCode: "smtp;550 5.1.1 <failed@remote.test>: Recipient address rejected: User unknown",
+			RemoteMTA:      "127.0.0.1",
+		}},
+		OriginalMessageID: "haraka-failed-0001.20250101@client.test",
+		OriginalHarnessID: "gh-haraka-failed-0001",
+		OriginalSubject:   "greyharness probe haraka-failed-0001",
+	},
+	// Haraka 3.3.4 when temp_fail_intervals are used up: Action: failed, and
+	// the remote's 4.7.1 turned into Status 5.7.1.
+	"haraka-expired.eml": {
+		ReportingMTA:       "mx.haraka.test",
+		OriginalEnvelopeID: "<haraka-delayed-0001.20250101@client.test>",
+		ArrivalDate:        utc(2026, 12, 2, 4, 46, 50),
+		Recipients: []Recipient{{
+			Action:         "failed",
+			Status:         "5.7.1",
+			FinalRecipient: "delayed@remote.test",
+			DiagnosticCode: "smtp;451 4.7.1 <delayed@remote.test>: Recipient address rejected: Greylisted, try again later",
+			RemoteMTA:      "127.0.0.1",
+		}},
+		OriginalMessageID: "haraka-delayed-0001.20250101@client.test",
+		OriginalHarnessID: "gh-haraka-delayed-0001",
+		OriginalSubject:   "greyharness probe haraka-delayed-0001",
+	},
+	// sendmail 8.17: multipart/report; the first part has no Content-Type;
+	// "RFC822;" and "DNS;" in capitals, X-Actual-Recipient, the ENVID given
+	// at submission as Original-Envelope-Id, an address literal as Remote-MTA.
+	"sendmail-failed.eml": {
+		ReportingMTA:       "mx.sendmail.test",
+		OriginalEnvelopeID: "env-sendmail-failed-0001",
+		ArrivalDate:        utc(2026, 12, 2, 4, 47, 48),
+		Recipients: []Recipient{{
+			Action:          "failed",
+			Status:          "5.1.1",
+			FinalRecipient:  "failed@remote.test",
+			DiagnosticCode:  "SMTP; 550 5.1.1 <failed@remote.test>: Recipient address rejected: User unknown",
+			RemoteMTA:       "[127.0.0.1]",
+			LastAttemptDate: utc(2026, 12, 2, 4, 47, 48),
+		}},
+		OriginalMessageID: "sendmail-failed-0001.20250101@client.test",
+		OriginalHarnessID: "gh-sendmail-failed-0001",
+		OriginalSubject:   "greyharness probe sendmail-failed-0001",
+	},
+	"sendmail-delayed.eml": {
+		ReportingMTA:       "mx.sendmail.test",
+		OriginalEnvelopeID: "env-sendmail-delayed-0001",
+		ArrivalDate:        utc(2026, 12, 2, 4, 47, 52),
+		Recipients: []Recipient{{
+			Action:          "delayed",
+			Status:          "4.7.1",
+			FinalRecipient:  "delayed@remote.test",
+			DiagnosticCode:  "SMTP; 451 4.7.1 <delayed@remote.test>: Recipient address rejected: Greylisted, try again later",
+			RemoteMTA:       "[127.0.0.1]",
+			LastAttemptDate: utc(2026, 12, 2, 4, 47, 57),
+		}},
+		OriginalMessageID: "sendmail-delayed-0001.20250101@client.test",
+		OriginalHarnessID: "gh-sendmail-delayed-0001",
+		OriginalSubject:   "greyharness probe sendmail-delayed-0001",
+	},
+	// sendmail 8.17 at Timeout.queuereturn: Action: failed, Status: 4.4.7.
+	"sendmail-expired.eml": {
+		ReportingMTA:       "mx.sendmail.test",
+		OriginalEnvelopeID: "env-sendmail-delayed-0001",
+		ArrivalDate:        utc(2026, 12, 2, 4, 47, 52),
+		Recipients: []Recipient{{
+			Action:          "failed",
+			Status:          "4.4.7",
+			FinalRecipient:  "delayed@remote.test",
+			DiagnosticCode:  "SMTP; 451 4.7.1 <delayed@remote.test>: Recipient address rejected: Greylisted, try again later",
+			RemoteMTA:       "[127.0.0.1]",
+			LastAttemptDate: utc(2026, 12, 2, 4, 48, 22),
+		}},
+		OriginalMessageID: "sendmail-delayed-0001.20250101@client.test",
+		OriginalHarnessID: "gh-sendmail-delayed-0001",
+		OriginalSubject:   "greyharness probe sendmail-delayed-0001",
+	},
 }
 
 func readSample(t testing.TB, name string) []byte {
