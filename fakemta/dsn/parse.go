@@ -123,7 +123,8 @@ func parse(b []byte) (*Report, error) {
 				haveStatus = true
 				parseStatus(io.LimitReader(p.Body, maxStatusBytes), rep)
 			}
-		case "message/rfc822", "message/global", "text/rfc822-headers", "message/global-headers":
+		case "message/rfc822", "message/global", "text/rfc822-headers", "message/global-headers",
+			"message/rfc822-headers": // maddy's name for text/rfc822-headers
 			if !haveOriginal {
 				haveOriginal = true
 				parseOriginal(io.LimitReader(p.Body, maxOriginalHeaderBytes), rep)

@@ -256,6 +256,39 @@ var sampleWant = map[string]*Report{
 		OriginalHarnessID: "gh-sendmail-delayed-0001",
 		OriginalSubject:   "greyharness probe sendmail-delayed-0001",
 	},
+	// maddy 0.8.1: the original headers come as message/rfc822-headers (a
+	// type no RFC defines) and the DSN has no In-Reply-To or References, so
+	// that part is the only link to the original message; the status
+	// fields are in reverse order, Last-Attempt-Date sits in the
+	// per-message group (not returned), the remote's 5.1.1 becomes 5.0.0.
+	"maddy-failed.eml": {
+		ReportingMTA: "mx.maddy.test",
+		ArrivalDate:  utc(2026, 12, 2, 5, 13, 53),
+		Recipients: []Recipient{{
+			Action:         "failed",
+			Status:         "5.0.0",
+			FinalRecipient: "failed@remote.test",
+			DiagnosticCode: "smtp; 550 5.0.0 <failed@remote.test>: Recipient address rejected: User unknown",
+		}},
+		OriginalMessageID: "maddy-failed-0001.20250101@client.test",
+		OriginalHarnessID: "gh-maddy-failed-0001",
+		OriginalSubject:   "greyharness probe maddy-failed-0001",
+	},
+	// maddy 0.8.1 with max_tries 1 after one 451 4.7.1: Action: failed,
+	// Status 4.0.0.
+	"maddy-expired.eml": {
+		ReportingMTA: "mx.maddy.test",
+		ArrivalDate:  utc(2026, 12, 2, 5, 13, 59),
+		Recipients: []Recipient{{
+			Action:         "failed",
+			Status:         "4.0.0",
+			FinalRecipient: "delayed@remote.test",
+			DiagnosticCode: "smtp; 451 4.0.0 <delayed@remote.test>: Recipient address rejected: Greylisted, try again later",
+		}},
+		OriginalMessageID: "maddy-delayed-0001.20250101@client.test",
+		OriginalHarnessID: "gh-maddy-delayed-0001",
+		OriginalSubject:   "greyharness probe maddy-delayed-0001",
+	},
 	// sendmail 8.17 at Timeout.queuereturn: Action: failed, Status: 4.4.7.
 	"sendmail-expired.eml": {
 		ReportingMTA:       "mx.sendmail.test",
