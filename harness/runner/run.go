@@ -398,26 +398,44 @@ func (r *Run) send(s *scenarios.Send) error {
 		r.track.expect(history.Submission{HarnessID: m.HarnessID, MessageID: m.MessageID, Group: m.Group, MailFrom: m.From, RcptTo: m.To})
 	}
 	results := sub.SendAll(msgs, s.Concurrency)
-	accepted := 0
-	for i, res := range results {
+	accepted, unknown, refusedRcpts := 0, 0, 0
+	for _, res := range results {
 		res.Resubmission = r.sent[res.MessageID]
 		r.sent[res.MessageID] = true
 		r.mu.Lock()
 		r.h.Submissions = append(r.h.Submissions, res)
 		r.mu.Unlock()
 		r.track.submitted(res)
-		if res.Accepted {
+		switch {
+		case res.Accepted:
 			accepted++
+			refusedRcpts += len(res.RcptTo) - len(res.AcceptedRcpts())
+		case res.Unknown:
+			unknown++
 		}
-		_ = i
 	}
 	r.lastSub = msgs
-	r.progress("submitted %d, relay accepted %d", len(results), accepted)
+	line := fmt.Sprintf("submitted %d, relay accepted %d", len(results), accepted)
+	if refusedRcpts > 0 {
+		line += fmt.Sprintf(" (refusing %d recipient(s))", refusedRcpts)
+	}
+	if unknown > 0 {
+		line += fmt.Sprintf(", %d with no reply to the final dot (outcome unknown)", unknown)
+	}
+	r.progress("%s", line)
 	if accepted == 0 {
-		return fmt.Errorf("the relay accepted none of %d submissions (first reply: %d %s %s)", len(results),
-			results[0].Reply.Code, results[0].Reply.Enhanced, results[0].Reply.Text)
+		first := results[0].Reply
+		return fmt.Errorf("the relay accepted none of %d submissions (first reply: %s)", len(results), replyText(first))
 	}
 	return nil
+}
+
+func replyText(r fakemta.Reply) string {
+	s := strings.TrimSpace(fmt.Sprintf("%d %s %s", r.Code, r.Enhanced, r.Text))
+	if r.Dropped {
+		s = "line dropped without a reply: " + r.Text
+	}
+	return s
 }
 
 // deadline derives a wait's timeout from the profile's timing.
