@@ -183,4 +183,9 @@ type History struct {
 	Faults        []Fault         `json:"faults"`
 	Checkpoints   []Checkpoint    `json:"checkpoints,omitempty"`
 	Expect        Expect          `json:"expect"`
+	// StepError says which step the harness could not carry out and why
+	// (a restart command failed, the relay never came back, every submission
+	// refused); the steps after it did not run. The messages are still judged
+	// on what was recorded, and the scenario fails.
+	StepError string `json:"step_error,omitempty"`
 }

@@ -261,8 +261,38 @@ func (r *Run) fault(kind history.FaultKind, detail string, f func() error) error
 // do what the step says (a restart command failed, ...): verdicts about
 // messages are the ledger's business, so a wait that times out is noted,
 // not failed.
+//
+// A step error is recorded in the history (the first one wins) as
+// "step N (file:line): error"; the error returned says the same.
 func (r *Run) Step(ctx context.Context, i int, st *scenarios.Step) error {
 	r.progress("step %d/%d: %s", i+1, len(r.sc.Steps), Describe(st))
+	if err := r.step(ctx, st); err != nil {
+		err = fmt.Errorf("step %d (%s:%d): %w", i+1, r.sc.File, st.Line, err)
+		r.StepFailed(err.Error())
+		return err
+	}
+	return nil
+}
+
+// StepFailed records that a step could not be carried out, for failures
+// Step cannot return (a spec timeout). The first one wins.
+func (r *Run) StepFailed(msg string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.h.StepError == "" {
+		r.h.StepError = msg
+	}
+}
+
+// StepError returns the recorded step error, "" when every step so far
+// was carried out.
+func (r *Run) StepError() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.h.StepError
+}
+
+func (r *Run) step(ctx context.Context, st *scenarios.Step) error {
 	switch {
 	case st.Send != nil:
 		return r.send(st.Send)
@@ -303,7 +333,7 @@ func (r *Run) Step(ctx context.Context, i int, st *scenarios.Step) error {
 		r.mu.Unlock()
 		return nil
 	}
-	return fmt.Errorf("%s:%d: step has no action", r.sc.File, st.Line)
+	return errors.New("step has no action")
 }
 
 // Describe says what a step does, for spec names and progress lines.
@@ -602,7 +632,7 @@ func (r *Run) restart(ctx context.Context, rs *scenarios.Restart) error {
 			return r.opt.Relay.Restart(ctx)
 		})
 		if err != nil {
-			return fmt.Errorf("restart %d of %d: %w\n%s", i+1, times, err, r.opt.Relay.Logs())
+			return fmt.Errorf("restart %d of %d: %w", i+1, times, err) // (the relay's log is in the results folder)
 		}
 	}
 	return nil
@@ -641,11 +671,14 @@ func (r *Run) fakemtaStep(what string) error {
 
 // Finish lets the scenario drain, takes a last queue listing, stops the
 // fake MTA and judges the history.
+//
+// With ctx already done (the run was interrupted) it does not drain: it
+// judges what was recorded at once.
 func (r *Run) Finish(ctx context.Context) (*history.History, ledger.Result) {
 	r.mu.Lock()
 	running := r.fake != nil || r.remote != nil
 	r.mu.Unlock()
-	if running {
+	if running && ctx.Err() == nil {
 		r.drain(ctx)
 		// Watch one more retry interval: a relay that sends a delivered
 		// message again (a duplicate) or retries too soon does it now.
