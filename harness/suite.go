@@ -162,7 +162,7 @@ func describeScenario(s *Suite, sc *scenarios.Scenario) {
 			// Judging never started: judge what was recorded, without draining.
 			ctx, cancel := context.WithCancel(context.Background())
 			cancel()
-			run.StepFailed("the run ended before the scenario's steps did (interrupted)")
+			run.StepFailed("judging did not run (the run was interrupted, or the spec was not selected): judged at once, without draining")
 			if msg := s.judge(ctx, sc, run); msg != "" {
 				GinkgoWriter.Println(msg)
 			}

@@ -1,10 +1,13 @@
 package main
 
 import (
+	"bufio"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -96,5 +99,63 @@ expect:
 	}
 	if !strings.Contains(log, "restart refused by the init system") {
 		t.Errorf("the step error is not printed\n%s", log)
+	}
+}
+
+// An interrupted run (Ctrl-C in the middle of a wait) still ends the
+// scenario that began: judged on what was recorded, in --json.
+func TestInterruptedScenarioIsJudged(t *testing.T) {
+	bin := buildBinary(t)
+	dir := t.TempDir()
+	sc := filepath.Join(dir, "long-wait.yaml")
+	os.WriteFile(sc, []byte(`name: long-wait
+policy:
+  rules:
+    - match: {stage: rcpt}
+      reply: "451 4.7.1 not now"
+steps:
+  - send: {name: first, to: [alice@rcpt.greyharness.test]}
+  - wait: {for: delivered, group: first, timeout: 5m}
+  - send: {name: second, to: [bob@rcpt.greyharness.test]}
+`), 0o644)
+	out := filepath.Join(dir, "out.json")
+	cmd := exec.Command(bin, "run", "--relay", "sample", "--scenarios", sc, "--json", out, "--results", filepath.Join(dir, "results"))
+	cmd.Dir, cmd.Env = dir, append(os.Environ(), "NO_COLOR=1")
+	pr, pw := io.Pipe()
+	cmd.Stdout, cmd.Stderr = pw, pw
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var log strings.Builder
+	waiting := make(chan struct{})
+	scanned := make(chan struct{})
+	go func() {
+		defer close(scanned)
+		s := bufio.NewScanner(pr)
+		once := false
+		for s.Scan() {
+			log.WriteString(s.Text() + "\n")
+			if !once && strings.Contains(s.Text(), "waiting for delivered") {
+				once = true
+				close(waiting)
+			}
+		}
+	}()
+	select {
+	case <-waiting:
+	case <-scanned:
+		t.Fatalf("the run ended before the wait\n%s", log.String())
+	}
+	cmd.Process.Signal(os.Interrupt)
+	err := cmd.Wait()
+	pw.Close()
+	<-scanned
+	if err == nil {
+		t.Fatalf("an interrupted run exited 0\n%s", log.String())
+	}
+	b, rerr := os.ReadFile(out)
+	if rerr != nil || !strings.Contains(string(b), `"scenario": "long-wait"`) || !strings.Contains(string(b), `"status": "failed"`) ||
+		!strings.Contains(string(b), "step 2") || !strings.Contains(string(b), `"rcpt": "alice@rcpt.greyharness.test"`) {
+		t.Fatalf("--json lacks the interrupted scenario with its message and the step: %v\n%s\n%s", rerr, b, log.String())
 	}
 }
