@@ -334,3 +334,39 @@ func TestEHLOTwiceFirstRefused(t *testing.T) {
 		}
 	}
 }
+
+// Against the real fake MTA over STARTTLS: each RCPT's reply is recorded
+// with its text (go-smtp's client returns none for a 2xx), and the dot's.
+func TestRepliesOverSTARTTLS(t *testing.T) {
+	pol, err := fakemta.ParsePolicy("test.yaml", []byte(`rules:
+  - match: {stage: rcpt, rcpt: bob@rcpt.test}
+    reply: "550 5.1.1 no such user here"
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := fakemta.SelfSignedTLS()
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := fakemta.New(fakemta.Config{Listen: []string{"127.0.0.1:0"}, Policy: pol, TLS: cfg, Logf: func(string, ...any) {}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	sub := submitter(srv.Addr())
+	sub.Submit.StartTLS = true
+	got := sub.Send(testMessage("alice@rcpt.test", "bob@rcpt.test"))
+	if !got.Accepted || got.Reply.Code != 250 || got.Reply.Text == "" {
+		t.Fatalf("accepted %v reply %+v", got.Accepted, got.Reply)
+	}
+	a, _ := got.RcptReply("alice@rcpt.test")
+	b, _ := got.RcptReply("bob@rcpt.test")
+	if a.Code/100 != 2 || a.Text == "" || b.Code != 550 || b.Enhanced != "5.1.1" || b.Text != "no such user here" {
+		t.Errorf("alice %+v bob %+v", a, b)
+	}
+	t.Logf("alice %+v, dot %+v", a, got.Reply)
+}
