@@ -672,13 +672,15 @@ func (r *Run) fakemtaStep(what string) error {
 // Finish lets the scenario drain, takes a last queue listing, stops the
 // fake MTA and judges the history.
 //
-// With ctx already done (the run was interrupted) it does not drain: it
-// judges what was recorded at once.
+// With ctx already done (the run was interrupted), or nothing accepted, it
+// does not drain: it judges what was recorded at once.
 func (r *Run) Finish(ctx context.Context) (*history.History, ledger.Result) {
 	r.mu.Lock()
 	running := r.fake != nil || r.remote != nil
 	r.mu.Unlock()
-	if running && ctx.Err() == nil {
+	// Nothing accepted (every submission refused): nothing to wait for.
+	_, accepted := r.track.pending("", func(*msgState) bool { return true })
+	if running && ctx.Err() == nil && accepted > 0 {
 		r.drain(ctx)
 		// Watch one more retry interval: a relay that sends a delivered
 		// message again (a duplicate) or retries too soon does it now.
