@@ -303,10 +303,10 @@ func Judge(paths []string, stdout, stderr io.Writer, verbose bool, htmlPath stri
 			}
 			res := ledger.Judge(h)
 			report.Text(stdout, res, h, verbose)
-			if !res.Passed {
+			if !res.Passed || h.StepError != "" { // a step that failed fails the scenario
 				code = ExitFailed
 			}
-			outs = append(outs, Outcome{Scenario: h.Scenario, History: h, Result: &res, Saved: filepath.Dir(f)})
+			outs = append(outs, Outcome{Scenario: h.Scenario, History: h, Result: &res, Err: h.StepError, Saved: filepath.Dir(f)})
 		}
 	}
 	if htmlPath != "" {

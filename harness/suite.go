@@ -11,6 +11,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	. "github.com/onsi/ginkgo/v2"
@@ -98,12 +99,19 @@ func DefineSpecs(s *Suite) {
 	}
 }
 
+// describeScenario declares one scenario: an Ordered container with one
+// spec per step and a last spec that judges every message. Every scenario
+// that began ends with an outcome: the container continues on failure, a
+// failed step (or a step spec that timed out) skips the steps after it but
+// not the judging, which judges what was recorded and shows the step error
+// beside the verdicts; when judging never started (an interrupt, fail-fast)
+// AfterAll judges at once.
 func describeScenario(s *Suite, sc *scenarios.Scenario) {
 	opt := &runner.Options{Profile: s.Profile, Relay: s.Relay, ResultsDir: s.ResultsDir, Progress: s.Progress, Verbose: s.Verbose}
 	timeout := s.scenarioTimeout(sc)
-	Describe(sc.Name, Label(sc.Labels...), Ordered, func() {
+	Describe(sc.Name, Label(sc.Labels...), Ordered, ContinueOnFailure, func() {
 		var run *runner.Run
-		var stepErr string
+		var judging atomic.Bool
 		BeforeAll(func(ctx SpecContext) {
 			if o, ok := s.Profile.Scenarios[sc.Name]; ok && o.Skip != "" {
 				s.record(Outcome{Scenario: sc.Name, Skipped: o.Skip})
@@ -117,39 +125,73 @@ func describeScenario(s *Suite, sc *scenarios.Scenario) {
 			var err error
 			run, err = runner.Begin(ctx, opt, sc)
 			if err != nil {
-				Fail(fmt.Sprintf("%s: %v", sc.File, err))
+				msg := fmt.Sprintf("%s: the scenario could not begin: %v", sc.File, err)
+				s.record(Outcome{Scenario: sc.Name, Err: msg})
+				Fail(msg)
 			}
 			DeferCleanup(run.Close)
 		}, NodeTimeout(time.Minute))
+		// A step spec that failed without a step error (timed out, panicked)
+		// is a step error too: the steps after it must not run.
+		AfterEach(func() {
+			if rep := CurrentSpecReport(); run != nil && !judging.Load() && rep.Failed() {
+				run.StepFailed(fmt.Sprintf("%s: %s: %s", rep.LeafNodeText, rep.State, rep.Failure.Message))
+			}
+		})
 		for i := range sc.Steps {
 			st := &sc.Steps[i]
 			It(fmt.Sprintf("step %d: %s", i+1, runner.Describe(st)), func(ctx SpecContext) {
+				if e := run.StepError(); e != "" {
+					Skip("not run: an earlier step failed: " + e)
+				}
 				if err := run.Step(ctx, i, st); err != nil {
-					stepErr = fmt.Sprintf("step %d (%s:%d): %v", i+1, sc.File, st.Line, err)
-					Fail(stepErr)
+					Fail(fmt.Sprintf("%v\n%s", err, s.Relay.Logs()))
 				}
 			}, SpecTimeout(timeout))
 		}
 		It("judges every message (ledger)", func(ctx SpecContext) {
-			h, res := run.Finish(ctx)
-			o := Outcome{Scenario: sc.Name, History: h, Result: &res, Err: stepErr}
-			var b strings.Builder
-			report.Text(&b, res, h, s.Verbose)
-			if !res.Passed && s.ResultsDir != "" {
-				if dir, err := runner.Save(s.ResultsDir, h, res, s.Relay.Logs()); err == nil {
-					o.Saved = dir
-					fmt.Fprintf(&b, "history saved to %s (re-judge with: greyharness judge %s)\n", dir, dir)
-				}
-			}
-			s.record(o)
-			if !res.Passed {
-				Fail(b.String()) // Ginkgo prints it, timelines and all
-			}
-			if s.Progress != nil {
-				fmt.Fprint(s.Progress, b.String())
+			judging.Store(true)
+			if msg := s.judge(ctx, sc, run); msg != "" {
+				Fail(msg) // Ginkgo prints it, timelines and all
 			}
 		}, SpecTimeout(timeout))
+		AfterAll(func() {
+			if run == nil || judging.Swap(true) {
+				return
+			}
+			// Judging never started: judge what was recorded, without draining.
+			ctx, cancel := context.WithCancel(context.Background())
+			cancel()
+			run.StepFailed("judging did not run (the run was interrupted, or the spec was not selected): judged at once, without draining")
+			if msg := s.judge(ctx, sc, run); msg != "" {
+				GinkgoWriter.Println(msg)
+			}
+		})
 	})
+}
+
+// judge finishes run, records the scenario's outcome, saves the history
+// of a failed scenario, and returns the report when the scenario failed.
+func (s *Suite) judge(ctx context.Context, sc *scenarios.Scenario, run *runner.Run) string {
+	h, res := run.Finish(ctx)
+	o := Outcome{Scenario: sc.Name, History: h, Result: &res, Err: h.StepError}
+	var b strings.Builder
+	report.Text(&b, res, h, s.Verbose)
+	failed := !res.Passed || h.StepError != ""
+	if failed && s.ResultsDir != "" {
+		if dir, err := runner.Save(s.ResultsDir, h, res, s.Relay.Logs()); err == nil {
+			o.Saved = dir
+			fmt.Fprintf(&b, "history saved to %s (re-judge with: greyharness judge %s)\n", dir, dir)
+		}
+	}
+	s.record(o)
+	if failed {
+		return b.String()
+	}
+	if s.Progress != nil {
+		fmt.Fprint(s.Progress, b.String())
+	}
+	return ""
 }
 
 // ProgressWriter is where live progress goes: stderr, so it is seen live

@@ -5,6 +5,7 @@
 package history
 
 import (
+	"strings"
 	"time"
 
 	"github.com/greyharness/greyharness/fakemta"
@@ -24,14 +25,73 @@ type Submission struct {
 	MessageID   string    `json:"message_id"` // without angle brackets
 	Group       string    `json:"group"`      // the send step's name, for expectations
 	MailFrom    string    `json:"mail_from"`
-	RcptTo      []string  `json:"rcpt_to"`
+	RcptTo      []string  `json:"rcpt_to"` // every recipient the harness gave, accepted or not
 	SubmittedAt time.Time `json:"submitted_at"`
 	// Accepted is true when the relay answered 2xx to the final dot: from then
-	// on the relay owns the message (RFC 5321 §6.1).
-	Accepted bool          `json:"accepted"`
-	Reply    fakemta.Reply `json:"reply"`
+	// on the relay owns the message (RFC 5321 §6.1), for the recipients whose
+	// RCPT it accepted, whatever happens to the line afterwards.
+	Accepted bool `json:"accepted"`
+	// Reply is the relay's reply to the final dot (code, enhanced code, text
+	// with its queue id) or, when the message was not accepted, the reply
+	// that ended the submission. Dropped: the line dropped without a reply.
+	Reply fakemta.Reply `json:"reply"`
+	// Unknown is true when the whole body was sent but the line dropped (or
+	// timed out) before any reply to the final dot: the relay may or may not
+	// own the message (RFC 1047). Never set together with Accepted.
+	Unknown bool `json:"unknown,omitempty"`
+	// Rcpts is the relay's reply to each RCPT, in RcptTo order (a recipient
+	// never tried because the conversation ended has no entry). Histories
+	// written before it existed have none: there Accepted covers every
+	// recipient of RcptTo.
+	Rcpts []RcptReply `json:"rcpts,omitempty"`
+	// Quit notes what went wrong after an accepted final dot (QUIT refused,
+	// garbage, line dropped). It is information only: acceptance stands.
+	Quit string `json:"quit,omitempty"`
 	// Resubmission marks a second submission of an already used Message-ID.
 	Resubmission bool `json:"resubmission,omitempty"`
+}
+
+// RcptReply is the relay's reply to one RCPT TO at submission.
+type RcptReply struct {
+	Addr  string        `json:"addr"`
+	Reply fakemta.Reply `json:"reply"`
+}
+
+// RcptReply returns the relay's reply to RCPT TO:<rcpt> (compared without
+// case), if the submission recorded one.
+func (s *Submission) RcptReply(rcpt string) (fakemta.Reply, bool) {
+	for _, r := range s.Rcpts {
+		if strings.EqualFold(r.Addr, rcpt) {
+			return r.Reply, true
+		}
+	}
+	return fakemta.Reply{}, false
+}
+
+// RcptAccepted reports whether the relay owns the message for rcpt: the
+// final dot got 2xx and, when per-recipient replies were recorded, rcpt's
+// RCPT got 2xx.
+func (s *Submission) RcptAccepted(rcpt string) bool {
+	if !s.Accepted {
+		return false
+	}
+	if len(s.Rcpts) == 0 {
+		return true // an old history: accepted means every recipient
+	}
+	r, ok := s.RcptReply(rcpt)
+	return ok && !r.Dropped && r.Code >= 200 && r.Code < 300
+}
+
+// AcceptedRcpts returns the recipients the relay owns the message for, in
+// RcptTo order.
+func (s *Submission) AcceptedRcpts() []string {
+	var out []string
+	for _, r := range s.RcptTo {
+		if s.RcptAccepted(r) {
+			out = append(out, r)
+		}
+	}
+	return out
 }
 
 // QueueEntry is one message as the relay's queue listing shows it.
@@ -123,4 +183,9 @@ type History struct {
 	Faults        []Fault         `json:"faults"`
 	Checkpoints   []Checkpoint    `json:"checkpoints,omitempty"`
 	Expect        Expect          `json:"expect"`
+	// StepError says which step the harness could not carry out and why
+	// (a restart command failed, the relay never came back, every submission
+	// refused); the steps after it did not run. The messages are still judged
+	// on what was recorded, and the scenario fails.
+	StepError string `json:"step_error,omitempty"`
 }

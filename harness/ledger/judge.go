@@ -22,7 +22,7 @@ func Judge(h *history.History) Result {
 	var out []Finding
 	for _, trs := range j.tracks {
 		for _, tr := range trs {
-			out = append(out, j.judgeTrack(tr))
+			out = append(out, j.account(tr)) // accepted.go: refused and unknown submissions
 		}
 	}
 	sort.SliceStable(out, func(a, b int) bool {

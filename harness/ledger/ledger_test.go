@@ -417,6 +417,7 @@ func TestNotAccepted(t *testing.T) {
 	b := newH(10)
 	s := b.submit("m1", 0, bob)
 	s.Accepted, s.Reply = false, fakemta.Reply{Code: 452, Enhanced: "4.3.1", Text: "insufficient storage"}
+	b.h.Expect.Messages = []history.Expectation{{Verdict: "not-accepted"}} // (expecting delivery fails: accepted_test.go)
 	r := Judge(b.h)
 	want(t, find(t, r, "m1", bob), NotAccepted, false, NotAccepted)
 	if !r.Passed {

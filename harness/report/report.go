@@ -19,7 +19,7 @@ import (
 //	FAIL greylist-restart (relay postfix): 12 checked, 2 failed: 10 delivered, 1 held-silently, 1 lost
 func Summary(r ledger.Result, h *history.History) string {
 	status := "PASS"
-	if !r.Passed {
+	if !r.Passed || (h != nil && h.StepError != "") {
 		status = "FAIL"
 	}
 	name, relay := "", ""
@@ -73,6 +73,10 @@ func Text(w io.Writer, r ledger.Result, h *history.History, verbose bool) error 
 	}
 	ew := &errWriter{w: w}
 	ew.printf("%s\n", Summary(r, h))
+	if h.StepError != "" {
+		// Beside the verdicts: they judge only what was recorded until then.
+		ew.printf("  STEP FAILED (the steps after it did not run; judged on what was recorded): %s\n", h.StepError)
+	}
 	// A load scenario can fail or warn for hundreds of messages the same
 	// way: show the first few in full and count the rest (result.json
 	// has them all).

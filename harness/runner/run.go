@@ -261,8 +261,38 @@ func (r *Run) fault(kind history.FaultKind, detail string, f func() error) error
 // do what the step says (a restart command failed, ...): verdicts about
 // messages are the ledger's business, so a wait that times out is noted,
 // not failed.
+//
+// A step error is recorded in the history (the first one wins) as
+// "step N (file:line): error"; the error returned says the same.
 func (r *Run) Step(ctx context.Context, i int, st *scenarios.Step) error {
 	r.progress("step %d/%d: %s", i+1, len(r.sc.Steps), Describe(st))
+	if err := r.step(ctx, st); err != nil {
+		err = fmt.Errorf("step %d (%s:%d): %w", i+1, r.sc.File, st.Line, err)
+		r.StepFailed(err.Error())
+		return err
+	}
+	return nil
+}
+
+// StepFailed records that a step could not be carried out, for failures
+// Step cannot return (a spec timeout). The first one wins.
+func (r *Run) StepFailed(msg string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.h.StepError == "" {
+		r.h.StepError = msg
+	}
+}
+
+// StepError returns the recorded step error, "" when every step so far
+// was carried out.
+func (r *Run) StepError() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.h.StepError
+}
+
+func (r *Run) step(ctx context.Context, st *scenarios.Step) error {
 	switch {
 	case st.Send != nil:
 		return r.send(st.Send)
@@ -303,7 +333,7 @@ func (r *Run) Step(ctx context.Context, i int, st *scenarios.Step) error {
 		r.mu.Unlock()
 		return nil
 	}
-	return fmt.Errorf("%s:%d: step has no action", r.sc.File, st.Line)
+	return errors.New("step has no action")
 }
 
 // Describe says what a step does, for spec names and progress lines.
@@ -398,26 +428,44 @@ func (r *Run) send(s *scenarios.Send) error {
 		r.track.expect(history.Submission{HarnessID: m.HarnessID, MessageID: m.MessageID, Group: m.Group, MailFrom: m.From, RcptTo: m.To})
 	}
 	results := sub.SendAll(msgs, s.Concurrency)
-	accepted := 0
-	for i, res := range results {
+	accepted, unknown, refusedRcpts := 0, 0, 0
+	for _, res := range results {
 		res.Resubmission = r.sent[res.MessageID]
 		r.sent[res.MessageID] = true
 		r.mu.Lock()
 		r.h.Submissions = append(r.h.Submissions, res)
 		r.mu.Unlock()
 		r.track.submitted(res)
-		if res.Accepted {
+		switch {
+		case res.Accepted:
 			accepted++
+			refusedRcpts += len(res.RcptTo) - len(res.AcceptedRcpts())
+		case res.Unknown:
+			unknown++
 		}
-		_ = i
 	}
 	r.lastSub = msgs
-	r.progress("submitted %d, relay accepted %d", len(results), accepted)
+	line := fmt.Sprintf("submitted %d, relay accepted %d", len(results), accepted)
+	if refusedRcpts > 0 {
+		line += fmt.Sprintf(" (refusing %d recipient(s))", refusedRcpts)
+	}
+	if unknown > 0 {
+		line += fmt.Sprintf(", %d with no reply to the final dot (outcome unknown)", unknown)
+	}
+	r.progress("%s", line)
 	if accepted == 0 {
-		return fmt.Errorf("the relay accepted none of %d submissions (first reply: %d %s %s)", len(results),
-			results[0].Reply.Code, results[0].Reply.Enhanced, results[0].Reply.Text)
+		first := results[0].Reply
+		return fmt.Errorf("the relay accepted none of %d submissions (first reply: %s)", len(results), replyText(first))
 	}
 	return nil
+}
+
+func replyText(r fakemta.Reply) string {
+	s := strings.TrimSpace(fmt.Sprintf("%d %s %s", r.Code, r.Enhanced, r.Text))
+	if r.Dropped {
+		s = "line dropped without a reply: " + r.Text
+	}
+	return s
 }
 
 // deadline derives a wait's timeout from the profile's timing.
@@ -584,7 +632,7 @@ func (r *Run) restart(ctx context.Context, rs *scenarios.Restart) error {
 			return r.opt.Relay.Restart(ctx)
 		})
 		if err != nil {
-			return fmt.Errorf("restart %d of %d: %w\n%s", i+1, times, err, r.opt.Relay.Logs())
+			return fmt.Errorf("restart %d of %d: %w", i+1, times, err) // (the relay's log is in the results folder)
 		}
 	}
 	return nil
@@ -623,11 +671,16 @@ func (r *Run) fakemtaStep(what string) error {
 
 // Finish lets the scenario drain, takes a last queue listing, stops the
 // fake MTA and judges the history.
+//
+// With ctx already done (the run was interrupted), or nothing accepted, it
+// does not drain: it judges what was recorded at once.
 func (r *Run) Finish(ctx context.Context) (*history.History, ledger.Result) {
 	r.mu.Lock()
 	running := r.fake != nil || r.remote != nil
 	r.mu.Unlock()
-	if running {
+	// Nothing accepted (every submission refused): nothing to wait for.
+	_, accepted := r.track.pending("", func(*msgState) bool { return true })
+	if running && ctx.Err() == nil && accepted > 0 {
 		r.drain(ctx)
 		// Watch one more retry interval: a relay that sends a delivered
 		// message again (a duplicate) or retries too soon does it now.

@@ -65,8 +65,9 @@ func (t *tracker) expect(s history.Submission) {
 	t.byMsgID[s.MessageID] = s.HarnessID
 }
 
-// submitted records how the submission went; a refused message is
-// forgotten (the relay never owned it).
+// submitted records how the submission went; a refused message, or a
+// refused recipient, is forgotten (the relay never owned it), and so is a
+// message whose final dot got no reply (the ledger judges it on evidence).
 func (t *tracker) submitted(s history.Submission) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -79,6 +80,11 @@ func (t *tracker) submitted(s history.Submission) {
 		return
 	}
 	m.sub = s
+	for r := range m.rcpts {
+		if !s.RcptAccepted(r) { // refused at RCPT: never coming
+			delete(m.rcpts, r)
+		}
+	}
 	t.order = append(t.order, s.HarnessID)
 	t.signal()
 }

@@ -7,52 +7,70 @@ import (
 
 // doubleEHLOConn makes the client's first EHLO go out twice (the
 // submission-side double handshake) and hides the first reply from the
-// go-smtp client, which only knows how to say EHLO once.
+// go-smtp client, which only knows how to say EHLO once. The second EHLO
+// waits for the first reply: RFC 2920 lets EHLO only end a pipelined group,
+// and correct relays (OpenSMTPD, sendmail) refuse it pipelined.
 type doubleEHLOConn struct {
 	net.Conn
 	sent    bool
-	swallow bool   // still discarding the first EHLO reply
-	pending []byte // reply bytes read while swallowing
+	pending []byte // reply bytes read ahead, for the client
 }
 
 func (d *doubleEHLOConn) Write(p []byte) (int, error) {
-	if !d.sent && (bytes.HasPrefix(p, []byte("EHLO ")) || bytes.HasPrefix(p, []byte("HELO "))) {
-		d.sent, d.swallow = true, true
-		if _, err := d.Conn.Write(append(append([]byte{}, p...), p...)); err != nil {
-			return 0, err
-		}
+	if d.sent || !(bytes.HasPrefix(p, []byte("EHLO ")) || bytes.HasPrefix(p, []byte("HELO "))) {
+		return d.Conn.Write(p)
+	}
+	d.sent = true
+	if _, err := d.Conn.Write(p); err != nil {
+		return 0, err
+	}
+	reply, rest, err := readReply(d.Conn)
+	if err != nil {
+		d.pending = append(reply, rest...)
+		return len(p), nil // the client reads what came, then the error
+	}
+	if len(reply) < 1 || reply[0] != '2' {
+		// Refused: the client sees this reply, and no second EHLO goes out.
+		d.pending = append(reply, rest...)
 		return len(p), nil
 	}
-	return d.Conn.Write(p)
+	d.pending = rest // the first reply is swallowed
+	if _, err := d.Conn.Write(p); err != nil {
+		return 0, err
+	}
+	return len(p), nil
 }
 
 func (d *doubleEHLOConn) Read(p []byte) (int, error) {
-	for d.swallow {
-		buf := make([]byte, 4096)
-		n, err := d.Conn.Read(buf)
-		d.pending = append(d.pending, buf[:n]...)
-		// The first reply ends at the first line with a space after the code.
-		for start := 0; ; {
-			i := bytes.IndexByte(d.pending[start:], '\n')
-			if i < 0 {
-				break
-			}
-			line := d.pending[start : start+i+1]
-			start += i + 1
-			if len(line) >= 4 && line[3] == ' ' {
-				d.pending = d.pending[start:]
-				d.swallow = false
-				break
-			}
-		}
-		if err != nil && d.swallow {
-			return 0, err
-		}
-	}
 	if len(d.pending) > 0 {
 		n := copy(p, d.pending)
 		d.pending = d.pending[n:]
 		return n, nil
 	}
 	return d.Conn.Read(p)
+}
+
+// readReply reads one whole SMTP reply (up to the line with a space after
+// the code) and returns it and any bytes read beyond it.
+func readReply(c net.Conn) (reply, rest []byte, err error) {
+	var buf []byte
+	chunk := make([]byte, 4096)
+	for {
+		for start := 0; ; {
+			i := bytes.IndexByte(buf[start:], '\n')
+			if i < 0 {
+				break
+			}
+			line := buf[start : start+i+1]
+			start += i + 1
+			if len(line) < 4 || line[3] != '-' {
+				return buf[:start], buf[start:], nil
+			}
+		}
+		n, err := c.Read(chunk)
+		buf = append(buf, chunk[:n]...)
+		if err != nil {
+			return buf, nil, err
+		}
+	}
 }

@@ -5,12 +5,14 @@
 package traffic
 
 import (
+	"bytes"
 	"crypto/rand"
 	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
+	"net/textproto"
 	"sort"
 	"strings"
 	"sync"
@@ -96,7 +98,11 @@ func (m *Message) Build(now time.Time) []byte {
 	return []byte(b.String())
 }
 
-// Send submits m in one SMTP conversation and reports what the relay said.
+// Send submits m in one SMTP conversation and records what the relay said:
+// its reply to each RCPT and to the final dot. The message goes to the
+// recipients the relay accepted; it is accepted when the final dot gets 2xx,
+// whatever QUIT does afterwards (RFC 5321 §6.1). A line that drops after
+// the final dot without a reply leaves the outcome unknown (RFC 1047).
 func (s *Submitter) Send(m *Message) history.Submission {
 	now := time.Now
 	if s.Now != nil {
@@ -104,15 +110,14 @@ func (s *Submitter) Send(m *Message) history.Submission {
 	}
 	sub := history.Submission{HarnessID: m.HarnessID, MessageID: m.MessageID, Group: m.Group, MailFrom: m.From,
 		RcptTo: append([]string(nil), m.To...), SubmittedAt: now()}
-	err := s.send(m, now)
-	sub.Reply = replyOf(err)
-	sub.Accepted = err == nil
-	if err == nil {
-		sub.Reply = fakemta.Reply{Code: 250, Text: "accepted"}
+	if err := s.send(m, now, &sub); err != nil {
+		sub.Reply = replyOf(err)
 	}
 	return sub
 }
 
+// replyOf turns an error of the go-smtp client into the reply it carries,
+// or, for a network or protocol error, Code 0 with the error's text.
 func replyOf(err error) fakemta.Reply {
 	if err == nil {
 		return fakemta.Reply{}
@@ -128,7 +133,78 @@ func replyOf(err error) fakemta.Reply {
 	return fakemta.Reply{Code: 0, Text: err.Error()}
 }
 
-func (s *Submitter) send(m *Message, now func() time.Time) error {
+// isReply reports whether err is a reply of the relay (not a network or
+// protocol failure).
+func isReply(err error) bool {
+	var se *smtp.SMTPError
+	return errors.As(err, &se)
+}
+
+// splitEnhanced splits "2.0.0 Ok: queued as X" into the enhanced code
+// and the text (RFC 3463); text without one is returned whole.
+func splitEnhanced(text string) (enhanced, rest string) {
+	first, after, ok := strings.Cut(text, " ")
+	if !ok {
+		first, after = text, ""
+	}
+	parts := strings.Split(first, ".")
+	if len(parts) != 3 || len(parts[0]) != 1 || strings.IndexByte("245", parts[0][0]) < 0 {
+		return "", text
+	}
+	for _, p := range parts[1:] {
+		if p == "" || len(p) > 3 || strings.Trim(p, "0123456789") != "" {
+			return "", text
+		}
+	}
+	return first, after
+}
+
+// replyTap records the relay's reply lines to one command from the
+// client's debug stream (which carries both directions, after STARTTLS
+// too): go-smtp returns no text for a 2xx RCPT reply.
+type replyTap struct {
+	on  bool
+	buf bytes.Buffer
+}
+
+func (t *replyTap) Write(p []byte) (int, error) {
+	if t.on {
+		t.buf.Write(p)
+	}
+	return len(p), nil
+}
+
+func (t *replyTap) start() { t.buf.Reset(); t.on = true }
+
+// reply stops recording and parses the reply lines recorded ("250-..",
+// "250 .."); the client's own command lines are skipped.
+func (t *replyTap) reply() (fakemta.Reply, bool) {
+	t.on = false
+	var r fakemta.Reply
+	var texts []string
+	found := false
+	for _, l := range strings.Split(t.buf.String(), "\n") {
+		l = strings.TrimRight(l, "\r")
+		if len(l) < 3 || strings.Trim(l[:3], "0123456789") != "" || (len(l) > 3 && l[3] != ' ' && l[3] != '-') {
+			continue
+		}
+		r.Code = int(l[0]-'0')*100 + int(l[1]-'0')*10 + int(l[2]-'0')
+		found = true
+		if len(l) > 4 {
+			texts = append(texts, l[4:])
+		}
+	}
+	r.Text = strings.Join(texts, "\n")
+	if enh, rest := splitEnhanced(r.Text); enh != "" {
+		r.Enhanced, r.Text = enh, strings.ReplaceAll(rest, "\n"+enh+" ", "\n")
+	}
+	return r, found
+}
+
+// send runs the conversation and fills sub. It returns the error that
+// ended a submission that was not accepted (sub.Reply is then its reply);
+// an accepted or unknown outcome has sub.Reply set and returns nil.
+func (s *Submitter) send(m *Message, now func() time.Time, sub *history.Submission) error {
 	timeout := s.Timeout
 	if timeout == 0 {
 		timeout = 30 * time.Second
@@ -151,6 +227,10 @@ func (s *Submitter) send(m *Message, now func() time.Time) error {
 	} else {
 		c = smtp.NewClient(nc)
 	}
+	// go-smtp sets a deadline per command (CommandTimeout); keep ours.
+	c.CommandTimeout, c.SubmissionTimeout = timeout, timeout
+	tap := &replyTap{}
+	c.DebugWriter = tap
 	defer c.Close()
 	helo := s.Submit.Helo
 	if helo == "" {
@@ -172,22 +252,73 @@ func (s *Submitter) send(m *Message, now func() time.Time) error {
 	if err := c.Mail(m.From, nil); err != nil {
 		return err
 	}
+	var refusal error
+	accepted := 0
 	for _, r := range m.To {
-		if err := c.Rcpt(r, nil); err != nil {
-			return err
+		tap.start()
+		err := c.Rcpt(r, nil)
+		rep, ok := tap.reply()
+		switch {
+		case err == nil:
+			if !ok {
+				rep = fakemta.Reply{Code: 250} // (no debug stream: cannot happen with go-smtp v0.25)
+			}
+			accepted++
+		case isReply(err):
+			rep = replyOf(err)
+			if refusal == nil {
+				refusal = err
+			}
+		default:
+			return err // the line dropped: nothing more to say
 		}
+		sub.Rcpts = append(sub.Rcpts, history.RcptReply{Addr: r, Reply: rep})
+	}
+	if accepted == 0 {
+		c.Quit()
+		return refusal
 	}
 	w, err := c.Data()
 	if err != nil {
 		return err
 	}
+	nc.SetDeadline(time.Now().Add(timeout)) // go-smtp clears its deadline after each command
 	if _, err := w.Write(m.Build(now())); err != nil {
 		return err
 	}
-	if err := w.Close(); err != nil {
+	resp, err := w.CloseWithResponse()
+	switch {
+	case err == nil:
+		sub.Accepted = true
+		sub.Reply = fakemta.Reply{Code: 250}
+		sub.Reply.Enhanced, sub.Reply.Text = splitEnhanced(resp.StatusText)
+	case isReply(err) && replyOf(err).Code/100 == 2: // 251..259: go-smtp expects exactly 250
+		sub.Accepted, sub.Reply = true, replyOf(err)
+	case isReply(err):
 		return err
+	default:
+		// The body went out but no reply to the final dot came back: the
+		// relay may or may not own the message. Record that, never guess.
+		sub.Unknown = true
+		sub.Reply = fakemta.Reply{Dropped: true, Text: "no reply to the final dot: " + err.Error()}
+		var pe textproto.ProtocolError
+		if errors.As(err, &pe) {
+			sub.Reply = fakemta.Reply{Text: "unreadable reply to the final dot: " + err.Error()}
+		}
+		return nil
 	}
-	return c.Quit()
+	// Accepted: QUIT is courtesy. A relay that drops the line or answers
+	// badly now still owns the message; note it, nothing more.
+	if err := c.Quit(); err != nil {
+		r := replyOf(err)
+		sub.Quit = strings.TrimSpace(fmt.Sprintf("%d %s %s", r.Code, r.Enhanced, r.Text))
+		if r.Code == 0 {
+			sub.Quit = "QUIT: " + r.Text
+		} else {
+			sub.Quit = "QUIT: " + sub.Quit
+		}
+	}
+	return nil
 }
 
 // SendAll submits msgs with up to concurrency conversations at once, in
