@@ -395,7 +395,15 @@ func (c *conn) command(line []byte) {
 		stage = StageHelo
 		c.helo = strings.TrimSpace(arg)
 	case "STARTTLS":
+		if strings.TrimSpace(arg) != "" {
+			// RFC 3207: no parameters (go-smtp ignores them and starts TLS).
+			c.setOverride(n, &override{reply: &Reply{Code: 501, Enhanced: "5.5.4", Text: "Syntax error (no parameters allowed)"}})
+			c.out = append(c.out, "NOOP\r\n"...)
+			return
+		}
 		stage = StageStartTLS
+	case "MAIL":
+		line = c.mailSize(line, n)
 	case "DATA":
 		stage = StageData
 	case "QUIT":
@@ -478,6 +486,44 @@ func (c *conn) command(line []byte) {
 		c.mode = modeHold // body bytes wait for the 354
 	}
 	c.out = append(c.out, line...)
+}
+
+// maxSizeDigits is the longest SIZE value RFC 1870 allows.
+const maxSizeDigits = 20
+
+// mailSize makes go-smtp answer a MAIL whose SIZE= has 11 to 20 digits as
+// RFC 1870 wants: go-smtp parses the value as a 32-bit number and calls a
+// larger one a syntax error (501), where it is a message too big (552) or,
+// under a --max-message-size beyond 4 GiB, fine. It returns the line go-smtp
+// gets; the journal keeps the client's.
+func (c *conn) mailSize(line []byte, n int) []byte {
+	const maxUint32 = 1<<32 - 1
+	i := bytes.Index(bytes.ToUpper(line), []byte(" SIZE="))
+	if i < 0 {
+		return line
+	}
+	start := i + len(" SIZE=")
+	end := start
+	for end < len(line) && line[end] >= '0' && line[end] <= '9' {
+		end++
+	}
+	digits := line[start:end]
+	if len(digits) == 0 || len(digits) > maxSizeDigits || end < len(line) && !bytes.ContainsRune([]byte(" \r\n"), rune(line[end])) {
+		return line // go-smtp's 501 is right
+	}
+	size, err := strconv.ParseUint(string(digits), 10, 64)
+	if err == nil && size <= maxUint32 {
+		return line // go-smtp gets it right
+	}
+	limit := c.srv.cfg.MaxMessageBytes
+	if (err != nil || limit > 0 && size > uint64(limit)) && limit >= maxUint32 {
+		// Too big, and go-smtp cannot say so (it compares 32-bit values).
+		c.setOverride(n, &override{reply: &Reply{Code: 552, Enhanced: "5.3.4", Text: "Max message size exceeded"}})
+		return []byte("NOOP\r\n")
+	}
+	// go-smtp needs a value it can parse: its largest does, as it answers
+	// 552 for it below a 4 GiB limit and does not use it otherwise.
+	return append(append(append([]byte{}, line[:start]...), "4294967295"...), line[end:]...)
 }
 
 // Write collects go-smtp's reply lines and sends each complete reply,
