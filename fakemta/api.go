@@ -438,10 +438,8 @@ func (a *api) putPolicy(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "reading the body: "+err.Error())
 		return
 	}
-	if strings.TrimSpace(string(body)) == "" {
-		writeError(w, http.StatusBadRequest, "empty body: send a policy document (YAML or JSON; {} accepts everything)")
-		return
-	}
+	// ParsePolicy refuses an empty body, null, a second document and
+	// trailing text with their position: the policy stays as it is.
 	pol, err := ParsePolicy("request", body)
 	if err != nil {
 		var list []string
