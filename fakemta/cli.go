@@ -226,9 +226,16 @@ func (o *cliOptions) config(getenv func(string) string) (Config, string, error) 
 			return Config{}, "", configError{err}
 		}
 	}
-	token := o.apiToken
+	token, from := o.apiToken, "--api-token"
 	if token == "" {
-		token = getenv(APITokenEnv)
+		token, from = getenv(APITokenEnv), "$"+APITokenEnv
+	}
+	switch {
+	case token != "" && strings.TrimSpace(token) == "":
+		return bad("%s is blank: no request could present it", from)
+	case token != strings.TrimSpace(token):
+		// The API trims the Authorization header's credentials.
+		return bad("%s has white space around it: no request could present it", from)
 	}
 	if o.api != "" {
 		host, _, err := net.SplitHostPort(o.api)
