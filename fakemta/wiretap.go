@@ -498,11 +498,10 @@ const maxSizeDigits = 20
 // gets; the journal keeps the client's.
 func (c *conn) mailSize(line []byte, n int) []byte {
 	const maxUint32 = 1<<32 - 1
-	i := bytes.Index(bytes.ToUpper(line), []byte(" SIZE="))
-	if i < 0 {
+	start := sizeParam(line)
+	if start < 0 {
 		return line
 	}
-	start := i + len(" SIZE=")
 	end := start
 	for end < len(line) && line[end] >= '0' && line[end] <= '9' {
 		end++
@@ -524,6 +523,22 @@ func (c *conn) mailSize(line []byte, n int) []byte {
 	// go-smtp needs a value it can parse: its largest does, as it answers
 	// 552 for it below a 4 GiB limit and does not use it otherwise.
 	return append(append(append([]byte{}, line[:start]...), "4294967295"...), line[end:]...)
+}
+
+// sizeParam returns where the value of a " SIZE=" parameter starts in
+// line (any case), or -1.
+func sizeParam(line []byte) int {
+	const key = " SIZE="
+	for i := 0; ; {
+		j := bytes.IndexByte(line[i:], '=')
+		if j < 0 {
+			return -1
+		}
+		i += j + 1
+		if i >= len(key) && bytes.EqualFold(line[i-len(key):i], []byte(key)) {
+			return i
+		}
+	}
 }
 
 // Write collects go-smtp's reply lines and sends each complete reply,
