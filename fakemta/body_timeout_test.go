@@ -164,3 +164,39 @@ func TestLongLineInDataJournalMatchesWire(t *testing.T) {
 		t.Fatalf("transaction journaled as %+v, wire said %d %q", tx, code, msg)
 	}
 }
+
+// After a body the server refused without cutting the line (too big for
+// DATA, a refused BDAT chunk), the tap is back in command mode: the next
+// transaction's commands are journaled and a data-stage rule applies.
+func TestAfterARefusedBodyCommandsAndDataRulesApply(t *testing.T) {
+	s := startServer(t, `rules:
+  - match: {stage: data, sender: "second@*"}
+    reply: "554 5.7.1 no data for you"
+`, func(c *Config) { c.MaxMessageBytes = 1024 })
+	c := dialRaw(t, s.Addr())
+	c.greeting()
+	c.must("EHLO t.test", 250)
+	c.must("MAIL FROM:<first@t.test>", 250)
+	c.must("RCPT TO:<b@t.test>", 250)
+	c.must("DATA", 354)
+	c.write(strings.Repeat(strings.Repeat("x", 70)+"\r\n", 40))
+	c.must(".", 552)
+	c.write("BDAT 2000 LAST\r\n" + strings.Repeat("y", 2000)) // no transaction: 502, chunk dropped
+	if code, msg, err := c.reply(); code != 502 {
+		t.Fatalf("BDAT without a transaction: %d %q %v", code, msg, err)
+	}
+	c.must("MAIL FROM:<second@t.test>", 250)
+	c.must("RCPT TO:<b@t.test>", 250)
+	c.must("DATA", 554)
+	c.must("QUIT", 221)
+	var cmds []string
+	for _, ev := range journalOfConn(t, s, lastConn(t, s)) {
+		if ev.Kind == EventCommand {
+			cmds = append(cmds, ev.Command)
+		}
+	}
+	want := "EHLO t.test|MAIL FROM:<first@t.test>|RCPT TO:<b@t.test>|DATA|BDAT 2000 LAST|MAIL FROM:<second@t.test>|RCPT TO:<b@t.test>|DATA|QUIT"
+	if got := strings.Join(cmds, "|"); got != want {
+		t.Fatalf("commands journaled:\n got %s\nwant %s", got, want)
+	}
+}

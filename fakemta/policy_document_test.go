@@ -7,6 +7,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -122,5 +123,41 @@ rules:
 	// An alias to the wrong kind of node is still an error with a position.
 	if _, err := ParsePolicy("p.yaml", []byte("greylist: &g {delay: 1m}\nrules: *g\n")); err == nil || !positioned.MatchString(err.Error()) {
 		t.Fatalf("rules aliasing a mapping: %v", err)
+	}
+}
+
+// --policy reads a regular file of at most 1 MiB: a FIFO, /dev/zero or a
+// huge file is refused at once (exit 2), not waited on or read forever.
+func TestCLIPolicyFileMustBeASmallRegularFile(t *testing.T) {
+	dir := t.TempDir()
+	fifo := filepath.Join(dir, "fifo.yaml")
+	if err := syscall.Mkfifo(fifo, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	big := filepath.Join(dir, "big.yaml")
+	if err := os.WriteFile(big, []byte("rules: []\n"+strings.Repeat("#", MaxAPIBodyBytes)+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct{ path, want string }{
+		{fifo, "not a regular file"},
+		{"/dev/zero", "not a regular file"},
+		{dir, "not a regular file"},
+		{big, "larger than"},
+	} {
+		done := make(chan struct{})
+		var code int
+		var stderr string
+		go func() {
+			defer close(done)
+			code, _, stderr = runCLI(t, "--policy", c.path, "--listen", "127.0.0.1:0")
+		}()
+		select {
+		case <-done:
+		case <-time.After(20 * time.Second):
+			t.Fatalf("--policy %s: still reading after 20s", c.path)
+		}
+		if code != ExitConfig || !strings.Contains(stderr, c.want) {
+			t.Errorf("--policy %s: exit %d, stderr %q; want exit 2 and %q", c.path, code, stderr, c.want)
+		}
 	}
 }
