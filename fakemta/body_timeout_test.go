@@ -63,7 +63,7 @@ func wantBodyTimeout(t *testing.T, s *Server, c *rawClient) {
 }
 
 func TestDATABodyStalledGets421AndCloses(t *testing.T) {
-	s := startServer(t, "", func(c *Config) { c.ReadTimeout = 300 * time.Millisecond })
+	s := startServer(t, "", func(c *Config) { c.ReadTimeout = time.Second })
 	c := dialRaw(t, s.Addr())
 	c.greeting()
 	c.must("EHLO t.test", 250)
@@ -75,7 +75,7 @@ func TestDATABodyStalledGets421AndCloses(t *testing.T) {
 }
 
 func TestBDATChunkCutShortGets421AndCloses(t *testing.T) {
-	s := startServer(t, "", func(c *Config) { c.ReadTimeout = 300 * time.Millisecond })
+	s := startServer(t, "", func(c *Config) { c.ReadTimeout = time.Second })
 	for _, last := range []string{"", " LAST"} {
 		t.Run("BDAT"+last, func(t *testing.T) {
 			c := dialRaw(t, s.Addr())
