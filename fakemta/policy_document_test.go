@@ -1,6 +1,7 @@
 package fakemta
 
 import (
+	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -159,5 +160,40 @@ func TestCLIPolicyFileMustBeASmallRegularFile(t *testing.T) {
 		if code != ExitConfig || !strings.Contains(stderr, c.want) {
 			t.Errorf("--policy %s: exit %d, stderr %q; want exit 2 and %q", c.path, code, stderr, c.want)
 		}
+	}
+}
+
+// Merge keys cannot multiply a small document into an enormous one (the
+// "billion laughs" shape): the expansion is bounded and reported.
+func TestPolicyMergeKeysBounded(t *testing.T) {
+	var b strings.Builder
+	b.WriteString("x0: &m0 {stage: rcpt}\n")
+	for i := 1; i <= 8; i++ {
+		fmt.Fprintf(&b, "x%d: &m%d {", i, i)
+		for j := range 12 {
+			if j > 0 {
+				b.WriteString(", ")
+			}
+			fmt.Fprintf(&b, "<<: *m%d", i-1)
+		}
+		b.WriteString("}\n")
+	}
+	doc := "rules:\n  - match: {<<: *m8}\n    drop: true\n"
+	// Anchors must be defined inside the policy: put them in a rule list.
+	src := "rules:\n"
+	for _, line := range strings.Split(strings.TrimSpace(b.String()), "\n") {
+		_, def, _ := strings.Cut(line, ": ")
+		src += "  - match: " + def + "\n    drop: true\n"
+	}
+	src += strings.TrimPrefix(doc, "rules:\n")
+	done := make(chan error, 1)
+	go func() { _, err := ParsePolicy("p.yaml", []byte(src)); done <- err }()
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "merge") {
+			t.Fatalf("nested merges: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("nested merge keys still expanding after 10s")
 	}
 }

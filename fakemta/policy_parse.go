@@ -118,9 +118,14 @@ func yamlSyntaxError(file string, err error) error {
 
 // policyParser collects every error of a document instead of stopping at the first.
 type policyParser struct {
-	file string
-	errs []error
+	file   string
+	errs   []error
+	merged int // key/value pairs merge keys have brought in so far
 }
+
+// maxMergedPairs bounds what merge keys may bring in over a whole document:
+// nested merges multiply ("billion laughs"); a real policy needs a few dozen.
+const maxMergedPairs = 10000
 
 func (p *policyParser) errorf(n *yaml.Node, format string, args ...any) {
 	p.errs = append(p.errs, &PositionError{File: p.file, Line: n.Line, Col: n.Column, Msg: fmt.Sprintf(format, args...)})
@@ -182,6 +187,8 @@ func (p *policyParser) mapping(n *yaml.Node, what string, allowed []string, f fu
 func (p *policyParser) merge(out [][2]*yaml.Node, v *yaml.Node, depth int) [][2]*yaml.Node {
 	v = deref(v)
 	switch {
+	case p.merged > maxMergedPairs:
+		return out // reported once already
 	case depth > 8:
 		p.errorf(v, "merge keys nested too deep")
 	case v.Kind == yaml.MappingNode:
@@ -191,6 +198,10 @@ func (p *policyParser) merge(out [][2]*yaml.Node, v *yaml.Node, depth int) [][2]
 			if k.Tag == "!!merge" {
 				nested = p.merge(nested, val, depth+1)
 				continue
+			}
+			if p.merged++; p.merged > maxMergedPairs {
+				p.errorf(k, "merge keys bring in more than %d keys", maxMergedPairs)
+				return out
 			}
 			out = append(out, [2]*yaml.Node{k, val})
 		}
