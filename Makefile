@@ -54,7 +54,7 @@ bench-fakemta:
 ## fuzz: short runs of every fuzz target (FUZZTIME=60s for the long ones).
 FUZZTIME ?= 10s
 fuzz:
-	@set -e; for t in fakemta:FuzzParsePolicy fakemta:FuzzWireTap fakemta:FuzzAPIRequest \
+	@set -e; for t in fakemta:FuzzParsePolicy fakemta:FuzzWireTap fakemta:FuzzWireTapShortReads fakemta:FuzzAPIRequest \
 		fakemta:FuzzEventEncoder fakemta:FuzzParseWireReply fakemta/dsn:FuzzParse \
 		fakemta/dsn:FuzzBuildRoundTrip scenarios:FuzzLoadBytes; do \
 		echo "fuzz $${t#*:} ($${t%%:*}, $(FUZZTIME))"; \

@@ -2,6 +2,7 @@ package fakemta
 
 import (
 	"bufio"
+	"context"
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/json"
@@ -132,10 +133,23 @@ func (a *api) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	h, ok := methods[r.Method]
+	if !ok && r.Method == http.MethodHead {
+		if get, has := methods[http.MethodGet]; has {
+			// RFC 9110 9.3.2: HEAD is GET without the body (net/http drops
+			// what the handler writes). A stream ends once its headers are out.
+			ctx, cancel := context.WithCancel(r.Context())
+			defer cancel()
+			get(&headWriter{w: w, done: cancel}, r.WithContext(ctx))
+			return
+		}
+	}
 	if !ok {
-		allow := make([]string, 0, len(methods))
+		allow := make([]string, 0, len(methods)+1)
 		for m := range methods {
 			allow = append(allow, m)
+			if m == http.MethodGet {
+				allow = append(allow, http.MethodHead)
+			}
 		}
 		sort.Strings(allow)
 		w.Header().Set("Allow", strings.Join(allow, ", "))
@@ -143,6 +157,26 @@ func (a *api) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	h(w, r)
+}
+
+// headWriter answers a HEAD request with a GET handler: it cancels the
+// request's context once the handler has written its headers and cannot
+// flush (so an event stream returns at once).
+type headWriter struct {
+	w    http.ResponseWriter
+	done func()
+}
+
+func (h *headWriter) Header() http.Header { return h.w.Header() }
+
+func (h *headWriter) WriteHeader(code int) {
+	h.w.WriteHeader(code)
+	h.done()
+}
+
+func (h *headWriter) Write(b []byte) (int, error) {
+	h.done()
+	return h.w.Write(b) // net/http discards it for HEAD
 }
 
 // authorized checks the bearer token in constant time (both sides are
@@ -438,10 +472,8 @@ func (a *api) putPolicy(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "reading the body: "+err.Error())
 		return
 	}
-	if strings.TrimSpace(string(body)) == "" {
-		writeError(w, http.StatusBadRequest, "empty body: send a policy document (YAML or JSON; {} accepts everything)")
-		return
-	}
+	// ParsePolicy refuses an empty body, null, a second document and
+	// trailing text with their position: the policy stays as it is.
 	pol, err := ParsePolicy("request", body)
 	if err != nil {
 		var list []string

@@ -587,11 +587,11 @@ func TestAPIErrorStatuses(t *testing.T) {
 	code, _, body = f.do(t, http.MethodGet, "/api/v1/messages/", nil)
 	wantError(t, "trailing slash", code, body, http.StatusNotFound)
 	for _, c := range []struct{ method, path, allow string }{
-		{http.MethodPost, "/api/v1/messages", "GET"},
-		{http.MethodDelete, "/api/v1/policy", "GET, PUT"},
+		{http.MethodPost, "/api/v1/messages", "GET, HEAD"},
+		{http.MethodDelete, "/api/v1/policy", "GET, HEAD, PUT"},
 		{http.MethodGet, "/api/v1/reset", "POST"},
-		{http.MethodPut, "/metrics", "GET"},
-		{http.MethodPost, "/healthz", "GET"},
+		{http.MethodPut, "/metrics", "GET, HEAD"},
+		{http.MethodPost, "/healthz", "GET, HEAD"},
 	} {
 		code, hdr, body := f.do(t, c.method, c.path, nil)
 		wantError(t, c.method+" "+c.path, code, body, http.StatusMethodNotAllowed)

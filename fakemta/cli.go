@@ -218,7 +218,7 @@ func (o *cliOptions) config(getenv func(string) string) (Config, string, error) 
 		return bad("tls: %v", err)
 	}
 	if o.policy != "" {
-		data, err := os.ReadFile(o.policy)
+		data, err := readPolicyFile(o.policy)
 		if err != nil {
 			return bad("--policy: %v", err)
 		}
@@ -226,9 +226,16 @@ func (o *cliOptions) config(getenv func(string) string) (Config, string, error) 
 			return Config{}, "", configError{err}
 		}
 	}
-	token := o.apiToken
+	token, from := o.apiToken, "--api-token"
 	if token == "" {
-		token = getenv(APITokenEnv)
+		token, from = getenv(APITokenEnv), "$"+APITokenEnv
+	}
+	switch {
+	case token != "" && strings.TrimSpace(token) == "":
+		return bad("%s is blank: no request could present it", from)
+	case token != strings.TrimSpace(token):
+		// The API trims the Authorization header's credentials.
+		return bad("%s has white space around it: no request could present it", from)
 	}
 	if o.api != "" {
 		host, _, err := net.SplitHostPort(o.api)
@@ -240,6 +247,30 @@ func (o *cliOptions) config(getenv func(string) string) (Config, string, error) 
 		}
 	}
 	return cfg, token, nil
+}
+
+// readPolicyFile reads a --policy file: a regular file of at most
+// MaxAPIBodyBytes, as a PUT body (a FIFO would block the start, /dev/zero
+// would fill memory).
+func readPolicyFile(path string) ([]byte, error) {
+	// O_NONBLOCK: opening a FIFO does not wait for a writer.
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s is not a regular file (%s)", path, fi.Mode().Type())
+	}
+	data, err := io.ReadAll(io.LimitReader(f, MaxAPIBodyBytes+1))
+	if err == nil && len(data) > MaxAPIBodyBytes {
+		err = fmt.Errorf("%s is larger than %d bytes", path, MaxAPIBodyBytes)
+	}
+	return data, err
 }
 
 // loopbackHost reports whether host is a loopback IP or "localhost".

@@ -1,13 +1,16 @@
 package fakemta
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"net/netip"
 	"path"
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"go.yaml.in/yaml/v3"
 )
@@ -34,16 +37,69 @@ const (
 )
 
 // ParsePolicy parses a policy YAML document; file names it in errors.
-// Errors are *PositionError, several joined with errors.Join.
+// Errors are *PositionError, several joined with errors.Join. data must be
+// exactly one document, in UTF-8, that is a mapping: nothing (or only
+// comments), null, a second document or trailing text are errors, so a
+// damaged policy never reads as "accept everything" ({} is that policy).
 func ParsePolicy(file string, data []byte) (*Policy, error) {
+	if i := invalidUTF8(data); i >= 0 {
+		line, col := position(data, i)
+		return nil, &PositionError{File: file, Line: line, Col: col, Msg: fmt.Sprintf("invalid UTF-8 (byte 0x%02x): a policy is UTF-8 text", data[i])}
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(data))
 	var doc yaml.Node
-	if err := yaml.Unmarshal(data, &doc); err != nil {
+	if err := dec.Decode(&doc); err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil, &PositionError{File: file, Line: 1, Col: 1, Msg: "no policy document ({} is the policy that accepts everything)"}
+		}
 		return nil, yamlSyntaxError(file, err)
 	}
-	if len(doc.Content) == 0 {
-		return &Policy{}, nil
+	var next yaml.Node
+	switch err := dec.Decode(&next); {
+	case errors.Is(err, io.EOF):
+	case err != nil:
+		return nil, yamlSyntaxError(file, err)
+	default:
+		at := &next
+		if len(next.Content) > 0 {
+			at = next.Content[0]
+		}
+		return nil, &PositionError{File: file, Line: at.Line, Col: at.Column, Msg: "a second YAML document: a policy is exactly one"}
 	}
-	return ParsePolicyNode(file, doc.Content[0])
+	if len(doc.Content) == 0 {
+		return nil, &PositionError{File: file, Line: doc.Line, Col: doc.Column, Msg: "no policy document ({} is the policy that accepts everything)"}
+	}
+	root := doc.Content[0]
+	if r := deref(root); r.Kind == yaml.ScalarNode && r.Tag == "!!null" {
+		return nil, &PositionError{File: file, Line: root.Line, Col: root.Column, Msg: "the policy is null: give a mapping ({} accepts everything)"}
+	}
+	return ParsePolicyNode(file, root)
+}
+
+// invalidUTF8 returns the offset of the first byte that is not UTF-8, or -1.
+func invalidUTF8(b []byte) int {
+	for i := 0; i < len(b); {
+		r, n := utf8.DecodeRune(b[i:])
+		if r == utf8.RuneError && n <= 1 {
+			return i
+		}
+		i += n
+	}
+	return -1
+}
+
+// position returns the 1-based line and column (in characters) of offset i.
+func position(b []byte, i int) (line, col int) {
+	start := bytes.LastIndexByte(b[:i], '\n') + 1
+	return bytes.Count(b[:i], []byte("\n")) + 1, utf8.RuneCount(b[start:i]) + 1
+}
+
+// deref follows an alias (*name) to the node its anchor (&name) marks.
+func deref(n *yaml.Node) *yaml.Node {
+	for n != nil && n.Kind == yaml.AliasNode && n.Alias != nil {
+		n = n.Alias
+	}
+	return n
 }
 
 // yamlSyntaxError turns yaml's "yaml: line N: msg" into file:N:1: msg.
@@ -62,9 +118,14 @@ func yamlSyntaxError(file string, err error) error {
 
 // policyParser collects every error of a document instead of stopping at the first.
 type policyParser struct {
-	file string
-	errs []error
+	file   string
+	errs   []error
+	merged int // key/value pairs merge keys have brought in so far
 }
+
+// maxMergedPairs bounds what merge keys may bring in over a whole document:
+// nested merges multiply ("billion laughs"); a real policy needs a few dozen.
+const maxMergedPairs = 10000
 
 func (p *policyParser) errorf(n *yaml.Node, format string, args ...any) {
 	p.errs = append(p.errs, &PositionError{File: p.file, Line: n.Line, Col: n.Column, Msg: fmt.Sprintf(format, args...)})
@@ -82,10 +143,10 @@ func ParsePolicyNode(file string, n *yaml.Node) (*Policy, error) {
 }
 
 // mapping iterates a mapping node's keys, reporting keys not in allowed.
+// Aliases are followed, and merge keys ("<<: *base") bring in the keys of
+// the mappings they name that the mapping does not set itself.
 func (p *policyParser) mapping(n *yaml.Node, what string, allowed []string, f func(key string, k, v *yaml.Node)) {
-	if n.Kind == yaml.AliasNode {
-		n = n.Alias
-	}
+	n = deref(n)
 	if n.Kind != yaml.MappingNode {
 		if n.Kind == yaml.ScalarNode && n.Tag == "!!null" {
 			return
@@ -93,9 +154,21 @@ func (p *policyParser) mapping(n *yaml.Node, what string, allowed []string, f fu
 		p.errorf(n, "%s must be a mapping", what)
 		return
 	}
-	seen := map[string]bool{}
+	var own, merged [][2]*yaml.Node
 	for i := 0; i+1 < len(n.Content); i += 2 {
-		k, v := n.Content[i], n.Content[i+1]
+		k, v := deref(n.Content[i]), deref(n.Content[i+1])
+		if k.Tag == "!!merge" {
+			merged = p.merge(merged, v, 0)
+			continue
+		}
+		own = append(own, [2]*yaml.Node{k, v})
+	}
+	seen := map[string]bool{}
+	for i, kv := range append(own, merged...) {
+		k, v := kv[0], kv[1]
+		if i >= len(own) && seen[k.Value] {
+			continue // set by the mapping itself, or by an earlier merge
+		}
 		if !contains(allowed, k.Value) {
 			p.errorf(k, "unknown key %q in %s (allowed: %s)", k.Value, what, strings.Join(allowed, ", "))
 			continue
@@ -107,6 +180,44 @@ func (p *policyParser) mapping(n *yaml.Node, what string, allowed []string, f fu
 		seen[k.Value] = true
 		f(k.Value, k, v)
 	}
+}
+
+// merge appends the key/value pairs a merge key's value brings: one
+// mapping, or a list of them (the earlier wins).
+func (p *policyParser) merge(out [][2]*yaml.Node, v *yaml.Node, depth int) [][2]*yaml.Node {
+	v = deref(v)
+	switch {
+	case p.merged > maxMergedPairs:
+		return out // reported once already
+	case depth > 8:
+		p.errorf(v, "merge keys nested too deep")
+	case v.Kind == yaml.MappingNode:
+		var nested [][2]*yaml.Node
+		for i := 0; i+1 < len(v.Content); i += 2 {
+			k, val := deref(v.Content[i]), deref(v.Content[i+1])
+			if k.Tag == "!!merge" {
+				nested = p.merge(nested, val, depth+1)
+				continue
+			}
+			if p.merged++; p.merged > maxMergedPairs {
+				p.errorf(k, "merge keys bring in more than %d keys", maxMergedPairs)
+				return out
+			}
+			out = append(out, [2]*yaml.Node{k, val})
+		}
+		out = append(out, nested...)
+	case v.Kind == yaml.SequenceNode && depth == 0:
+		for _, m := range v.Content {
+			if m = deref(m); m.Kind != yaml.MappingNode {
+				p.errorf(m, "<< merges mappings only")
+				continue
+			}
+			out = p.merge(out, m, depth+1)
+		}
+	default:
+		p.errorf(v, "<< merges a mapping or a list of mappings")
+	}
+	return out
 }
 
 func contains(list []string, s string) bool {
@@ -130,7 +241,7 @@ func (p *policyParser) policy(n *yaml.Node) *Policy {
 				return
 			}
 			for _, r := range v.Content {
-				if rule, ok := p.rule(r); ok {
+				if rule, ok := p.rule(deref(r)); ok {
 					pol.Rules = append(pol.Rules, rule)
 				}
 			}

@@ -206,18 +206,26 @@ func (se *session) Data(r io.Reader) error {
 	rcpts := se.accepted()
 	if readErr != nil {
 		if errors.Is(readErr, smtp.ErrDataReset) {
-			// BDAT cut short by RSET, EHLO, QUIT or a lost line: no reply
-			// is given to it; Reset or Logout ends the transaction.
-			return readErr
+			f := se.c.takeBodyFail()
+			if f == nil {
+				// BDAT cut short by RSET, EHLO, QUIT or a lost line: no reply
+				// is given to it; Reset or Logout ends the transaction.
+				return readErr
+			}
+			// A chunk the tap could not read: go-smtp has answered it
+			// with the tap's reply (failBody) and closed the pipe.
+			readErr = f
 		}
-		var se2 *smtp.SMTPError
-		rep := Reply{Code: 451, Enhanced: "4.3.0", Text: readErr.Error()}
-		if errors.As(readErr, &se2) {
-			rep = Reply{Code: se2.Code, Enhanced: enhancedString(se2.EnhancedCode), Text: se2.Message}
+		e := bodyError(readErr)
+		if e != readErr {
+			// Only the DATA path (Data on go-smtp's own goroutine) gets here.
+			se.c.next = &override{closeAfter: true}
 		}
+		// The journal records the very reply go-smtp writes for e.
+		rep := Reply{Code: e.Code, Enhanced: enhancedString(e.EnhancedCode), Text: e.Message}
 		se.tx.Data = &rep
 		se.finish("")
-		return readErr
+		return e
 	}
 	m := se.c.matchCtx(StageEOD)
 	m.rcpts, m.attempts = rcpts, se.countStage(StageEOD, rcpts)
@@ -257,6 +265,23 @@ func (se *session) Data(r io.Reader) error {
 		se.say(reply)
 	}
 	return err
+}
+
+// bodyError is the reply to a body that could not be read: err itself when
+// it is one already (the size limit, the tap's failBody), else a new one
+// (go-smtp would answer a plain error with a permanent 554, which the
+// journal could not know).
+func bodyError(err error) *smtp.SMTPError {
+	var e *smtp.SMTPError
+	switch {
+	case errors.As(err, &e):
+		return e
+	case errors.Is(err, smtp.ErrTooLongLine):
+		// go-smtp's words for a too-long command line; it cuts the line too.
+		return &smtp.SMTPError{Code: 500, EnhancedCode: smtp.EnhancedCode{5, 4, 0}, Message: "Too long line, closing connection"}
+	default:
+		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "Error reading the message, closing connection"}
+	}
 }
 
 func enhancedString(e smtp.EnhancedCode) string {

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/emersion/go-smtp"
 )
 
 // conn is the wire tap: it sits between the socket and go-smtp, journals
@@ -45,6 +47,19 @@ type conn struct {
 	cmdSeq   int               // commands read; the greeting is reply 0
 	verbs    map[int]string    // command number -> verb, for the replies that need it (EHLO, LHLO); made on first use
 	ovr      map[int]*override // made on first use
+	// bodyErr, once a body read has failed, is what every read returns
+	// until the reply to that DATA or BDAT is written (go-smtp drains the
+	// body before replying: the drain must end at once).
+	bodyErr error
+	// bodyFail is that failure as the reply go-smtp gives it, for the
+	// session's record of a BDAT transaction (whose Data only sees the
+	// chunk pipe close). Set on the handler goroutine before go-smtp closes
+	// the pipe; read by Data after.
+	bodyFail *smtp.SMTPError
+	// skipChunk: go-smtp refused a BDAT command before reading its chunk;
+	// the tap drops the chunk itself (go-smtp's discard would count it as
+	// one command line and cut the line past --max-line-length).
+	skipChunk bool
 
 	// write side
 	wbuf     []byte
@@ -130,6 +145,14 @@ func (c *conn) readMore() (int, error) {
 		c.inbuf = append(c.ibase[:0], c.inbuf...) // copy handles the overlap
 	}
 	free := c.inbuf[len(c.inbuf):cap(c.inbuf)]
+	if c.mode == modeData || c.mode == modeBDAT {
+		// Inside a body --read-timeout is an idle timeout: each read gets
+		// the whole of it (go-smtp sets one deadline per command line, which
+		// would bound the whole body).
+		if d := c.srv.cfg.ReadTimeout; d > 0 {
+			c.cur.SetReadDeadline(time.Now().Add(d))
+		}
+	}
 	n, err := c.cur.Read(free)
 	if n == len(free) && cap(c.ibase) < maxReadBuf {
 		// A full read: the next one gets a bigger buffer.
@@ -159,6 +182,12 @@ func (c *conn) matchCtx(stage Stage) matchCtx {
 // It returns at most one command line per call, so each tap-level decision
 // is taken after go-smtp has handled every earlier (pipelined) command.
 func (c *conn) Read(p []byte) (int, error) {
+	if c.bodyErr != nil {
+		return 0, c.bodyErr
+	}
+	if c.skipChunk {
+		return 0, c.dropChunk()
+	}
 	for len(c.out) == c.outOff && c.ready == 0 {
 		if c.isClosed() {
 			return 0, io.EOF
@@ -179,11 +208,8 @@ func (c *conn) Read(p []byte) (int, error) {
 			continue
 		}
 		if err != nil {
-			if errors.Is(err, io.EOF) && (c.mode == modeBDAT || c.mode == modeData) {
-				// The client is gone inside a chunk: go-smtp reads a chunk
-				// through an io.LimitReader, which would take a plain EOF for
-				// the chunk's end and accept a cut BDAT LAST as a whole message.
-				return 0, io.ErrUnexpectedEOF
+			if c.mode == modeBDAT || c.mode == modeData {
+				return 0, c.failBody(err)
 			}
 			return 0, err
 		}
@@ -200,6 +226,51 @@ func (c *conn) Read(p []byte) (int, error) {
 		c.out, c.outOff = c.out[:0], 0
 	}
 	return n, nil
+}
+
+// failBody turns a failed read inside a body into the reply go-smtp is to
+// give (it answers a plain error with a permanent 554) and leaves body
+// mode: the body is over, whatever the client sends next. The reply closes
+// the line (where the client is in its body is unknown). Never a plain EOF:
+// go-smtp reads a chunk through an io.LimitReader, which would take it for
+// the chunk's end and accept a cut BDAT LAST as a whole message.
+func (c *conn) failBody(err error) error {
+	e := &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 4, 0}, Message: "Connection error inside the message, closing connection"}
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		e = &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 4, 2},
+			Message: fmt.Sprintf("No data for %s inside the message, closing connection", c.srv.cfg.ReadTimeout)}
+	}
+	c.mode, c.dataSt, c.bdatLeft, c.ready = modeCommand, lineStart, 0, 0
+	c.bodyErr, c.bodyFail = e, e
+	return e
+}
+
+// takeBodyFail returns (once) the reply a failed body read got.
+func (c *conn) takeBodyFail() *smtp.SMTPError {
+	e := c.bodyFail
+	c.bodyFail = nil
+	return e
+}
+
+// dropChunk reads and drops the rest of a refused BDAT chunk, then ends
+// go-smtp's discard of it with io.EOF.
+func (c *conn) dropChunk() error {
+	for {
+		k := int(min(int64(len(c.inbuf)), c.bdatLeft))
+		c.inbuf, c.bdatLeft = c.inbuf[k:], c.bdatLeft-int64(k)
+		if c.bdatLeft == 0 {
+			c.skipChunk, c.mode = false, modeCommand
+			return io.EOF
+		}
+		if n, err := c.readMore(); n == 0 && err != nil {
+			// The refusal is said already: go-smtp's next read of a
+			// command gets the error (and answers a timeout with 421).
+			c.skipChunk, c.mode, c.bdatLeft = false, modeCommand, 0
+			c.bodyErr = err
+			return err
+		}
+	}
 }
 
 // process moves input from inbuf to out according to the mode: one
@@ -223,7 +294,7 @@ func (c *conn) process() {
 		if i < 0 {
 			if len(c.inbuf) > c.srv.cfg.MaxLineLength+2 {
 				// Too long to be a command: let go-smtp reject it.
-				c.journalCommand(string(c.inbuf[:64]) + "...")
+				c.journalCommand(string(c.inbuf[:min(64, len(c.inbuf))]) + "...")
 				c.out = append(c.out, c.inbuf...)
 				c.inbuf = c.inbuf[:0]
 			}
@@ -324,7 +395,15 @@ func (c *conn) command(line []byte) {
 		stage = StageHelo
 		c.helo = strings.TrimSpace(arg)
 	case "STARTTLS":
+		if strings.TrimSpace(arg) != "" {
+			// RFC 3207: no parameters (go-smtp ignores them and starts TLS).
+			c.setOverride(n, &override{reply: &Reply{Code: 501, Enhanced: "5.5.4", Text: "Syntax error (no parameters allowed)"}})
+			c.out = append(c.out, "NOOP\r\n"...)
+			return
+		}
 		stage = StageStartTLS
+	case "MAIL":
+		line = c.mailSize(line, n)
 	case "DATA":
 		stage = StageData
 	case "QUIT":
@@ -409,6 +488,59 @@ func (c *conn) command(line []byte) {
 	c.out = append(c.out, line...)
 }
 
+// maxSizeDigits is the longest SIZE value RFC 1870 allows.
+const maxSizeDigits = 20
+
+// mailSize makes go-smtp answer a MAIL whose SIZE= has 11 to 20 digits as
+// RFC 1870 wants: go-smtp parses the value as a 32-bit number and calls a
+// larger one a syntax error (501), where it is a message too big (552) or,
+// under a --max-message-size beyond 4 GiB, fine. It returns the line go-smtp
+// gets; the journal keeps the client's.
+func (c *conn) mailSize(line []byte, n int) []byte {
+	const maxUint32 = 1<<32 - 1
+	start := sizeParam(line)
+	if start < 0 {
+		return line
+	}
+	end := start
+	for end < len(line) && line[end] >= '0' && line[end] <= '9' {
+		end++
+	}
+	digits := line[start:end]
+	if len(digits) == 0 || len(digits) > maxSizeDigits || end < len(line) && !bytes.ContainsRune([]byte(" \r\n"), rune(line[end])) {
+		return line // go-smtp's 501 is right
+	}
+	size, err := strconv.ParseUint(string(digits), 10, 64)
+	if err == nil && size <= maxUint32 {
+		return line // go-smtp gets it right
+	}
+	limit := c.srv.cfg.MaxMessageBytes
+	if (err != nil || limit > 0 && size > uint64(limit)) && limit >= maxUint32 {
+		// Too big, and go-smtp cannot say so (it compares 32-bit values).
+		c.setOverride(n, &override{reply: &Reply{Code: 552, Enhanced: "5.3.4", Text: "Max message size exceeded"}})
+		return []byte("NOOP\r\n")
+	}
+	// go-smtp needs a value it can parse: its largest does, as it answers
+	// 552 for it below a 4 GiB limit and does not use it otherwise.
+	return append(append(append([]byte{}, line[:start]...), "4294967295"...), line[end:]...)
+}
+
+// sizeParam returns where the value of a " SIZE=" parameter starts in
+// line (any case), or -1.
+func sizeParam(line []byte) int {
+	const key = " SIZE="
+	for i := 0; ; {
+		j := bytes.IndexByte(line[i:], '=')
+		if j < 0 {
+			return -1
+		}
+		i += j + 1
+		if i >= len(key) && bytes.EqualFold(line[i-len(key):i], []byte(key)) {
+			return i
+		}
+	}
+}
+
 // Write collects go-smtp's reply lines and sends each complete reply,
 // after applying any override.
 func (c *conn) Write(p []byte) (int, error) {
@@ -453,6 +585,11 @@ func replyEnd(b []byte) int {
 
 // sendReply applies the override for this reply and writes it.
 func (c *conn) sendReply(wire []byte) error {
+	if c.isClosed() {
+		// Nothing more is said on a cut line (go-smtp may still try,
+		// e.g. after a too-long line that already closed it).
+		return net.ErrClosed
+	}
 	code, _ := strconv.Atoi(string(wire[:min(3, len(wire))]))
 	n := c.replySeq
 	if code != 354 {
@@ -505,10 +642,24 @@ func (c *conn) sendReply(wire []byte) error {
 	if (verb == "EHLO" || verb == "LHLO") && code == 250 && (o == nil || o.reply == nil) {
 		wire = c.ehloCapabilities(wire)
 	}
-	if code == 354 {
+	closeAfter := o != nil && o.closeAfter
+	switch {
+	case code == 354:
 		c.mode, c.dataSt = modeData, 0
-	} else if c.mode == modeHold && !(o != nil && o.startTLS) {
+	case c.mode == modeHold && !(o != nil && o.startTLS):
 		c.mode = modeCommand
+	case n >= 0 && c.mode == modeBDAT:
+		// A final reply before go-smtp read any of the chunk: the BDAT
+		// is refused (502, 552), go-smtp goes on to discard the chunk.
+		c.skipChunk = true
+	case n >= 0 && c.mode == modeData:
+		// go-smtp gave up reading the body (a too-long line): so does the tap.
+		c.mode = modeCommand
+	}
+	if n >= 0 && c.bodyErr != nil {
+		// The reply to a body that could not be read: the client's place
+		// in its stream is lost, the line is cut.
+		c.bodyErr, closeAfter = nil, true
 	}
 	c.journalReply(parseWireReply(wire))
 	if _, err := c.cur.Write(wire); err != nil {
@@ -517,7 +668,7 @@ func (c *conn) sendReply(wire []byte) error {
 	if o != nil && o.startTLS {
 		return c.upgrade(o.tlsFail)
 	}
-	if o != nil && o.closeAfter {
+	if closeAfter {
 		c.Close()
 	}
 	return nil

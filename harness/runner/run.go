@@ -138,7 +138,8 @@ func (r *Run) record(ev fakemta.Event) {
 
 // policyYAML renders a policy node for the remote fake MTA's API.
 func policyYAML(n *yaml.Node) []byte {
-	if n == nil || n.Kind == 0 {
+	if n == nil || n.Kind == 0 || n.Kind == yaml.ScalarNode && n.Tag == "!!null" {
+		// "policy: ~" is the empty policy; the API refuses a null document.
 		return []byte("{}")
 	}
 	b, err := yaml.Marshal(n)
