@@ -16,6 +16,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/greyharness/greyharness/internal/inputfile"
 )
 
 // DefaultListen is where `greyharness fakemta` listens without --listen.
@@ -218,7 +220,7 @@ func (o *cliOptions) config(getenv func(string) string) (Config, string, error) 
 		return bad("tls: %v", err)
 	}
 	if o.policy != "" {
-		data, err := os.ReadFile(o.policy)
+		data, err := inputfile.Read(o.policy, inputfile.MaxYAML)
 		if err != nil {
 			return bad("--policy: %v", err)
 		}
