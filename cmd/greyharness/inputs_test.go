@@ -2,6 +2,8 @@ package main
 
 import (
 	"encoding/json"
+	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -264,4 +266,48 @@ func TestCLISelection(t *testing.T) {
 			wantExit2(t, code, out, tc.wants...)
 		})
 	}
+}
+
+// freePort returns a loopback port nobody listens on now.
+func freePort(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// A restart command that never returns is the restart step's error, within
+// restart_grace: the run goes on and ends, it does not hang.
+func TestCLIRestartThatNeverReturns(t *testing.T) {
+	bin := buildBinary(t)
+	dir := t.TempDir()
+	submit, next := freePort(t), freePort(t)
+	queue := filepath.Join(dir, "queue")
+	p := writeFile(t, "relay.yaml", fmt.Sprintf(`name: hanging-restart
+submit: {addr: %[1]s}
+commands:
+  start: exec "%[3]s" sample-relay serve --listen %[1]s --next-hop %[2]s --queue %[4]s --min-backoff 1s --max-backoff 2s
+  start_foreground: true
+  ready: '"%[3]s" probe %[1]s'
+  restart: sleep 1000
+  queue: '"%[3]s" sample-relay queue --queue %[4]s'
+queue_format: sample-json
+next_hop: %[2]s
+timing:
+  retry_max: 3s
+  queue_lifetime: 12s
+  restart_grace: 2s
+`, submit, next, bin, queue))
+	start := time.Now()
+	code, out := runBinWithin(t, 2*time.Minute, bin, "run", "--relay", p, "--focus", "^restart-after-delivery$")
+	if code != 1 {
+		t.Errorf("exit %d, want 1\n%s", code, out)
+	}
+	if !strings.Contains(out, `step 3 (`) || !strings.Contains(out, `relay restart command "sleep 1000" did not return within timing.restart_grace 2s`) {
+		t.Errorf("the restart step's error is not reported\n%s", out)
+	}
+	t.Logf("run ended after %v", time.Since(start).Round(time.Millisecond))
 }
