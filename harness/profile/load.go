@@ -447,6 +447,10 @@ func (l *loader) finish(p *Profile, base string) error {
 		return l.errPath("commands.start", "commands.start is required (how the harness starts the relay); "+
 			"for a relay that is already running, set commands.ready instead (how the harness checks it is up)")
 	}
+	if c.Start == "" && c.Stop != "" {
+		return l.errPath("commands.stop", "commands.stop needs commands.start: the harness stops the relay at the end "+
+			"of the run and must be able to start it again")
+	}
 	return nil
 }
 

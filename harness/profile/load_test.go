@@ -136,6 +136,7 @@ func TestLoadErrors(t *testing.T) {
 		{"duplicate key in a flow mapping", strings.Replace(base, "submit:\n  addr: 127.0.0.1:25\n", "submit: {addr: 127.0.0.1:25, helo: a, addr: 127.0.0.1:26}\n", 1) + start, `:1:39: duplicate key "addr" in submit (first at line 1)`},
 		{"no start and no ready", base, `:1:1: commands.start is required`},
 		{"no start and no ready under commands", base + "commands:\n  restart: ./r\n", `:7:1: commands.start is required`},
+		{"stop without start", base + "commands:\n  ready: ./r\n  stop: ./s\n", `:9:9: commands.stop needs commands.start`},
 		{"fakemta without api", "submit:\n  addr: 127.0.0.1:25\nfakemta:\n  token: x\ntiming:\n  retry_max: 3s\n  queue_lifetime: 40s\n", `:3:1: fakemta.api is required`},
 	}
 	for _, tc := range cases {
