@@ -53,9 +53,10 @@ func TestSupervisedChildAndEscapedDaemon(t *testing.T) {
 		Dir:  dir,
 		Env:  map[string]string{"MARK": filepath.Join(dir, "started")},
 		Commands: profile.Commands{
-			Start:           `setsid sh -c 'trap "exit 0" TERM; while :; do sleep 0.2; done' & echo hello from relay; touch "$MARK"; exec sleep 600`,
+			Start:           `setsid sh -c 'trap "exit 0" TERM; touch "$MARK.daemon"; while :; do sleep 0.2; done' & echo hello from relay; touch "$MARK"; exec sleep 600`,
 			StartForeground: true,
-			Ready:           `test -f "$MARK"`,
+			// Ready once the daemon runs in its own session, not merely forked.
+			Ready: `test -f "$MARK" && test -f "$MARK.daemon" && rm "$MARK.daemon"`,
 		},
 		Timing: history.Timing{RetryMax: history.Duration(time.Second), QueueLifetime: history.Duration(time.Minute), RestartGrace: history.Duration(3 * time.Second)},
 	}
@@ -126,6 +127,17 @@ func TestReadyTimeoutAndEarlyExit(t *testing.T) {
 	}
 	if s := c.Queue(context.Background()); s.Err == "" {
 		t.Error("Queue without command has no Err")
+	}
+}
+
+// A group with no process left is forgotten: its number, recycled, may
+// lead an unrelated group that must never be signalled.
+func TestFollowForgetsEmptyGroups(t *testing.T) {
+	self := os.Getpid()
+	ch := &child{pid: self, pgids: map[int]bool{syscall.Getpgrp(): true, 1 << 30: true}, pids: map[int]bool{self: true}}
+	ch.follow()
+	if g := ch.groups(); !slices.Equal(g, []int{syscall.Getpgrp()}) {
+		t.Errorf("groups = %v, want only the live %d", g, syscall.Getpgrp())
 	}
 }
 
