@@ -16,6 +16,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/greyharness/greyharness/internal/inputfile"
 )
 
 // DefaultListen is where `greyharness fakemta` listens without --listen.
@@ -218,7 +220,8 @@ func (o *cliOptions) config(getenv func(string) string) (Config, string, error) 
 		return bad("tls: %v", err)
 	}
 	if o.policy != "" {
-		data, err := readPolicyFile(o.policy)
+		// A policy file has the API's bound: the same document either way.
+		data, err := inputfile.Read(o.policy, MaxAPIBodyBytes)
 		if err != nil {
 			return bad("--policy: %v", err)
 		}
@@ -247,30 +250,6 @@ func (o *cliOptions) config(getenv func(string) string) (Config, string, error) 
 		}
 	}
 	return cfg, token, nil
-}
-
-// readPolicyFile reads a --policy file: a regular file of at most
-// MaxAPIBodyBytes, as a PUT body (a FIFO would block the start, /dev/zero
-// would fill memory).
-func readPolicyFile(path string) ([]byte, error) {
-	// O_NONBLOCK: opening a FIFO does not wait for a writer.
-	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, err
-	}
-	if !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("%s is not a regular file (%s)", path, fi.Mode().Type())
-	}
-	data, err := io.ReadAll(io.LimitReader(f, MaxAPIBodyBytes+1))
-	if err == nil && len(data) > MaxAPIBodyBytes {
-		err = fmt.Errorf("%s is larger than %d bytes", path, MaxAPIBodyBytes)
-	}
-	return data, err
 }
 
 // loopbackHost reports whether host is a loopback IP or "localhost".

@@ -9,10 +9,12 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strings"
 
 	. "github.com/onsi/ginkgo/v2"
+	"github.com/onsi/ginkgo/v2/types"
 
 	"github.com/greyharness/greyharness/harness/ledger"
 	"github.com/greyharness/greyharness/harness/profile"
@@ -40,6 +42,7 @@ type RunOptions struct {
 	Scenarios   []string
 	LabelFilter string
 	Focus       string
+	Skip        string
 	JUnit       string
 	JSON        string
 	HTML        string
@@ -59,7 +62,8 @@ func ParseRunFlags(args []string, stderr io.Writer) (*RunOptions, error) {
 	var sc stringList
 	fs.Var(&sc, "scenarios", "scenario file or folder (repeatable; default: the embedded default pack)")
 	fs.StringVar(&o.LabelFilter, "label-filter", "", "run only scenarios whose labels match this Ginkgo label expression")
-	fs.StringVar(&o.Focus, "focus", "", "run only scenarios whose name matches this regular expression")
+	fs.StringVar(&o.Focus, "focus", "", "run only scenarios whose name matches this regular expression (e.g. '^greylist-once$')")
+	fs.StringVar(&o.Skip, "skip", "", "leave out scenarios whose name matches this regular expression")
 	fs.StringVar(&o.JUnit, "junit", "", "write a JUnit XML report here")
 	fs.StringVar(&o.JSON, "json", "", "write the verdicts as JSON here")
 	fs.StringVar(&o.HTML, "html", "", "write a self-contained HTML report (every message's timeline) here")
@@ -87,6 +91,10 @@ func Run(o *RunOptions, stdout, stderr io.Writer) int {
 		printErrors(stderr, err)
 		return ExitBadInput
 	}
+	if scs, err = Select(scs, o.Focus, o.Skip, o.LabelFilter); err != nil {
+		fmt.Fprintf(stderr, "greyharness run: %v\n", err)
+		return ExitBadInput
+	}
 	prof, cleanup, err := LoadRelay(o.Relay, o.Bin, o.Env)
 	if err != nil {
 		printErrors(stderr, err)
@@ -105,11 +113,8 @@ func Run(o *RunOptions, stdout, stderr io.Writer) int {
 	}
 	s := &Suite{Profile: prof, Relay: relay.New(prof, logDir), Scenarios: scs, ResultsDir: results, Progress: stderr, Verbose: o.Verbose}
 	DefineSpecs(s)
+	// Select chose the scenarios: Ginkgo runs every spec defined.
 	suiteCfg, repCfg := GinkgoConfiguration()
-	suiteCfg.LabelFilter = o.LabelFilter
-	if o.Focus != "" {
-		suiteCfg.FocusStrings = []string{o.Focus}
-	}
 	repCfg.JUnitReport = o.JUnit
 	repCfg.NoColor = os.Getenv("NO_COLOR") != "" || os.Getenv("CI") != "" || !isTerminal(stdout)
 	repCfg.Succinct = true
@@ -130,6 +135,56 @@ func Run(o *RunOptions, stdout, stderr io.Writer) int {
 		return ExitFailed
 	}
 	return ExitPassed
+}
+
+// Select returns the scenarios a run selects, in order: those whose name
+// matches focus (a regular expression; "" = all) and not skip, and whose
+// labels match labelFilter (a Ginkgo label expression). It works on
+// scenario names, before the specs are defined: Ginkgo's own focus matches
+// the whole spec text (container and step names), where '^name$' never
+// matches. Selecting nothing is an error that lists the names loaded.
+func Select(scs []scenarios.Scenario, focus, skip, labelFilter string) ([]scenarios.Scenario, error) {
+	var focusRE, skipRE *regexp.Regexp
+	var err error
+	if focus != "" {
+		if focusRE, err = regexp.Compile(focus); err != nil {
+			return nil, fmt.Errorf("--focus %q: %v", focus, err)
+		}
+	}
+	if skip != "" {
+		if skipRE, err = regexp.Compile(skip); err != nil {
+			return nil, fmt.Errorf("--skip %q: %v", skip, err)
+		}
+	}
+	var labels types.LabelFilter
+	if labelFilter != "" {
+		if labels, err = types.ParseLabelFilter(labelFilter); err != nil {
+			return nil, fmt.Errorf("--label-filter %q: %v", labelFilter, err)
+		}
+	}
+	var out []scenarios.Scenario
+	for _, sc := range scs {
+		if (focusRE == nil || focusRE.MatchString(sc.Name)) && (skipRE == nil || !skipRE.MatchString(sc.Name)) &&
+			(labels == nil || labels(sc.Labels)) {
+			out = append(out, sc)
+		}
+	}
+	if len(out) == 0 {
+		var by, names []string
+		for _, f := range [][2]string{{"--focus", focus}, {"--skip", skip}, {"--label-filter", labelFilter}} {
+			if f[1] != "" {
+				by = append(by, fmt.Sprintf("%s %q", f[0], f[1]))
+			}
+		}
+		for _, sc := range scs {
+			names = append(names, sc.Name)
+		}
+		if len(by) == 0 {
+			return nil, errors.New("no scenario loaded")
+		}
+		return nil, fmt.Errorf("%s selects no scenario of the %d loaded: %s", strings.Join(by, " "), len(scs), strings.Join(names, ", "))
+	}
+	return out, nil
 }
 
 // isTerminal reports whether w is a character device (colour codes would

@@ -20,6 +20,7 @@ import (
 
 	"github.com/greyharness/greyharness/fakemta"
 	"github.com/greyharness/greyharness/harness/history"
+	"github.com/greyharness/greyharness/internal/inputfile"
 )
 
 //go:embed pack/*.yaml
@@ -107,7 +108,7 @@ func PackFiles() (map[string][]byte, error) {
 
 // LoadFile loads the scenarios of one YAML file.
 func LoadFile(path string) ([]Scenario, error) {
-	data, err := os.ReadFile(path)
+	data, err := inputfile.Read(path, inputfile.MaxYAML)
 	if err != nil {
 		return nil, readError(path, err)
 	}
@@ -161,7 +162,7 @@ func loadPaths(paths []string) ([]Scenario, []error) {
 			continue
 		}
 		for _, f := range files {
-			data, err := os.ReadFile(f)
+			data, err := inputfile.Read(f, inputfile.MaxYAML)
 			if err != nil {
 				errs = append(errs, readError(f, err))
 				continue
@@ -202,6 +203,10 @@ func expand(p string) ([]string, error) {
 }
 
 func readError(file string, err error) error {
+	var ie *inputfile.Error
+	if errors.As(err, &ie) {
+		return &fakemta.PositionError{File: file, Line: 1, Col: 1, Msg: ie.Reason}
+	}
 	var pe *fs.PathError
 	if errors.As(err, &pe) {
 		err = pe.Err

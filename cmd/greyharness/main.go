@@ -19,7 +19,9 @@ const usage = `greyharness — prove a relay never holds a greylisted message si
 
 Usage:
   greyharness run [--relay FILE|sample[:BUG,...]] [--scenarios PATH]... [--label-filter EXPR]
-                  [--focus REGEX] [--junit FILE] [--json FILE] [--html FILE] [--results DIR] [-v]
+                  [--focus REGEX] [--skip REGEX] [--junit FILE] [--json FILE] [--html FILE]
+                  [--results DIR] [-v]
+                                        --focus/--skip match scenario names; selecting none exits 2
   greyharness validate PATH...          check scenario files (file:line:col errors, exit 2)
   greyharness judge [-v] [--html FILE] DIR|history.json...
                                         re-judge saved histories offline
@@ -29,6 +31,7 @@ Usage:
   greyharness probe ADDR                exit 0 when an SMTP server greets on ADDR
 
 Exit codes: 0 all passed, 1 a verdict failed, 2 bad input.
+Inputs must be regular files: YAML up to 16 MiB, histories up to 256 MiB.
 `
 
 func main() {

@@ -2,33 +2,74 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 )
 
-// buildBinary builds greyharness once for the CLI tests.
+var (
+	binOnce sync.Once
+	binDir  string
+	binPath string
+	binErr  error
+)
+
+// TestMain removes the binary the CLI tests share.
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if binDir != "" {
+		os.RemoveAll(binDir)
+	}
+	os.Exit(code)
+}
+
+// buildBinary builds greyharness once for all the CLI tests.
 func buildBinary(t *testing.T) string {
 	t.Helper()
-	bin := filepath.Join(t.TempDir(), "greyharness")
-	out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
-	if err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
+	binOnce.Do(func() {
+		if binDir, binErr = os.MkdirTemp("", "greyharness-cli-test-"); binErr != nil {
+			return
+		}
+		binPath = filepath.Join(binDir, "greyharness")
+		out, err := exec.Command("go", "build", "-o", binPath, ".").CombinedOutput()
+		if err != nil {
+			binErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if binErr != nil {
+		t.Fatal(binErr)
 	}
-	return bin
+	return binPath
 }
 
 func runBin(t *testing.T, bin string, args ...string) (int, string) {
 	t.Helper()
-	cmd := exec.Command(bin, args...)
+	return runBinWithin(t, 5*time.Minute, bin, args...)
+}
+
+// runBinWithin runs bin and fails the test when it has not exited within d
+// (a hang is a failure, not a stuck test run).
+func runBinWithin(t *testing.T, d time.Duration, bin string, args ...string) (int, string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, args...)
 	cmd.Dir = t.TempDir()
 	cmd.Env = append(os.Environ(), "NO_COLOR=1")
+	cmd.WaitDelay = time.Second
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	err := cmd.Run()
+	if ctx.Err() != nil {
+		t.Fatalf("greyharness %s: still running after %v\n%s", strings.Join(args, " "), d, out.String())
+	}
 	var ee *exec.ExitError
 	if errors.As(err, &ee) {
 		return ee.ExitCode(), out.String()
@@ -83,7 +124,7 @@ func TestCLI(t *testing.T) {
 		checkHTML(t, rejudged)
 	})
 	t.Run("correct sample relay passes", func(t *testing.T) {
-		code, out := runBin(t, bin, "run", "--relay", "sample", "--focus", "greylist-once")
+		code, out := runBin(t, bin, "run", "--relay", "sample", "--focus", "^greylist-once$")
 		if code != 0 || !strings.Contains(out, "1 scenario(s) passed, 0 failed") {
 			t.Fatalf("exit %d, want 0\n%s", code, out)
 		}

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,24 +12,13 @@ import (
 	"testing"
 )
 
-// freePort asks the kernel for a free loopback port.
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
 // A scenario whose step fails (here the relay's restart command exits 3)
 // still ends with an outcome: judged on what was recorded, with the step
 // error beside the verdicts, in --json and the saved history.
 func TestStepFailureKeepsTheScenario(t *testing.T) {
 	bin := buildBinary(t)
 	dir := t.TempDir()
-	submit, next := fmt.Sprintf("127.0.0.1:%d", freePort(t)), fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	submit, next := freePort(t), freePort(t)
 	queue := filepath.Join(dir, "queue")
 	os.MkdirAll(queue, 0o755)
 	prof := filepath.Join(dir, "relay.yaml")

@@ -18,6 +18,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/greyharness/greyharness/harness/history"
+	"github.com/greyharness/greyharness/internal/inputfile"
 )
 
 // Defaults applied by Load.
@@ -42,7 +43,7 @@ func (e *Error) Error() string { return fmt.Sprintf("%s:%d:%d: %s", e.File, e.Li
 // Expand), defaults are applied and the profile is validated. Dir is set to
 // the file's absolute folder.
 func Load(path string) (*Profile, error) {
-	data, err := os.ReadFile(path)
+	data, err := inputfile.Read(path, inputfile.MaxYAML)
 	if err != nil {
 		return nil, err
 	}
@@ -168,6 +169,9 @@ func (l *loader) decode(n *yaml.Node, v reflect.Value, path string) error {
 			return l.errAt(n, "%s: expected a mapping of keys, got %s", label(path), kindName(n))
 		}
 		fields := yamlFields(v.Type())
+		if err := l.unique(n, path); err != nil {
+			return err
+		}
 		for i := 0; i+1 < len(n.Content); i += 2 {
 			k, val := n.Content[i], n.Content[i+1]
 			idx, ok := fields[k.Value]
@@ -188,10 +192,15 @@ func (l *loader) decode(n *yaml.Node, v reflect.Value, path string) error {
 			v.Set(reflect.MakeMap(v.Type()))
 		}
 		for i := 0; i+1 < len(n.Content); i += 2 {
-			k, val := n.Content[i], n.Content[i+1]
-			if k.Kind != yaml.ScalarNode {
+			if k := n.Content[i]; k.Kind != yaml.ScalarNode {
 				return l.errAt(k, "%s: keys must be strings", label(path))
 			}
+		}
+		if err := l.unique(n, path); err != nil {
+			return err
+		}
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			k, val := n.Content[i], n.Content[i+1]
 			l.keys[join(path, k.Value)] = k
 			elem := reflect.New(v.Type().Elem()).Elem()
 			if err := l.decode(val, elem, join(path, k.Value)); err != nil {
@@ -237,6 +246,20 @@ func (l *loader) decode(n *yaml.Node, v reflect.Value, path string) error {
 		return nil
 	}
 	return l.errAt(n, "%s: unsupported field type %s", label(path), v.Type())
+}
+
+// unique refuses a mapping that repeats a key: YAML forbids it, and the
+// decoder would otherwise keep the last value without a word.
+func (l *loader) unique(n *yaml.Node, path string) error {
+	first := map[string]*yaml.Node{}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k := n.Content[i]
+		if f, ok := first[k.Value]; ok {
+			return l.errAt(k, "duplicate key %q%s (first at line %d)", k.Value, in(path), f.Line)
+		}
+		first[k.Value] = k
+	}
+	return nil
 }
 
 func yamlFields(t reflect.Type) map[string]int {
@@ -417,6 +440,16 @@ func (l *loader) finish(p *Profile, base string) error {
 	}
 	if t.RestartGrace < 0 {
 		return l.errPath("timing.restart_grace", "timing.restart_grace must be > 0")
+	}
+	// The harness brings the relay up before the first scenario: with start,
+	// or, for a relay that is already running, by checking it with ready.
+	if c.Start == "" && c.Ready == "" {
+		return l.errPath("commands.start", "commands.start is required (how the harness starts the relay); "+
+			"for a relay that is already running, set commands.ready instead (how the harness checks it is up)")
+	}
+	if c.Start == "" && c.Stop != "" {
+		return l.errPath("commands.stop", "commands.stop needs commands.start: the harness stops the relay at the end "+
+			"of the run and must be able to start it again")
 	}
 	return nil
 }

@@ -107,6 +107,7 @@ func TestCapabilities(t *testing.T) {
 
 func TestLoadErrors(t *testing.T) {
 	base := "submit:\n  addr: 127.0.0.1:25\nnext_hop: [127.0.0.1:26]\ntiming:\n  retry_max: 3s\n  queue_lifetime: 40s\n"
+	start := "commands:\n  start: ./relay\n"
 	cases := []struct {
 		name, body, want string
 	}{
@@ -128,6 +129,14 @@ func TestLoadErrors(t *testing.T) {
 		{"wrong kind", "submit: 127.0.0.1:25\n", `:1:9: submit: expected a mapping of keys, got "127.0.0.1:25"`},
 		{"empty", "", `:1:1: empty relay profile`},
 		{"foreground without start", base + "commands:\n  start_foreground: true\n", `commands.start_foreground needs commands.start`},
+		{"duplicate top key", base + start + "next_hop: [127.0.0.1:27]\n", `:9:1: duplicate key "next_hop" (first at line 3)`},
+		{"duplicate nested key", base + "commands:\n  start: ./a\n  ready: ./r\n  start: ./b\n", `:10:3: duplicate key "start" in commands (first at line 8)`},
+		{"duplicate env key", base + start + "env:\n  A: x\n  A: y\n", `:11:3: duplicate key "A" in env (first at line 10)`},
+		{"duplicate scenario override", base + start + "scenarios:\n  s: {skip: a}\n  s: {skip: b}\n", `:11:3: duplicate key "s" in scenarios (first at line 10)`},
+		{"duplicate key in a flow mapping", strings.Replace(base, "submit:\n  addr: 127.0.0.1:25\n", "submit: {addr: 127.0.0.1:25, helo: a, addr: 127.0.0.1:26}\n", 1) + start, `:1:39: duplicate key "addr" in submit (first at line 1)`},
+		{"no start and no ready", base, `:1:1: commands.start is required`},
+		{"no start and no ready under commands", base + "commands:\n  restart: ./r\n", `:7:1: commands.start is required`},
+		{"stop without start", base + "commands:\n  ready: ./r\n  stop: ./s\n", `:9:9: commands.stop needs commands.start`},
 		{"fakemta without api", "submit:\n  addr: 127.0.0.1:25\nfakemta:\n  token: x\ntiming:\n  retry_max: 3s\n  queue_lifetime: 40s\n", `:3:1: fakemta.api is required`},
 	}
 	for _, tc := range cases {
@@ -149,7 +158,7 @@ func TestLoadErrors(t *testing.T) {
 
 func TestFakeMTAWithoutNextHop(t *testing.T) {
 	t.Setenv("GH_TOKEN", "s3cret")
-	p, err := Parse("x.yaml", []byte("submit:\n  addr: '[::1]:25'\nfakemta:\n  api: http://127.0.0.1:8025\n  token: $GH_TOKEN\ntiming:\n  retry_max: 1m\n  queue_lifetime: 5d\n  restart_grace: 30s\n"))
+	p, err := Parse("x.yaml", []byte("submit:\n  addr: '[::1]:25'\ncommands:\n  ready: ./check\nfakemta:\n  api: http://127.0.0.1:8025\n  token: $GH_TOKEN\ntiming:\n  retry_max: 1m\n  queue_lifetime: 5d\n  restart_grace: 30s\n"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -158,6 +167,10 @@ func TestFakeMTAWithoutNextHop(t *testing.T) {
 	}
 	if p.Has(CapFakeMTAControl) {
 		t.Error("a deployed fake MTA cannot be controlled")
+	}
+	// An already running relay: ready without start, so no restart either.
+	if p.Commands.Start != "" || p.Has(CapRestart) || p.Has(CapStop) {
+		t.Errorf("commands = %+v", p.Commands)
 	}
 }
 

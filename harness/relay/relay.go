@@ -207,10 +207,16 @@ func (c *Controller) Running() bool {
 func (c *Controller) Start(ctx context.Context) error {
 	script := c.p.Commands.Start
 	if script == "" {
-		return errors.New("relay profile has no start command")
+		if c.p.Commands.Ready == "" {
+			return errors.New("relay profile has neither a start nor a ready command")
+		}
+		// A relay that is already running (profile.Load allows no start
+		// only with ready): check that it is up.
+		c.note("no start command: checking the running relay with ready")
+		return c.waitReady(ctx, nil)
 	}
 	if !c.p.Commands.StartForeground {
-		if _, err := c.run(ctx, "start", script, false); err != nil {
+		if err := c.runWithinGrace(ctx, "start", script); err != nil {
 			return err
 		}
 		return c.waitReady(ctx, nil)
@@ -269,6 +275,24 @@ func (c *Controller) Start(ctx context.Context) error {
 	return nil
 }
 
+// runWithinGrace runs a start, restart or stop command, which must return
+// within restart_grace. One that never returns (a relay left in the
+// foreground without start_foreground) would otherwise hold the run for
+// ever: at the deadline its process group is signalled (SIGTERM, SIGKILL
+// after commandGrace) and the error says so.
+func (c *Controller) runWithinGrace(ctx context.Context, name, script string) error {
+	grace := c.grace()
+	gctx, cancel := context.WithTimeout(ctx, grace)
+	defer cancel()
+	_, err := c.run(gctx, name, script, false)
+	if err != nil && ctx.Err() == nil && errors.Is(gctx.Err(), context.DeadlineExceeded) {
+		err = fmt.Errorf("relay %s command %q did not return within timing.restart_grace %v: its process group was killed "+
+			"(a command that keeps the relay in the foreground needs commands.start_foreground: true)", name, script, grace)
+		c.note("%v", err)
+	}
+	return err
+}
+
 func (c *Controller) grace() time.Duration {
 	if g := c.p.Timing.RestartGrace.D(); g > 0 {
 		return g
@@ -324,7 +348,7 @@ func (c *Controller) waitReady(ctx context.Context, ch *child) error {
 func (c *Controller) Stop(ctx context.Context) error {
 	var err error
 	if c.p.Commands.Stop != "" {
-		_, err = c.run(ctx, "stop", c.p.Commands.Stop, false)
+		err = c.runWithinGrace(ctx, "stop", c.p.Commands.Stop)
 	} else if !c.p.Commands.StartForeground {
 		return errors.New("relay profile has no stop command and no foreground start")
 	}
@@ -362,7 +386,19 @@ func (c *Controller) stopChild(ctx context.Context) error {
 	if c.waitGone(context.WithoutCancel(ctx), ch, 5*time.Second) {
 		return c.finish(ch)
 	}
-	err := fmt.Errorf("relay processes left after SIGKILL: %v", ch.alive())
+	// A loaded machine may take longer to reap: only what is still there
+	// is an error.
+	ch.reap()
+	left := ch.alive()
+	select {
+	case <-ch.done:
+		if len(left) == 0 {
+			return c.finish(ch)
+		}
+	default:
+		left = append(left, ch.pid)
+	}
+	err := fmt.Errorf("relay processes left after SIGKILL: %v", left)
 	c.finish(ch)
 	return err
 }
@@ -408,7 +444,7 @@ func (c *Controller) waitGone(ctx context.Context, ch *child, d time.Duration) b
 // Restart runs commands.restart when set, else Stop then Start.
 func (c *Controller) Restart(ctx context.Context) error {
 	if c.p.Commands.Restart != "" {
-		if _, err := c.run(ctx, "restart", c.p.Commands.Restart, false); err != nil {
+		if err := c.runWithinGrace(ctx, "restart", c.p.Commands.Restart); err != nil {
 			return err
 		}
 		return c.waitReady(ctx, nil)
@@ -508,14 +544,24 @@ func (ch *child) follow() {
 	procs := listProcs()
 	ch.mu.Lock()
 	defer ch.mu.Unlock()
-	// Forget pids that are gone, so a recycled pid is not taken for ours.
+	// Forget pids that are gone, so a recycled pid is not taken for ours, and
+	// groups with no process left: pids wrap (every few minutes on a busy
+	// CI machine), and a recycled number may lead an unrelated group that
+	// must never be signalled.
 	present := make(map[int]bool, len(procs))
+	groups := make(map[int]bool, len(procs))
 	for _, p := range procs {
 		present[p.pid] = true
+		groups[p.pgid] = true
 	}
 	for pid := range ch.pids {
 		if !present[pid] {
 			delete(ch.pids, pid)
+		}
+	}
+	for pg := range ch.pgids {
+		if !groups[pg] {
+			delete(ch.pgids, pg)
 		}
 	}
 	// Fixed point over ppid links from known pids.

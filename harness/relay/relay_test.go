@@ -53,9 +53,10 @@ func TestSupervisedChildAndEscapedDaemon(t *testing.T) {
 		Dir:  dir,
 		Env:  map[string]string{"MARK": filepath.Join(dir, "started")},
 		Commands: profile.Commands{
-			Start:           `setsid sh -c 'trap "exit 0" TERM; while :; do sleep 0.2; done' & echo hello from relay; touch "$MARK"; exec sleep 600`,
+			Start:           `setsid sh -c 'trap "exit 0" TERM; touch "$MARK.daemon"; while :; do sleep 0.2; done' & echo hello from relay; touch "$MARK"; exec sleep 600`,
 			StartForeground: true,
-			Ready:           `test -f "$MARK"`,
+			// Ready once the daemon runs in its own session, not merely forked.
+			Ready: `test -f "$MARK" && test -f "$MARK.daemon" && rm "$MARK.daemon"`,
 		},
 		Timing: history.Timing{RetryMax: history.Duration(time.Second), QueueLifetime: history.Duration(time.Minute), RestartGrace: history.Duration(3 * time.Second)},
 	}
@@ -126,6 +127,86 @@ func TestReadyTimeoutAndEarlyExit(t *testing.T) {
 	}
 	if s := c.Queue(context.Background()); s.Err == "" {
 		t.Error("Queue without command has no Err")
+	}
+}
+
+// A group with no process left is forgotten: its number, recycled, may
+// lead an unrelated group that must never be signalled.
+func TestFollowForgetsEmptyGroups(t *testing.T) {
+	self := os.Getpid()
+	ch := &child{pid: self, pgids: map[int]bool{syscall.Getpgrp(): true, 1 << 30: true}, pids: map[int]bool{self: true}}
+	ch.follow()
+	if g := ch.groups(); !slices.Equal(g, []int{syscall.Getpgrp()}) {
+		t.Errorf("groups = %v, want only the live %d", g, syscall.Getpgrp())
+	}
+}
+
+// pidAlive reports whether pid runs (a zombie does not).
+func pidAlive(pid int) bool {
+	for _, p := range listProcs() {
+		if p.pid == pid {
+			return p.state != 'Z'
+		}
+	}
+	return false
+}
+
+// A start, restart or stop command that never returns (a relay left in the
+// foreground without start_foreground) fails within restart_grace, its
+// process group killed, even when it ignores SIGTERM.
+func TestCommandThatNeverReturns(t *testing.T) {
+	const hang = `trap "" TERM; sleep 1000 & echo $! > "$PIDFILE"; wait`
+	for _, tc := range []struct {
+		name string
+		cmds profile.Commands
+		call func(c *Controller, ctx context.Context) error
+	}{
+		{"start", profile.Commands{Start: hang, Ready: "exit 0"}, (*Controller).Start},
+		{"restart", profile.Commands{Start: "true", Restart: hang, Ready: "exit 0"}, (*Controller).Restart},
+		{"stop", profile.Commands{Start: "true", Stop: hang, Ready: "exit 0"}, (*Controller).Stop},
+		{"stop of restart", profile.Commands{Start: "true", Stop: hang, Ready: "exit 0"}, (*Controller).Restart},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			pidFile := filepath.Join(dir, "pid")
+			p := &profile.Profile{Dir: dir, Env: map[string]string{"PIDFILE": pidFile}, Commands: tc.cmds,
+				Timing: history.Timing{RestartGrace: history.Duration(time.Second)}}
+			c := New(p, "")
+			start := time.Now()
+			err := tc.call(c, context.Background())
+			took := time.Since(start)
+			if err == nil || !strings.Contains(err.Error(), "did not return within timing.restart_grace 1s") {
+				t.Fatalf("err = %v, want the restart_grace timeout", err)
+			}
+			// grace, then commandGrace for a command that ignores SIGTERM, then slack for a loaded machine.
+			if took > time.Second+commandGrace+5*time.Second {
+				t.Errorf("took %v", took)
+			}
+			b, rerr := os.ReadFile(pidFile)
+			if rerr != nil {
+				t.Fatal(rerr)
+			}
+			var pid int
+			fmt.Sscan(string(b), &pid)
+			eventually(t, 5*time.Second, 20*time.Millisecond, "the command's process group killed", func() (bool, string) {
+				return !pidAlive(pid), fmt.Sprintf("pid %d alive", pid)
+			})
+		})
+	}
+}
+
+// A profile without start describes a relay that is already running: Start
+// checks it with ready, within restart_grace.
+func TestStartWithoutStartCommand(t *testing.T) {
+	p := &profile.Profile{Dir: t.TempDir(), Commands: profile.Commands{Ready: "exit 0"},
+		Timing: history.Timing{RestartGrace: history.Duration(time.Second)}}
+	c := New(p, "")
+	if err := c.Start(context.Background()); err != nil {
+		t.Fatalf("running relay, ready ok: %v", err)
+	}
+	p.Commands.Ready = "exit 1"
+	if err := c.Start(context.Background()); err == nil || !strings.Contains(err.Error(), "not ready within") {
+		t.Fatalf("running relay, ready failing: %v", err)
 	}
 }
 

@@ -24,6 +24,7 @@ import (
 	"github.com/greyharness/greyharness/harness/profile"
 	"github.com/greyharness/greyharness/harness/report"
 	"github.com/greyharness/greyharness/harness/traffic"
+	"github.com/greyharness/greyharness/internal/inputfile"
 	"github.com/greyharness/greyharness/scenarios"
 	"go.yaml.in/yaml/v3"
 )
@@ -749,6 +750,12 @@ func (r *Run) Close() {
 // Save writes the history, the result and the report to dir/<scenario>/
 // so `greyharness judge` can re-check it offline. It returns the folder.
 func Save(dir string, h *history.History, res ledger.Result, relayLogs string) (string, error) {
+	if h.Submissions == nil {
+		// [] not null: LoadHistory refuses a history without its submissions.
+		c := *h
+		c.Submissions = []history.Submission{}
+		h = &c
+	}
 	out := filepath.Join(dir, safeName(h.Scenario))
 	if err := os.MkdirAll(out, 0o755); err != nil {
 		return "", err
@@ -783,17 +790,14 @@ func Save(dir string, h *history.History, res ledger.Result, relayLogs string) (
 	return out, nil
 }
 
-// LoadHistory reads a history.json written by Save.
+// LoadHistory reads a history.json written by Save: a regular file of at
+// most inputfile.MaxHistory bytes that history.Decode accepts.
 func LoadHistory(path string) (*history.History, error) {
-	b, err := os.ReadFile(path)
+	b, err := inputfile.Read(path, inputfile.MaxHistory)
 	if err != nil {
 		return nil, err
 	}
-	var h history.History
-	if err := json.Unmarshal(b, &h); err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
-	}
-	return &h, nil
+	return history.Decode(path, b)
 }
 
 func safeName(s string) string {
