@@ -20,11 +20,14 @@ func Judge(h *history.History) Result {
 	j := newJudge(h)
 	j.walk()
 	var out []Finding
-	for _, trs := range j.tracks {
+	judged := map[string]int{} // submission index and recipient → findings
+	for si, trs := range j.tracks {
 		for _, tr := range trs {
 			out = append(out, j.judgeTrack(tr))
+			judged[fmt.Sprintf("%d|%s", si, normAddr(tr.rcpt))]++
 		}
 	}
+	j.conserve(judged)
 	sort.SliceStable(out, func(a, b int) bool {
 		x, y := out[a], out[b]
 		if !x.SubmittedAt.Equal(y.SubmittedAt) {
@@ -43,8 +46,12 @@ func Judge(h *history.History) Result {
 		}
 		return x.Why < y.Why
 	})
+	if len(j.harness) > 0 {
+		sc = append(sc, Finding{Verdicts: []Verdict{HarnessError}, Primary: HarnessError, Failed: true,
+			Why: "harness error: " + strings.Join(j.harness, "; also ")})
+	}
 	out = append(out, sc...)
-	r := Result{Findings: out, Passed: true, Counts: map[Verdict]int{}}
+	r := Result{Findings: out, Passed: true, Counts: map[Verdict]int{}, Foreign: j.foreign, HarnessErrors: j.harness}
 	for _, f := range out {
 		r.Counts[f.Primary]++
 		if f.Failed {
@@ -52,6 +59,31 @@ func Judge(h *history.History) Result {
 		}
 	}
 	return r
+}
+
+// conserve checks the ledger's conservation invariant: every submitted
+// (message, recipient) has exactly one finding, and every journal
+// transaction was attributed to a message, a DSN, or named as foreign
+// traffic. A violation is a harness error, never the relay's fault.
+func (j *judge) conserve(judged map[string]int) {
+	for si, s := range j.h.Submissions {
+		seen := map[string]bool{}
+		for _, r := range s.RcptTo {
+			k := normAddr(r)
+			if seen[k] {
+				continue
+			}
+			seen[k] = true
+			if n := judged[fmt.Sprintf("%d|%s", si, k)]; n != 1 {
+				j.harnessErr("submission %d (%s) recipient %s has %d findings, not exactly one", si, s.HarnessID, r, n)
+			}
+		}
+	}
+	for _, ev := range j.h.Journal {
+		if ev.Kind == fakemta.EventTransaction && ev.Transaction != nil && j.classes[ev.Seq] == "" {
+			j.harnessErr("journal seq %d (conn %d, MAIL FROM:<%s>) was not accounted for", ev.Seq, ev.Conn, ev.Transaction.MailFrom)
+		}
+	}
 }
 
 // expectation is a group's merged expectations.
