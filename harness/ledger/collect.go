@@ -13,7 +13,8 @@ import (
 
 // attempt is one delivery attempt of the relay as the fake MTA saw it.
 type attempt struct {
-	at       time.Time
+	at       time.Time // when the transaction ended (its journal event)
+	start    time.Time // when it began: its connection opened, or the previous transaction on it ended
 	conn     uint64
 	client   string
 	mailFrom string
@@ -278,6 +279,7 @@ type connState struct {
 	quit   bool
 	fail   *fakemta.Reply
 	tls    string
+	last   time.Time // end of the previous transaction on this connection
 }
 
 // walk reads the journal in Seq order.
@@ -312,8 +314,14 @@ func (j *judge) walk() {
 		case fakemta.EventTLS:
 			get(ev).tls = ev.Note
 		case fakemta.EventTransaction:
-			get(ev).txn = true
-			j.transaction(ev)
+			cs := get(ev)
+			cs.txn = true
+			start := cs.at
+			if cs.last.After(start) {
+				start = cs.last
+			}
+			cs.last = ev.Time
+			j.transaction(ev, start)
 		case fakemta.EventClose:
 			if cs := conns[ev.Conn]; cs != nil {
 				j.finishConn(cs)
@@ -356,7 +364,7 @@ func (j *judge) finishConn(cs *connState) {
 func (j *judge) mkAttempt(ev fakemta.Event, ra *fakemta.RcptAttempt) attempt {
 	t := ev.Transaction
 	a := attempt{
-		at: ev.Time, conn: ev.Conn, client: ev.Client, mailFrom: t.MailFrom, mail: t.Mail,
+		at: ev.Time, start: ev.Time, conn: ev.Conn, client: ev.Client, mailFrom: t.MailFrom, mail: t.Mail,
 		data: t.Data, body: t.Message != nil, aborted: t.Aborted,
 	}
 	if ra != nil {
@@ -391,7 +399,7 @@ func prefix(a netip.Addr) string {
 
 // transaction applies the Attributor's verdict on one transaction to the
 // tracks it names.
-func (j *judge) transaction(ev fakemta.Event) {
+func (j *judge) transaction(ev fakemta.Event, start time.Time) {
 	t := ev.Transaction
 	if t == nil {
 		return
@@ -410,7 +418,11 @@ func (j *judge) transaction(ev fakemta.Event) {
 			ra = &t.Rcpts[h.RcptIndex]
 			byIndex[h.RcptIndex] = tr
 		}
-		tr.attempts = append(tr.attempts, j.mkAttempt(ev, ra))
+		a := j.mkAttempt(ev, ra)
+		if start.Before(a.at) {
+			a.start = start
+		}
+		tr.attempts = append(tr.attempts, a)
 		switch {
 		case h.Delivered:
 			tr.delivered = append(tr.delivered, ev.Time)
