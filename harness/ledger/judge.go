@@ -28,6 +28,12 @@ func Judge(h *history.History) Result {
 		}
 	}
 	j.conserve(judged)
+	return j.result(out)
+}
+
+// result sorts the findings, adds the scenario-level ones (and a
+// harness-error finding when the invariant broke) and counts them.
+func (j *judge) result(out []Finding) Result {
 	sort.SliceStable(out, func(a, b int) bool {
 		x, y := out[a], out[b]
 		if !x.SubmittedAt.Equal(y.SubmittedAt) {
