@@ -273,7 +273,9 @@ func TestConservationViolationIsAHarnessError(t *testing.T) {
 	}
 	j2 := newJudge(b.h)
 	j2.harnessErr("lost track of %s", "m1")
-	if res := j2.result(nil); res.Passed || len(res.HarnessErrors) != 1 || res.Counts[HarnessError] != 1 {
-		t.Errorf("harness error not surfaced: %+v", res)
+	res := j2.result([]Finding{{HarnessID: "m1", Rcpt: bob, Verdicts: []Verdict{Delivered}, Primary: Delivered}})
+	if res.Passed || len(res.HarnessErrors) != 1 || res.Counts[HarnessError] != 1 || res.Findings[0].Primary != HarnessError ||
+		!strings.Contains(res.Findings[0].Why, "lost track of m1") {
+		t.Errorf("harness error not surfaced first: %+v", res)
 	}
 }

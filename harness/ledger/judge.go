@@ -52,11 +52,12 @@ func (j *judge) result(out []Finding) Result {
 		}
 		return x.Why < y.Why
 	})
-	if len(j.harness) > 0 {
-		sc = append(sc, Finding{Verdicts: []Verdict{HarnessError}, Primary: HarnessError, Failed: true,
-			Why: "harness error: " + strings.Join(j.harness, "; also ")})
-	}
 	out = append(out, sc...)
+	if len(j.harness) > 0 {
+		// First, so every report prints it before any message.
+		out = append([]Finding{{Verdicts: []Verdict{HarnessError}, Primary: HarnessError, Failed: true,
+			Why: "harness error (the harness lost track of something; no verdict here can be trusted): " + strings.Join(j.harness, "; also ")}}, out...)
+	}
 	r := Result{Findings: out, Passed: true, Counts: map[Verdict]int{}, Foreign: j.foreign, HarnessErrors: j.harness}
 	for _, f := range out {
 		r.Counts[f.Primary]++

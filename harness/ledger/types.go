@@ -159,8 +159,10 @@ func (f Finding) Has(v Verdict) bool {
 
 // Result is the ledger's judgement of one scenario run.
 type Result struct {
-	// Findings: one per (message, recipient), then scenario-level findings,
-	// sorted by submission time, harness id and recipient.
+	// Findings: a harness-error finding first when the conservation
+	// invariant broke, then one per (message, recipient) sorted by
+	// submission time, harness id and recipient, then scenario-level
+	// findings.
 	Findings []Finding `json:"findings"`
 	// Passed is true when no finding failed.
 	Passed bool `json:"passed"`
