@@ -68,12 +68,15 @@ func (j *judge) result(out []Finding) Result {
 	return r
 }
 
-// conserve checks the ledger's conservation invariant: every submitted
+// conserve checks the ledger's conservation invariant: every accepted
 // (message, recipient) has exactly one finding, and every journal
 // transaction was attributed to a message, a DSN, or named as foreign
 // traffic. A violation is a harness error, never the relay's fault.
 func (j *judge) conserve(judged map[string]int) {
 	for si, s := range j.h.Submissions {
+		if !s.Accepted {
+			continue // judged not-accepted; nothing the relay owns
+		}
 		seen := map[string]bool{}
 		for _, r := range s.RcptTo {
 			k := normAddr(r)
