@@ -288,8 +288,12 @@ func (j *judge) judgeTrack(tr *track) Finding {
 	sort.SliceStable(acts, func(a, b int) bool { return acts[a].at.Before(acts[b].at) })
 
 	// Faults, DSNs and queue sightings on the timeline.
+	tlEnd := resolved // faults shown up to the resolution, or the end when unresolved
+	if tlEnd.IsZero() {
+		tlEnd = j.h.Ended
+	}
 	for _, fl := range j.h.Faults {
-		if !fl.Start.Before(s.SubmittedAt) && !fl.Start.After(end) || (fl.Start.Before(s.SubmittedAt) && fl.End.After(s.SubmittedAt)) {
+		if !fl.Start.Before(s.SubmittedAt) && !fl.Start.After(tlEnd) || (fl.Start.Before(s.SubmittedAt) && fl.End.After(s.SubmittedAt)) {
 			d := string(fl.Kind)
 			if !fl.End.IsZero() {
 				d += " until " + j.rel(fl.End)

@@ -150,12 +150,13 @@ func TestAbandonedDSNAfterGivingUp(t *testing.T) {
 	b.txn(1.5, "", []fakemta.RcptAttempt{{Addr: s.MailFrom, Attempt: 1, Reply: grey(), Greylist: "deferred"}}, nil, nil)
 	b.listing(10)
 	b.listing(40)
+	b.fault(history.FaultRelayRestart, 60, 62) // the drain restarts it: shown on the timeline
 	b.listing(80)
 	r := Judge(b.h)
 	f := find(t, r, "m1", bob)
 	want(t, f, Lost, true, Lost, PrematureBounce)
 	whyHas(t, f, "was deferred at RCPT", "and never retried", "+1.500s", "451 4.7.1")
-	if !hasEntry(f, WhatDSN, "never got through") {
+	if !hasEntry(f, WhatDSN, "never got through") || !hasEntry(f, WhatFault, "relay-restart") {
 		t.Errorf("timeline lacks the DSN attempt: %s", dumpTimeline(f))
 	}
 	if len(r.HarnessErrors) > 0 || len(r.Foreign) > 0 {
