@@ -417,7 +417,7 @@ func (j *judge) judgeTrack(tr *track) Finding {
 			!final.At.Before(s.SubmittedAt) && !visible(*final, tr) {
 			outcome = Lost
 			v.add(Lost, fmt.Sprintf("undelivered and unbounced when the scenario drained at %s, and absent from the final queue listing at %s (after the last fault ended at %s): %s",
-				j.rel(j.h.Ended), j.rel(final.At), j.rel(j.lastFaultEnd), j.lastSeen(tr)))
+				j.rel(j.h.Ended), j.rel(final.At), j.rel(j.lastFaultEnd), j.lastSeen(tr)+j.queuedDSN(tr)))
 		} else if len(vanished) > 0 {
 			outcome = HeldSilently
 			v.add(HeldSilently, strings.Join(vanished, "; ")+", though no usable listing after the last fault could prove it lost")
@@ -729,6 +729,43 @@ func (j *judge) lastSeen(tr *track) string {
 		return "never listed after its submission, and it never came back"
 	}
 	return "last listed at " + j.rel(last) + ", and it never came back"
+}
+
+// queuedDSN names a DSN to the message's sender that sat in the relay's
+// queue listings: the relay meant to report, and it never got through.
+func (j *judge) queuedDSN(tr *track) string {
+	from := normAddr(tr.sub.MailFrom)
+	var first, last time.Time
+	var entry history.QueueEntry
+	for _, s := range j.snaps {
+		if s.At.Before(tr.sub.SubmittedAt) {
+			continue
+		}
+		for _, e := range s.Entries {
+			if snd := normAddr(e.Sender); snd != "" && !strings.HasPrefix(snd, "mailer-daemon") {
+				continue
+			}
+			for _, r := range e.Recipients {
+				if normAddr(r) == from {
+					if first.IsZero() {
+						first, entry = s.At, e
+					}
+					last = s.At
+				}
+			}
+		}
+	}
+	if first.IsZero() {
+		return ""
+	}
+	d := "; a DSN to its sender sat in the relay's queue"
+	if entry.QueueID != "" {
+		d += " as " + entry.QueueID
+	}
+	if entry.Reason != "" {
+		d += " (" + entry.Reason + ")"
+	}
+	return d + fmt.Sprintf(" from %s to %s and never reached the sender", j.rel(first), j.rel(last))
 }
 
 // verb says what happened to a DSN try: deferred (4xx) or refused.

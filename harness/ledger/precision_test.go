@@ -89,6 +89,13 @@ func TestStalledThenGone(t *testing.T) {
 	f := find(t, Judge(b.h), "m1", bob)
 	want(t, f, Lost, true, Lost, Stalled)
 	whyHas(t, f, "+40.000s", "+60.000s", "never came back")
+
+	// Postfix with defer_transports: expired, its bounce queued and never
+	// tried. The queued DSN is named in the reason.
+	b.h.Queue[3].Entries = []history.QueueEntry{{QueueID: "A5688", Sender: "", Recipients: []string{s.MailFrom}, Reason: "deferred transport"}}
+	f = find(t, Judge(b.h), "m1", bob)
+	want(t, f, Lost, true, Lost, Stalled)
+	whyHas(t, f, "a DSN to its sender sat in the relay's queue as A5688 (deferred transport) from +60.000s to +60.000s")
 }
 
 // Precision: held-silently only when the message was hidden and came back;
