@@ -280,6 +280,29 @@ type connState struct {
 	fail   *fakemta.Reply
 	tls    string
 	last   time.Time // end of the previous transaction on this connection
+	mail   time.Time // MAIL of the transaction in progress
+}
+
+// txnStart is when a transaction ending at end began: its MAIL command; or,
+// when its connection was open through the start of an outage before that
+// (a delivery process that survived a restart), when the connection opened
+// or its previous transaction ended. An idle cached connection does not
+// stretch an attempt otherwise.
+func (j *judge) txnStart(cs *connState, end time.Time) time.Time {
+	start := cs.mail
+	if start.IsZero() || start.After(end) {
+		start = end
+	}
+	base := cs.at
+	if cs.last.After(base) {
+		base = cs.last
+	}
+	for _, o := range j.outages {
+		if !o.start.Before(base) && o.start.Before(start) {
+			return base
+		}
+	}
+	return start
 }
 
 // walk reads the journal in Seq order.
@@ -303,8 +326,14 @@ func (j *judge) walk() {
 			}
 			conns[ev.Conn] = &connState{at: ev.Time, conn: ev.Conn, client: ev.Client}
 		case fakemta.EventCommand:
-			if f := strings.Fields(ev.Command); len(f) > 0 && strings.EqualFold(f[0], "QUIT") {
+			f := strings.Fields(ev.Command)
+			switch {
+			case len(f) > 0 && strings.EqualFold(f[0], "QUIT"):
 				get(ev).quit = true
+			case len(f) > 0 && strings.HasPrefix(strings.ToUpper(f[0]), "MAIL"):
+				if cs := get(ev); cs.mail.IsZero() {
+					cs.mail = ev.Time
+				}
 			}
 		case fakemta.EventReply:
 			if r := ev.Reply; r != nil && (r.Code >= 400 || r.Dropped) {
@@ -316,12 +345,8 @@ func (j *judge) walk() {
 		case fakemta.EventTransaction:
 			cs := get(ev)
 			cs.txn = true
-			start := cs.at
-			if cs.last.After(start) {
-				start = cs.last
-			}
-			cs.last = ev.Time
-			j.transaction(ev, start)
+			j.transaction(ev, j.txnStart(cs, ev.Time))
+			cs.last, cs.mail = ev.Time, time.Time{}
 		case fakemta.EventClose:
 			if cs := conns[ev.Conn]; cs != nil {
 				j.finishConn(cs)

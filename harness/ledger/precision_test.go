@@ -205,3 +205,30 @@ func TestNoQueueListingIsNotStalled(t *testing.T) {
 	want(t, f, HeldSilently, true, HeldSilently)
 	whyHas(t, f, "not observable")
 }
+
+// An idle cached connection does not stretch an attempt: only a connection
+// open through an outage does.
+func TestIdleCachedConnectionIsNoAttempt(t *testing.T) {
+	b := newH(80)
+	a := b.submit("a", 0, bob)
+	m := b.submit("m", 0, bob)
+	b.greylist(2, m, bob) // deadline +33s
+	b.conn++
+	c := b.conn
+	ev := func(sec float64, kind fakemta.EventKind, cmd string, tx *fakemta.Transaction) {
+		b.event(fakemta.Event{Time: at(sec), Kind: kind, Conn: c, Client: "192.0.2.10:40002", Command: cmd, Transaction: tx})
+	}
+	d := fakemta.Reply{Code: 250}
+	ev(1, fakemta.EventConnect, "", nil)
+	ev(1.1, fakemta.EventCommand, "MAIL FROM:<"+a.MailFrom+">", nil)
+	ev(1.2, fakemta.EventTransaction, "", &fakemta.Transaction{MailFrom: a.MailFrom, Mail: ok250(),
+		Rcpts: []fakemta.RcptAttempt{{Addr: bob, Reply: ok250()}}, Data: &d, Message: body(a, 1.2, bob)})
+	ev(59.9, fakemta.EventCommand, "MAIL FROM:<"+m.MailFrom+">", nil)
+	ev(60, fakemta.EventTransaction, "", &fakemta.Transaction{MailFrom: m.MailFrom, Mail: ok250(),
+		Rcpts: []fakemta.RcptAttempt{{Addr: bob, Reply: ok250()}}, Data: &d, Message: body(m, 60, bob)})
+	r := Judge(b.h)
+	want(t, find(t, r, "a", bob), Delivered, false, Delivered)
+	f := find(t, r, "m", bob)
+	want(t, f, Stalled, true, Delivered, Stalled)
+	whyHas(t, f, "from +2.000s", "until +59.900s")
+}
