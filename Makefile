@@ -56,7 +56,7 @@ FUZZTIME ?= 10s
 fuzz:
 	@set -e; for t in fakemta:FuzzParsePolicy fakemta:FuzzWireTap fakemta:FuzzWireTapShortReads fakemta:FuzzAPIRequest \
 		fakemta:FuzzEventEncoder fakemta:FuzzParseWireReply fakemta/dsn:FuzzParse \
-		fakemta/dsn:FuzzBuildRoundTrip scenarios:FuzzLoadBytes; do \
+		fakemta/dsn:FuzzBuildRoundTrip scenarios:FuzzLoadBytes harness/ledger:FuzzJudgeConservation; do \
 		echo "fuzz $${t#*:} ($${t%%:*}, $(FUZZTIME))"; \
 		$(GO) test ./$${t%%:*} -run '^$$' -fuzz "^$${t#*:}\$$" -fuzztime $(FUZZTIME); \
 	done

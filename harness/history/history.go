@@ -107,10 +107,13 @@ type QueueEntry struct {
 	HarnessID   string    `json:"harness_id,omitempty"` // when the listing shows it
 }
 
-// QueueSnapshot is one queue listing taken at At. Err is set when listing
-// failed (then Entries means nothing).
+// QueueSnapshot is one queue listing started at At and read by End: it
+// covers that interval (a message resolved inside it may be missing). Err
+// is set when listing failed (then Entries means nothing). A zero End
+// (histories saved before End existed) means End = At.
 type QueueSnapshot struct {
 	At      time.Time    `json:"at"`
+	End     time.Time    `json:"end,omitzero"`
 	Entries []QueueEntry `json:"entries"`
 	Err     string       `json:"err,omitempty"`
 }

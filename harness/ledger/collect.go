@@ -8,13 +8,13 @@ import (
 	"time"
 
 	"github.com/greyharness/greyharness/fakemta"
-	"github.com/greyharness/greyharness/fakemta/dsn"
 	"github.com/greyharness/greyharness/harness/history"
 )
 
 // attempt is one delivery attempt of the relay as the fake MTA saw it.
 type attempt struct {
-	at       time.Time
+	at       time.Time // when the transaction ended (its journal event)
+	start    time.Time // when it began: its connection opened, or the previous transaction on it ended
 	conn     uint64
 	client   string
 	mailFrom string
@@ -58,6 +58,16 @@ type track struct {
 	dropped   []time.Time // body received, line cut before the eod reply
 	tooSoon   []tooSoon
 	notes     []TimelineEntry
+	tries     []dsnTry // DSN transactions to its sender that got no body through
+}
+
+// dsnTry is a null-sender transaction to a message's unique sender that was
+// deferred or refused before its body was accepted.
+type dsnTry struct {
+	at    time.Time
+	conn  uint64
+	reply fakemta.Reply
+	stage string
 }
 
 // interval is a fault window during which the relay cannot deliver (or the
@@ -77,19 +87,21 @@ type judge struct {
 	h      *history.History
 	bound  time.Duration
 	tracks [][]*track // per submission, in RcptTo order
-	byHID  map[string][]int
-	byMID  map[string][]int
-	byFrom map[string][]int
+	attr   *Attributor
 
 	outages      []interval
 	snaps        []history.QueueSnapshot // usable listings, by time
 	lastFaultEnd time.Time
 	connOnly     []attempt
 
-	dsnMIDs   map[string]*dsn.Report // null-sender bodies by Message-ID (their report, if any)
-	badSeen   map[string]bool        // dedupe of scenario-level bad DSNs
+	badSeen   map[string]bool // dedupe of scenario-level bad DSNs
 	scenario  []Finding
 	greylists map[string]*greyRun
+
+	// Conservation: how every journal transaction was accounted for.
+	classes map[uint64]string // transaction Seq → attribution class
+	foreign []Foreign
+	harness []string // harness errors (conservation violations)
 }
 
 type greyRun struct {
@@ -133,28 +145,23 @@ func newJudge(h *history.History) *judge {
 	j := &judge{
 		h:         h,
 		bound:     RetryBound(h.Timing.RetryMax.D()),
-		byHID:     map[string][]int{},
-		byMID:     map[string][]int{},
-		byFrom:    map[string][]int{},
-		dsnMIDs:   map[string]*dsn.Report{},
+		attr:      NewAttributor(),
+		classes:   map[uint64]string{},
 		badSeen:   map[string]bool{},
 		greylists: map[string]*greyRun{},
 	}
 	j.tracks = make([][]*track, len(h.Submissions))
 	for i := range h.Submissions {
 		s := &h.Submissions[i]
+		seen := map[string]bool{}
 		for _, r := range s.RcptTo {
+			if seen[normAddr(r)] {
+				continue // the same recipient twice is one (message, recipient)
+			}
+			seen[normAddr(r)] = true
 			j.tracks[i] = append(j.tracks[i], &track{si: i, sub: s, rcpt: r})
 		}
-		if s.HarnessID != "" {
-			j.byHID[s.HarnessID] = append(j.byHID[s.HarnessID], i)
-		}
-		if s.MessageID != "" {
-			j.byMID[normID(s.MessageID)] = append(j.byMID[normID(s.MessageID)], i)
-		}
-		if f := normAddr(s.MailFrom); f != "" {
-			j.byFrom[f] = append(j.byFrom[f], i)
-		}
+		j.attr.Add(*s)
 	}
 	j.collectFaults()
 	j.collectSnapshots()
@@ -252,6 +259,9 @@ func (j *judge) collectSnapshots() {
 }
 
 func (j *judge) trackFor(si int, rcpt string) *track {
+	if si < 0 || si >= len(j.tracks) {
+		return nil
+	}
 	r := normAddr(rcpt)
 	for _, t := range j.tracks[si] {
 		if normAddr(t.rcpt) == r {
@@ -259,64 +269,6 @@ func (j *judge) trackFor(si int, rcpt string) *track {
 		}
 	}
 	return nil
-}
-
-// pick chooses among candidate submissions: prefer a matching envelope
-// sender, one that lists rcpt, an accepted one, one not yet delivered, one
-// submitted at or before at; ties go to the earliest submission.
-func (j *judge) pick(cands []int, from, rcpt string, at time.Time) int {
-	best, bestScore := -1, -1
-	for _, si := range cands {
-		s := &j.h.Submissions[si]
-		score := 0
-		if from != "" && normAddr(s.MailFrom) == normAddr(from) {
-			score += 32
-		}
-		undelivered := false
-		if rcpt != "" {
-			if t := j.trackFor(si, rcpt); t != nil {
-				score += 16
-				undelivered = len(t.delivered) == 0
-			}
-		} else {
-			for _, t := range j.tracks[si] {
-				if len(t.delivered) == 0 {
-					undelivered = true
-				}
-			}
-		}
-		if s.Accepted {
-			score += 8
-		}
-		if undelivered {
-			score += 4
-		}
-		if !s.SubmittedAt.After(at) {
-			score += 2
-		}
-		if score > bestScore || (score == bestScore && s.SubmittedAt.Before(j.h.Submissions[best].SubmittedAt)) {
-			best, bestScore = si, score
-		}
-	}
-	return best
-}
-
-func (j *judge) subForEnvelope(from, rcpt string, at time.Time) int {
-	c := j.byFrom[normAddr(from)]
-	if len(c) == 0 {
-		return -1
-	}
-	return j.pick(c, from, rcpt, at)
-}
-
-func (j *judge) subForBody(m *fakemta.Message, from string, at time.Time) int {
-	if c := j.byHID[m.HarnessID]; m.HarnessID != "" && len(c) > 0 {
-		return j.pick(c, from, "", at)
-	}
-	if c := j.byMID[normID(m.MessageID)]; m.MessageID != "" && len(c) > 0 {
-		return j.pick(c, from, "", at)
-	}
-	return j.subForEnvelope(from, "", at)
 }
 
 type connState struct {
@@ -327,17 +279,36 @@ type connState struct {
 	quit   bool
 	fail   *fakemta.Reply
 	tls    string
+	last   time.Time // end of the previous transaction on this connection
+	mail   time.Time // MAIL of the transaction in progress
+}
+
+// txnStart is when a transaction ending at end began: its MAIL command; or,
+// when its connection was open through the start of an outage before that
+// (a delivery process that survived a restart), when the connection opened
+// or its previous transaction ended. An idle cached connection does not
+// stretch an attempt otherwise.
+func (j *judge) txnStart(cs *connState, end time.Time) time.Time {
+	start := cs.mail
+	if start.IsZero() || start.After(end) {
+		start = end
+	}
+	base := cs.at
+	if cs.last.After(base) {
+		base = cs.last
+	}
+	for _, o := range j.outages {
+		if !o.start.Before(base) && o.start.Before(start) {
+			return base
+		}
+	}
+	return start
 }
 
 // walk reads the journal in Seq order.
 func (j *judge) walk() {
 	evs := append([]fakemta.Event(nil), j.h.Journal...)
 	sort.SliceStable(evs, func(a, b int) bool { return evs[a].Seq < evs[b].Seq })
-	for _, ev := range evs {
-		if t := ev.Transaction; ev.Kind == fakemta.EventTransaction && t != nil && normAddr(t.MailFrom) == "" && t.Message != nil && t.Message.MessageID != "" {
-			j.dsnMIDs[normID(t.Message.MessageID)] = t.Message.DSN
-		}
-	}
 	conns := map[uint64]*connState{}
 	get := func(ev fakemta.Event) *connState {
 		cs := conns[ev.Conn]
@@ -355,8 +326,14 @@ func (j *judge) walk() {
 			}
 			conns[ev.Conn] = &connState{at: ev.Time, conn: ev.Conn, client: ev.Client}
 		case fakemta.EventCommand:
-			if f := strings.Fields(ev.Command); len(f) > 0 && strings.EqualFold(f[0], "QUIT") {
+			f := strings.Fields(ev.Command)
+			switch {
+			case len(f) > 0 && strings.EqualFold(f[0], "QUIT"):
 				get(ev).quit = true
+			case len(f) > 0 && strings.HasPrefix(strings.ToUpper(f[0]), "MAIL"):
+				if cs := get(ev); cs.mail.IsZero() {
+					cs.mail = ev.Time
+				}
 			}
 		case fakemta.EventReply:
 			if r := ev.Reply; r != nil && (r.Code >= 400 || r.Dropped) {
@@ -366,8 +343,10 @@ func (j *judge) walk() {
 		case fakemta.EventTLS:
 			get(ev).tls = ev.Note
 		case fakemta.EventTransaction:
-			get(ev).txn = true
-			j.transaction(ev)
+			cs := get(ev)
+			cs.txn = true
+			j.transaction(ev, j.txnStart(cs, ev.Time))
+			cs.last, cs.mail = ev.Time, time.Time{}
 		case fakemta.EventClose:
 			if cs := conns[ev.Conn]; cs != nil {
 				j.finishConn(cs)
@@ -410,7 +389,7 @@ func (j *judge) finishConn(cs *connState) {
 func (j *judge) mkAttempt(ev fakemta.Event, ra *fakemta.RcptAttempt) attempt {
 	t := ev.Transaction
 	a := attempt{
-		at: ev.Time, conn: ev.Conn, client: ev.Client, mailFrom: t.MailFrom, mail: t.Mail,
+		at: ev.Time, start: ev.Time, conn: ev.Conn, client: ev.Client, mailFrom: t.MailFrom, mail: t.Mail,
 		data: t.Data, body: t.Message != nil, aborted: t.Aborted,
 	}
 	if ra != nil {
@@ -443,59 +422,73 @@ func prefix(a netip.Addr) string {
 	return p.String()
 }
 
-func (j *judge) transaction(ev fakemta.Event) {
+// transaction applies the Attributor's verdict on one transaction to the
+// tracks it names.
+func (j *judge) transaction(ev fakemta.Event, start time.Time) {
 	t := ev.Transaction
 	if t == nil {
 		return
 	}
-	if normAddr(t.MailFrom) == "" {
-		j.nullSender(ev)
-		return
-	}
-	si := -1
-	if t.Message != nil {
-		si = j.subForBody(t.Message, t.MailFrom, ev.Time)
-	}
-	if len(t.Rcpts) == 0 {
-		// MAIL refused or aborted before RCPT: an attempt for every
-		// recipient of the sender's message still undelivered.
-		if si < 0 {
-			si = j.subForEnvelope(t.MailFrom, "", ev.Time)
-		}
-		if si < 0 {
-			return
-		}
-		for _, tr := range j.tracks[si] {
-			if len(tr.delivered) == 0 {
-				tr.attempts = append(tr.attempts, j.mkAttempt(ev, nil))
-			}
-		}
-		return
-	}
-	for i := range t.Rcpts {
-		ra := &t.Rcpts[i]
-		s := si
-		if s < 0 {
-			s = j.subForEnvelope(t.MailFrom, ra.Addr, ev.Time)
-		}
-		var tr *track
-		if s >= 0 {
-			tr = j.trackFor(s, ra.Addr)
-		}
-		j.greylistRetry(ev, ra, tr)
+	at := j.attr.Attribute(ev)
+	j.classes[ev.Seq] = at.Class
+	byIndex := map[int]*track{}
+	for _, h := range at.Hits {
+		tr := j.trackFor(h.Sub, h.Rcpt)
 		if tr == nil {
+			j.harnessErr("journal seq %d: attributed to submission %d recipient %s, which the ledger does not track", ev.Seq, h.Sub, h.Rcpt)
 			continue
 		}
-		tr.attempts = append(tr.attempts, j.mkAttempt(ev, ra))
-		if t.Message != nil && is2xx(ra.Reply.Code) && !ra.Reply.Dropped && t.Data != nil {
-			switch {
-			case t.Data.Dropped:
-				tr.dropped = append(tr.dropped, ev.Time)
-			case is2xx(t.Data.Code):
-				tr.delivered = append(tr.delivered, ev.Time)
-			}
+		var ra *fakemta.RcptAttempt
+		if h.RcptIndex >= 0 {
+			ra = &t.Rcpts[h.RcptIndex]
+			byIndex[h.RcptIndex] = tr
+		}
+		a := j.mkAttempt(ev, ra)
+		if start.Before(a.at) {
+			a.start = start
+		}
+		tr.attempts = append(tr.attempts, a)
+		switch {
+		case h.Delivered:
+			tr.delivered = append(tr.delivered, ev.Time)
+		case h.Dropped:
+			tr.dropped = append(tr.dropped, ev.Time)
 		}
 	}
+	if normAddr(t.MailFrom) != "" {
+		for i := range t.Rcpts {
+			j.greylistRetry(ev, &t.Rcpts[i], byIndex[i])
+		}
+	}
+	for _, d := range at.DSNs {
+		tr := j.trackFor(d.Sub, d.Rcpt)
+		if tr == nil {
+			j.harnessErr("journal seq %d: DSN attributed to submission %d recipient %s, which the ledger does not track", ev.Seq, d.Sub, d.Rcpt)
+			continue
+		}
+		tr.dsns = append(tr.dsns, dsnSeen{at: ev.Time, conn: ev.Conn, action: d.Action, status: d.Status,
+			accepted: d.Accepted, problems: d.Problems, matchedBy: d.By, rcptNamed: d.Named, arrivalRaw: d.Arrival})
+	}
+	for _, n := range at.Notes {
+		for _, tr := range j.tracks[n.Sub] {
+			tr.notes = append(tr.notes, TimelineEntry{At: ev.Time, What: WhatDSN, Detail: n.Detail})
+		}
+	}
+	for _, d := range at.Tries {
+		for _, tr := range j.tracks[d.Sub] {
+			tr.tries = append(tr.tries, dsnTry{at: ev.Time, conn: ev.Conn, reply: d.Reply, stage: d.Stage})
+		}
+	}
+	for _, b := range at.Bad {
+		j.scenarioBad(ev, b.Kind, b.Rcpt, b.Why)
+	}
+	if at.Class == ClassForeign {
+		j.foreign = append(j.foreign, Foreign{Seq: ev.Seq, At: ev.Time, Conn: ev.Conn, MailFrom: t.MailFrom, Why: at.Why})
+	}
+}
+
+func (j *judge) harnessErr(format string, args ...any) {
+	j.harness = append(j.harness, fmt.Sprintf(format, args...))
 }
 
 // greylistRetry tracks greylist runs per triplet (client subnet, sender,
@@ -523,163 +516,6 @@ func (j *judge) greylistRetry(ev fakemta.Event, ra *fakemta.RcptAttempt, tr *tra
 	case ra.Greylist == "passed" || ra.Greylist == "whitelisted":
 		g.open = false
 	}
-}
-
-// nullSender handles a transaction from the null sender: a DSN on its way
-// back to a sender.
-func (j *judge) nullSender(ev fakemta.Event) {
-	t := ev.Transaction
-	for _, ra := range t.Rcpts {
-		if normAddr(ra.Addr) == "" {
-			j.scenarioBad(ev, "null-rcpt", "", fmt.Sprintf("conn %d: the relay sent a null-sender message to the null recipient <> (a DSN about a bounce)", ev.Conn))
-			break
-		}
-	}
-	m := t.Message
-	if m == nil {
-		return // never reached the body (e.g. greylisted at RCPT): not a DSN yet
-	}
-	accepted := t.Data != nil && !t.Data.Dropped && is2xx(t.Data.Code)
-	var env []string // envelope recipients: the original senders
-	for _, ra := range t.Rcpts {
-		if is2xx(ra.Reply.Code) && normAddr(ra.Addr) != "" {
-			env = append(env, ra.Addr)
-		}
-	}
-	if len(env) == 0 {
-		env = m.RcptTo
-	}
-	bySender := func() int {
-		for _, a := range env {
-			if si := j.subForEnvelope(a, "", ev.Time); si >= 0 {
-				return si
-			}
-		}
-		return -1
-	}
-	rep := m.DSN
-	if rep == nil {
-		if !accepted {
-			return
-		}
-		why := fmt.Sprintf("conn %d: a null-sender message (Message-ID <%s>) that is not a delivery-status report", ev.Conn, m.MessageID)
-		if si := bySender(); si >= 0 {
-			for _, tr := range j.tracks[si] {
-				tr.dsns = append(tr.dsns, dsnSeen{at: ev.Time, conn: ev.Conn, accepted: true, problems: []string{"is not a multipart/report delivery-status report"}, matchedBy: "envelope"})
-			}
-			return
-		}
-		j.scenarioBad(ev, "not-dsn", strings.Join(env, ","), why)
-		return
-	}
-	var problems []string
-	named := rep.OriginalHarnessID != "" || rep.OriginalMessageID != ""
-	if !named {
-		problems = append(problems, "names no original message (no X-Greyharness-Id, no Message-ID)")
-	}
-	var inner *dsn.Report // the DSN this one is about, if it is about a DSN
-	if r, ok := j.dsnMIDs[normID(rep.OriginalMessageID)]; rep.OriginalMessageID != "" && ok {
-		problems = append(problems, fmt.Sprintf("is about the DSN <%s> (a bounce of a bounce)", normID(rep.OriginalMessageID)))
-		inner = r
-	}
-	if len(rep.Recipients) == 0 {
-		problems = append(problems, "has no per-recipient block")
-	}
-	si, by := -1, ""
-	envFrom := ""
-	if len(env) > 0 {
-		envFrom = env[0]
-	}
-	if inner != nil {
-		// Attribute to the message the bounced DSN was about.
-		if c := j.byHID[inner.OriginalHarnessID]; inner.OriginalHarnessID != "" && len(c) > 0 {
-			si, by = j.pickBySender(c, env, ev.Time), "the harness id in the DSN it bounced"
-		} else if c := j.byMID[normID(inner.OriginalMessageID)]; inner.OriginalMessageID != "" && len(c) > 0 {
-			si, by = j.pickBySender(c, env, ev.Time), "the Message-ID in the DSN it bounced"
-		}
-	}
-	switch c, c2 := j.byHID[rep.OriginalHarnessID], j.byMID[normID(rep.OriginalMessageID)]; {
-	case si >= 0: // attributed through the DSN it bounced
-	case rep.OriginalHarnessID != "" && len(c) > 0:
-		si, by = j.pickBySender(c, env, ev.Time), "harness id"
-	case rep.OriginalMessageID != "" && len(c2) > 0:
-		si, by = j.pickBySender(c2, env, ev.Time), "Message-ID"
-	default:
-		if si = bySender(); si >= 0 {
-			by = "envelope recipient"
-			if named && inner == nil {
-				problems = append(problems, "names a message that was never submitted")
-			}
-		}
-	}
-	if si < 0 {
-		if len(problems) > 0 && accepted {
-			j.scenarioBad(ev, "unattributed", envFrom, fmt.Sprintf("conn %d: DSN (Message-ID <%s>) %s", ev.Conn, m.MessageID, strings.Join(problems, "; ")))
-		}
-		return
-	}
-	blocks := rep.Recipients
-	if len(blocks) == 0 {
-		blocks = []dsn.Recipient{{}}
-	}
-	for _, b := range blocks {
-		p := append([]string(nil), problems...)
-		if b.FinalRecipient == "" {
-			p = append(p, "has no Final-Recipient")
-		}
-		seen := dsnSeen{
-			at: ev.Time, conn: ev.Conn, action: strings.ToLower(b.Action), status: b.Status,
-			accepted: accepted, problems: p, matchedBy: by, arrivalRaw: rep.ArrivalDate,
-		}
-		var trs []*track
-		if inner != nil {
-			trs = j.tracks[si] // it names the sender, not a recipient: the whole message
-		}
-		for _, r := range []string{b.FinalRecipient, b.OriginalRecipient} {
-			if trs != nil {
-				break
-			}
-			if r == "" {
-				continue
-			}
-			if tr := j.trackFor(si, r); tr != nil {
-				trs, seen.rcptNamed = []*track{tr}, r
-				break
-			}
-		}
-		if len(trs) == 0 {
-			named := b.FinalRecipient
-			if named == "" {
-				named = b.OriginalRecipient
-			}
-			if named != "" {
-				// It names a recipient the message was not sent to: note it
-				// on the message; it resolves nothing.
-				for _, tr := range j.tracks[si] {
-					tr.notes = append(tr.notes, TimelineEntry{At: ev.Time, What: WhatDSN,
-						Detail: fmt.Sprintf("conn %d: DSN Action: %s names recipient %s, which this message was not sent to", ev.Conn, b.Action, named)})
-				}
-				continue
-			}
-			trs = j.tracks[si] // names no recipient at all: it concerns the whole message
-		}
-		for _, tr := range trs {
-			tr.dsns = append(tr.dsns, seen)
-		}
-	}
-}
-
-// pickBySender chooses among submissions sharing an id the one whose
-// envelope sender the DSN was sent to.
-func (j *judge) pickBySender(cands []int, env []string, at time.Time) int {
-	for _, a := range env {
-		for _, si := range cands {
-			if normAddr(j.h.Submissions[si].MailFrom) == normAddr(a) {
-				return si
-			}
-		}
-	}
-	return j.pick(cands, "", "", at)
 }
 
 func (j *judge) scenarioBad(ev fakemta.Event, kind, rcpt, why string) {

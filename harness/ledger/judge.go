@@ -20,11 +20,20 @@ func Judge(h *history.History) Result {
 	j := newJudge(h)
 	j.walk()
 	var out []Finding
-	for _, trs := range j.tracks {
+	judged := map[string]int{} // submission index and recipient → findings
+	for si, trs := range j.tracks {
 		for _, tr := range trs {
 			out = append(out, j.account(tr)) // accepted.go: refused and unknown submissions
+			judged[fmt.Sprintf("%d|%s", si, normAddr(tr.rcpt))]++
 		}
 	}
+	j.conserve(judged)
+	return j.result(out)
+}
+
+// result sorts the findings, adds the scenario-level ones (and a
+// harness-error finding when the invariant broke) and counts them.
+func (j *judge) result(out []Finding) Result {
 	sort.SliceStable(out, func(a, b int) bool {
 		x, y := out[a], out[b]
 		if !x.SubmittedAt.Equal(y.SubmittedAt) {
@@ -44,7 +53,12 @@ func Judge(h *history.History) Result {
 		return x.Why < y.Why
 	})
 	out = append(out, sc...)
-	r := Result{Findings: out, Passed: true, Counts: map[Verdict]int{}}
+	if len(j.harness) > 0 {
+		// First, so every report prints it before any message.
+		out = append([]Finding{{Verdicts: []Verdict{HarnessError}, Primary: HarnessError, Failed: true,
+			Why: "harness error (the harness lost track of something; no verdict here can be trusted): " + strings.Join(j.harness, "; also ")}}, out...)
+	}
+	r := Result{Findings: out, Passed: true, Counts: map[Verdict]int{}, Foreign: j.foreign, HarnessErrors: j.harness}
 	for _, f := range out {
 		r.Counts[f.Primary]++
 		if f.Failed {
@@ -52,6 +66,34 @@ func Judge(h *history.History) Result {
 		}
 	}
 	return r
+}
+
+// conserve checks the ledger's conservation invariant: every accepted
+// (message, recipient) has exactly one finding, and every journal
+// transaction was attributed to a message, a DSN, or named as foreign
+// traffic. A violation is a harness error, never the relay's fault.
+func (j *judge) conserve(judged map[string]int) {
+	for si, s := range j.h.Submissions {
+		if !s.Accepted {
+			continue // judged not-accepted; nothing the relay owns
+		}
+		seen := map[string]bool{}
+		for _, r := range s.RcptTo {
+			k := normAddr(r)
+			if seen[k] {
+				continue
+			}
+			seen[k] = true
+			if n := judged[fmt.Sprintf("%d|%s", si, k)]; n != 1 {
+				j.harnessErr("submission %d (%s) recipient %s has %d findings, not exactly one", si, s.HarnessID, r, n)
+			}
+		}
+	}
+	for _, ev := range j.h.Journal {
+		if ev.Kind == fakemta.EventTransaction && ev.Transaction != nil && j.classes[ev.Seq] == "" {
+			j.harnessErr("journal seq %d (conn %d, MAIL FROM:<%s>) was not accounted for", ev.Seq, ev.Conn, ev.Transaction.MailFrom)
+		}
+	}
 }
 
 // expectation is a group's merged expectations.
@@ -109,9 +151,11 @@ func (e expectation) String() string {
 // activity is a moment from which the relay gets a fresh retry_max: the
 // submission, an attempt, or the end of an outage.
 type activity struct {
-	at   time.Time
-	what string
+	at, end time.Time // an attempt lasts from its connection's start to its end
+	what    string
 }
+
+func instant(at time.Time, what string) activity { return activity{at, at, what} }
 
 // window is a stretch past a retry deadline with no attempt while the
 // message was unresolved.
@@ -191,20 +235,30 @@ func (j *judge) judgeTrack(tr *track) Finding {
 		}
 	}
 	resolved := earliest(delivered, bounced, badResolved)
-	end := resolved
-	if end.IsZero() {
-		end = j.h.Ended
+	sort.SliceStable(tr.tries, func(a, b int) bool { return tr.tries[a].at.Before(tr.tries[b].at) })
+	var giveUp *dsnTry // unresolved, and the relay gave up: its DSN never got through
+	if resolved.IsZero() {
+		giveUp = j.gaveUp(tr)
+	}
+	end, endWhy := resolved, "resolution"
+	switch {
+	case giveUp != nil:
+		end, endWhy = giveUp.at, "the relay gave up"
+	case end.IsZero():
+		end, endWhy = j.h.Ended, "the end of the scenario"
 	}
 
 	// Attempts as activities, and the timeline of attempts.
-	acts := []activity{{s.SubmittedAt, "submission"}}
+	acts := []activity{instant(s.SubmittedAt, "submission")}
 	var lastAttempt time.Time
 	bodies := 0
 	var bodyNotes []string
 	for _, a := range tr.attempts {
 		tl = append(tl, j.attemptEntries(tr, a)...)
-		if a.at.Before(end) {
-			acts = append(acts, activity{a.at, "attempt"})
+		if a.start.Before(end) {
+			// An attempt lasts while its connection was open: a delivery
+			// that survived an outage on its original connection counts.
+			acts = append(acts, activity{a.start, earliest(a.at, end), "attempt"})
 		}
 		if a.at.After(lastAttempt) {
 			lastAttempt = a.at
@@ -221,21 +275,25 @@ func (j *judge) judgeTrack(tr *track) Finding {
 	var connOnly []attempt
 	for _, a := range j.connOnly {
 		if a.at.After(s.SubmittedAt) && a.at.Before(end) {
-			acts = append(acts, activity{a.at, "connection attempt"})
+			acts = append(acts, instant(a.at, "connection attempt"))
 			connOnly = append(connOnly, a)
 		}
 	}
 	tl = append(tl, j.collapseConnOnly(connOnly)...)
 	for _, o := range j.outages {
 		if o.end.After(s.SubmittedAt) && o.end.Before(end) {
-			acts = append(acts, activity{o.end, "end of " + string(o.kind)})
+			acts = append(acts, instant(o.end, "end of "+string(o.kind)))
 		}
 	}
 	sort.SliceStable(acts, func(a, b int) bool { return acts[a].at.Before(acts[b].at) })
 
 	// Faults, DSNs and queue sightings on the timeline.
+	tlEnd := resolved // faults shown up to the resolution, or the end when unresolved
+	if tlEnd.IsZero() {
+		tlEnd = j.h.Ended
+	}
 	for _, fl := range j.h.Faults {
-		if !fl.Start.Before(s.SubmittedAt) && !fl.Start.After(end) || (fl.Start.Before(s.SubmittedAt) && fl.End.After(s.SubmittedAt)) {
+		if !fl.Start.Before(s.SubmittedAt) && !fl.Start.After(tlEnd) || (fl.Start.Before(s.SubmittedAt) && fl.End.After(s.SubmittedAt)) {
 			d := string(fl.Kind)
 			if !fl.End.IsZero() {
 				d += " until " + j.rel(fl.End)
@@ -260,6 +318,10 @@ func (j *judge) judgeTrack(tr *track) Finding {
 		tl = append(tl, TimelineEntry{At: d.at, What: WhatDSN, Detail: det})
 	}
 	tl = append(tl, tr.notes...)
+	for _, d := range tr.tries {
+		tl = append(tl, TimelineEntry{At: d.at, What: WhatDSN, Detail: fmt.Sprintf("conn %d: a DSN to the sender %s at %s: %s; it never got through",
+			d.conn, d.verb(), d.stage, fmtReply(&d.reply))})
+	}
 	tl = append(tl, j.queueEntries(tr, end, resolved.IsZero())...)
 
 	// Delivery and its problems.
@@ -282,9 +344,15 @@ func (j *judge) judgeTrack(tr *track) Finding {
 		}
 		if ql := j.h.Timing.QueueLifetime.D(); ql > 0 && delivered.IsZero() {
 			due := s.SubmittedAt.Add(ql)
-			if bounced.Before(due.Add(-LifetimeSlack(ql))) && j.temporary(tr, bounce) {
-				v.add(PrematureBounce, fmt.Sprintf("bounced at %s for a temporary failure (Status %s; the fake MTA never gave it a 5xx) before the queue lifetime %s ran out at %s (slack %s)",
-					j.rel(bounced), bounce.status, ql, j.rel(due), LifetimeSlack(ql)))
+			// The relay gave up when it first tried the DSN, not when the
+			// DSN finally got through.
+			gave, how := bounced, ""
+			if d := j.firstTryBefore(tr, bounced); d != nil {
+				gave, how = d.at, fmt.Sprintf(" (it gave up at %s, when it first tried the DSN: %s at %s)", j.rel(d.at), fmtReply(&d.reply), d.stage)
+			}
+			if gave.Before(due.Add(-LifetimeSlack(ql))) && j.temporary(tr, bounce) {
+				v.add(PrematureBounce, fmt.Sprintf("bounced at %s%s for a temporary failure (Status %s; the fake MTA never gave it a 5xx) before the queue lifetime %s ran out at %s (slack %s)",
+					j.rel(bounced), how, bounce.status, ql, j.rel(due), LifetimeSlack(ql)))
 				tl = append(tl, TimelineEntry{At: due, What: WhatDeadline, Detail: "queue lifetime " + ql.String() + " ends: no bounce for a temporary failure before this"})
 			}
 		}
@@ -301,17 +369,36 @@ func (j *judge) judgeTrack(tr *track) Finding {
 
 	// Retry deadlines: every gap with no attempt longer than the bound.
 	var openVerdict Verdict
+	var vanished []string // hidden while overdue and never back
 	if j.h.Timing.RetryMax > 0 {
-		for _, w := range j.windows(acts, end, resolved.IsZero()) {
-			verdict, why := j.judgeWindow(tr, w)
-			v.add(verdict, why)
+		for _, w := range j.windows(acts, end, endWhy, resolved.IsZero() && giveUp == nil) {
+			wvs, van := j.judgeWindow(tr, w, resolved)
+			for _, x := range wvs {
+				v.add(x.v, x.why)
+			}
+			if van != "" {
+				vanished = append(vanished, van)
+			}
 			tl = append(tl, TimelineEntry{At: w.deadline, What: WhatDeadline,
 				Detail: fmt.Sprintf("retry deadline: %s (%s) + retry_max %s + slack %s, no attempt by then",
-					j.rel(w.from.at), w.from.what, j.h.Timing.RetryMax.D(), RetrySlack(j.h.Timing.RetryMax.D()))})
-			if w.open {
-				openVerdict = verdict
+					j.rel(w.from.end), w.from.what, j.h.Timing.RetryMax.D(), RetrySlack(j.h.Timing.RetryMax.D()))})
+			if w.open && len(wvs) > 0 {
+				openVerdict = wvs[0].v
 			}
 		}
+	}
+	if giveUp != nil {
+		fate := j.dsnFate(tr, giveUp)
+		if ql := j.h.Timing.QueueLifetime.D(); ql > 0 {
+			due := s.SubmittedAt.Add(ql)
+			if giveUp.at.Before(due.Add(-LifetimeSlack(ql))) && j.temporary(tr, &dsnSeen{at: giveUp.at}) {
+				v.add(PrematureBounce, fmt.Sprintf("the relay gave up at %s for a temporary failure (the fake MTA never gave it a 5xx): it tried to send a DSN then and never tried the message again, before the queue lifetime %s ran out at %s (slack %s)",
+					j.rel(giveUp.at), ql, j.rel(due), LifetimeSlack(ql)))
+				tl = append(tl, TimelineEntry{At: due, What: WhatDeadline, Detail: "queue lifetime " + ql.String() + " ends: no bounce for a temporary failure before this"})
+			}
+		}
+		v.add(Lost, fmt.Sprintf("the relay gave up on it at %s and the sender never learnt: %s; undelivered and unbounced when the scenario drained at %s",
+			j.rel(giveUp.at), fate, j.rel(j.h.Ended)))
 	}
 
 	// Outcome.
@@ -323,17 +410,27 @@ func (j *judge) judgeTrack(tr *track) Finding {
 		outcome = Bounced
 	case !badResolved.IsZero():
 		outcome = BadDSN
+	case giveUp != nil:
+		outcome = Lost
 	default:
 		if final := j.finalSnap(); final != nil && !final.At.Before(j.lastFaultEnd) && !final.At.Before(lastAttempt) &&
 			!final.At.Before(s.SubmittedAt) && !visible(*final, tr) {
 			outcome = Lost
-			v.add(Lost, fmt.Sprintf("undelivered and unbounced when the scenario drained at %s, and absent from the final queue listing at %s (after the last fault ended at %s)",
-				j.rel(j.h.Ended), j.rel(final.At), j.rel(j.lastFaultEnd)))
+			v.add(Lost, fmt.Sprintf("undelivered and unbounced when the scenario drained at %s, and absent from the final queue listing at %s (after the last fault ended at %s): %s",
+				j.rel(j.h.Ended), j.rel(final.At), j.rel(j.lastFaultEnd), j.lastSeen(tr)+j.queuedDSN(tr)))
+		} else if len(vanished) > 0 {
+			outcome = HeldSilently
+			v.add(HeldSilently, strings.Join(vanished, "; ")+", though no usable listing after the last fault could prove it lost")
 		} else if openVerdict != "" {
 			outcome = openVerdict
 		} else {
 			outcome = Pending
-			last := acts[len(acts)-1].at
+			var last time.Time
+			for _, a := range acts {
+				if a.end.After(last) {
+					last = a.end
+				}
+			}
 			v.add(Pending, fmt.Sprintf("still in flight when the scenario ended at %s: last activity %s, next attempt due by %s",
 				j.rel(j.h.Ended), j.rel(last), j.rel(last.Add(j.bound))))
 		}
@@ -469,70 +566,292 @@ func (j *judge) temporary(tr *track, d *dsnSeen) bool {
 	return tried || !strings.HasPrefix(d.status, "5")
 }
 
-// windows finds the stretches past a retry deadline: after each activity,
-// if no further activity (nor the start of an outage, which pauses the
-// clock) comes within the bound while the message is unresolved.
-func (j *judge) windows(acts []activity, end time.Time, unresolved bool) []window {
+// windows finds the stretches past a retry deadline: after the end of each
+// activity not covered by another (an attempt lasts while its connection
+// was open), if no further activity (nor the start of an outage, which
+// pauses the clock) begins within the bound while the message is unresolved.
+func (j *judge) windows(acts []activity, end time.Time, endWhy string, unresolved bool) []window {
 	var ws []window
+	var cur activity // the activity that ends last so far
 	for i, a := range acts {
-		if j.inOutage(a.at) || !a.at.Before(end) {
+		if !a.at.Before(end) {
 			continue
 		}
-		next, nextWhy, open := end, "the end of the scenario", unresolved
-		if !unresolved {
-			nextWhy = "resolution"
+		if i == 0 || a.end.After(cur.end) {
+			cur = a
 		}
+		from := cur.end
+		next, nextWhy, open := end, endWhy, unresolved
 		if i+1 < len(acts) && acts[i+1].at.Before(end) {
+			if !acts[i+1].at.After(from) {
+				continue // the next activity began before this one ended
+			}
 			next, nextWhy, open = acts[i+1].at, acts[i+1].what, false
 		}
+		if j.inOutage(from) {
+			continue
+		}
 		for _, o := range j.outages {
-			if o.start.After(a.at) && o.start.Before(next) {
+			if o.start.After(from) && o.start.Before(next) {
 				next, nextWhy, open = o.start, "start of "+string(o.kind), false
 				break
 			}
 		}
-		if next.Sub(a.at) > j.bound {
-			ws = append(ws, window{from: a, deadline: a.at.Add(j.bound), until: next, untilWhy: nextWhy, open: open})
+		if next.Sub(from) > j.bound {
+			ws = append(ws, window{from: cur, deadline: from.Add(j.bound), until: next, untilWhy: nextWhy, open: open})
 		}
 	}
 	return ws
 }
 
-// judgeWindow decides held-silently or stalled for one overdue window from
-// the queue listings taken during it (at or after the deadline, up to the
-// window's end; for an open window, any time after the deadline). With no
-// listing in the window, the latest listing between the last activity and
-// the deadline stands in. Absent from any of them: held silently; listed in
-// all: stalled; no listing at all: stalled, visibility unknown.
-func (j *judge) judgeWindow(tr *track, w window) (Verdict, string) {
+type windowVerdict struct {
+	v   Verdict
+	why string
+}
+
+// snapEnd is when a listing was read (its start for histories without End).
+func snapEnd(s history.QueueSnapshot) time.Time {
+	if s.End.Before(s.At) {
+		return s.At
+	}
+	return s.End
+}
+
+// proves reports whether listing s is evidence about tr: a listing that
+// does not show a message resolved before the listing was read proves
+// nothing (the message may have left while it was being listed).
+func proves(s history.QueueSnapshot, tr *track, resolved time.Time) bool {
+	return resolved.IsZero() || snapEnd(s).Before(resolved) || visible(s, tr)
+}
+
+// judgeWindow judges one overdue window from the queue listings taken
+// during it (at or after the deadline, up to the window's end; for an open
+// window, any time after the deadline). With no listing in the window, the
+// latest listing between the last activity and the deadline stands in.
+//   - listed in all: stalled;
+//   - missing from one and it came back later (attempted, delivered, a DSN,
+//     or listed again): held silently;
+//   - missing and it never came back: no held-silently (lost, at the end,
+//     says it), but stalled for the span it was listed while overdue; the
+//     returned vanished says so for the caller when lost cannot be proved;
+//   - no listing: stalled, visibility unknown — or, when the relay's queue
+//     is not observable at all and nothing was ever seen of the message,
+//     held silently.
+func (j *judge) judgeWindow(tr *track, w window, resolved time.Time) (out []windowVerdict, vanished string) {
 	var ev []history.QueueSnapshot
 	for _, s := range j.snaps {
-		if !s.At.Before(w.deadline) && (w.open || !s.At.After(w.until)) {
+		if !s.At.Before(w.deadline) && (w.open || !s.At.After(w.until)) && proves(s, tr, resolved) {
 			ev = append(ev, s)
 		}
 	}
 	if len(ev) == 0 {
 		for _, s := range j.snaps {
-			if !s.At.Before(w.from.at) && s.At.Before(w.deadline) {
+			if !s.At.Before(w.from.end) && s.At.Before(w.deadline) && proves(s, tr, resolved) {
 				ev = []history.QueueSnapshot{s}
 			}
 		}
 	}
+	rm, slack := j.h.Timing.RetryMax.D(), RetrySlack(j.h.Timing.RetryMax.D())
 	gap := fmt.Sprintf("no delivery attempt from %s (%s) until %s (%s): retry deadline %s (retry_max %s + slack %s) missed",
-		j.rel(w.from.at), w.from.what, j.rel(w.until), w.untilWhy, j.rel(w.deadline), j.h.Timing.RetryMax.D(), RetrySlack(j.h.Timing.RetryMax.D()))
+		j.rel(w.from.end), w.from.what, j.rel(w.until), w.untilWhy, j.rel(w.deadline), rm, slack)
 	if w.open {
 		gap = fmt.Sprintf("no delivery attempt from %s (%s) to the end at %s: retry deadline %s (retry_max %s + slack %s) missed",
-			j.rel(w.from.at), w.from.what, j.rel(w.until), j.rel(w.deadline), j.h.Timing.RetryMax.D(), RetrySlack(j.h.Timing.RetryMax.D()))
-	}
-	for _, s := range ev {
-		if !visible(s, tr) {
-			return HeldSilently, gap + fmt.Sprintf(", and the queue listing at %s did not show it", j.rel(s.At))
-		}
+			j.rel(w.from.end), w.from.what, j.rel(w.until), j.rel(w.deadline), rm, slack)
 	}
 	if len(ev) == 0 {
-		return Stalled, gap + " (no queue listing while it was overdue: visibility unknown)"
+		if len(j.snaps) == 0 && len(tr.attempts) == 0 && len(tr.dsns) == 0 && len(tr.tries) == 0 {
+			return []windowVerdict{{HeldSilently, gap + ", and nothing was ever seen of it: no attempt, no DSN, and the relay's queue is not observable (no queue listing), so nobody could see it"}}, ""
+		}
+		return []windowVerdict{{Stalled, gap + " (no queue listing while it was overdue: visibility unknown)"}}, ""
 	}
-	return Stalled, gap + fmt.Sprintf(", though the queue listing at %s showed it", j.rel(ev[0].At))
+	hidden := -1
+	for i, s := range ev {
+		if !visible(s, tr) {
+			hidden = i
+			break
+		}
+	}
+	if hidden < 0 {
+		return []windowVerdict{{Stalled, gap + fmt.Sprintf(", though the queue listing at %s showed it", j.rel(ev[0].At))}}, ""
+	}
+	h := ev[hidden]
+	if at, how := j.cameBack(tr, h.At); !at.IsZero() {
+		return []windowVerdict{{HeldSilently, gap + fmt.Sprintf(", and the queue listing at %s did not show it; it came back: %s", j.rel(h.At), how)}}, ""
+	}
+	vanished = gap + fmt.Sprintf(", then the queue listing at %s did not show it and it never came back", j.rel(h.At))
+	if hidden > 0 {
+		out = append(out, windowVerdict{Stalled, gap + fmt.Sprintf(", though listed while overdue (%s to %s); then gone from the queue listing at %s and it never came back",
+			j.rel(ev[0].At), j.rel(ev[hidden-1].At), j.rel(h.At))})
+	}
+	return out, vanished
+}
+
+// cameBack says how and when the relay showed it still had the message
+// after t: an attempt, a delivery, a DSN (even one that never got
+// through), or a queue listing showing it. Zero when it never did.
+func (j *judge) cameBack(tr *track, t time.Time) (time.Time, string) {
+	var at time.Time
+	var how string
+	consider := func(x time.Time, what string) {
+		if x.After(t) && (at.IsZero() || x.Before(at)) {
+			at, how = x, what+" at "+j.rel(x)
+		}
+	}
+	for _, d := range tr.delivered {
+		consider(d, "delivered")
+	}
+	for _, d := range tr.dsns {
+		consider(d.at, "a DSN Action: "+d.action+" arrived")
+	}
+	for _, a := range tr.attempts {
+		consider(a.at, "tried again")
+	}
+	for _, d := range tr.tries {
+		consider(d.at, "the relay tried to send a DSN")
+	}
+	for _, s := range j.snaps {
+		if visible(s, tr) {
+			consider(s.At, "listed again")
+		}
+	}
+	return at, how
+}
+
+// lastSeen says when a lost message was last seen in the relay's queue.
+func (j *judge) lastSeen(tr *track) string {
+	var last time.Time
+	for _, s := range j.snaps {
+		if visible(s, tr) {
+			last = s.At
+		}
+	}
+	if last.IsZero() {
+		return "never listed after its submission, and it never came back"
+	}
+	return "last listed at " + j.rel(last) + ", and it never came back"
+}
+
+// queuedDSN names a DSN to the message's sender that sat in the relay's
+// queue listings: the relay meant to report, and it never got through.
+func (j *judge) queuedDSN(tr *track) string {
+	from := normAddr(tr.sub.MailFrom)
+	var first, last time.Time
+	var entry history.QueueEntry
+	for _, s := range j.snaps {
+		if s.At.Before(tr.sub.SubmittedAt) {
+			continue
+		}
+		for _, e := range s.Entries {
+			if snd := normAddr(e.Sender); snd != "" && !strings.HasPrefix(snd, "mailer-daemon") {
+				continue
+			}
+			for _, r := range e.Recipients {
+				if normAddr(r) == from {
+					if first.IsZero() {
+						first, entry = s.At, e
+					}
+					last = s.At
+				}
+			}
+		}
+	}
+	if first.IsZero() {
+		return ""
+	}
+	d := "; a DSN to its sender sat in the relay's queue"
+	if entry.QueueID != "" {
+		d += " as " + entry.QueueID
+	}
+	if entry.Reason != "" {
+		d += " (" + entry.Reason + ")"
+	}
+	return d + fmt.Sprintf(" from %s to %s and never reached the sender", j.rel(first), j.rel(last))
+}
+
+// verb says what happened to a DSN try: deferred (4xx) or refused.
+func (d dsnTry) verb() string {
+	if d.reply.Code >= 400 && d.reply.Code < 500 {
+		return "was deferred"
+	}
+	if d.reply.Dropped || d.reply.Code == 0 {
+		return "was cut off"
+	}
+	return "was refused"
+}
+
+// gaveUp finds when the relay gave up on an unresolved message: its first
+// DSN try (to the message's unique sender, never through) after its last
+// attempt, when the relay never tried the message again, no later listing
+// shows it, and either a later listing misses it or the retry bound passed
+// before the end.
+func (j *judge) gaveUp(tr *track) *dsnTry {
+	var last time.Time
+	for _, a := range tr.attempts {
+		if a.at.After(last) {
+			last = a.at
+		}
+	}
+	var d *dsnTry
+	for i := range tr.tries {
+		if !tr.tries[i].at.Before(last) {
+			d = &tr.tries[i]
+			break
+		}
+	}
+	if d == nil {
+		return nil
+	}
+	missing := false
+	for _, s := range j.snaps {
+		if !s.At.After(d.at) {
+			continue
+		}
+		if visible(s, tr) {
+			return nil
+		}
+		missing = true
+	}
+	if !missing && j.h.Ended.Sub(d.at) <= j.bound {
+		return nil
+	}
+	return d
+}
+
+// firstTryBefore returns the first DSN try before a bounce with no attempt
+// of the message between it and the bounce: when the relay gave up.
+func (j *judge) firstTryBefore(tr *track, bounced time.Time) *dsnTry {
+	for i := range tr.tries {
+		d := &tr.tries[i]
+		if !d.at.Before(bounced) {
+			return nil
+		}
+		tried := false
+		for _, a := range tr.attempts {
+			if a.at.After(d.at) && a.at.Before(bounced) {
+				tried = true
+			}
+		}
+		if !tried {
+			return d
+		}
+	}
+	return nil
+}
+
+// dsnFate says what became of the DSNs the relay tried after giving up.
+func (j *judge) dsnFate(tr *track, from *dsnTry) string {
+	var ts []dsnTry
+	for _, d := range tr.tries {
+		if !d.at.Before(from.at) {
+			ts = append(ts, d)
+		}
+	}
+	if len(ts) == 1 {
+		return fmt.Sprintf("the DSN it tried at %s %s at %s (%s) and never retried", j.rel(ts[0].at), ts[0].verb(), ts[0].stage, fmtReply(&ts[0].reply))
+	}
+	l := ts[len(ts)-1]
+	return fmt.Sprintf("the DSN was tried %d times from %s to %s and never got through (last: %s at %s, %s)",
+		len(ts), j.rel(ts[0].at), j.rel(l.at), l.verb(), l.stage, fmtReply(&l.reply))
 }
 
 // visible reports whether a queue listing shows the (message, recipient):
@@ -582,7 +901,9 @@ func (j *judge) finalSnap() *history.QueueSnapshot {
 
 // checkpoint judges tr as of cp.At: it must be resolved, or listed in the
 // first usable queue listing at or after cp.At with an activity within the
-// retry bound before cp.At.
+// retry bound before cp.At. A listing read after the resolution proves
+// nothing; missing from the listing is held-silently when the message came
+// back, else lost says it (or held-silently when lost cannot be proved).
 func (j *judge) checkpoint(tr *track, cp history.Checkpoint, acts []activity, resolved time.Time, v *verdicts) []TimelineEntry {
 	s := tr.sub
 	if !s.SubmittedAt.Before(cp.At) || (!resolved.IsZero() && !resolved.After(cp.At)) {
@@ -595,30 +916,46 @@ func (j *judge) checkpoint(tr *track, cp history.Checkpoint, acts []activity, re
 			break
 		}
 	}
-	if snap != nil && !resolved.IsZero() && !resolved.After(snap.At) {
-		return nil // resolved before the listing could show it
+	if snap != nil && !proves(*snap, tr, resolved) {
+		return nil // resolved before the listing was read
 	}
 	var last activity
+	covered := false
 	for _, a := range acts {
-		if !a.at.After(cp.At) {
+		if a.at.After(cp.At) {
+			continue
+		}
+		if a.end.After(cp.At) {
+			covered = true // an attempt in progress at the checkpoint
+		}
+		if last.end.IsZero() || a.end.After(last.end) {
 			last = a
 		}
 	}
-	recent := j.h.Timing.RetryMax == 0 || j.inOutage(cp.At) || cp.At.Sub(last.at) <= j.bound
+	recent := j.h.Timing.RetryMax == 0 || j.inOutage(cp.At) || covered || cp.At.Sub(last.end) <= j.bound
 	name := fmt.Sprintf("checkpoint %q at %s", cp.Name, j.rel(cp.At))
 	entry := TimelineEntry{At: cp.At, What: WhatDeadline,
 		Detail: name + ": must be delivered, bounced, or listed in the queue with an attempt within retry_max " + j.h.Timing.RetryMax.D().String() + " + slack"}
 	switch {
 	case snap != nil && !visible(*snap, tr):
-		v.add(HeldSilently, fmt.Sprintf("at %s it was neither delivered nor bounced and the queue listing at %s did not show it (last activity %s, %s)",
-			name, j.rel(snap.At), j.rel(last.at), last.what))
+		missing := fmt.Sprintf("at %s it was neither delivered nor bounced and the queue listing at %s did not show it (last activity %s, %s)",
+			name, j.rel(snap.At), j.rel(last.end), last.what)
+		if at, how := j.cameBack(tr, snap.At); !at.IsZero() {
+			v.add(HeldSilently, missing+"; it came back: "+how)
+		} else if v.has(Lost) {
+			v.add(Lost, missing+"; it never came back")
+		} else {
+			v.add(HeldSilently, missing+"; it never came back, though no usable listing after the last fault could prove it lost")
+		}
+	case !recent && snap == nil && len(j.snaps) == 0 && len(tr.attempts) == 0 && len(tr.dsns) == 0 && len(tr.tries) == 0:
+		v.add(HeldSilently, fmt.Sprintf("at %s it was neither delivered nor bounced, nothing was ever seen of it (no attempt, no DSN), and the relay's queue is not observable (no queue listing)", name))
 	case !recent:
 		seen := "no queue listing after the checkpoint"
 		if snap != nil {
 			seen = "listed at " + j.rel(snap.At)
 		}
 		v.add(Stalled, fmt.Sprintf("at %s its last activity was %s (%s), longer ago than retry_max %s + slack %s (%s)",
-			name, j.rel(last.at), last.what, j.h.Timing.RetryMax.D(), RetrySlack(j.h.Timing.RetryMax.D()), seen))
+			name, j.rel(last.end), last.what, j.h.Timing.RetryMax.D(), RetrySlack(j.h.Timing.RetryMax.D()), seen))
 	default:
 		return nil
 	}

@@ -200,11 +200,11 @@ func TestLost(t *testing.T) {
 	f := find(t, Judge(b.h), "m1", bob)
 	want(t, f, Lost, true, Lost)
 
-	// Gone past its deadline too: both verdicts, primary lost.
+	// Gone past its deadline too, and never back: still lost only.
 	b.h.Ended = at(100)
 	b.h.Queue[1].At = at(100)
 	f = find(t, Judge(b.h), "m1", bob)
-	want(t, f, Lost, true, Lost, HeldSilently)
+	want(t, f, Lost, true, Lost)
 
 	// A final listing before the last fault proves nothing: not lost.
 	b = newH(20)
@@ -390,7 +390,7 @@ func TestPendingAndCheckpoints(t *testing.T) {
 		t.Errorf("why %q", f.Why)
 	}
 	f = find(t, r, "hidden", bob)
-	want(t, f, Lost, true, Lost, HeldSilently)
+	want(t, f, Lost, true, Lost) // missing at cp1 and never back: lost only
 	if !strings.Contains(f.Why, `checkpoint "cp1" at +15.000s`) || !hasEntry(f, WhatDeadline, "cp1") {
 		t.Errorf("why %q timeline %s", f.Why, dumpTimeline(f))
 	}

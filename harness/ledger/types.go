@@ -49,13 +49,16 @@ const (
 	Pending Verdict = "pending"
 	// NotAccepted: the relay refused the submission; not its responsibility.
 	NotAccepted Verdict = "not-accepted"
+	// HarnessError: the ledger's conservation invariant does not hold (a
+	// scenario-level finding): the harness itself lost track of something.
+	HarnessError Verdict = "harness-error"
 )
 
 // severity orders verdicts from worst to mildest. Primary is the first
 // verdict of a finding in this order (among failing verdicts when it failed),
 // and Verdicts are listed in canonical order.
 var severity = []Verdict{
-	Lost, HeldSilently, BadDSN, Stalled, PrematureBounce, Duplicate, Stale,
+	HarnessError, Lost, HeldSilently, BadDSN, Stalled, PrematureBounce, Duplicate, Stale,
 	RetryTooSoon, Pending, Bounced, Delivered, DelayedNotice, NotAccepted,
 }
 
@@ -156,13 +159,24 @@ func (f Finding) Has(v Verdict) bool {
 
 // Result is the ledger's judgement of one scenario run.
 type Result struct {
-	// Findings: one per (message, recipient), then scenario-level findings,
-	// sorted by submission time, harness id and recipient.
+	// Findings: a harness-error finding first when the conservation
+	// invariant broke, then one per (message, recipient) sorted by
+	// submission time, harness id and recipient, then scenario-level
+	// findings.
 	Findings []Finding `json:"findings"`
 	// Passed is true when no finding failed.
 	Passed bool `json:"passed"`
 	// Counts counts findings by Primary verdict.
 	Counts map[Verdict]int `json:"counts"`
+	// Foreign lists the journal transactions about no submitted message:
+	// every transaction is either attributed or named here.
+	Foreign []Foreign `json:"foreign,omitempty"`
+	// HarnessErrors lists violations of the ledger's conservation
+	// invariant (an accepted message and recipient without exactly one
+	// finding, a journal transaction not accounted for). Any makes the
+	// scenario fail with a scenario-level harness-error finding: the
+	// harness, not the relay, lost something.
+	HarnessErrors []string `json:"harness_errors,omitempty"`
 }
 
 // Failed returns the failed findings, in order.
@@ -188,4 +202,14 @@ func Rel(start, t time.Time) string {
 		sign, d = "-", -d
 	}
 	return fmt.Sprintf("%s%d.%03ds", sign, d/time.Second, (d%time.Second)/time.Millisecond)
+}
+
+// Foreign is a journal transaction about no submitted message (another
+// sender's traffic through the same next hop, a DSN about something else).
+type Foreign struct {
+	Seq      uint64    `json:"seq"`
+	At       time.Time `json:"at"`
+	Conn     uint64    `json:"conn,omitempty"`
+	MailFrom string    `json:"mail_from"`
+	Why      string    `json:"why"`
 }

@@ -235,6 +235,7 @@ func (r *Run) snapshot(ctx context.Context) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	s := r.opt.Relay.Queue(ctx)
+	s.End = time.Now()
 	r.mu.Lock()
 	r.h.Queue = append(r.h.Queue, s)
 	r.mu.Unlock()
@@ -558,6 +559,7 @@ func (r *Run) dequeued(ctx context.Context, group string, until time.Time) bool 
 	for {
 		qctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		snap := r.opt.Relay.Queue(qctx)
+		snap.End = time.Now()
 		cancel()
 		r.mu.Lock()
 		r.h.Queue = append(r.h.Queue, snap)

@@ -6,19 +6,22 @@ import (
 
 	"github.com/greyharness/greyharness/fakemta"
 	"github.com/greyharness/greyharness/harness/history"
+	"github.com/greyharness/greyharness/harness/ledger"
 )
 
 // tracker follows every submitted message through the journal as events
 // arrive, so waits are decided on events rather than by polling. It is a
-// live, cheap view; the verdicts come from the ledger over the whole history.
+// live, cheap view; the verdicts come from the ledger over the whole
+// history. Both attribute events with the same ledger.Attributor, so a wait
+// and a verdict cannot disagree about which message an event belongs to.
 type tracker struct {
 	mu       sync.Mutex
 	changed  chan struct{} // closed and replaced on every change
-	bySender map[string]string
-	byMsgID  map[string]string
-	msgs     map[string]*msgState
-	order    []string
-	tarpits  int // "tarpit" control events seen
+	attr     *ledger.Attributor
+	msgs     []*msgState      // by submission index in attr
+	expected map[string][]int // harness id → indices registered, not yet submitted
+	order    []int            // accepted submissions, in order
+	tarpits  int              // "tarpit" control events seen
 	anyDefer bool
 }
 
@@ -36,7 +39,7 @@ type rcptState struct {
 }
 
 func newTracker() *tracker {
-	return &tracker{changed: make(chan struct{}), bySender: map[string]string{}, byMsgID: map[string]string{}, msgs: map[string]*msgState{}}
+	return &tracker{changed: make(chan struct{}), attr: ledger.NewAttributor(), expected: map[string][]int{}}
 }
 
 func (t *tracker) signal() {
@@ -60,32 +63,38 @@ func (t *tracker) expect(s history.Submission) {
 	for _, r := range s.RcptTo {
 		m.rcpts[strings.ToLower(r)] = &rcptState{}
 	}
-	t.msgs[s.HarnessID] = m
-	t.bySender[strings.ToLower(s.MailFrom)] = s.HarnessID
-	t.byMsgID[s.MessageID] = s.HarnessID
+	i := t.attr.Add(s)
+	t.msgs = append(t.msgs, m)
+	t.expected[s.HarnessID] = append(t.expected[s.HarnessID], i)
 }
 
-// submitted records how the submission went; a refused message, or a
-// refused recipient, is forgotten (the relay never owned it), and so is a
-// message whose final dot got no reply (the ledger judges it on evidence).
+// submitted records how the submission went. A refused message, a refused
+// recipient, and a message whose final dot got no reply (the ledger judges
+// it on evidence) stay known to the attribution, as they do to the ledger,
+// but no wait looks at them.
 func (t *tracker) submitted(s history.Submission) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	m := t.msgs[s.HarnessID]
-	if m == nil {
+	q := t.expected[s.HarnessID]
+	if len(q) == 0 {
 		return
 	}
+	i := q[0]
+	if t.expected[s.HarnessID] = q[1:]; len(q) == 1 {
+		delete(t.expected, s.HarnessID)
+	}
+	t.attr.Update(i, s)
 	if !s.Accepted {
-		delete(t.msgs, s.HarnessID)
 		return
 	}
+	m := t.msgs[i]
 	m.sub = s
 	for r := range m.rcpts {
 		if !s.RcptAccepted(r) { // refused at RCPT: never coming
 			delete(m.rcpts, r)
 		}
 	}
-	t.order = append(t.order, s.HarnessID)
+	t.order = append(t.order, i)
 	t.signal()
 }
 
@@ -107,54 +116,33 @@ func (t *tracker) observe(ev fakemta.Event) {
 	if tx == nil {
 		return
 	}
-	if tx.MailFrom == "" && tx.Message != nil && tx.Message.DSN != nil {
-		d := tx.Message.DSN
-		hid := d.OriginalHarnessID
-		if hid == "" {
-			hid = t.byMsgID[d.OriginalMessageID]
+	at := t.attr.Attribute(ev)
+	for _, d := range at.DSNs {
+		if !d.Accepted {
+			continue
 		}
-		if m := t.msgs[hid]; m != nil && tx.Message.Accepted {
-			for _, r := range d.Recipients {
-				m.dsn[r.Action] = true
-				if rs := m.rcpts[strings.ToLower(r.FinalRecipient)]; rs != nil && r.Action == "failed" {
-					rs.bounced = true
-				} else if rs := m.rcpts[strings.ToLower(r.OriginalRecipient)]; rs != nil && r.Action == "failed" {
-					rs.bounced = true
-				}
-			}
-		}
-		t.signal()
-		return
-	}
-	hid := ""
-	if tx.Message != nil && tx.Message.HarnessID != "" {
-		hid = tx.Message.HarnessID
-	} else {
-		hid = t.bySender[strings.ToLower(tx.MailFrom)]
-	}
-	m := t.msgs[hid]
-	if m == nil {
-		return
-	}
-	delivered := tx.Data != nil && tx.Data.Code/100 == 2 && !tx.Data.Dropped
-	if tx.Mail.Code/100 == 4 {
-		t.anyDefer = true
-		for _, rs := range m.rcpts {
-			rs.attempts++
-			rs.deferred = true
+		m := t.msgs[d.Sub]
+		m.dsn[d.Action] = true
+		if rs := m.rcpts[strings.ToLower(d.Rcpt)]; rs != nil && d.Action == "failed" {
+			rs.bounced = true
 		}
 	}
-	for _, ra := range tx.Rcpts {
-		rs := m.rcpts[strings.ToLower(ra.Addr)]
+	for _, h := range at.Hits {
+		rs := t.msgs[h.Sub].rcpts[strings.ToLower(h.Rcpt)]
 		if rs == nil {
 			continue
 		}
 		rs.attempts++
-		switch {
-		case ra.Reply.Code/100 == 4 || (ra.Reply.Code/100 == 2 && tx.Data != nil && tx.Data.Code/100 == 4):
+		deferred := tx.Mail.Code/100 == 4
+		if h.RcptIndex >= 0 {
+			r := tx.Rcpts[h.RcptIndex].Reply
+			deferred = deferred || r.Code/100 == 4 || (r.Code/100 == 2 && tx.Data != nil && tx.Data.Code/100 == 4)
+		}
+		if deferred {
 			rs.deferred = true
 			t.anyDefer = true
-		case ra.Reply.Code/100 == 2 && delivered:
+		}
+		if h.Delivered {
 			rs.delivered++
 		}
 	}
@@ -170,8 +158,8 @@ func (t *tracker) all(group string, c cond) bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	n := 0
-	for _, id := range t.order {
-		m := t.msgs[id]
+	for _, i := range t.order {
+		m := t.msgs[i]
 		if group != "" && m.sub.Group != group {
 			continue
 		}
@@ -187,8 +175,8 @@ func (t *tracker) all(group string, c cond) bool {
 func (t *tracker) pending(group string, c cond) (left, total int) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	for _, id := range t.order {
-		m := t.msgs[id]
+	for _, i := range t.order {
+		m := t.msgs[i]
 		if group != "" && m.sub.Group != group {
 			continue
 		}
@@ -228,8 +216,8 @@ func (t *tracker) identities(group string) (senders, ids map[string]bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	senders, ids = map[string]bool{}, map[string]bool{}
-	for _, id := range t.order {
-		m := t.msgs[id]
+	for _, i := range t.order {
+		m := t.msgs[i]
 		if group != "" && m.sub.Group != group {
 			continue
 		}
