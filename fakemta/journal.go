@@ -471,7 +471,7 @@ func (j *Journal) Close() error {
 	j.subs = map[*subscriber]struct{}{}
 	j.mu.Unlock()
 	for s := range subs {
-		s.close()
+		s.end()
 	}
 	if j.file == nil {
 		return nil
@@ -489,16 +489,21 @@ func (j *Journal) Close() error {
 }
 
 // subscriber is one unbounded, ordered event queue feeding a channel.
+// Two ways end it: the reader cancels (close: stop at once, the reader is
+// gone) or the journal closes (end: deliver everything still queued, then
+// close the channel, so the end of the journal reaches every reader).
 type subscriber struct {
 	mu     sync.Mutex
 	queue  []Event
 	wake   chan struct{}
 	out    chan Event
-	closed chan struct{}
+	closed chan struct{} // the reader cancelled
+	ended  chan struct{} // the journal closed: nothing more will be pushed
+	endMu  sync.Once
 }
 
 func newSubscriber() *subscriber {
-	s := &subscriber{wake: make(chan struct{}, 1), out: make(chan Event, 64), closed: make(chan struct{})}
+	s := &subscriber{wake: make(chan struct{}, 1), out: make(chan Event, 64), closed: make(chan struct{}), ended: make(chan struct{})}
 	go s.pump()
 	return s
 }
@@ -521,6 +526,9 @@ func (s *subscriber) close() {
 	}
 }
 
+// end says no event will be pushed any more; the pump drains and closes out.
+func (s *subscriber) end() { s.endMu.Do(func() { close(s.ended) }) }
+
 func (s *subscriber) pump() {
 	defer close(s.out)
 	for {
@@ -529,6 +537,8 @@ func (s *subscriber) pump() {
 		s.queue = nil
 		s.mu.Unlock()
 		for _, ev := range batch {
+			// Only the reader's cancel stops a delivery: at the journal's
+			// close the queued events still go out.
 			select {
 			case s.out <- ev:
 			case <-s.closed:
@@ -542,6 +552,15 @@ func (s *subscriber) pump() {
 		case <-s.wake:
 		case <-s.closed:
 			return
+		case <-s.ended:
+			// Every push happened before end (both under the journal's
+			// lock): one more look at the queue finds the last of them.
+			s.mu.Lock()
+			empty := len(s.queue) == 0
+			s.mu.Unlock()
+			if empty {
+				return
+			}
 		}
 	}
 }
