@@ -42,7 +42,7 @@ type api struct {
 
 // APIHandler returns the HTTP/JSON control API (see docs/fakemta.md):
 //
-//	GET  /healthz               "ok" (never needs the token)
+//	GET  /healthz               "ok", 503 while messages cannot be recorded (never needs the token)
 //	GET  /api/v1/messages       received messages
 //	GET  /api/v1/journal        journal events (?since=SEQ&limit=N)
 //	GET  /api/v1/events         live journal events as server-sent events
@@ -60,6 +60,7 @@ func (s *Server) APIHandler(token string) http.Handler {
 
 func (s *Server) newAPI(token string) *api {
 	a := &api{s: s, quit: make(chan struct{})}
+	s.metrics.watchHealth(s.Health)
 	if token != "" {
 		a.token, a.hasToken = sha256.Sum256([]byte(token)), true
 	}
@@ -212,9 +213,16 @@ func seqParam(name, v string) (uint64, error) {
 	return n, nil
 }
 
+// healthz says "ok", or 503 with the reason while the fake MTA cannot
+// record durably (it then refuses messages with 451/452 at the final dot).
 func (a *api) healthz(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	w.Header().Set("Cache-Control", "no-store")
+	if err := a.s.Health(); err != nil {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		io.WriteString(w, "unhealthy: cannot record messages (they get 451/452): "+err.Error()+"\n")
+		return
+	}
 	io.WriteString(w, "ok\n")
 }
 
