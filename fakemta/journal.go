@@ -64,7 +64,7 @@ type Journal struct {
 	// write (an fsync) succeeds again; err is whichever is set (health).
 	werr, serr error
 	err        error
-	bodyErr    error // the latest --keep-bodies failure, nil after a success
+	bodyErr    error  // the latest --keep-bodies failure, nil after a success
 	failures   uint64 // durable events refused
 	dropped    uint64 // non-durable events dropped while the disk refused writes
 	tc         timeCache
