@@ -291,15 +291,40 @@ func (a *api) journal(w http.ResponseWriter, r *http.Request) {
 		}
 		limit = n
 	}
-	evs, err := a.s.Journal().Since(since, limit)
-	if err != nil {
+	// Streamed, as /api/v1/messages: a journal of any length is never
+	// held in memory, whatever limit says.
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	bw := bufio.NewWriterSize(w, 64<<10)
+	n := 0
+	err = a.s.Journal().EachSince(since, limit, func(ev *Event) error {
+		b, err := json.Marshal(ev)
+		if err != nil {
+			return err
+		}
+		sep := byte(',')
+		if n == 0 {
+			sep = '['
+		}
+		n++
+		bw.WriteByte(sep)
+		_, err = bw.Write(b)
+		return err
+	})
+	switch {
+	case err != nil && n == 0:
 		writeError(w, http.StatusInternalServerError, "reading the journal: "+err.Error())
 		return
+	case err != nil:
+		// The 200 may be out already: cut the response so the client
+		// sees it broken rather than a short array that looks whole.
+		a.s.cfg.Logf("api: GET /api/v1/journal: %v", err)
+		panic(http.ErrAbortHandler)
+	case n == 0:
+		bw.WriteByte('[')
 	}
-	if evs == nil {
-		evs = []Event{}
-	}
-	writeJSON(w, http.StatusOK, evs)
+	bw.WriteString("]\n")
+	bw.Flush()
 }
 
 // events streams journal events as server-sent events. With ?since=SEQ or

@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"sync"
 	"time"
@@ -549,6 +550,47 @@ func (j *Journal) Since(since uint64, limit int) ([]Event, error) {
 	name := j.file.Name()
 	j.mu.Unlock()
 	return readJournalFile(name, since, limit)
+}
+
+// EachSince calls fn, in order, for the events with Seq > since, at most
+// limit (0 = no limit), and stops at the first error fn returns. With a
+// state directory it streams from the file (or the in-memory window when
+// that covers since), so a journal of any length is read in constant memory.
+func (j *Journal) EachSince(since uint64, limit int, fn func(*Event) error) error {
+	j.mu.Lock()
+	if len(j.ring) > 0 && (j.ring[0].Seq <= since+1 || j.file == nil) {
+		// A copy of the window's tail (bounded in file mode: ringCap).
+		i := sort.Search(len(j.ring), func(i int) bool { return j.ring[i].Seq > since })
+		evs := append([]Event(nil), j.ring[i:]...)
+		j.mu.Unlock()
+		for n := range evs {
+			if limit > 0 && n == limit {
+				break
+			}
+			if err := fn(&evs[n]); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	if j.file == nil {
+		j.mu.Unlock()
+		return nil
+	}
+	j.flushLocked(false)
+	name := j.file.Name()
+	j.mu.Unlock()
+	var ferr error
+	n := 0
+	err := scanJournalFile(name, since, func(ev *Event) bool {
+		ferr = fn(ev)
+		n++
+		return ferr == nil && (limit <= 0 || n < limit)
+	})
+	if ferr != nil {
+		return ferr
+	}
+	return err
 }
 
 // readJournalFile reads events with Seq > since from a journal file.
