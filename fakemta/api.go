@@ -355,8 +355,12 @@ func (a *api) events(w http.ResponseWriter, r *http.Request) {
 		replay = true
 	}
 	j := a.s.Journal()
-	ch, cancel := j.Subscribe()
-	defer cancel()
+	// Join the hub before reading the history: no gap between the two.
+	hub := j.sse()
+	cl := hub.join()
+	if cl != nil {
+		defer hub.leave(cl)
+	}
 	if replay && since > j.Seq() {
 		// Sequence numbers only grow, so the client saw another journal
 		// (an in-memory one that restarted): everything here is new to it.
@@ -376,15 +380,11 @@ func (a *api) events(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	last := since
-	send := func(ev Event) bool {
-		data, err := json.Marshal(ev)
-		if err != nil {
+	send := func(f sseFrame) bool {
+		if _, err := w.Write(f.b); err != nil {
 			return false
 		}
-		if _, err := fmt.Fprintf(w, "id: %d\nevent: %s\ndata: %s\n\n", ev.Seq, ev.Kind, data); err != nil {
-			return false
-		}
-		last = ev.Seq
+		last = f.seq
 		return rc.Flush() == nil
 	}
 	if replay {
@@ -395,8 +395,8 @@ func (a *api) events(w http.ResponseWriter, r *http.Request) {
 				rc.Flush()
 				return
 			}
-			for _, ev := range evs {
-				if r.Context().Err() != nil || !send(ev) {
+			for i := range evs {
+				if r.Context().Err() != nil || !send(sseFrame{seq: evs[i].Seq, b: encodeSSE(&evs[i])}) {
 					return
 				}
 			}
@@ -404,6 +404,9 @@ func (a *api) events(w http.ResponseWriter, r *http.Request) {
 				break
 			}
 		}
+	}
+	if cl == nil {
+		return // the journal closed: the fake MTA stopped
 	}
 	tick := time.NewTicker(sseKeepalive)
 	defer tick.Stop()
@@ -413,14 +416,19 @@ func (a *api) events(w http.ResponseWriter, r *http.Request) {
 			return
 		case <-a.quit:
 			return
-		case ev, ok := <-ch:
+		case <-cl.dropped:
+			// Fell behind: the connection is closed; the client resumes
+			// with Last-Event-ID and gets the rest from the journal.
+			a.s.cfg.Logf("api: event stream of %s fell behind by %d events: closed (it resumes with Last-Event-ID)", r.RemoteAddr, sseClientQueue)
+			panic(http.ErrAbortHandler)
+		case f, ok := <-cl.ch:
 			if !ok {
 				return // the journal closed: the fake MTA stopped
 			}
-			if ev.Seq <= last {
+			if f.seq <= last {
 				continue // already replayed
 			}
-			if !send(ev) {
+			if !send(f) {
 				return
 			}
 		case <-tick.C:

@@ -85,7 +85,10 @@ type Journal struct {
 	messages []Message
 
 	subs map[*subscriber]struct{}
-	now  func() time.Time
+	// sseHub feeds the API's event streams (one subscription for all).
+	sseOnce sync.Once
+	sseHub  *sseHub
+	now     func() time.Time
 	stop chan struct{}
 	done chan struct{}
 }
