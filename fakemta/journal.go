@@ -89,8 +89,8 @@ type Journal struct {
 	sseOnce sync.Once
 	sseHub  *sseHub
 	now     func() time.Time
-	stop chan struct{}
-	done chan struct{}
+	stop    chan struct{}
+	done    chan struct{}
 }
 
 // journalStore is what the journal needs of its file (*os.File; tests
