@@ -417,6 +417,9 @@ func (se *session) end(aborted string, durable bool) error {
 		tx.Aborted = aborted
 	}
 	ev := Event{Kind: EventTransaction, Conn: se.c.id, Client: se.c.client, TLS: se.c.tls, Transaction: tx}
+	if tx.Message != nil {
+		se.c.budget.reset() // a message: the connection's bounds start again
+	}
 	if durable {
 		_, err := se.srv.recordDurable(ev)
 		return err
