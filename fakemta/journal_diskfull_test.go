@@ -229,3 +229,19 @@ func TestDiskFullNeverAnswers250WithoutRecord(t *testing.T) {
 		})
 	}
 }
+
+// TestCLIKeepBodiesNotWritableExit2: --keep-bodies naming something that
+// cannot hold bodies is bad input (exit 2) at start, not a 451 for every
+// message later.
+func TestCLIKeepBodiesNotWritableExit2(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "a-file")
+	if err := os.WriteFile(file, []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, dir := range []string{file, filepath.Join(file, "sub")} {
+		code, _, stderr := runCLI(t, "--listen", "127.0.0.1:0", "--keep-bodies", dir)
+		if code != ExitConfig || !strings.Contains(stderr, "--keep-bodies") {
+			t.Errorf("--keep-bodies %s: exit %d, stderr %q", dir, code, stderr)
+		}
+	}
+}
