@@ -376,7 +376,7 @@ func (j *Journal) AppendDurable(ev Event, durable bool, fail func(*Event, error)
 		lineBufs.Put(tail)
 	}
 	if encErr != nil {
-		err := j.refuse(&ev, encErr, durable, fail)
+		ev, err := j.refuse(ev, encErr, durable, fail)
 		j.mu.Unlock()
 		return ev, err
 	}
@@ -398,13 +398,13 @@ func (j *Journal) AppendDurable(ev Event, durable bool, fail func(*Event, error)
 	// With a sync interval whose last fsync failed nothing can be promised.
 	if j.syncEvery > 0 && j.serr != nil {
 		j.buf = j.buf[:mark]
-		err := j.refuse(&ev, j.serr, true, fail)
+		ev, err := j.refuse(ev, j.serr, true, fail)
 		j.mu.Unlock()
 		return ev, err
 	}
 	if err := j.writeLocked(); err != nil {
 		j.buf = j.buf[:mark]
-		err = j.refuse(&ev, err, true, fail)
+		ev, err = j.refuse(ev, err, true, fail)
 		j.mu.Unlock()
 		return ev, err
 	}
@@ -461,16 +461,16 @@ func (j *Journal) AppendDurable(ev Event, durable bool, fail func(*Event, error)
 }
 
 // refuse gives up on ev: counted, rewritten by fail, published. Called
-// with mu held; returns err.
-func (j *Journal) refuse(ev *Event, err error, durable bool, fail func(*Event, error)) error {
+// with mu held.
+func (j *Journal) refuse(ev Event, err error, durable bool, fail func(*Event, error)) (Event, error) {
 	if durable {
 		j.failures++
 		if fail != nil {
-			fail(ev, err)
+			fail(&ev, err)
 		}
 	}
-	j.publish(*ev)
-	return err
+	j.publish(ev)
+	return ev, err
 }
 
 // publish hands ev to the ring and subscribers, behind any held events.
