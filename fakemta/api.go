@@ -425,10 +425,23 @@ func (a *api) events(w http.ResponseWriter, r *http.Request) {
 			if !ok {
 				return // the journal closed: the fake MTA stopped
 			}
-			if f.seq <= last {
-				continue // already replayed
+			// Write what is queued, then flush once: a busy journal costs
+			// one flush per batch, not per event and client.
+			for n := 0; ; n++ {
+				if f.seq > last { // else already replayed
+					if _, err := w.Write(f.b); err != nil {
+						return
+					}
+					last = f.seq
+				}
+				if n == 255 || len(cl.ch) == 0 {
+					break
+				}
+				if f, ok = <-cl.ch; !ok {
+					break
+				}
 			}
-			if !send(f) {
+			if rc.Flush() != nil || !ok {
 				return
 			}
 		case <-tick.C:
