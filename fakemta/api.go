@@ -43,7 +43,7 @@ type api struct {
 
 // APIHandler returns the HTTP/JSON control API (see docs/fakemta.md):
 //
-//	GET  /healthz               "ok" (never needs the token)
+//	GET  /healthz               "ok", 503 while messages cannot be recorded (never needs the token)
 //	GET  /api/v1/messages       received messages
 //	GET  /api/v1/journal        journal events (?since=SEQ&limit=N)
 //	GET  /api/v1/events         live journal events as server-sent events
@@ -61,6 +61,7 @@ func (s *Server) APIHandler(token string) http.Handler {
 
 func (s *Server) newAPI(token string) *api {
 	a := &api{s: s, quit: make(chan struct{})}
+	s.metrics.watchHealth(s.Health)
 	if token != "" {
 		a.token, a.hasToken = sha256.Sum256([]byte(token)), true
 	}
@@ -246,9 +247,16 @@ func seqParam(name, v string) (uint64, error) {
 	return n, nil
 }
 
+// healthz says "ok", or 503 with the reason while the fake MTA cannot
+// record durably (it then refuses messages with 451/452 at the final dot).
 func (a *api) healthz(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	w.Header().Set("Cache-Control", "no-store")
+	if err := a.s.Health(); err != nil {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		io.WriteString(w, "unhealthy: cannot record messages (they get 451/452): "+err.Error()+"\n")
+		return
+	}
 	io.WriteString(w, "ok\n")
 }
 
@@ -317,15 +325,40 @@ func (a *api) journal(w http.ResponseWriter, r *http.Request) {
 		}
 		limit = n
 	}
-	evs, err := a.s.Journal().Since(since, limit)
-	if err != nil {
+	// Streamed, as /api/v1/messages: a journal of any length is never
+	// held in memory, whatever limit says.
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	bw := bufio.NewWriterSize(w, 64<<10)
+	n := 0
+	err = a.s.Journal().EachSince(since, limit, func(ev *Event) error {
+		b, err := json.Marshal(ev)
+		if err != nil {
+			return err
+		}
+		sep := byte(',')
+		if n == 0 {
+			sep = '['
+		}
+		n++
+		bw.WriteByte(sep)
+		_, err = bw.Write(b)
+		return err
+	})
+	switch {
+	case err != nil && n == 0:
 		writeError(w, http.StatusInternalServerError, "reading the journal: "+err.Error())
 		return
+	case err != nil:
+		// The 200 may be out already: cut the response so the client
+		// sees it broken rather than a short array that looks whole.
+		a.s.cfg.Logf("api: GET /api/v1/journal: %v", err)
+		panic(http.ErrAbortHandler)
+	case n == 0:
+		bw.WriteByte('[')
 	}
-	if evs == nil {
-		evs = []Event{}
-	}
-	writeJSON(w, http.StatusOK, evs)
+	bw.WriteString("]\n")
+	bw.Flush()
 }
 
 // events streams journal events as server-sent events. With ?since=SEQ or
@@ -356,8 +389,12 @@ func (a *api) events(w http.ResponseWriter, r *http.Request) {
 		replay = true
 	}
 	j := a.s.Journal()
-	ch, cancel := j.Subscribe()
-	defer cancel()
+	// Join the hub before reading the history: no gap between the two.
+	hub := j.sse()
+	cl := hub.join()
+	if cl != nil {
+		defer hub.leave(cl)
+	}
 	if replay && since > j.Seq() {
 		// Sequence numbers only grow, so the client saw another journal
 		// (an in-memory one that restarted): everything here is new to it.
@@ -377,15 +414,11 @@ func (a *api) events(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	last := since
-	send := func(ev Event) bool {
-		data, err := json.Marshal(ev)
-		if err != nil {
+	send := func(f sseFrame) bool {
+		if _, err := w.Write(f.b); err != nil {
 			return false
 		}
-		if _, err := fmt.Fprintf(w, "id: %d\nevent: %s\ndata: %s\n\n", ev.Seq, ev.Kind, data); err != nil {
-			return false
-		}
-		last = ev.Seq
+		last = f.seq
 		return rc.Flush() == nil
 	}
 	if replay {
@@ -396,8 +429,8 @@ func (a *api) events(w http.ResponseWriter, r *http.Request) {
 				rc.Flush()
 				return
 			}
-			for _, ev := range evs {
-				if r.Context().Err() != nil || !send(ev) {
+			for i := range evs {
+				if r.Context().Err() != nil || !send(sseFrame{seq: evs[i].Seq, b: encodeSSE(&evs[i])}) {
 					return
 				}
 			}
@@ -405,6 +438,9 @@ func (a *api) events(w http.ResponseWriter, r *http.Request) {
 				break
 			}
 		}
+	}
+	if cl == nil {
+		return // the journal closed: the fake MTA stopped
 	}
 	tick := time.NewTicker(sseKeepalive)
 	defer tick.Stop()
@@ -414,14 +450,32 @@ func (a *api) events(w http.ResponseWriter, r *http.Request) {
 			return
 		case <-a.quit:
 			return
-		case ev, ok := <-ch:
+		case <-cl.dropped:
+			// Fell behind: the connection is closed; the client resumes
+			// with Last-Event-ID and gets the rest from the journal.
+			a.s.cfg.Logf("api: event stream of %s fell behind by %d events: closed (it resumes with Last-Event-ID)", r.RemoteAddr, sseClientQueue)
+			panic(http.ErrAbortHandler)
+		case f, ok := <-cl.ch:
 			if !ok {
 				return // the journal closed: the fake MTA stopped
 			}
-			if ev.Seq <= last {
-				continue // already replayed
+			// Write what is queued, then flush once: a busy journal costs
+			// one flush per batch, not per event and client.
+			for n := 0; ; n++ {
+				if f.seq > last { // else already replayed
+					if _, err := w.Write(f.b); err != nil {
+						return
+					}
+					last = f.seq
+				}
+				if n == 255 || len(cl.ch) == 0 {
+					break
+				}
+				if f, ok = <-cl.ch; !ok {
+					break
+				}
 			}
-			if !send(ev) {
+			if rc.Flush() != nil || !ok {
 				return
 			}
 		case <-tick.C:

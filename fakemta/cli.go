@@ -199,6 +199,19 @@ func (o *cliOptions) config(getenv func(string) string) (Config, string, error) 
 	case (o.tlsCert == "") != (o.tlsKey == ""):
 		return bad("--tls-cert and --tls-key go together")
 	}
+	if o.keepBodies != "" {
+		// Checked now: a folder that cannot hold bodies would refuse
+		// every message with 451 later.
+		if err := os.MkdirAll(o.keepBodies, 0o755); err != nil {
+			return bad("--keep-bodies %s: %v", o.keepBodies, err)
+		}
+		f, err := os.CreateTemp(o.keepBodies, ".probe-*")
+		if err != nil {
+			return bad("--keep-bodies %s: cannot write there: %v", o.keepBodies, err)
+		}
+		f.Close()
+		os.Remove(f.Name())
+	}
 	if o.journalSync != "message" {
 		d, err := time.ParseDuration(o.journalSync)
 		switch {

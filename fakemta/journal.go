@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"sync"
 	"time"
@@ -26,14 +27,29 @@ const scratchSync time.Duration = -1
 // out (group commit: concurrent sessions share one fsync), or, with a sync
 // interval, written to the file before the reply and fsync'd at most that
 // interval later. Without a state directory events stay in memory.
+//
+// A durable event Append cannot make durable (disk full, I/O error) is
+// refused: Append returns the error, the event is left out of the file
+// (no torn line), and subscribers see it as the caller's fail function
+// rewrote it (the reply the client really got). Until a write succeeds
+// again Health reports the error; the journal keeps trying, so it heals
+// by itself when space comes back.
+//
 // Subscribers receive every event, in order, on a channel that never drops
 // (each subscriber has its own unbounded queue).
 type Journal struct {
-	mu    sync.Mutex
-	seq   uint64
-	file  *os.File
-	w     *bufio.Writer
-	dirty bool
+	mu   sync.Mutex
+	seq  uint64
+	file journalStore
+	// buf holds encoded lines not yet written; the file holds fileEnd
+	// bytes, always ending at a line boundary (a failed write is cut back).
+	buf     []byte
+	fileEnd int64
+	// syncedEnd is how much of the file the last successful fsync covers;
+	// epoch counts the times the file was cut back to it (an fsync that
+	// failed): a durable waiter whose epoch changed lost its line.
+	syncedEnd int64
+	epoch     uint64
 	// syncEvery > 0 trades the fsync per message for one per interval:
 	// durable events are still written (write(2)) before Append returns,
 	// so a crash of the process loses nothing; a crash of the machine may
@@ -45,8 +61,20 @@ type Journal struct {
 	syncing   bool
 	synced    *sync.Cond // broadcast after each fsync
 	syncGen   uint64     // completed fsyncs
-	err       error      // first write error; the journal stops accepting durable events
-	tc        timeCache  // formats event times (under mu)
+	// werr and serr are the latest write and fsync failures, nil once a
+	// write (an fsync) succeeds again; err is whichever is set (health).
+	werr, serr error
+	err        error
+	bodyErr    error  // the latest --keep-bodies failure, nil after a success
+	failures   uint64 // durable events refused
+	dropped    uint64 // non-durable events dropped while the disk refused writes
+	tc         timeCache
+
+	// held are events appended but not yet given to subscribers and the
+	// ring, in seq order: a durable event waiting for its fsync holds back
+	// later ones, so readers see events in order and as the client saw
+	// them (a refused message with the reply it really got).
+	held []*heldEvent
 
 	// ring holds the latest events for GET /journal without a state dir and
 	// for quick reads; keepAll (no state dir) keeps every event instead.
@@ -57,10 +85,38 @@ type Journal struct {
 	messages []Message
 
 	subs map[*subscriber]struct{}
-	now  func() time.Time
-	stop chan struct{}
-	done chan struct{}
+	// sseHub feeds the API's event streams (one subscription for all).
+	sseOnce sync.Once
+	sseHub  *sseHub
+	now     func() time.Time
+	stop    chan struct{}
+	done    chan struct{}
 }
+
+// journalStore is what the journal needs of its file (*os.File; tests
+// inject failures).
+type journalStore interface {
+	io.WriterAt
+	Truncate(size int64) error
+	Sync() error
+	Close() error
+	Name() string
+}
+
+// heldEvent is an event waiting for its turn to be published.
+type heldEvent struct {
+	ev    Event
+	ready bool
+}
+
+// maxPendingBytes bounds the lines kept in memory while the disk refuses
+// writes; beyond it non-durable events (commands, replies) are dropped and
+// counted. Durable events are never dropped: they are refused.
+const maxPendingBytes = 16 << 20
+
+// writeChunk is how much the journal buffers before writing without waiting
+// for the flusher.
+const writeChunk = 256 << 10
 
 // openJournal opens (or creates) the journal in dir; dir "" keeps it in
 // memory. Existing events are replayed through replay (for greylist state)
@@ -97,11 +153,8 @@ func openJournal(dir string, syncEvery time.Duration, now func() time.Time, repl
 		f.Close()
 		return nil, err
 	}
-	if _, err := f.Seek(good, io.SeekStart); err != nil {
-		f.Close()
-		return nil, err
-	}
-	j.file, j.w = f, bufio.NewWriterSize(f, 256<<10)
+	j.file, j.fileEnd, j.syncedEnd = f, good, good
+	j.buf = make([]byte, 0, writeChunk+4096)
 	go j.flusher()
 	return j, nil
 }
@@ -137,7 +190,8 @@ func (j *Journal) replayFile(f *os.File, replay func(Event)) (int64, error) {
 
 // flusher writes buffered events out periodically so a reader of the file
 // (or a crash) loses at most ~100ms of non-message events; with a sync
-// interval it also makes the written events durable that often.
+// interval it also makes the written events durable that often. While the
+// disk refuses writes it keeps retrying, so the journal heals by itself.
 func (j *Journal) flusher() {
 	defer close(j.done)
 	tick := 100 * time.Millisecond
@@ -152,49 +206,135 @@ func (j *Journal) flusher() {
 			return
 		case now := <-t.C:
 			j.mu.Lock()
-			if j.dirty && !j.syncing {
-				j.flushLocked(false)
+			if len(j.buf) > 0 && !j.syncing {
+				j.writeLocked()
 			}
-			if j.unsynced && j.err == nil && now.Sub(j.lastSync) >= j.syncEvery {
+			if j.syncEvery > 0 && (j.fileEnd > j.syncedEnd || j.serr != nil) && !j.syncing && now.Sub(j.lastSync) >= j.syncEvery {
 				// Outside the lock: sessions keep writing while the disk works.
-				j.unsynced, j.lastSync = false, now
+				target := j.fileEnd
+				j.syncing, j.lastSync = true, now
 				j.mu.Unlock()
 				err := j.file.Sync()
 				j.mu.Lock()
-				if err != nil && j.err == nil {
-					j.err = err
-				}
-				j.syncGen++
-				j.synced.Broadcast()
+				j.syncing = false
+				j.synceDone(target, err, false)
 			}
 			j.mu.Unlock()
 		}
 	}
 }
 
-func (j *Journal) flushLocked(fsync bool) {
-	if j.err != nil {
-		return
+// writeLocked writes buf to the file. On failure the file is cut back to
+// its last line boundary and buf is kept for the next try.
+func (j *Journal) writeLocked() error {
+	if len(j.buf) == 0 {
+		return nil
 	}
-	if j.w.Buffered() > 0 {
-		if err := j.w.Flush(); err != nil {
-			j.err = err
-			return
-		}
-		j.unsynced = j.syncEvery > 0
+	n, err := j.file.WriteAt(j.buf, j.fileEnd)
+	if err == nil && n < len(j.buf) {
+		err = io.ErrShortWrite
 	}
-	j.dirty = false
-	if fsync {
-		if err := j.file.Sync(); err != nil {
-			j.err = err
+	if err != nil {
+		if n > 0 {
+			// Cut the torn part (the next write at fileEnd would overwrite
+			// it anyway; readers of the file must not see it meanwhile).
+			j.file.Truncate(j.fileEnd)
 		}
-		j.unsynced = false
+		j.werr = err
+		j.setErr()
+		return err
+	}
+	j.fileEnd += int64(n)
+	j.buf = j.buf[:0]
+	if cap(j.buf) > 4*writeChunk {
+		j.buf = make([]byte, 0, writeChunk+4096) // shrink after an outage
+	}
+	j.unsynced = j.syncEvery > 0
+	if j.werr != nil {
+		j.werr = nil
+		j.setErr()
+	}
+	return nil
+}
+
+// synceDone records the outcome of an fsync that covered the file up to
+// target. cut: a failure cuts the file back to the last good fsync (the
+// per-message mode, where the lines after it belong to refused replies).
+func (j *Journal) synceDone(target int64, err error, cut bool) {
+	if err == nil {
+		j.syncedEnd = max(j.syncedEnd, target)
+		j.unsynced = j.fileEnd > j.syncedEnd
+		j.serr = nil
+	} else {
+		j.serr = err
+		if cut && j.file.Truncate(j.syncedEnd) == nil {
+			j.fileEnd = j.syncedEnd
+			j.epoch++
+		}
+	}
+	j.setErr()
+	j.syncGen++
+	j.synced.Broadcast()
+}
+
+func (j *Journal) setErr() {
+	j.err = j.werr
+	if j.err == nil {
+		j.err = j.serr
 	}
 }
 
+// noteBody records the outcome of writing a body with --keep-bodies: the
+// bodies are part of the record, so a failure makes the journal unhealthy
+// until a body is written again.
+func (j *Journal) noteBody(err error) {
+	j.mu.Lock()
+	j.bodyErr = err
+	j.mu.Unlock()
+}
+
+// flushLocked writes buffered lines out (for readers of the file) and, with
+// fsync, makes them durable.
+func (j *Journal) flushLocked(fsync bool) {
+	if j.writeLocked() != nil || !fsync {
+		return
+	}
+	j.synceDone(j.fileEnd, j.file.Sync(), false)
+}
+
+// Health returns why the journal cannot record durably right now (the
+// latest write or fsync failure), nil when it can.
+func (j *Journal) Health() error {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if j.err != nil {
+		return fmt.Errorf("journal: %w", j.err)
+	}
+	if j.bodyErr != nil {
+		return fmt.Errorf("keep-bodies: %w", j.bodyErr)
+	}
+	return nil
+}
+
+// Failures returns how many durable events were refused and how many
+// other events were dropped because the disk refused writes.
+func (j *Journal) Failures() (refused, dropped uint64) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return j.failures, j.dropped
+}
+
 // Append records ev (Seq and Time are set here) and returns it. With
-// durable, Append returns only after the event is on disk (fsync'd).
+// durable, Append returns only after the event is on disk (fsync'd), or
+// with the error that kept it off.
 func (j *Journal) Append(ev Event, durable bool) (Event, error) {
+	return j.AppendDurable(ev, durable, nil)
+}
+
+// AppendDurable is Append with fail: when a durable event cannot be
+// recorded, fail rewrites it (to say what the client was told instead)
+// before subscribers see it.
+func (j *Journal) AppendDurable(ev Event, durable bool, fail func(*Event, error)) (Event, error) {
 	// Encode what does not depend on Seq and Time before taking the lock,
 	// so sessions encode in parallel; the lock covers the short head.
 	var tail *[]byte
@@ -209,81 +349,159 @@ func (j *Journal) Append(ev Event, durable bool) (Event, error) {
 	if ev.Time.IsZero() {
 		ev.Time = j.now()
 	}
-	j.remember(ev)
-	for s := range j.subs {
-		s.push(ev)
-	}
 	if j.file == nil {
+		j.publish(ev)
 		j.mu.Unlock()
 		return ev, nil
 	}
-	if j.err == nil {
-		// The whole line goes out in one piece, newline included: an
-		// encoding error leaves no torn line.
-		var head [64]byte
-		h := append(head[:0], `{"seq":`...)
-		h = strconv.AppendUint(h, ev.Seq, 10)
-		h = append(h, `,"time":`...)
-		h, ok := j.tc.appendTime(h, ev.Time)
-		var err error
-		if ok && hand {
-			if _, err = j.w.Write(h); err == nil {
-				_, err = j.w.Write(*tail)
-			}
-		} else {
-			var b []byte
-			if b, err = json.Marshal(ev); err == nil {
-				if _, err = j.w.Write(b); err == nil {
-					err = j.w.WriteByte('\n')
-				}
-			}
-		}
-		if err != nil {
-			j.err = err
-		}
-		j.dirty = true
+	// The whole line goes out in one piece, newline included: an
+	// encoding error leaves no torn line.
+	mark := len(j.buf)
+	var encErr error
+	var head [64]byte
+	h := append(head[:0], `{"seq":`...)
+	h = strconv.AppendUint(h, ev.Seq, 10)
+	h = append(h, `,"time":`...)
+	h, ok := j.tc.appendTime(h, ev.Time)
+	if ok && hand {
+		j.buf = append(j.buf, h...)
+		j.buf = append(j.buf, *tail...)
+	} else if b, err := json.Marshal(ev); err == nil {
+		j.buf = append(j.buf, b...)
+		j.buf = append(j.buf, '\n')
+	} else {
+		encErr = err
 	}
 	if cap(*tail) <= 64<<10 {
 		lineBufs.Put(tail)
 	}
-	if durable && j.syncEvery == scratchSync {
-		// A scratch journal: nothing to make durable; the flusher and
-		// readers write it out.
-	} else if durable && j.syncEvery > 0 {
-		// In the kernel before the reply: a kill -9 loses nothing; the
-		// flusher fsyncs within syncEvery.
-		j.flushLocked(false)
-	} else if durable {
-		// Group commit: wait for an fsync that started after this write.
-		target := j.syncGen + 1
-		if j.syncing {
-			target++
+	if encErr != nil {
+		ev, err := j.refuse(ev, encErr, durable, fail)
+		j.mu.Unlock()
+		return ev, err
+	}
+	if !durable {
+		if len(j.buf) >= writeChunk && !j.syncing && j.werr == nil {
+			// (While writes fail, the flusher and durable appends retry.)
+			j.writeLocked()
 		}
-		for j.syncGen < target && j.err == nil {
-			if !j.syncing {
-				j.syncing = true
-				j.flushLocked(false)
-				healthy := j.err == nil
-				j.mu.Unlock()
-				var err error
-				if healthy {
-					err = j.file.Sync()
+		if j.werr != nil && len(j.buf) > maxPendingBytes {
+			j.buf = j.buf[:mark] // the disk refuses: memory stays bounded
+			j.dropped++
+		}
+		j.publish(ev)
+		j.mu.Unlock()
+		return ev, nil
+	}
+	// A durable line is written now, under the lock: if the disk refuses
+	// it, nothing after it is in the file yet, so it is simply taken out.
+	// With a sync interval whose last fsync failed nothing can be promised.
+	if j.syncEvery > 0 && j.serr != nil {
+		j.buf = j.buf[:mark]
+		ev, err := j.refuse(ev, j.serr, true, fail)
+		j.mu.Unlock()
+		return ev, err
+	}
+	if err := j.writeLocked(); err != nil {
+		j.buf = j.buf[:mark]
+		ev, err = j.refuse(ev, err, true, fail)
+		j.mu.Unlock()
+		return ev, err
+	}
+	lineEnd := j.fileEnd
+	switch {
+	case j.syncEvery != 0:
+		// In the kernel before the reply: a kill -9 loses nothing; the
+		// flusher fsyncs within syncEvery (a scratch journal never).
+	default:
+		// Group commit: wait for an fsync that covers this line.
+		he := &heldEvent{ev: ev}
+		j.held = append(j.held, he)
+		epoch := j.epoch
+		var err error
+		for {
+			if j.epoch != epoch {
+				err = j.serr
+				if err == nil {
+					err = errors.New("journal: fsync failed")
 				}
-				j.mu.Lock()
-				if err != nil && j.err == nil {
-					j.err = err
-				}
-				j.syncing = false
-				j.syncGen++
-				j.synced.Broadcast()
+				break
+			}
+			if j.syncedEnd >= lineEnd {
+				break
+			}
+			if j.syncing {
+				j.synced.Wait()
 				continue
 			}
-			j.synced.Wait()
+			j.syncing = true
+			j.writeLocked() // lines of others, appended meanwhile, ride along
+			target := j.fileEnd
+			j.mu.Unlock()
+			serr := j.file.Sync()
+			j.mu.Lock()
+			j.syncing = false
+			j.synceDone(target, serr, true)
+		}
+		if err != nil {
+			j.failures++
+			if fail != nil {
+				fail(&he.ev, err)
+			}
+		}
+		ev = he.ev
+		he.ready = true
+		j.publishHeld()
+		j.mu.Unlock()
+		return ev, err
+	}
+	j.publish(ev)
+	j.mu.Unlock()
+	return ev, nil
+}
+
+// refuse gives up on ev: counted, rewritten by fail, published. Called
+// with mu held.
+func (j *Journal) refuse(ev Event, err error, durable bool, fail func(*Event, error)) (Event, error) {
+	if durable {
+		j.failures++
+		if fail != nil {
+			fail(&ev, err)
 		}
 	}
-	err := j.err
-	j.mu.Unlock()
+	j.publish(ev)
 	return ev, err
+}
+
+// publish hands ev to the ring and subscribers, behind any held events.
+// Called with mu held.
+func (j *Journal) publish(ev Event) {
+	if len(j.held) == 0 {
+		j.remember(ev)
+		for s := range j.subs {
+			s.push(ev)
+		}
+		return
+	}
+	j.held = append(j.held, &heldEvent{ev: ev, ready: true})
+}
+
+// publishHeld publishes the ready events at the front of held.
+func (j *Journal) publishHeld() {
+	n := 0
+	for _, he := range j.held {
+		if !he.ready {
+			break
+		}
+		j.remember(he.ev)
+		for s := range j.subs {
+			s.push(he.ev)
+		}
+		n++
+	}
+	m := copy(j.held, j.held[n:])
+	clear(j.held[m:])
+	j.held = j.held[:m]
 }
 
 // remember keeps ev in the ring and, without a state directory, in the
@@ -335,6 +553,47 @@ func (j *Journal) Since(since uint64, limit int) ([]Event, error) {
 	name := j.file.Name()
 	j.mu.Unlock()
 	return readJournalFile(name, since, limit)
+}
+
+// EachSince calls fn, in order, for the events with Seq > since, at most
+// limit (0 = no limit), and stops at the first error fn returns. With a
+// state directory it streams from the file (or the in-memory window when
+// that covers since), so a journal of any length is read in constant memory.
+func (j *Journal) EachSince(since uint64, limit int, fn func(*Event) error) error {
+	j.mu.Lock()
+	if len(j.ring) > 0 && (j.ring[0].Seq <= since+1 || j.file == nil) {
+		// A copy of the window's tail (bounded in file mode: ringCap).
+		i := sort.Search(len(j.ring), func(i int) bool { return j.ring[i].Seq > since })
+		evs := append([]Event(nil), j.ring[i:]...)
+		j.mu.Unlock()
+		for n := range evs {
+			if limit > 0 && n == limit {
+				break
+			}
+			if err := fn(&evs[n]); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	if j.file == nil {
+		j.mu.Unlock()
+		return nil
+	}
+	j.flushLocked(false)
+	name := j.file.Name()
+	j.mu.Unlock()
+	var ferr error
+	n := 0
+	err := scanJournalFile(name, since, func(ev *Event) bool {
+		ferr = fn(ev)
+		n++
+		return ferr == nil && (limit <= 0 || n < limit)
+	})
+	if ferr != nil {
+		return ferr
+	}
+	return err
 }
 
 // readJournalFile reads events with Seq > since from a journal file.
@@ -471,7 +730,7 @@ func (j *Journal) Close() error {
 	j.subs = map[*subscriber]struct{}{}
 	j.mu.Unlock()
 	for s := range subs {
-		s.close()
+		s.end()
 	}
 	if j.file == nil {
 		return nil
@@ -489,16 +748,21 @@ func (j *Journal) Close() error {
 }
 
 // subscriber is one unbounded, ordered event queue feeding a channel.
+// Two ways end it: the reader cancels (close: stop at once, the reader is
+// gone) or the journal closes (end: deliver everything still queued, then
+// close the channel, so the end of the journal reaches every reader).
 type subscriber struct {
 	mu     sync.Mutex
 	queue  []Event
 	wake   chan struct{}
 	out    chan Event
-	closed chan struct{}
+	closed chan struct{} // the reader cancelled
+	ended  chan struct{} // the journal closed: nothing more will be pushed
+	endMu  sync.Once
 }
 
 func newSubscriber() *subscriber {
-	s := &subscriber{wake: make(chan struct{}, 1), out: make(chan Event, 64), closed: make(chan struct{})}
+	s := &subscriber{wake: make(chan struct{}, 1), out: make(chan Event, 64), closed: make(chan struct{}), ended: make(chan struct{})}
 	go s.pump()
 	return s
 }
@@ -521,6 +785,9 @@ func (s *subscriber) close() {
 	}
 }
 
+// end says no event will be pushed any more; the pump drains and closes out.
+func (s *subscriber) end() { s.endMu.Do(func() { close(s.ended) }) }
+
 func (s *subscriber) pump() {
 	defer close(s.out)
 	for {
@@ -529,6 +796,8 @@ func (s *subscriber) pump() {
 		s.queue = nil
 		s.mu.Unlock()
 		for _, ev := range batch {
+			// Only the reader's cancel stops a delivery: at the journal's
+			// close the queued events still go out.
 			select {
 			case s.out <- ev:
 			case <-s.closed:
@@ -542,6 +811,15 @@ func (s *subscriber) pump() {
 		case <-s.wake:
 		case <-s.closed:
 			return
+		case <-s.ended:
+			// Every push happened before end (both under the journal's
+			// lock): one more look at the queue finds the last of them.
+			s.mu.Lock()
+			empty := len(s.queue) == 0
+			s.mu.Unlock()
+			if empty {
+				return
+			}
 		}
 	}
 }

@@ -21,6 +21,11 @@ type Metrics struct {
 	messages    prometheus.Counter
 	dsns        *prometheus.CounterVec
 	greylist    *prometheus.CounterVec
+	// recordFailures counts durable records refused (what: journal, body);
+	// recording is 1 while the fake MTA can record durably, 0 otherwise.
+	recordFailures *prometheus.CounterVec
+	recording      prometheus.GaugeFunc
+	health         atomic.Pointer[func() error]
 
 	commandKids counterCache
 	replyKids   [500]atomic.Pointer[prometheus.Counter]
@@ -43,7 +48,16 @@ func NewMetrics() *Metrics {
 		greylist: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "greyharness_fakemta_greylist_total",
 			Help: "Greylist decisions, by outcome (deferred, passed, whitelisted)."}, []string{"outcome"}),
 	}
-	m.reg.MustRegister(m.connections, m.commands, m.replies, m.messages, m.dsns, m.greylist)
+	m.recordFailures = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "greyharness_fakemta_record_failures_total",
+		Help: "Messages refused (451/452 at the final dot) because they could not be recorded durably, by what failed (journal, body)."}, []string{"what"})
+	m.recording = prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "greyharness_fakemta_recording",
+		Help: "1 while the fake MTA can record durably, 0 while journal or body writes fail (see /healthz)."}, func() float64 {
+		if f := m.health.Load(); f != nil && (*f)() != nil {
+			return 0
+		}
+		return 1
+	})
+	m.reg.MustRegister(m.connections, m.commands, m.replies, m.messages, m.dsns, m.greylist, m.recordFailures, m.recording)
 	m.commandKids.vec = m.commands
 	return m
 }
@@ -171,6 +185,12 @@ func commandVerb(cmd string) string {
 	}
 	return verb
 }
+
+// recordFailed counts one message refused because what failed to record.
+func (m *Metrics) recordFailed(what string) { m.recordFailures.WithLabelValues(what).Inc() }
+
+// watchHealth makes the recording gauge follow fn.
+func (m *Metrics) watchHealth(fn func() error) { m.health.Store(&fn) }
 
 func (m *Metrics) observe(ev *Event) {
 	switch ev.Kind {

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"io"
 	"net/mail"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -202,7 +203,7 @@ func (se *session) Data(r io.Reader) error {
 		return &smtp.SMTPError{Code: 503, EnhancedCode: smtp.EnhancedCode{5, 5, 1}, Message: "MAIL first"}
 	}
 	now := se.srv.cfg.Now
-	msg, readErr := se.receive(r)
+	msg, bodyErr, readErr := se.receive(r)
 	rcpts := se.accepted()
 	if readErr != nil {
 		if errors.Is(readErr, smtp.ErrDataReset) {
@@ -256,11 +257,24 @@ func (se *session) Data(r io.Reader) error {
 	if reply == nil {
 		reply = &Reply{Code: 250, Enhanced: "2.0.0", Text: "OK: queued as " + msg.ID}
 	}
+	if bodyErr != nil && reply.Code/100 == 2 {
+		// The body is part of the record: not kept, not accepted.
+		r := recordFailure(bodyErr)
+		reply, err = &r, smtpError(&r)
+		se.srv.metrics.recordFailed("body")
+	}
 	msg.Accepted = reply.Code/100 == 2 && !reply.Dropped
 	se.tx.Data = reply
 	se.tx.Message = msg
-	// Durable before the reply leaves: after 250 the message must not vanish.
-	se.finishDurable("")
+	// Durable before the reply leaves: after 250 the message must not
+	// vanish. If it cannot be recorded the client is told so instead.
+	if derr := se.finishDurable(""); derr != nil && reply.Code/100 == 2 && !reply.Dropped {
+		if msg.BodyPath != "" {
+			os.Remove(msg.BodyPath) // refused: the relay sends it again
+		}
+		r := recordFailure(derr)
+		return smtpError(&r)
+	}
 	if err == nil {
 		se.say(reply)
 	}
@@ -293,9 +307,10 @@ func enhancedString(e smtp.EnhancedCode) string {
 
 // receive reads the body: hash, size, identifying headers, the body to
 // disk with --keep-bodies, and a DSN parse for null-sender messages.
-func (se *session) receive(r io.Reader) (*Message, error) {
+// bodyErr says --keep-bodies could not keep the body (the file is removed).
+func (se *session) receive(r io.Reader) (msg *Message, bodyErr error, readErr error) {
 	id := "m" + strconv.FormatUint(se.srv.msgSeq.Add(1), 36) + "-" + strconv.FormatInt(se.srv.cfg.Now().UnixNano()%1e9, 36)
-	msg := &Message{ID: id, MailFrom: se.tx.MailFrom, RcptTo: se.accepted()}
+	msg = &Message{ID: id, MailFrom: se.tx.MailFrom, RcptTo: se.accepted()}
 	h := sha256.New()
 	rb := recvBufs.Get().(*recvBuf)
 	defer rb.put()
@@ -306,7 +321,7 @@ func (se *session) receive(r io.Reader) (*Message, error) {
 	}
 	w, path, err := se.srv.keepBody(id)
 	if err != nil {
-		se.srv.cfg.Logf("keep body: %v", err)
+		bodyErr = err
 	}
 	msg.BodyPath = path
 	bp := bodyBufs.Get().(*[]byte)
@@ -334,7 +349,7 @@ func (se *session) receive(r io.Reader) (*Message, error) {
 			}
 			if w != nil {
 				if _, werr := w.Write(chunk); werr != nil {
-					se.srv.cfg.Logf("keep body: %v", werr)
+					bodyErr = werr
 					w.Close()
 					w = nil
 				}
@@ -347,14 +362,27 @@ func (se *session) receive(r io.Reader) (*Message, error) {
 			if w != nil {
 				w.Close()
 			}
-			return msg, rerr
+			return msg, nil, rerr
 		}
 	}
 	if w != nil {
 		if f, ok := w.(interface{ Sync() error }); ok {
-			f.Sync()
+			bodyErr = f.Sync()
 		}
-		w.Close()
+		if cerr := w.Close(); bodyErr == nil {
+			bodyErr = cerr
+		}
+	}
+	if path != "" {
+		if bodyErr != nil {
+			se.srv.cfg.Logf("keep body: %v", bodyErr)
+			os.Remove(path) // a partial body must not pass for the message
+			msg.BodyPath = ""
+		}
+		se.srv.journal.noteBody(bodyErr)
+	} else if bodyErr != nil {
+		se.srv.cfg.Logf("keep body: %v", bodyErr)
+		se.srv.journal.noteBody(bodyErr)
 	}
 	msg.SHA256 = hex.EncodeToString(h.Sum(nil))
 	msg.ReceivedAt = se.srv.cfg.Now()
@@ -371,7 +399,7 @@ func (se *session) receive(r io.Reader) (*Message, error) {
 			msg.DSN = rep
 		}
 	}
-	return msg, nil
+	return msg, bodyErr, nil
 }
 
 // bodyBufs recycles the buffers bodies are read through (one per message).
@@ -400,18 +428,29 @@ func (rb *recvBuf) put() {
 // finish ends the open transaction (if any) and journals it.
 func (se *session) finish(aborted string) { se.end(aborted, false) }
 
-func (se *session) finishDurable(aborted string) { se.end(aborted, true) }
+// finishDurable journals the transaction durably; the error says it could
+// not be recorded (the journal then holds it with the failure reply).
+func (se *session) finishDurable(aborted string) error { return se.end(aborted, true) }
 
-func (se *session) end(aborted string, durable bool) {
+func (se *session) end(aborted string, durable bool) error {
 	tx := se.tx
 	if tx == nil {
-		return
+		return nil
 	}
 	se.tx = nil
 	if tx.Data == nil && aborted != "" {
 		tx.Aborted = aborted
 	}
-	se.srv.record(Event{Kind: EventTransaction, Conn: se.c.id, Client: se.c.client, TLS: se.c.tls, Transaction: tx}, durable)
+	ev := Event{Kind: EventTransaction, Conn: se.c.id, Client: se.c.client, TLS: se.c.tls, Transaction: tx}
+	if tx.Message != nil {
+		se.c.budget.reset() // a message: the connection's bounds start again
+	}
+	if durable {
+		_, err := se.srv.recordDurable(ev)
+		return err
+	}
+	se.srv.record(ev, false)
+	return nil
 }
 
 // Reset ends an open transaction (RSET, a new EHLO, or after DATA).

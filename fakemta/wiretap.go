@@ -69,6 +69,7 @@ type conn struct {
 
 	closeOnce sync.Once
 	closed    chan struct{}
+	budget    connBudget // journal_limits.go
 }
 
 const (
@@ -374,6 +375,11 @@ func (c *conn) command(line []byte) {
 	c.cmdSeq++
 	n := c.cmdSeq
 	c.journalCommand(text)
+	if c.budget.command(len(line)) {
+		c.setOverride(n, &override{reply: &overBudgetReply, closeAfter: true})
+		c.out = append(c.out, "NOOP\r\n"...)
+		return
+	}
 	verb, arg, _ := strings.Cut(text, " ")
 	verb = strings.ToUpper(verb)
 	if verb == "EHLO" || verb == "LHLO" {
@@ -730,6 +736,7 @@ func (c *conn) journalCommand(text string) {
 }
 
 func (c *conn) journalReply(r Reply) {
+	c.budget.reply(&r)
 	c.srv.record(Event{Kind: EventReply, Conn: c.id, Client: c.client, TLS: c.tls, Reply: &r}, false)
 }
 
