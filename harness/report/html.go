@@ -84,14 +84,14 @@ type scenarioView struct {
 }
 
 type statsView struct {
-	Passing, Delivered             int
-	P50, P90, Max                  string
-	Hist                           template.HTML
-	Attempts                       string
-	Gaps                           int
+	Passing, Delivered              int
+	P50, P90, Max                   string
+	Hist                            template.HTML
+	Attempts                        string
+	Gaps                            int
 	GapMax, GapP90, RetryMax, Bound string
-	GapPct                         int
-	Gauge                          template.HTML
+	GapPct                          int
+	Gauge                           template.HTML
 }
 
 type findingView struct {
