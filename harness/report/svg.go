@@ -119,7 +119,9 @@ func laneSVG(f ledger.Finding, h *history.History, a axis) template.HTML {
 		laneWidth, total, laneWidth, total)
 	b.f(`<title>%s</title>`, esc(subject(f)))
 	midY := laneTop + laneHeight/2
-	// Faults first, behind everything: one shaded span each.
+	// Faults first, behind everything: one shaded span each, labelled
+	// where the label does not run into the one before.
+	labelEnd := 0.0
 	if h != nil {
 		for _, fl := range h.Faults {
 			x1 := a.x(fl.Start)
@@ -135,8 +137,13 @@ func laneSVG(f ledger.Finding, h *history.History, a axis) template.HTML {
 			if fl.Detail != "" {
 				title += ": " + fl.Detail
 			}
-			b.f(`<g class="fault %s"><title>%s</title><rect x="%.1f" y="%.1f" width="%.1f" height="%.1f"/><text x="%.1f" y="10">%s</text></g>`,
-				faultClass(fl.Kind), esc(title), x1, laneTop, w, laneHeight+bandHeight, x1+1, esc(faultLabel(fl.Kind)))
+			b.f(`<g class="fault %s"><title>%s</title><rect x="%.1f" y="%.1f" width="%.1f" height="%.1f"/>`,
+				faultClass(fl.Kind), esc(title), x1, laneTop, w, laneHeight+bandHeight)
+			if label := faultLabel(fl.Kind); x1 >= labelEnd {
+				b.f(`<text x="%.1f" y="10">%s</text>`, x1+1, esc(label))
+				labelEnd = x1 + 1 + 5*float64(len(label)) + 4
+			}
+			b.f(`</g>`)
 		}
 	}
 	b.f(`<line class="base" x1="%.1f" y1="%.1f" x2="%.1f" y2="%.1f"/>`, a.x0, midY, a.x0+a.width, midY)
@@ -167,6 +174,7 @@ func laneSVG(f ledger.Finding, h *history.History, a axis) template.HTML {
 		b.f(`<rect class="%s" x="%.1f" y="%.1f" width="%.1f" height="%.1f"><title>%s %s: %s</title></rect>`,
 			cls, a.x(e.At), bandY, maxf(a.x(end)-a.x(e.At), 1.5), bandHeight, esc(ledger.Rel(started(h), e.At)), what, esc(e.Detail))
 	}
+	deadlineEnd := 0.0
 	for _, e := range f.Timeline {
 		x := a.x(e.At)
 		rel := esc(ledger.Rel(started(h), e.At))
@@ -174,8 +182,13 @@ func laneSVG(f ledger.Finding, h *history.History, a axis) template.HTML {
 		case ledger.WhatSubmitted:
 			b.f(`<path class="sub" d="M%.1f %.1fl6 -7h-12z"><title>%s submitted: %s</title></path>`, x, midY, rel, esc(e.Detail))
 		case ledger.WhatDeadline:
-			b.f(`<g class="deadline"><title>%s deadline: %s</title><line x1="%.1f" y1="%.1f" x2="%.1f" y2="%.1f"/><text x="%.1f" y="%.1f">deadline</text></g>`,
-				rel, esc(e.Detail), x, laneTop-4, x, bandY+bandHeight, x+2, laneTop+6)
+			b.f(`<g class="deadline"><title>%s deadline: %s</title><line x1="%.1f" y1="%.1f" x2="%.1f" y2="%.1f"/>`,
+				rel, esc(e.Detail), x, laneTop-4, x, bandY+bandHeight)
+			if x >= deadlineEnd {
+				b.f(`<text x="%.1f" y="%.1f">missed</text>`, x+2, laneTop+6)
+				deadlineEnd = x + 42
+			}
+			b.f(`</g>`)
 		case ledger.WhatDSN:
 			b.f(`<rect class="dsn" x="%.1f" y="%.1f" width="9" height="7"><title>%s DSN: %s</title></rect>`, x-4.5, midY+3, rel, esc(e.Detail))
 		}
