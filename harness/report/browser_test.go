@@ -73,7 +73,6 @@ func TestHTMLInBrowser(t *testing.T) {
 	}
 	scs := []ScenarioReport{
 		{Name: h.Scenario, Status: "failed", Result: &r, History: h, Saved: "results/" + h.Scenario},
-		{Name: "outage-during-greylist", Status: "skipped", Skipped: "needs fakemta-stop, which the profile does not provide"},
 	}
 	if err := HTML(f, "greyharness: relay "+h.Relay, scs); err != nil {
 		t.Fatal(err)
@@ -97,7 +96,7 @@ func TestHTMLInBrowser(t *testing.T) {
 	if err := chromedp.Do(bctx); err != nil {
 		t.Fatalf("chromium %s: %v", bin, err)
 	}
-	ctx, cancel := context.WithTimeout(bctx, time.Minute)
+	ctx, cancel := context.WithTimeout(bctx, 3*time.Minute) // a loaded machine is slow; a hang still ends
 	defer cancel()
 
 	var mu sync.Mutex
@@ -181,8 +180,8 @@ func TestHTMLInBrowser(t *testing.T) {
 	if got, want := seen.Rows[0][:5], []string{h.Scenario, "failed", "0", fmt.Sprint(failed), "0"}; strings.Join(got, "|") != strings.Join(want, "|") {
 		t.Errorf("summary row %q, want %q", got, want)
 	}
-	if got := seen.Rows[1]; got[1] != "skipped" || !strings.Contains(got[6], "needs fakemta-stop") {
-		t.Errorf("skipped row %q lacks its reason", got)
+	if got := seen.Rows[0][6]; got != fmt.Sprintf("%d held-silently", failed) {
+		t.Errorf("summary row's verdicts %q", got)
 	}
 	if seen.Link != "#s1" {
 		t.Errorf("the failing scenario links to %q, want its section #s1", seen.Link)

@@ -24,8 +24,8 @@ const (
 	laneWidth  = 880.0
 	laneLeft   = 10.0
 	laneTop    = 16.0 // fault labels above
-	laneHeight = 26.0 // the attempt row
-	bandHeight = 8.0  // the queue visibility band under it
+	laneHeight = 30.0 // the attempt row
+	bandHeight = 9.0  // the queue visibility band under it
 	axisHeight = 16.0
 )
 
@@ -180,7 +180,7 @@ func laneSVG(f ledger.Finding, h *history.History, a axis) template.HTML {
 		rel := esc(ledger.Rel(started(h), e.At))
 		switch e.What {
 		case ledger.WhatSubmitted:
-			b.f(`<path class="sub" d="M%.1f %.1fl6 -7h-12z"><title>%s submitted: %s</title></path>`, x, midY, rel, esc(e.Detail))
+			b.f(`<path class="sub" d="M%.1f %.1fl7 -9h-14z"><title>%s submitted: %s</title></path>`, x, midY, rel, esc(e.Detail))
 		case ledger.WhatDeadline:
 			b.f(`<g class="deadline"><title>%s deadline: %s</title><line x1="%.1f" y1="%.1f" x2="%.1f" y2="%.1f"/>`,
 				rel, esc(e.Detail), x, laneTop-4, x, bandY+bandHeight)
@@ -194,7 +194,7 @@ func laneSVG(f ledger.Finding, h *history.History, a axis) template.HTML {
 		}
 	}
 	for _, m := range attempts(f) {
-		b.f(`<circle class="att %s" cx="%.1f" cy="%.1f" r="4.5"><title>%s attempt: %s</title></circle>`,
+		b.f(`<circle class="att %s" cx="%.1f" cy="%.1f" r="5.5"><title>%s attempt: %s</title></circle>`,
 			m.Class, a.x(m.At), midY, esc(ledger.Rel(started(h), m.At)), esc(m.Detail))
 	}
 	// The axis.
