@@ -197,7 +197,7 @@ func TestHTMLShowsFailingTimelineOpenAndEscapes(t *testing.T) {
 		}
 	}
 	for _, want := range []string{`<svg class="lane"`, `<circle class="att c4xx" cx="20.5"`, `<circle class="att c2xx"`,
-		`<g class="fault f-relay"><title>relay-restart +60.000s – +62.000s</title>`, `<g class="deadline">`, `<rect class="q-missing"`, `<path class="sub"`} {
+		`<g class="fault f-relay"><title>relay-restart +60.000s – +62.000s</title>`, `<g class="deadline"><title>+32.000s deadline: retry deadline: +1.000s (attempt) + retry_max 20s + slack 11s, no attempt by then</title>`, `>missed</text>`, `<rect class="q-missing"`, `<path class="sub"`} {
 		if !strings.Contains(held, want) {
 			t.Errorf("lane lacks %s", want)
 		}

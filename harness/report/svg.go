@@ -185,7 +185,13 @@ func laneSVG(f ledger.Finding, h *history.History, a axis) template.HTML {
 			b.f(`<g class="deadline"><title>%s deadline: %s</title><line x1="%.1f" y1="%.1f" x2="%.1f" y2="%.1f"/>`,
 				rel, esc(e.Detail), x, laneTop-4, x, bandY+bandHeight)
 			if x >= deadlineEnd {
-				b.f(`<text x="%.1f" y="%.1f">missed</text>`, x+2, laneTop+6)
+				// A retry, checkpoint or latency deadline passed with nothing
+				// done; the queue lifetime is the earliest a bounce may come.
+				label := "missed"
+				if strings.HasPrefix(e.Detail, "queue lifetime") {
+					label = "lifetime"
+				}
+				b.f(`<text x="%.1f" y="%.1f">%s</text>`, x+2, laneTop+6, label)
 				deadlineEnd = x + 42
 			}
 			b.f(`</g>`)
