@@ -62,9 +62,9 @@ func ParseRunFlags(args []string, stderr io.Writer) (*RunOptions, error) {
 	fs.Var(&sc, "scenarios", "scenario file or folder (repeatable; default: the embedded default pack)")
 	fs.StringVar(&o.LabelFilter, "label-filter", "", "run only scenarios whose labels match this Ginkgo label expression")
 	fs.StringVar(&o.Focus, "focus", "", "run only scenarios whose name matches this regular expression")
-	fs.StringVar(&o.JUnit, "junit", "", "write a JUnit XML report here")
+	fs.StringVar(&o.JUnit, "junit", "", "write a JUnit XML report here (one test case per scenario)")
 	fs.StringVar(&o.JSON, "json", "", "write the verdicts as JSON here")
-	fs.StringVar(&o.HTML, "html", "", "write a self-contained HTML report (every message's timeline) here")
+	fs.StringVar(&o.HTML, "html", "", "write a self-contained HTML report here (failing messages drawn with their timelines, passes summed up)")
 	fs.StringVar(&o.Results, "results", "results", "folder for the history of failed scenarios (re-judge with greyharness judge)")
 	fs.BoolVar(&o.Verbose, "v", false, "print every message's timeline, not only failing ones")
 	if err := fs.Parse(args); err != nil {
