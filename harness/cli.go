@@ -12,6 +12,7 @@ import (
 	"regexp"
 	"sort"
 	"strings"
+	"time"
 
 	. "github.com/onsi/ginkgo/v2"
 	"github.com/onsi/ginkgo/v2/types"
@@ -64,9 +65,9 @@ func ParseRunFlags(args []string, stderr io.Writer) (*RunOptions, error) {
 	fs.StringVar(&o.LabelFilter, "label-filter", "", "run only scenarios whose labels match this Ginkgo label expression")
 	fs.StringVar(&o.Focus, "focus", "", "run only scenarios whose name matches this regular expression (e.g. '^greylist-once$')")
 	fs.StringVar(&o.Skip, "skip", "", "leave out scenarios whose name matches this regular expression")
-	fs.StringVar(&o.JUnit, "junit", "", "write a JUnit XML report here")
+	fs.StringVar(&o.JUnit, "junit", "", "write a JUnit XML report here (one test case per scenario)")
 	fs.StringVar(&o.JSON, "json", "", "write the verdicts as JSON here")
-	fs.StringVar(&o.HTML, "html", "", "write a self-contained HTML report (every message's timeline) here")
+	fs.StringVar(&o.HTML, "html", "", "write a self-contained HTML report here (failing messages drawn with their timelines, passes summed up)")
 	fs.StringVar(&o.Results, "results", "results", "folder for the history of failed scenarios (re-judge with greyharness judge)")
 	fs.BoolVar(&o.Verbose, "v", false, "print every message's timeline, not only failing ones")
 	if err := fs.Parse(args); err != nil {
@@ -115,18 +116,30 @@ func Run(o *RunOptions, stdout, stderr io.Writer) int {
 	DefineSpecs(s)
 	// Select chose the scenarios: Ginkgo runs every spec defined.
 	suiteCfg, repCfg := GinkgoConfiguration()
-	repCfg.JUnitReport = o.JUnit
 	repCfg.NoColor = os.Getenv("NO_COLOR") != "" || os.Getenv("CI") != "" || !isTerminal(stdout)
 	repCfg.Succinct = true
+	// The reports take each scenario's wall time and steps from Ginkgo's
+	// report; JUnit gets one test case per scenario, not one per step.
+	var specs Report
+	ReportAfterSuite("greyharness reports", func(r Report) { specs = r })
 	t := &cliT{}
 	passed := RunSpecs(t, "greyharness: "+prof.Name, suiteCfg, repCfg)
+	reps := scenarioReports(s.Outcomes, specs)
 	if o.JSON != "" {
 		if err := writeOutcomes(o.JSON, s.Outcomes); err != nil {
 			fmt.Fprintln(stderr, err)
 		}
 	}
 	if o.HTML != "" {
-		if err := writeHTML(o.HTML, "greyharness: relay "+prof.Name, s.Outcomes); err != nil {
+		if err := writeFile(o.HTML, func(w io.Writer) error { return report.HTML(w, "greyharness: relay "+prof.Name, reps) }); err != nil {
+			fmt.Fprintln(stderr, err)
+		}
+	}
+	if o.JUnit != "" {
+		err := writeFile(o.JUnit, func(w io.Writer) error {
+			return report.JUnit(w, "greyharness: relay "+prof.Name, prof.Name, specs.StartTime, append(reps, suiteFailures(specs)...))
+		})
+		if err != nil {
 			fmt.Fprintln(stderr, err)
 		}
 	}
@@ -281,6 +294,65 @@ func writeOutcomes(path string, outs []Outcome) error {
 		return err
 	}
 	return os.WriteFile(path, append(b, '\n'), 0o644)
+}
+
+// scenarioReports joins each scenario's outcome with what Ginkgo saw of its
+// specs: the scenario's wall time and its steps.
+func scenarioReports(outs []Outcome, specs Report) []report.ScenarioReport {
+	type seen struct {
+		start, end time.Time
+		steps      []report.Step
+	}
+	by := map[string]*seen{}
+	for _, sr := range specs.SpecReports {
+		if sr.LeafNodeType != types.NodeTypeIt || len(sr.ContainerHierarchyTexts) == 0 || sr.StartTime.IsZero() {
+			continue // suite nodes, and specs that never ran (filtered out)
+		}
+		name := sr.ContainerHierarchyTexts[0]
+		sc := by[name]
+		if sc == nil {
+			sc = &seen{start: sr.StartTime}
+			by[name] = sc
+		}
+		if sr.StartTime.Before(sc.start) {
+			sc.start = sr.StartTime
+		}
+		if sr.EndTime.After(sc.end) {
+			sc.end = sr.EndTime
+		}
+		st := report.Step{Name: sr.LeafNodeText, State: sr.State.String(), Time: sr.RunTime}
+		if sr.State.Is(types.SpecStateFailureStates) || sr.State == types.SpecStateSkipped {
+			st.Failure = sr.Failure.Message
+		}
+		sc.steps = append(sc.steps, st)
+	}
+	reps := make([]report.ScenarioReport, len(outs))
+	for i, o := range outs {
+		reps[i] = report.ScenarioReport{Name: o.Scenario, Status: status(o), Skipped: o.Skipped,
+			Error: o.Err, Saved: o.Saved, Result: o.Result, History: o.History}
+		if sc := by[o.Scenario]; sc != nil {
+			reps[i].Steps = sc.steps
+			if sc.end.After(sc.start) {
+				reps[i].Wall = sc.end.Sub(sc.start)
+			}
+		}
+	}
+	return reps
+}
+
+// suiteFailures are the suite's own nodes that failed (the relay's setup or
+// teardown) as test cases of their own: without them a relay that never
+// started would leave a JUnit report with no failure in it.
+func suiteFailures(specs Report) []report.ScenarioReport {
+	var out []report.ScenarioReport
+	for _, sr := range specs.SpecReports {
+		if len(sr.ContainerHierarchyTexts) > 0 || !sr.State.Is(types.SpecStateFailureStates) {
+			continue
+		}
+		name := "relay " + strings.ToLower(sr.LeafNodeType.String())
+		out = append(out, report.ScenarioReport{Name: name, Status: "error", Error: sr.Failure.Message, Wall: sr.RunTime})
+	}
+	return out
 }
 
 func writeHTML(path, title string, outs []Outcome) error {

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/xml"
 	"errors"
 	"fmt"
 	"os"
@@ -81,7 +82,7 @@ func runBinWithin(t *testing.T, d time.Duration, bin string, args ...string) (in
 }
 
 // checkHTML checks an HTML report of the seed incident: the scenario failed
-// and the held message's timeline is open.
+// and the held message's timeline is open, drawn beside its text.
 func checkHTML(t *testing.T, path string) {
 	t.Helper()
 	b, err := os.ReadFile(path)
@@ -90,10 +91,51 @@ func checkHTML(t *testing.T, path string) {
 	}
 	page := string(b)
 	for _, want := range []string{`<span class="badge failed">failed</span><h2>double-restart-then-greylist</h2>`,
-		`<details open>`, `<span class="badge FAIL">FAIL</span>held-silently — message gh-`, "<td>deadline</td>"} {
+		`<details open id=`, `<span class="badge FAIL">FAIL</span>held-silently — message gh-`, "<td>deadline</td>",
+		`<a href="#s1">double-restart-then-greylist</a>`, `<svg class="lane"`, `<circle class="att c4xx"`} {
 		if !strings.Contains(page, want) {
 			t.Errorf("%s lacks %q", path, want)
 		}
+	}
+}
+
+// checkJUnit checks a JUnit report: one test case per scenario run, named
+// after it, failed with its worst verdict or passed, with its steps in
+// system-out.
+func checkJUnit(t *testing.T, path string, scenario, failure string) {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("JUnit report: %v", err)
+	}
+	var got struct {
+		Suites []struct {
+			Cases []struct {
+				Name    string  `xml:"name,attr"`
+				Time    float64 `xml:"time,attr"`
+				Failure *struct {
+					Type string `xml:"type,attr"`
+					Text string `xml:",chardata"`
+				} `xml:"failure"`
+				SystemOut string `xml:"system-out"`
+			} `xml:"testcase"`
+		} `xml:"testsuite"`
+	}
+	if err := xml.Unmarshal(b, &got); err != nil {
+		t.Fatalf("%s: %v", path, err)
+	}
+	if len(got.Suites) != 1 || len(got.Suites[0].Cases) != 1 {
+		t.Fatalf("%s: want one suite with one test case (one scenario ran):\n%s", path, b)
+	}
+	c := got.Suites[0].Cases[0]
+	if c.Name != scenario || c.Time <= 0 || !strings.Contains(c.SystemOut, "step 1: ") || !strings.Contains(c.SystemOut, "judges every message (ledger): ") {
+		t.Errorf("%s: test case %q time %v system-out:\n%s", path, c.Name, c.Time, c.SystemOut)
+	}
+	switch {
+	case failure == "" && c.Failure != nil:
+		t.Errorf("%s: unexpected failure %s", path, c.Failure.Type)
+	case failure != "" && (c.Failure == nil || c.Failure.Type != failure || !strings.Contains(c.Failure.Text, "deadline")):
+		t.Errorf("%s: want a %s failure with the timeline, got %+v", path, failure, c.Failure)
 	}
 }
 
@@ -103,8 +145,9 @@ func TestCLI(t *testing.T) {
 	t.Run("seed incident is reported as held silently with its timeline", func(t *testing.T) {
 		dir := t.TempDir()
 		page, results := filepath.Join(dir, "report.html"), filepath.Join(dir, "results")
+		junit := filepath.Join(dir, "junit.xml")
 		code, out := runBin(t, bin, "run", "--relay", "sample:kb950757", "--focus", "double-restart-then-greylist",
-			"--html", page, "--results", results)
+			"--html", page, "--results", results, "--junit", junit)
 		if code != 1 {
 			t.Fatalf("exit %d, want 1\n%s", code, out)
 		}
@@ -114,6 +157,7 @@ func TestCLI(t *testing.T) {
 			}
 		}
 		checkHTML(t, page)
+		checkJUnit(t, junit, "double-restart-then-greylist", "held-silently")
 
 		// The saved history re-judges offline to the same verdict, HTML included.
 		rejudged := filepath.Join(dir, "rejudged.html")
@@ -124,10 +168,12 @@ func TestCLI(t *testing.T) {
 		checkHTML(t, rejudged)
 	})
 	t.Run("correct sample relay passes", func(t *testing.T) {
-		code, out := runBin(t, bin, "run", "--relay", "sample", "--focus", "^greylist-once$")
+		junit := filepath.Join(t.TempDir(), "junit.xml")
+		code, out := runBin(t, bin, "run", "--relay", "sample", "--focus", "^greylist-once$", "--junit", junit)
 		if code != 0 || !strings.Contains(out, "1 scenario(s) passed, 0 failed") {
 			t.Fatalf("exit %d, want 0\n%s", code, out)
 		}
+		checkJUnit(t, junit, "greylist-once", "")
 	})
 	t.Run("bad input exits 2", func(t *testing.T) {
 		bad := filepath.Join(t.TempDir(), "bad.yaml")

@@ -163,14 +163,31 @@ func TestHTMLShowsFailingTimelineOpenAndEscapes(t *testing.T) {
 		"skipped: the profile has no restart command",
 		"<code>results/greylist-restart</code>",
 		"&lt;held@h.test&gt;", // message ids in the subject, escaped
+		"relay <b>postfix</b> · timing retry_max 20s",
+		"run time 1m20s",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("HTML lacks %q", want)
 		}
 	}
-	// The held message is open with its whole timeline; the delivered one is folded.
+	if strings.Contains(out, "<script") || strings.Contains(out, "src=") || strings.Contains(out, "href=\"http") {
+		t.Error("the page is not self-contained")
+	}
+	// The summary table: the failing scenario links to its section, the
+	// skipped one gives its reason.
+	for _, want := range []string{
+		`<tr><td><a href="#s1">greylist-restart</a></td><td><span class="badge failed">failed</span></td><td class="n">1</td><td class="n nf">1</td><td class="n z">0</td><td class="n">1m20s</td><td class="note">1 held-silently, 1 delivered</td></tr>`,
+		`<tr><td>needs-restart</td><td><span class="badge skipped">skipped</span></td>`,
+		`<td class="note">the profile has no restart command</td>`,
+		`<section id="s1">`,
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("summary table lacks %s", want)
+		}
+	}
+	// The held message is open with its whole timeline and its lane.
 	held := section(t, out, "message held")
-	if !strings.HasPrefix(held, "<details open>") || !strings.Contains(held, string(ledger.HeldSilently)) {
+	if !strings.HasPrefix(held, "<details open") || !strings.Contains(held, string(ledger.HeldSilently)) {
 		t.Errorf("held message not open with its verdict:\n%s", held)
 	}
 	text := html.UnescapeString(held)
@@ -179,8 +196,21 @@ func TestHTMLShowsFailingTimelineOpenAndEscapes(t *testing.T) {
 			t.Errorf("held message's timeline lacks %s %s %s in\n%s", ledger.Rel(h.Started, e.At), e.What, e.Detail, text)
 		}
 	}
-	if fine := section(t, out, "message fine"); !strings.HasPrefix(fine, "<details>") {
-		t.Errorf("delivered message not folded:\n%s", fine)
+	for _, want := range []string{`<svg class="lane"`, `<circle class="att c4xx" cx="20.5"`, `<circle class="att c2xx"`,
+		`<g class="fault f-relay"><title>relay-restart +60.000s – +62.000s</title>`, `<g class="deadline"><title>+32.000s deadline: retry deadline: +1.000s (attempt) + retry_max 20s + slack 11s, no attempt by then</title>`, `>missed</text>`, `<rect class="q-missing"`, `<path class="sub"`} {
+		if !strings.Contains(held, want) {
+			t.Errorf("lane lacks %s", want)
+		}
+	}
+	if n := strings.Count(held, `class="att `); n != 2 {
+		t.Errorf("%d attempt marks, want 2", n)
+	}
+	// The delivered message is counted, not listed.
+	if strings.Contains(out, "message fine") {
+		t.Error("a passing message is listed")
+	}
+	if !strings.Contains(out, `<span class="k">passing</span> <b>1</b> finding(s), 1 delivered`) {
+		t.Error("passes not summed up")
 	}
 }
 
