@@ -325,11 +325,18 @@ func (s *Server) replay(ev Event) {
 			v4, v6 = gl.SubnetV4, gl.SubnetV6
 		}
 		subnet := subnetOf(ev.Client, v4, v6)
+		done := map[string]bool{} // a whole-message key counts once
 		for _, r := range tx.Rcpts {
 			k := tripletKey{subnet, lower(tx.MailFrom), lower(r.Addr)}
 			s.grey.setCount(k, StageRcpt, r.Attempt)
-			if r.Greylist != "" {
-				s.grey.replay(gl, k, r.Greylist, ev.Time)
+			if r.Greylist != "" && !done[r.Key] {
+				done[r.Key] = true
+				gk := greyKey{ID: r.Key, Body: r.BodyKey, Whitelist: r.WhitelistKey, Subnet: subnet, Sender: lower(tx.MailFrom), Recipient: lower(r.Addr)}
+				if gk.ID == "" {
+					// A journal from before keys were journaled: the generic triplet.
+					gk.ID, gk.Whitelist = subnet+"|"+gk.Sender+"|"+gk.Recipient, subnet
+				}
+				s.grey.replay(gl, gk, r.Greylist, ev.Time)
 			}
 			if tx.Data != nil && r.Reply.Code/100 == 2 {
 				s.grey.count(k, StageData, ev.Time)

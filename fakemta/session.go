@@ -31,6 +31,9 @@ type session struct {
 	// pipe, so Data ends soon and they wait for it.
 	mu sync.Mutex
 	tx *Transaction
+	// bodyHead is the start of the last body after its header, as much as
+	// a greylist body key hashes (rspamd's max_data_len).
+	bodyHead []byte
 }
 
 var _ smtp.Session = (*session)(nil)
@@ -107,6 +110,29 @@ func (se *session) key(rcpt string) tripletKey {
 	return tripletKey{subnetOf(se.c.client, v4, v6), lower(from), lower(rcpt)}
 }
 
+// mx is the MX host the session's greylist keys belong to: its listener
+// address when MX hosts keep split state, else "" (one greylist).
+func (se *session) mx() string {
+	if m := se.srv.Policy().MX; m != nil && m.State == MXSplit {
+		return se.c.local
+	}
+	return ""
+}
+
+// greyInput is the key input of the open transaction.
+func (se *session) greyInput() greyInput {
+	in := greyInput{mx: se.mx(), client: se.c.client, helo: se.c.helo}
+	if se.tx != nil {
+		in.sender = se.tx.MailFrom
+	}
+	return in
+}
+
+// setGrey records a greylist outcome and its keys on a recipient.
+func setGrey(ra *RcptAttempt, outcome string, k greyKey) {
+	ra.Greylist, ra.Key, ra.BodyKey, ra.WhitelistKey = outcome, k.ID, k.Body, k.Whitelist
+}
+
 // countStage bumps and returns the per-recipient counters for stage.
 func (se *session) countStage(stage Stage, rcpts []string) []int {
 	now := se.srv.cfg.Now()
@@ -122,7 +148,7 @@ func (se *session) Mail(from string, _ *smtp.MailOptions) error {
 	se.mu.Lock()
 	defer se.mu.Unlock()
 	se.finish("rset")
-	se.tx = &Transaction{Helo: se.c.helo, MailFrom: from}
+	se.tx = &Transaction{Helo: se.c.helo, MailFrom: from, MX: se.c.local}
 	m := se.c.matchCtx(StageMail)
 	m.sender = from
 	reply, err := se.act(se.srv.decide(&m))
@@ -163,10 +189,13 @@ func (se *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 	reply, err := se.act(rule)
 	if reply == nil && (rule == nil || rule.Action == ActionDelay) {
 		if gl := se.greylist(); gl != nil && gl.Stage != StageEOD {
-			outcome, left := se.srv.grey.check(gl, k, now)
-			ra.Greylist = outcome
+			in := se.greyInput()
+			in.rcpt = to
+			gk := gl.buildKey(in)
+			outcome, left := se.srv.grey.check(gl, gk, now)
+			setGrey(&ra, outcome, gk)
 			if outcome == greyDeferred {
-				r := greylistReply(gl, left)
+				r := greylistReply(gl, left, to)
 				reply, err = &r, smtpError(&r)
 			}
 		}
@@ -232,23 +261,38 @@ func (se *session) Data(r io.Reader) error {
 	rule := se.srv.decide(&m)
 	reply, err := se.act(rule)
 	if reply == nil && (rule == nil || rule.Action == ActionDelay) {
-		if gl := se.greylist(); gl != nil && gl.Stage == StageEOD {
+		if gl := se.greylist(); gl != nil && gl.Stage == StageEOD && len(rcpts) > 0 {
 			var worst time.Duration
-			deferred := false
-			for i, rc := range rcpts {
-				outcome, left := se.srv.grey.check(gl, se.key(rc), now())
+			deferredRcpt := ""
+			apply := func(rcpt string, outcome string, k greyKey, left time.Duration) {
 				for j := range se.tx.Rcpts {
-					if se.tx.Rcpts[j].Addr == rcpts[i] && se.tx.Rcpts[j].Reply.Code/100 == 2 {
-						se.tx.Rcpts[j].Greylist = outcome
+					if se.tx.Rcpts[j].Addr == rcpt && se.tx.Rcpts[j].Reply.Code/100 == 2 {
+						setGrey(&se.tx.Rcpts[j], outcome, k)
 					}
 				}
-				if outcome == greyDeferred {
-					deferred = true
-					worst = max(worst, left)
+				if outcome == greyDeferred && (deferredRcpt == "" || left > worst) {
+					deferredRcpt, worst = rcpt, max(worst, left)
 				}
 			}
-			if deferred {
-				r := greylistReply(gl, worst)
+			in := se.greyInput()
+			if gl.perMessage() {
+				// One record for the whole message (rspamd, Exim).
+				in.rcpts, in.messageID, in.body = rcpts, msg.MessageID, se.bodyHead
+				k := gl.buildKey(in)
+				outcome, left := se.srv.grey.check(gl, k, now())
+				for _, rc := range rcpts {
+					apply(rc, outcome, k, left)
+				}
+			} else {
+				for _, rc := range rcpts {
+					in.rcpt = rc
+					k := gl.buildKey(in)
+					outcome, left := se.srv.grey.check(gl, k, now())
+					apply(rc, outcome, k, left)
+				}
+			}
+			if deferredRcpt != "" {
+				r := greylistReply(gl, worst, deferredRcpt)
 				reply, err = &r, smtpError(&r)
 			}
 		}
@@ -309,6 +353,13 @@ func (se *session) receive(r io.Reader) (*Message, error) {
 		se.srv.cfg.Logf("keep body: %v", err)
 	}
 	msg.BodyPath = path
+	// The body key (rspamd) hashes the start of the body after the header.
+	bodyWant := 0
+	if gl := se.greylist(); gl != nil {
+		bodyWant = gl.BodyKey
+	}
+	bh := bodyHead{want: bodyWant}
+	defer func() { se.bodyHead = bh.body }()
 	bp := bodyBufs.Get().(*[]byte)
 	defer bodyBufs.Put(bp)
 	buf := *bp
@@ -319,6 +370,9 @@ func (se *session) receive(r io.Reader) (*Message, error) {
 			chunk := buf[:n]
 			h.Write(chunk)
 			msg.Size += int64(n)
+			if bodyWant > 0 {
+				bh.write(chunk)
+			}
 			if inHead && head.Len() < 256<<10 {
 				head.Write(chunk)
 				if bytes.Contains(head.Bytes(), []byte("\r\n\r\n")) || bytes.Contains(head.Bytes(), []byte("\n\n")) {
@@ -372,6 +426,40 @@ func (se *session) receive(r io.Reader) (*Message, error) {
 		}
 	}
 	return msg, nil
+}
+
+// bodyHead collects the first want bytes after the header block; pre
+// keeps the message's start until the blank line is found (a header over
+// 256 KiB counts as body).
+type bodyHead struct {
+	want  int
+	pre   []byte
+	found bool
+	body  []byte
+}
+
+func (c *bodyHead) write(chunk []byte) {
+	if c.found {
+		if n := c.want - len(c.body); n > 0 {
+			c.body = append(c.body, chunk[:min(n, len(chunk))]...)
+		}
+		return
+	}
+	c.pre = append(c.pre, chunk...)
+	i, sep := bytes.Index(c.pre, []byte("\r\n\r\n")), 4
+	if j := bytes.Index(c.pre, []byte("\n\n")); j >= 0 && (i < 0 || j < i) {
+		i, sep = j, 2
+	}
+	switch {
+	case i >= 0:
+		rest := c.pre[i+sep:]
+		c.body = append(c.body, rest[:min(c.want, len(rest))]...)
+	case len(c.pre) > 256<<10:
+		c.body = append(c.body, c.pre[:c.want]...)
+	default:
+		return
+	}
+	c.found, c.pre = true, nil
 }
 
 // bodyBufs recycles the buffers bodies are read through (one per message).
