@@ -170,10 +170,10 @@ type greyRecord struct {
 }
 
 // expired reports whether r no longer holds at now: a first retry later
-// than the retry window, or a record unseen longer than max age.
+// than the retry window, or a passed record unseen longer than max age.
 func (r *greyRecord) expired(gl *Greylist, now time.Time) bool {
 	return r.FirstSeen.IsZero() ||
-		(gl.MaxAge > 0 && now.Sub(r.LastSeen) > gl.MaxAge) ||
+		(!r.PassedAt.IsZero() && gl.MaxAge > 0 && now.Sub(r.LastSeen) > gl.MaxAge) ||
 		(r.PassedAt.IsZero() && gl.RetryWindow > 0 && now.Sub(r.FirstSeen) > gl.RetryWindow)
 }
 

@@ -185,9 +185,9 @@ func (gl *Greylist) buildKey(in greyInput) greyKey {
 	if gl.AutoWhitelistAfter > 0 {
 		switch gl.AutoWhitelistBy {
 		case WhitelistClient:
-			k.Whitelist = subnetOf(in.client, 32, 128)
+			k.Whitelist = clientIP(in.client)
 		case WhitelistClientHelo:
-			k.Whitelist = subnetOf(in.client, 32, 128) + " " + lower(in.helo)
+			k.Whitelist = clientIP(in.client) + " " + lower(in.helo)
 		default:
 			k.Whitelist = subnet
 		}
@@ -196,6 +196,15 @@ func (gl *Greylist) buildKey(in greyInput) greyKey {
 		}
 	}
 	return k
+}
+
+// clientIP is the address of a client ip:port.
+func clientIP(client string) string {
+	s := subnetOf(client, 32, 128)
+	if i := strings.IndexByte(s, '/'); i >= 0 {
+		s = s[:i]
+	}
+	return s
 }
 
 // postgreyDigits matches what postgrey's s/\b\d+\b/#/g replaces.
