@@ -157,7 +157,7 @@ func TestFlavorMilterGreylist(t *testing.T) {
 		{advance: 29*time.Minute + 59*time.Second, want: 451, text: "come back in 00:00:01"},
 		{m: msgSpec{from: "127.0.0.2"}, want: 451, text: "00:30:00"}, // the full address is the key
 		{advance: time.Second, want: 0},
-		{advance: 23 * time.Hour, want: 0},  // auto-whitelisted for a day after its last use
+		{advance: 23 * time.Hour, want: 0},   // auto-whitelisted for a day after its last use
 		{advance: 25 * time.Hour, want: 451}, // then greylisted afresh
 	})
 	// A pending tuple is kept five days (TIMEOUT), not postgrey's two.
