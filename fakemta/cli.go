@@ -108,6 +108,7 @@ func (s *sizeFlag) Set(v string) error {
 // cliOptions are the parsed flags.
 type cliOptions struct {
 	listen      listFlag
+	mxState     string
 	policy      string
 	state       string
 	journalSync string
@@ -134,6 +135,7 @@ func newFlagSet(o *cliOptions) *flag.FlagSet {
 	o.listen.def = []string{DefaultListen}
 	o.maxSize = 32 << 20
 	fs.Var(&o.listen, "listen", "SMTP listen `address` host:port, repeatable (port 0 picks a free one)")
+	fs.StringVar(&o.mxState, "mx-state", "", "`split` (each --listen address is an MX host with a greylist of its own) or shared (one greylist); default: the policy's mx.state, else shared")
 	fs.StringVar(&o.policy, "policy", "", "policy YAML `file` (default: accept everything)")
 	fs.StringVar(&o.state, "state", "", "state `dir`: the journal (journal.jsonl) and with it the greylist memory survive restarts (default: a scratch folder, removed on exit)")
 	fs.StringVar(&o.journalSync, "journal-sync", "message", "when the journal in --state is fsync'd: `message` (before every 250 to a final dot) or an interval like 100ms (written before the 250, fsync'd within the interval: faster, and a machine crash may lose that interval)")
@@ -171,7 +173,7 @@ func (e configError) Unwrap() error { return e.error }
 // options turns parsed flags into a Config; errors are configErrors.
 func (o *cliOptions) config(getenv func(string) string) (Config, string, error) {
 	cfg := Config{
-		Listen: o.listen.get(), StateDir: o.state, WipeState: o.wipeState, KeepBodies: o.keepBodies,
+		Listen: o.listen.get(), MXState: o.mxState, StateDir: o.state, WipeState: o.wipeState, KeepBodies: o.keepBodies,
 		Domain: o.domain, MaxMessageBytes: int64(o.maxSize), MaxLineLength: o.maxLine, MaxRecipients: o.maxRcpts,
 		ReadTimeout: o.readTimeout, WriteTimeout: o.writeTime,
 	}
@@ -184,6 +186,8 @@ func (o *cliOptions) config(getenv func(string) string) (Config, string, error) 
 		}
 	}
 	switch {
+	case o.mxState != "" && o.mxState != MXSplit && o.mxState != MXShared:
+		return bad("--mx-state: want split or shared, got %q", o.mxState)
 	case o.maxLine <= 0:
 		return bad("--max-line-length must be positive, got %d", o.maxLine)
 	case o.maxRcpts <= 0:
@@ -227,6 +231,9 @@ func (o *cliOptions) config(getenv func(string) string) (Config, string, error) 
 		}
 		if cfg.Policy, err = ParsePolicy(o.policy, data); err != nil {
 			return Config{}, "", configError{err}
+		}
+		if m := cfg.Policy.MX; m != nil && len(m.Hosts) > 0 && len(o.listen.vals) == 0 {
+			cfg.Listen = nil // the MX hosts replace the default address
 		}
 	}
 	token, from := o.apiToken, "--api-token"

@@ -227,6 +227,10 @@ func appendTransaction(dst []byte, tx *Transaction) ([]byte, bool) {
 			dst = append(dst, `,"body_path":`...)
 			dst = appendJSONString(dst, m.BodyPath)
 		}
+		if m.MX != "" {
+			dst = append(dst, `,"mx":`...)
+			dst = appendJSONString(dst, m.MX)
+		}
 		dst = append(dst, `,"dsn":null}`...)
 	}
 	if tx.Aborted != "" {

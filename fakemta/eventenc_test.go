@@ -79,7 +79,7 @@ func representativeEvents() []Event {
 		{MailFrom: "a@b", Mail: Reply{Code: 250, Enhanced: "2.1.0", Text: "Sender OK"},
 			Rcpts: []RcptAttempt{{Addr: "b@c", Attempt: 2, Reply: Reply{Code: 250, Enhanced: "2.1.5", Text: "Recipient OK"}, Greylist: "passed", Key: "mx=127.0.0.2:25|127.0.0.0/24|a@b|<x\u2028>", BodyKey: "body=abc", WhitelistKey: "127.0.0.1 h\"elo"}}, MX: "127.0.0.2:2525",
 			Data: &Reply{Code: 250, Enhanced: "2.0.0", Text: "OK: queued as m1-x"},
-			Message: &Message{ID: "m1-x", MessageID: "id@client.test", HarnessID: "gh-1", MailFrom: "a@b", RcptTo: []string{"b@c", "d<e>@f"},
+			Message: &Message{ID: "m1-x", MX: "127.0.0.3:2525", MessageID: "id@client.test", HarnessID: "gh-1", MailFrom: "a@b", RcptTo: []string{"b@c", "d<e>@f"},
 				ReceivedAt: utc, Size: 1234, SHA256: strings.Repeat("ab", 32), Subject: "Hello \xff & <world>", Accepted: true, BodyPath: "/tmp/m1-x.eml"}},
 		{MailFrom: "", Mail: Reply{Code: 250},
 			Data:    &Reply{Code: 554, Text: "no"},

@@ -114,6 +114,8 @@ type Message struct {
 	// Accepted is true when the eod reply was 2xx.
 	Accepted bool `json:"accepted"`
 	// BodyPath is the file holding the body with --keep-bodies.
-	BodyPath string      `json:"body_path,omitempty"`
-	DSN      *dsn.Report `json:"dsn"`
+	BodyPath string `json:"body_path,omitempty"`
+	// MX is the listener (MX host) that received it, host:port.
+	MX  string      `json:"mx,omitempty"`
+	DSN *dsn.Report `json:"dsn"`
 }

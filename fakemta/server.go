@@ -23,9 +23,13 @@ import (
 
 // Config configures a Server.
 type Config struct {
-	// Listen addresses (host:port); ":0" ports pick a free one.
+	// Listen addresses (host:port); ":0" ports pick a free one. The
+	// policy's mx.hosts are listened on too: each listener is one MX host.
 	Listen []string
-	Policy *Policy
+	// MXState overrides the policy's mx.state: MXSplit (each listener
+	// greylists on its own) or MXShared; "" keeps the policy's (shared).
+	MXState string
+	Policy  *Policy
 	// StateDir keeps the journal (and with it the greylist state) across
 	// restarts. "" keeps everything in memory, every event for the
 	// server's life (about 10 KB per message): right for tests, not for
@@ -114,6 +118,9 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Policy == nil {
 		cfg.Policy = &Policy{}
 	}
+	if cfg.MXState != "" && cfg.MXState != MXSplit && cfg.MXState != MXShared {
+		return nil, fmt.Errorf("fakemta: mx state %q: want split or shared", cfg.MXState)
+	}
 	if cfg.KeepBodies != "" {
 		if err := os.MkdirAll(cfg.KeepBodies, 0o755); err != nil {
 			return nil, err
@@ -166,7 +173,15 @@ func (l logfLogger) Println(v ...any)               { l("%s", fmt.Sprintln(v...)
 
 // Start listens on every configured address and serves in the background.
 func (s *Server) Start() error {
-	if len(s.cfg.Listen) == 0 {
+	addrs := append([]string(nil), s.cfg.Listen...)
+	if m := s.Policy().MX; m != nil {
+		for _, h := range m.Hosts {
+			if !contains(addrs, h) {
+				addrs = append(addrs, h)
+			}
+		}
+	}
+	if len(addrs) == 0 {
 		return errors.New("fakemta: no listen address")
 	}
 	var ls []net.Listener
@@ -174,7 +189,7 @@ func (s *Server) Start() error {
 	// the read timeout, and the four setsockopt calls per connection cost
 	// about as much as one SMTP reply.
 	lc := net.ListenConfig{KeepAlive: -1}
-	for _, addr := range s.cfg.Listen {
+	for _, addr := range addrs {
 		l, err := lc.Listen(context.Background(), "tcp", addr)
 		if err != nil {
 			for _, l := range ls {

@@ -113,7 +113,11 @@ func (se *session) key(rcpt string) tripletKey {
 // mx is the MX host the session's greylist keys belong to: its listener
 // address when MX hosts keep split state, else "" (one greylist).
 func (se *session) mx() string {
-	if m := se.srv.Policy().MX; m != nil && m.State == MXSplit {
+	state := se.srv.cfg.MXState
+	if m := se.srv.Policy().MX; state == "" && m != nil {
+		state = m.State
+	}
+	if state == MXSplit {
 		return se.c.local
 	}
 	return ""
@@ -339,7 +343,7 @@ func enhancedString(e smtp.EnhancedCode) string {
 // disk with --keep-bodies, and a DSN parse for null-sender messages.
 func (se *session) receive(r io.Reader) (*Message, error) {
 	id := "m" + strconv.FormatUint(se.srv.msgSeq.Add(1), 36) + "-" + strconv.FormatInt(se.srv.cfg.Now().UnixNano()%1e9, 36)
-	msg := &Message{ID: id, MailFrom: se.tx.MailFrom, RcptTo: se.accepted()}
+	msg := &Message{ID: id, MailFrom: se.tx.MailFrom, RcptTo: se.accepted(), MX: se.c.local}
 	h := sha256.New()
 	rb := recvBufs.Get().(*recvBuf)
 	defer rb.put()
