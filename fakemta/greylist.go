@@ -146,6 +146,8 @@ const (
 	greyDeferred    = "deferred"
 	greyPassed      = "passed"
 	greyWhitelisted = "whitelisted"
+	// greyError: the greylist store could not answer; the reply was 451 4.3.0.
+	greyError = "error"
 )
 
 // greyKey is what one greylist check looks up: the record key (its parts

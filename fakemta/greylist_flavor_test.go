@@ -117,8 +117,8 @@ func TestPostgreySenderNormalisation(t *testing.T) {
 	}
 }
 
-func TestFlavorPostgrey(t *testing.T) {
-	s, clock := greyServer(t, "greylist:\n  flavor: postgrey\n")
+func flavorPostgrey(t *testing.T, mod func(*Config)) {
+	s, clock := greyServerWith(t, mod, "greylist:\n  flavor: postgrey\n")
 	base := flavorBase
 	base.sender = "news-1234@client.test"
 	runMailSteps(t, s, clock, base, []mailStep{
@@ -150,8 +150,8 @@ func TestFlavorPostgrey(t *testing.T) {
 	})
 }
 
-func TestFlavorMilterGreylist(t *testing.T) {
-	s, clock := greyServer(t, "greylist:\n  flavor: milter-greylist\n")
+func flavorMilterGreylist(t *testing.T, mod func(*Config)) {
+	s, clock := greyServerWith(t, mod, "greylist:\n  flavor: milter-greylist\n")
 	runMailSteps(t, s, clock, flavorBase, []mailStep{
 		{want: 451, enh: "4.7.1", text: "Greylisting in action, please come back in 00:30:00"},
 		{advance: 29*time.Minute + 59*time.Second, want: 451, text: "come back in 00:00:01"},
@@ -167,8 +167,8 @@ func TestFlavorMilterGreylist(t *testing.T) {
 	})
 }
 
-func TestFlavorRspamd(t *testing.T) {
-	s, clock := greyServer(t, "greylist:\n  flavor: rspamd\n")
+func flavorRspamd(t *testing.T, mod func(*Config)) {
+	s, clock := greyServerWith(t, mod, "greylist:\n  flavor: rspamd\n")
 	runMailSteps(t, s, clock, flavorBase, []mailStep{
 		// after the final dot, with rspamd's milter reply
 		{want: 451, enh: "4.7.1", text: "Try again later"},
@@ -189,22 +189,22 @@ func TestFlavorRspamd(t *testing.T) {
 	runMailSteps(t, s, clock, flavorBase, []mailStep{{advance: 24*time.Hour + time.Second, want: 451}})
 }
 
-func TestFlavorRspamdBodyKeySurvivesRestart(t *testing.T) {
+func flavorRspamdBodyKeySurvivesRestart(t *testing.T, mod func(*Config)) {
 	dir := t.TempDir()
 	clock := newClock()
-	mod := func(c *Config) { c.Now, c.StateDir = clock.Now, dir }
-	s := startServer(t, "greylist:\n  flavor: rspamd\n", mod)
+	restartable := func(c *Config) { c.Now, c.StateDir = clock.Now, dir; mod(c) }
+	s := startServer(t, "greylist:\n  flavor: rspamd\n", restartable)
 	runMailSteps(t, s, clock, flavorBase, []mailStep{{want: 451}})
 	s.Close()
-	s = startServer(t, "greylist:\n  flavor: rspamd\n", mod)
+	s = startServer(t, "greylist:\n  flavor: rspamd\n", restartable)
 	runMailSteps(t, s, clock, flavorBase, []mailStep{
 		{advance: 100 * time.Second, m: msgSpec{from: "127.0.64.1"}, want: 451},
 		{advance: 200 * time.Second, m: msgSpec{from: "127.0.128.1"}, want: 0},
 	})
 }
 
-func TestFlavorExim(t *testing.T) {
-	s, clock := greyServer(t, "greylist:\n  flavor: exim\n")
+func flavorExim(t *testing.T, mod func(*Config)) {
+	s, clock := greyServerWith(t, mod, "greylist:\n  flavor: exim\n")
 	runMailSteps(t, s, clock, flavorBase, []mailStep{
 		{want: 451, text: "You should wait another 300 seconds"},
 		// no client address in the identity: the retry may come from anywhere
@@ -229,16 +229,16 @@ func TestFlavorExim(t *testing.T) {
 	}
 }
 
-func TestFlavorKeysOverridable(t *testing.T) {
+func flavorKeysOverridable(t *testing.T, mod func(*Config)) {
 	// postgrey's defaults, but no normalisation and a 60 s delay
-	s, clock := greyServer(t, "greylist:\n  delay: 60s\n  sender_normalize: none\n  flavor: postgrey\n")
+	s, clock := greyServerWith(t, mod, "greylist:\n  delay: 60s\n  sender_normalize: none\n  flavor: postgrey\n")
 	runMailSteps(t, s, clock, flavorBase, []mailStep{
 		{want: 450, text: "postgrey"},
 		{advance: 60 * time.Second, m: msgSpec{sender: "a+x@client.test"}, want: 450}, // a different sender now
 		{want: 0},
 	})
 	// rspamd without the client in its key
-	s, clock = greyServer(t, "greylist:\n  flavor: rspamd\n  key: [sender, recipients_sorted]\n  body_key: 0\n")
+	s, clock = greyServerWith(t, mod, "greylist:\n  flavor: rspamd\n  key: [sender, recipients_sorted]\n  body_key: 0\n")
 	runMailSteps(t, s, clock, flavorBase, []mailStep{
 		{want: 451},
 		{advance: 300 * time.Second, m: msgSpec{from: "127.0.64.1", body: "x\r\n"}, want: 0},
@@ -262,4 +262,50 @@ func TestGreylistFlavorPolicyErrors(t *testing.T) {
 			t.Errorf("%q: got %v, want %q", tc.yaml, err, tc.want)
 		}
 	}
+}
+
+// greyServerWith is greyServer with a Config change (the store).
+func greyServerWith(t *testing.T, mod func(*Config), policy string) (*Server, *fakeClock) {
+	clock := newClock()
+	s := startServer(t, policy, func(c *Config) { c.Now = clock.Now; mod(c) })
+	return s, clock
+}
+
+// greyStoreSuite runs against both stores: the same semantics.
+var greyStoreSuite = []struct {
+	name string
+	run  func(*testing.T, func(*Config))
+}{
+	{"Generic", flavorGeneric},
+	{"Postgrey", flavorPostgrey},
+	{"MilterGreylist", flavorMilterGreylist},
+	{"Rspamd", flavorRspamd},
+	{"RspamdBodyKeySurvivesRestart", flavorRspamdBodyKeySurvivesRestart},
+	{"Exim", flavorExim},
+	{"KeysOverridable", flavorKeysOverridable},
+	{"MXSplit", mxSplit},
+	{"MXShared", mxShared},
+}
+
+func TestGreylistStoreMemory(t *testing.T) {
+	for _, tc := range greyStoreSuite {
+		t.Run(tc.name, func(t *testing.T) { tc.run(t, func(*Config) {}) })
+	}
+}
+
+// flavorGeneric: the generic flavour's delay, early retry, retry window,
+// max age, subnet and auto-whitelist.
+func flavorGeneric(t *testing.T, mod func(*Config)) {
+	s, clock := greyServerWith(t, mod, "greylist:\n  delay: 300s\n  retry_window: 1h\n  max_age: 2h\n  auto_whitelist_after: 2\n")
+	runMailSteps(t, s, clock, flavorBase, []mailStep{
+		{want: 451, enh: "4.7.1", text: "try again in 300 seconds"},
+		{advance: 100 * time.Second, want: 451, text: "in 200 seconds"}, // the clock is not reset
+		{advance: 200 * time.Second, m: msgSpec{from: "127.0.0.7"}, want: 0}, // same /24
+		{advance: 2*time.Hour + time.Second, want: 451},                     // unseen longer than max age
+		{m: msgSpec{rcpts: []string{"late@remote.test"}}, want: 451},
+		{advance: time.Hour + time.Second, m: msgSpec{rcpts: []string{"late@remote.test"}}, want: 451}, // past the retry window: anew
+		{advance: 300 * time.Second, m: msgSpec{rcpts: []string{"late@remote.test"}}, want: 0},          // second pass of the /24
+		{m: msgSpec{from: "127.0.0.200", rcpts: []string{"any@remote.test"}}, want: 0},                  // the /24 is whitelisted
+		{m: msgSpec{from: "127.0.1.1", rcpts: []string{"any@remote.test"}}, want: 451},
+	})
 }

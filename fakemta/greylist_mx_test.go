@@ -9,11 +9,13 @@ import (
 
 // mxServer runs a fake MTA whose policy names two MX hosts on 127.0.0.2
 // and 127.0.0.3 (free ports) and returns it with their addresses.
-func mxServer(t *testing.T, state string) (*Server, *fakeClock, string, string) {
+func mxServer(t *testing.T, mod func(*Config), state string) (*Server, *fakeClock, string, string) {
 	t.Helper()
 	clock := newClock()
 	pol := parseTestPolicy(t, "greylist: {delay: 300s, auto_whitelist_after: 0}\nmx:\n  state: "+state+"\n  hosts: [127.0.0.2:0, 127.0.0.3:0]\n")
-	s, err := New(Config{Policy: pol, Now: clock.Now, Logf: t.Logf, ReadTimeout: 10 * time.Second})
+	cfg := Config{Policy: pol, Now: clock.Now, Logf: t.Logf, ReadTimeout: 10 * time.Second}
+	mod(&cfg)
+	s, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -28,8 +30,9 @@ func mxServer(t *testing.T, state string) (*Server, *fakeClock, string, string) 
 	return s, clock, as[0].String(), as[1].String()
 }
 
-func TestMXSplitStateGreylistsAgainAtEachMX(t *testing.T) {
-	s, clock, mx1, mx2 := mxServer(t, MXSplit)
+// mxSplit: split state greylists again at each MX.
+func mxSplit(t *testing.T, mod func(*Config)) {
+	s, clock, mx1, mx2 := mxServer(t, mod, MXSplit)
 	at := func(addr string, want int) {
 		t.Helper()
 		if code, err := deliver(t, addr, flavorBase); code != want {
@@ -61,8 +64,9 @@ func TestMXSplitStateGreylistsAgainAtEachMX(t *testing.T) {
 	}
 }
 
-func TestMXSharedStatePassesAtTheOtherMX(t *testing.T) {
-	s, clock, mx1, mx2 := mxServer(t, MXShared)
+// mxShared: shared state passes at the other MX.
+func mxShared(t *testing.T, mod func(*Config)) {
+	s, clock, mx1, mx2 := mxServer(t, mod, MXShared)
 	if code, err := deliver(t, mx1, flavorBase); code != 451 {
 		t.Fatalf("first at mx1: %d %v", code, err)
 	}

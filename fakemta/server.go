@@ -45,6 +45,10 @@ type Config struct {
 	// fsyncs at most this often (a crash of the machine may lose the last
 	// interval): for load tests, where the per-message fsync is the cost.
 	JournalSync time.Duration
+	// GreylistStore is "" (memory, rebuilt from the journal) or
+	// redis://HOST:PORT/DB: the greylist lives in Redis, shared by every
+	// fake MTA using it and kept across restarts.
+	GreylistStore string
 	// WipeState starts with no greylist memory (the journal is kept: it is history).
 	WipeState bool
 	// KeepBodies writes every received body to this folder.
@@ -69,7 +73,8 @@ type Config struct {
 type Server struct {
 	cfg     Config
 	policy  atomic.Pointer[Policy]
-	grey    *greylistState
+	grey    *greylistState // attempt counters, and the records with the memory store
+	store   greyStore
 	journal *Journal
 	smtp    *smtp.Server
 	started time.Time
@@ -127,6 +132,14 @@ func New(cfg Config) (*Server, error) {
 		}
 	}
 	s := &Server{cfg: cfg, grey: newGreylistState(), conns: map[*conn]struct{}{}, metrics: NewMetrics()}
+	s.store = memStore{s.grey}
+	if cfg.GreylistStore != "" {
+		rs, err := openRedisStore(cfg.GreylistStore)
+		if err != nil {
+			return nil, fmt.Errorf("fakemta: %w", err)
+		}
+		s.store = rs
+	}
 	s.policy.Store(cfg.Policy)
 	var maxConn uint64
 	syncEvery := cfg.JournalSync
@@ -134,12 +147,14 @@ func New(cfg Config) (*Server, error) {
 		syncEvery = scratchSync
 	}
 	j, err := openJournal(cfg.StateDir, syncEvery, cfg.Now, func(ev Event) {
+		// (a journal the fake MTA cannot open leaves the store to Close)
 		if ev.Conn > maxConn {
 			maxConn = ev.Conn
 		}
 		s.replay(ev)
 	})
 	if err != nil {
+		s.store.close()
 		return nil, err
 	}
 	s.journal = j
@@ -147,6 +162,11 @@ func New(cfg Config) (*Server, error) {
 	s.msgSeq.Store(j.Seq())
 	if cfg.WipeState {
 		s.grey.wipe()
+		if err := s.store.wipe(context.Background()); err != nil {
+			s.store.close()
+			j.Close()
+			return nil, fmt.Errorf("fakemta: wipe greylist store: %w", err)
+		}
 		s.record(Event{Kind: EventControl, Note: "wipe-state"}, false)
 	}
 	s.started = cfg.Now()
@@ -262,11 +282,22 @@ func (s *Server) SetPolicy(p *Policy) {
 // WipeGreylist forgets every greylist triplet and whitelisted client.
 func (s *Server) WipeGreylist() {
 	s.grey.wipe()
+	if err := s.store.wipe(context.Background()); err != nil {
+		s.cfg.Logf("greylist store: wipe: %v", err)
+	}
 	s.record(Event{Kind: EventControl, Note: "wipe-state"}, false)
 }
 
 // Greylist lists the greylist triplets the server remembers.
-func (s *Server) Greylist() []GreylistEntry { return s.grey.entries() }
+func (s *Server) Greylist() []GreylistEntry {
+	ctx, cancel := context.WithTimeout(context.Background(), greyStoreTimeout)
+	defer cancel()
+	es, err := s.store.entries(ctx)
+	if err != nil {
+		s.cfg.Logf("greylist store: %v", err)
+	}
+	return es
+}
 
 // Started returns when the server started (rules' after/before count from it).
 func (s *Server) Started() time.Time { return s.started }
@@ -304,6 +335,9 @@ func (s *Server) Close() error {
 	s.serveWG.Wait()
 	s.record(Event{Kind: EventControl, Note: "stop"}, false)
 	err := s.journal.Close()
+	if cerr := s.store.close(); err == nil && s.cfg.GreylistStore != "" {
+		err = cerr
+	}
 	if s.cfg.scratch {
 		if rerr := os.RemoveAll(s.cfg.StateDir); err == nil {
 			err = rerr
@@ -344,7 +378,7 @@ func (s *Server) replay(ev Event) {
 		for _, r := range tx.Rcpts {
 			k := tripletKey{subnet, lower(tx.MailFrom), lower(r.Addr)}
 			s.grey.setCount(k, StageRcpt, r.Attempt)
-			if r.Greylist != "" && !done[r.Key] {
+			if r.Greylist != "" && r.Greylist != greyError && s.store.replays() && !done[r.Key] {
 				done[r.Key] = true
 				gk := greyKey{ID: r.Key, Body: r.BodyKey, Whitelist: r.WhitelistKey, Subnet: subnet, Sender: lower(tx.MailFrom), Recipient: lower(r.Addr)}
 				if gk.ID == "" {

@@ -3,6 +3,7 @@ package fakemta
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -132,6 +133,23 @@ func (se *session) greyInput() greyInput {
 	return in
 }
 
+// storeFailReply answers when the greylist store cannot: never a 250
+// without a record of the decision.
+var storeFailReply = Reply{Code: 451, Enhanced: "4.3.0", Text: "Greylist store unavailable, try again later"}
+
+// greyCheck asks the store; a store failure is journaled (a control event
+// "greylist-store: ERR") and comes back as the outcome "error".
+func (se *session) greyCheck(gl *Greylist, k greyKey, now time.Time) (string, time.Duration, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), greyStoreTimeout)
+	defer cancel()
+	outcome, left, err := se.srv.store.check(ctx, gl, k, now)
+	if err != nil {
+		se.srv.record(Event{Kind: EventControl, Conn: se.c.id, Client: se.c.client, Note: "greylist-store: " + err.Error()}, false)
+		return greyError, 0, err
+	}
+	return outcome, left, nil
+}
+
 // setGrey records a greylist outcome and its keys on a recipient.
 func setGrey(ra *RcptAttempt, outcome string, k greyKey) {
 	ra.Greylist, ra.Key, ra.BodyKey, ra.WhitelistKey = outcome, k.ID, k.Body, k.Whitelist
@@ -196,9 +214,12 @@ func (se *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 			in := se.greyInput()
 			in.rcpt = to
 			gk := gl.buildKey(in)
-			outcome, left := se.srv.grey.check(gl, gk, now)
+			outcome, left, serr := se.greyCheck(gl, gk, now)
 			setGrey(&ra, outcome, gk)
-			if outcome == greyDeferred {
+			switch {
+			case serr != nil:
+				reply, err = &storeFailReply, smtpError(&storeFailReply)
+			case outcome == greyDeferred:
 				r := greylistReply(gl, left, to)
 				reply, err = &r, smtpError(&r)
 			}
@@ -267,7 +288,7 @@ func (se *session) Data(r io.Reader) error {
 	if reply == nil && (rule == nil || rule.Action == ActionDelay) {
 		if gl := se.greylist(); gl != nil && gl.Stage == StageEOD && len(rcpts) > 0 {
 			var worst time.Duration
-			deferredRcpt := ""
+			deferredRcpt, failed := "", false
 			apply := func(rcpt string, outcome string, k greyKey, left time.Duration) {
 				for j := range se.tx.Rcpts {
 					if se.tx.Rcpts[j].Addr == rcpt && se.tx.Rcpts[j].Reply.Code/100 == 2 {
@@ -283,7 +304,8 @@ func (se *session) Data(r io.Reader) error {
 				// One record for the whole message (rspamd, Exim).
 				in.rcpts, in.messageID, in.body = rcpts, msg.MessageID, se.bodyHead
 				k := gl.buildKey(in)
-				outcome, left := se.srv.grey.check(gl, k, now())
+				outcome, left, serr := se.greyCheck(gl, k, now())
+				failed = failed || serr != nil
 				for _, rc := range rcpts {
 					apply(rc, outcome, k, left)
 				}
@@ -291,11 +313,15 @@ func (se *session) Data(r io.Reader) error {
 				for _, rc := range rcpts {
 					in.rcpt = rc
 					k := gl.buildKey(in)
-					outcome, left := se.srv.grey.check(gl, k, now())
+					outcome, left, serr := se.greyCheck(gl, k, now())
+					failed = failed || serr != nil
 					apply(rc, outcome, k, left)
 				}
 			}
-			if deferredRcpt != "" {
+			switch {
+			case failed:
+				reply, err = &storeFailReply, smtpError(&storeFailReply)
+			case deferredRcpt != "":
 				r := greylistReply(gl, worst, deferredRcpt)
 				reply, err = &r, smtpError(&r)
 			}

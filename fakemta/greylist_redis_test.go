@@ -1,0 +1,188 @@
+package fakemta
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// redisServer is a redis-server child on a free loopback port.
+type redisServer struct {
+	addr string
+	cmd  *exec.Cmd
+	done chan struct{}
+}
+
+// startRedis starts `redis-server` on 127.0.0.1 with no persistence. Without
+// the binary the test is skipped, or fails under CI=true (.ci/run installs it).
+func startRedis(t *testing.T) *redisServer {
+	t.Helper()
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("redis-server not found (CI=true: .ci/run installs the Debian package redis-server): %v", err)
+		}
+		t.Skipf("redis-server not found (apt-get install redis-server): %v", err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	l.Close()
+	cmd := exec.Command(bin, "--port", fmt.Sprint(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+		"--dir", t.TempDir(), "--daemonize", "no", "--loglevel", "warning")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	r := &redisServer{addr: fmt.Sprintf("127.0.0.1:%d", port), cmd: cmd, done: make(chan struct{})}
+	go func() { cmd.Wait(); close(r.done) }()
+	t.Cleanup(r.stop)
+	c := redis.NewClient(&redis.Options{Addr: r.addr, DisableIdentity: true})
+	defer c.Close()
+	pollUntil(t, "redis-server answers PING", func() bool {
+		select {
+		case <-r.done:
+			t.Fatalf("redis-server exited: %v", cmd.ProcessState)
+		default:
+		}
+		return c.Ping(context.Background()).Err() == nil
+	})
+	return r
+}
+
+// stop kills the child and waits for it.
+func (r *redisServer) stop() {
+	r.cmd.Process.Kill()
+	<-r.done
+}
+
+func (r *redisServer) url(db int) string { return fmt.Sprintf("redis://%s/%d", r.addr, db) }
+
+// TestGreylistStoreRedis runs the store suite (TestGreylistStoreMemory's)
+// against a real Redis, one database per case.
+func TestGreylistStoreRedis(t *testing.T) {
+	r := startRedis(t)
+	for i, tc := range greyStoreSuite {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.run(t, func(c *Config) { c.GreylistStore = r.url(i % 16) })
+		})
+	}
+}
+
+// TestRedisStoreSharedByTwoServers: two fake MTAs (one per MX machine in
+// staging) share one Redis greylist: greylisted by one, passed at the other.
+func TestRedisStoreSharedByTwoServers(t *testing.T) {
+	r := startRedis(t)
+	clock := newClock()
+	mod := func(c *Config) { c.Now, c.GreylistStore = clock.Now, r.url(0) }
+	a := startServer(t, "greylist: {flavor: postgrey}\n", mod)
+	b := startServer(t, "greylist: {flavor: postgrey}\n", mod)
+	if code, err := deliver(t, a.Addr(), flavorBase); code != 450 {
+		t.Fatalf("at a: %d %v", code, err)
+	}
+	clock.Add(299 * time.Second)
+	if code, err := deliver(t, b.Addr(), flavorBase); code != 450 {
+		t.Fatalf("at b too early: %d %v", code, err)
+	}
+	clock.Add(time.Second)
+	if code, err := deliver(t, b.Addr(), flavorBase); code != 0 {
+		t.Fatalf("at b after the delay: %d %v", code, err)
+	}
+	if es := a.Greylist(); len(es) != 1 || es[0].Passes != 1 {
+		t.Fatalf("a sees b's pass: %+v", es)
+	}
+}
+
+// TestRedisStoreAtomicUnderConcurrentSessions: many sessions retrying one
+// triplet at once; every pass is counted, and the client is counted once
+// toward its auto-whitelist.
+func TestRedisStoreAtomicUnderConcurrentSessions(t *testing.T) {
+	r := startRedis(t)
+	clock := newClock()
+	s := startServer(t, "greylist: {delay: 300s, auto_whitelist_after: 2}\n", func(c *Config) { c.Now, c.GreylistStore = clock.Now, r.url(0) })
+	if code, _ := deliver(t, s.Addr(), flavorBase); code != 451 {
+		t.Fatalf("first: %d", code)
+	}
+	clock.Add(300 * time.Second)
+	const n = 16
+	var wg sync.WaitGroup
+	codes := make(chan int, n)
+	for range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			code, _ := deliver(t, s.Addr(), flavorBase)
+			codes <- code
+		}()
+	}
+	wg.Wait()
+	close(codes)
+	for c := range codes {
+		if c != 0 {
+			t.Fatalf("a concurrent retry got %d", c)
+		}
+	}
+	if es := s.Greylist(); len(es) != 1 || es[0].Passes != n {
+		t.Fatalf("entries %+v, want one record with %d passes", es, n)
+	}
+	// One counted pass: a new recipient from the /24 is still greylisted.
+	if code, _ := deliver(t, s.Addr(), msgSpec{sender: "a@client.test", rcpts: []string{"new@remote.test"}, msgID: "x@y", body: "b\r\n"}); code != 451 {
+		t.Fatalf("after one counted pass: %d, want 451", code)
+	}
+}
+
+// TestRedisStoreSurvivesRestart: the state is in Redis, not the journal:
+// a fake MTA without --state that restarts keeps it.
+func TestRedisStoreSurvivesRestart(t *testing.T) {
+	r := startRedis(t)
+	clock := newClock()
+	mod := func(c *Config) { c.Now, c.GreylistStore = clock.Now, r.url(0) }
+	s := startServer(t, "greylist: {}\n", mod)
+	if code, _ := deliver(t, s.Addr(), flavorBase); code != 451 {
+		t.Fatalf("first: %d", code)
+	}
+	s.Close()
+	clock.Add(300 * time.Second)
+	s = startServer(t, "greylist: {}\n", mod)
+	if code, err := deliver(t, s.Addr(), flavorBase); code != 0 {
+		t.Fatalf("after restart: %d %v", code, err)
+	}
+}
+
+// TestRedisOutageAnswers451AndIsJournaled: with Redis gone, a recipient
+// gets 451 4.3.0 (never 250 without a record) and the failure is journaled.
+func TestRedisOutageAnswers451AndIsJournaled(t *testing.T) {
+	r := startRedis(t)
+	s, clock := greyServerWith(t, func(c *Config) { c.GreylistStore = r.url(0) }, "greylist: {}\n")
+	runMailSteps(t, s, clock, flavorBase, []mailStep{{want: 451}, {advance: 300 * time.Second, want: 0}})
+	r.stop()
+	runMailSteps(t, s, clock, flavorBase, []mailStep{{want: 451, enh: "4.3.0", text: "Greylist store unavailable"}})
+	waitJournal(t, s, "the store failure", func(e Event) bool {
+		return e.Kind == EventControl && strings.HasPrefix(e.Note, "greylist-store: ")
+	})
+	waitJournal(t, s, "the recipient's outcome", func(e Event) bool {
+		return e.Kind == EventTransaction && len(e.Transaction.Rcpts) == 1 && e.Transaction.Rcpts[0].Greylist == greyError &&
+			e.Transaction.Rcpts[0].Reply.Code == 451
+	})
+}
+
+func TestRedisStoreBadURLAndUnreachable(t *testing.T) {
+	if _, err := New(Config{GreylistStore: "http://127.0.0.1:1/0"}); err == nil {
+		t.Fatal("http:// accepted as a greylist store")
+	}
+	l, _ := net.Listen("tcp", "127.0.0.1:0")
+	addr := l.Addr().String()
+	l.Close() // nothing listens there now
+	if _, err := New(Config{GreylistStore: "redis://" + addr + "/0"}); err == nil || !strings.Contains(err.Error(), addr) {
+		t.Fatalf("unreachable store: %v", err)
+	}
+}
