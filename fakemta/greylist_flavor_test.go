@@ -299,13 +299,13 @@ func flavorGeneric(t *testing.T, mod func(*Config)) {
 	s, clock := greyServerWith(t, mod, "greylist:\n  delay: 300s\n  retry_window: 1h\n  max_age: 2h\n  auto_whitelist_after: 2\n")
 	runMailSteps(t, s, clock, flavorBase, []mailStep{
 		{want: 451, enh: "4.7.1", text: "try again in 300 seconds"},
-		{advance: 100 * time.Second, want: 451, text: "in 200 seconds"}, // the clock is not reset
+		{advance: 100 * time.Second, want: 451, text: "in 200 seconds"},      // the clock is not reset
 		{advance: 200 * time.Second, m: msgSpec{from: "127.0.0.7"}, want: 0}, // same /24
-		{advance: 2*time.Hour + time.Second, want: 451},                     // unseen longer than max age
+		{advance: 2*time.Hour + time.Second, want: 451},                      // unseen longer than max age
 		{m: msgSpec{rcpts: []string{"late@remote.test"}}, want: 451},
 		{advance: time.Hour + time.Second, m: msgSpec{rcpts: []string{"late@remote.test"}}, want: 451}, // past the retry window: anew
-		{advance: 300 * time.Second, m: msgSpec{rcpts: []string{"late@remote.test"}}, want: 0},          // second pass of the /24
-		{m: msgSpec{from: "127.0.0.200", rcpts: []string{"any@remote.test"}}, want: 0},                  // the /24 is whitelisted
+		{advance: 300 * time.Second, m: msgSpec{rcpts: []string{"late@remote.test"}}, want: 0},         // second pass of the /24
+		{m: msgSpec{from: "127.0.0.200", rcpts: []string{"any@remote.test"}}, want: 0},                 // the /24 is whitelisted
 		{m: msgSpec{from: "127.0.1.1", rcpts: []string{"any@remote.test"}}, want: 451},
 	})
 }
