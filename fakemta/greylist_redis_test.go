@@ -186,3 +186,54 @@ func TestRedisStoreBadURLAndUnreachable(t *testing.T) {
 		t.Fatalf("unreachable store: %v", err)
 	}
 }
+
+// TestCLITwoProcessesShareARedisGreylist: two `greyharness fakemta`
+// processes with --greylist-store on one Redis (two MX machines in
+// staging): a triplet greylisted by one passes at the other after the delay.
+func TestCLITwoProcessesShareARedisGreylist(t *testing.T) {
+	r := startRedis(t)
+	pol := t.TempDir() + "/policy.yaml"
+	if err := os.WriteFile(pol, []byte("greylist: {flavor: postgrey, delay: 1s}\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	t.Cleanup(cancel) // after the processes' cleanups: they stop on SIGINT
+	var addrs []string
+	for _, ip := range []string{"127.0.0.2", "127.0.0.3"} {
+		cmd, lines, stderr := startCLI(t, ctx, nil, "--listen", ip+":0", "--policy", pol, "--greylist-store", r.url(3), "--state", t.TempDir())
+		addrs = append(addrs, nextLine(t, ctx, lines, "fakemta: listening on "))
+		t.Cleanup(func() {
+			cmd.Process.Signal(os.Interrupt)
+			if err := cmd.Wait(); err != nil {
+				t.Errorf("fakemta exit: %v, stderr %s", err, stderr.String())
+			}
+		})
+		go func() {
+			for range lines {
+			}
+		}()
+	}
+	if code, err := deliver(t, addrs[0], flavorBase); code != 450 {
+		t.Fatalf("first, at the first process: %d %v", code, err)
+	}
+	// Wait for the delay to end by the record's own clock, then the
+	// first try at the second process passes: it knows the triplet.
+	c := redis.NewClient(&redis.Options{Addr: r.addr, DB: 3, DisableIdentity: true})
+	defer c.Close()
+	keys, err := c.Keys(ctx, redisPrefix+"r:*").Result()
+	if err != nil || len(keys) != 1 {
+		t.Fatalf("records in Redis: %v %v", keys, err)
+	}
+	first, err := c.HGet(ctx, keys[0], "first").Int64()
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-time.After(time.Until(time.UnixMicro(first).Add(time.Second))):
+	case <-ctx.Done():
+		t.Fatal(ctx.Err())
+	}
+	if code, err := deliver(t, addrs[1], flavorBase); code != 0 {
+		t.Fatalf("first try at the second process after the delay: %d %v", code, err)
+	}
+}
