@@ -442,7 +442,11 @@ func (a *api) greylist(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}
-	es := a.s.Greylist()
+	es, err := a.s.GreylistEntries()
+	if err != nil {
+		writeError(w, http.StatusServiceUnavailable, "greylist store: "+err.Error())
+		return
+	}
 	if es == nil {
 		es = []GreylistEntry{}
 	}

@@ -166,6 +166,9 @@ func TestRedisOutageAnswers451AndIsJournaled(t *testing.T) {
 	runMailSteps(t, s, clock, flavorBase, []mailStep{{want: 451}, {advance: 300 * time.Second, want: 0}})
 	r.stop()
 	runMailSteps(t, s, clock, flavorBase, []mailStep{{want: 451, enh: "4.3.0", text: "Greylist store unavailable"}})
+	if _, err := s.GreylistEntries(); err == nil {
+		t.Fatal("GreylistEntries without Redis: no error")
+	}
 	waitJournal(t, s, "the store failure", func(e Event) bool {
 		return e.Kind == EventControl && strings.HasPrefix(e.Note, "greylist-store: ")
 	})
@@ -235,5 +238,18 @@ func TestCLITwoProcessesShareARedisGreylist(t *testing.T) {
 	}
 	if code, err := deliver(t, addrs[1], flavorBase); code != 0 {
 		t.Fatalf("first try at the second process after the delay: %d %v", code, err)
+	}
+}
+
+// TestRedisOutageAtEOD: at eod the body is received and journaled, the
+// reply is 451 4.3.0 and the message is not accepted.
+func TestRedisOutageAtEOD(t *testing.T) {
+	r := startRedis(t)
+	s, clock := greyServerWith(t, func(c *Config) { c.GreylistStore = r.url(0) }, "greylist: {flavor: rspamd}\n")
+	r.stop()
+	runMailSteps(t, s, clock, flavorBase, []mailStep{{want: 451, enh: "4.3.0"}})
+	msgs, err := s.Journal().Messages()
+	if err != nil || len(msgs) != 1 || msgs[0].Accepted {
+		t.Fatalf("messages %+v %v: want one, not accepted", msgs, err)
 	}
 }

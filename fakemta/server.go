@@ -288,15 +288,18 @@ func (s *Server) WipeGreylist() {
 	s.record(Event{Kind: EventControl, Note: "wipe-state"}, false)
 }
 
-// Greylist lists the greylist triplets the server remembers.
+// Greylist lists the greylist records the server remembers (nil when
+// the store cannot answer: GreylistEntries says why).
 func (s *Server) Greylist() []GreylistEntry {
+	es, _ := s.GreylistEntries()
+	return es
+}
+
+// GreylistEntries lists the greylist records, or the store's error.
+func (s *Server) GreylistEntries() ([]GreylistEntry, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), greyStoreTimeout)
 	defer cancel()
-	es, err := s.store.entries(ctx)
-	if err != nil {
-		s.cfg.Logf("greylist store: %v", err)
-	}
-	return es
+	return s.store.entries(ctx)
 }
 
 // Started returns when the server started (rules' after/before count from it).
