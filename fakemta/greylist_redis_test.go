@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/emersion/go-smtp"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -23,7 +24,7 @@ type redisServer struct {
 
 // startRedis starts `redis-server` on 127.0.0.1 with no persistence. Without
 // the binary the test is skipped, or fails under CI=true (.ci/run installs it).
-func startRedis(t *testing.T) *redisServer {
+func startRedis(t testing.TB) *redisServer {
 	t.Helper()
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
@@ -48,14 +49,17 @@ func startRedis(t *testing.T) *redisServer {
 	t.Cleanup(r.stop)
 	c := redis.NewClient(&redis.Options{Addr: r.addr, DisableIdentity: true})
 	defer c.Close()
-	pollUntil(t, "redis-server answers PING", func() bool {
+	deadline := time.Now().Add(15 * time.Second)
+	for c.Ping(context.Background()).Err() != nil {
 		select {
 		case <-r.done:
 			t.Fatalf("redis-server exited: %v", cmd.ProcessState)
-		default:
+		case <-time.After(5 * time.Millisecond):
 		}
-		return c.Ping(context.Background()).Err() == nil
-	})
+		if time.Now().After(deadline) {
+			t.Fatal("redis-server does not answer PING")
+		}
+	}
 	return r
 }
 
@@ -251,5 +255,68 @@ func TestRedisOutageAtEOD(t *testing.T) {
 	msgs, err := s.Journal().Messages()
 	if err != nil || len(msgs) != 1 || msgs[0].Accepted {
 		t.Fatalf("messages %+v %v: want one, not accepted", msgs, err)
+	}
+}
+
+// BenchmarkGreylistStore: the cost per message of the greylist stores, as
+// one store check (a passed triplet) and as a whole delivery over SMTP.
+func BenchmarkGreylistStore(b *testing.B) {
+	r := startRedis(b)
+	gl := flavorGreylist(FlavorGeneric)
+	for _, store := range []string{"memory", "redis"} {
+		mod := func(c *Config) {}
+		if store == "redis" {
+			mod = func(c *Config) { c.GreylistStore = r.url(5) }
+		}
+		b.Run("check/"+store, func(b *testing.B) {
+			cfg := Config{Logf: b.Logf}
+			mod(&cfg)
+			s, err := New(cfg)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer s.Close()
+			k := gl.buildKey(greyInput{client: "127.0.0.1:1234", sender: "a@client.test", rcpt: "b@remote.test"})
+			t0 := time.Now()
+			ctx := context.Background()
+			s.store.check(ctx, gl, k, t0)
+			b.ResetTimer()
+			for b.Loop() {
+				if o, _, err := s.store.check(ctx, gl, k, t0.Add(time.Hour)); err != nil || o != greyPassed {
+					b.Fatalf("%s %v", o, err)
+				}
+			}
+		})
+		b.Run("deliver/"+store, func(b *testing.B) {
+			cfg := Config{Policy: parseTestPolicy(b, "greylist: {delay: 0s, auto_whitelist_after: 0}\n"), Logf: b.Logf}
+			mod(&cfg)
+			s, err := New(cfg)
+			if err != nil {
+				b.Fatal(err)
+			}
+			l, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				b.Fatal(err)
+			}
+			s.Serve(l)
+			defer s.Close()
+			c, err := smtp.Dial(s.Addr())
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer c.Close()
+			if err := c.Hello("bench.test"); err != nil {
+				b.Fatal(err)
+			}
+			body := testMsg + strings.Repeat("x", 1024) + "\r\n"
+			c.SendMail("a@client.test", []string{"b@remote.test"}, strings.NewReader(body)) // deferred: starts the clock
+			b.ReportAllocs()
+			b.ResetTimer()
+			for b.Loop() {
+				if err := c.SendMail("a@client.test", []string{"b@remote.test"}, strings.NewReader(body)); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }
