@@ -34,6 +34,8 @@ const (
 	KeyMessageID        = "message_id"        // the Message-ID header
 )
 
+var defaultKey = []string{KeyClient, KeySender, KeyRecipient}
+
 var keyParts = []string{KeyClient, KeySender, KeyRecipient, KeyRecipients, KeyRecipientsSorted, KeyMessageID}
 
 // Auto-whitelist keys: what a client is whitelisted by.
@@ -140,11 +142,15 @@ func (gl *Greylist) buildKey(in greyInput) greyKey {
 		sender = postgreySender(sender)
 	}
 	var k greyKey
-	parts := make([]string, 0, len(gl.Key)+1)
+	key := gl.Key
+	if len(key) == 0 {
+		key = defaultKey // a Greylist made in Go rather than parsed
+	}
+	parts := make([]string, 0, len(key)+1)
 	if in.mx != "" {
 		parts = append(parts, "mx="+in.mx)
 	}
-	for _, p := range gl.Key {
+	for _, p := range key {
 		switch p {
 		case KeyClient:
 			k.Subnet = subnet

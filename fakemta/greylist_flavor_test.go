@@ -1,7 +1,9 @@
 package fakemta
 
 import (
+	"encoding/json"
 	"errors"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -308,4 +310,41 @@ func flavorGeneric(t *testing.T, mod func(*Config)) {
 		{m: msgSpec{from: "127.0.0.200", rcpts: []string{"any@remote.test"}}, want: 0},                 // the /24 is whitelisted
 		{m: msgSpec{from: "127.0.1.1", rcpts: []string{"any@remote.test"}}, want: 451},
 	})
+}
+
+// TestFlavorPolicyDocumentRoundTrip: GET /api/v1/policy's document of a
+// flavoured policy parses back to the same greylist (internal settings
+// included: they come from the flavour).
+func TestFlavorPolicyDocumentRoundTrip(t *testing.T) {
+	for _, f := range Flavors {
+		in := parseTestPolicy(t, "greylist:\n  flavor: "+f+"\n  delay: 61s\nmx: {state: split, hosts: [127.0.0.2:2525]}\n")
+		doc, err := json.Marshal(PolicyDocument(in))
+		if err != nil {
+			t.Fatal(err)
+		}
+		back, err := ParsePolicy("doc.json", doc)
+		if err != nil {
+			t.Fatalf("%s: %s does not parse back: %v", f, doc, err)
+		}
+		if !reflect.DeepEqual(in.Greylist, back.Greylist) || !reflect.DeepEqual(in.MX, back.MX) {
+			t.Errorf("%s: round trip\n%+v\n%+v", f, *in.Greylist, *back.Greylist)
+		}
+	}
+}
+
+// TestGreylistMadeInGoKeysTriplets: a Greylist built in Go (no Key) keys
+// on the generic triplet, not on one empty key for everything.
+func TestGreylistMadeInGoKeysTriplets(t *testing.T) {
+	gl := &Greylist{Delay: time.Minute}
+	g := newGreylistState()
+	now := time.Unix(0, 0)
+	k1 := gl.buildKey(greyInput{client: "127.0.0.1:1", sender: "a@x", rcpt: "b@y"})
+	k2 := gl.buildKey(greyInput{client: "127.0.0.1:1", sender: "a@x", rcpt: "c@y"})
+	if k1.ID == k2.ID || !strings.HasSuffix(k1.ID, "|a@x|b@y") {
+		t.Fatalf("keys %q %q", k1.ID, k2.ID)
+	}
+	g.check(gl, k1, now)
+	if o, _ := g.check(gl, k2, now.Add(time.Minute)); o != greyDeferred {
+		t.Fatalf("another recipient: %s, want deferred", o)
+	}
 }
