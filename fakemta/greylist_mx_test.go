@@ -49,13 +49,18 @@ func mxSplit(t *testing.T, mod func(*Config)) {
 	if len(msgs) != 2 || msgs[0].MX != mx1 || msgs[1].MX != mx2 {
 		t.Fatalf("messages' MX: %+v", msgs)
 	}
-	var txs []*Transaction
-	for _, e := range journalEvents(t, s) {
-		if e.Kind == EventTransaction {
-			txs = append(txs, e.Transaction)
+	// A transaction is journaled when its session ends, after the client's QUIT.
+	var txs []Transaction
+	pollUntil(t, "four transactions journaled", func() bool {
+		txs = txs[:0]
+		for _, e := range journalEvents(t, s) {
+			if e.Kind == EventTransaction {
+				txs = append(txs, *e.Transaction)
+			}
 		}
-	}
-	if len(txs) != 4 || txs[0].MX != mx1 || txs[2].MX != mx2 || !strings.HasPrefix(txs[2].Rcpts[0].Key, "mx="+mx2+"|") {
+		return len(txs) == 4
+	})
+	if txs[0].MX != mx1 || txs[2].MX != mx2 || !strings.HasPrefix(txs[2].Rcpts[0].Key, "mx="+mx2+"|") {
 		t.Fatalf("transactions' MX: %+v", txs)
 	}
 	es := s.Greylist()
