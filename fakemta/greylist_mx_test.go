@@ -1,7 +1,9 @@
 package fakemta
 
 import (
+	"context"
 	"net"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -96,5 +98,35 @@ func TestMXStateFlagOverridesPolicy(t *testing.T) {
 	clock.Add(300 * time.Second)
 	if code, err := deliver(t, l.Addr().String(), flavorBase); code != 451 {
 		t.Fatalf("split by Config.MXState: %d %v", code, err)
+	}
+}
+
+// TestCLIListensOnThePolicysMXHosts: without --listen, `greyharness
+// fakemta` listens on the policy's mx.hosts instead of its default address.
+func TestCLIListensOnThePolicysMXHosts(t *testing.T) {
+	pol := t.TempDir() + "/policy.yaml"
+	if err := os.WriteFile(pol, []byte("greylist: {}\nmx: {state: split, hosts: [127.0.0.2:0, 127.0.0.3:0]}\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	cmd, lines, stderr := startCLI(t, ctx, nil, "--policy", pol)
+	a1 := nextLine(t, ctx, lines, "fakemta: listening on ")
+	a2 := nextLine(t, ctx, lines, "fakemta: listening on ")
+	cmd.Process.Signal(os.Interrupt)
+	var rest []string
+	for l := range lines {
+		rest = append(rest, l)
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("exit: %v, stderr %s", err, stderr.String())
+	}
+	if !strings.HasPrefix(a1, "127.0.0.2:") || !strings.HasPrefix(a2, "127.0.0.3:") {
+		t.Fatalf("listening on %s and %s, want the two MX hosts", a1, a2)
+	}
+	for _, l := range rest {
+		if strings.Contains(l, "listening on") {
+			t.Fatalf("a third listener: %q", l)
+		}
 	}
 }
