@@ -496,7 +496,11 @@ func (a *api) greylist(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}
-	es := a.s.Greylist()
+	es, err := a.s.GreylistEntries()
+	if err != nil {
+		writeError(w, http.StatusServiceUnavailable, "greylist store: "+err.Error())
+		return
+	}
 	if es == nil {
 		es = []GreylistEntry{}
 	}
@@ -583,18 +587,24 @@ func (a *api) metrics(w http.ResponseWriter, r *http.Request) {
 type PolicyDoc struct {
 	Greylist *GreylistDoc `json:"greylist,omitempty"`
 	Rules    []RuleDoc    `json:"rules"`
+	MX       *MX          `json:"mx,omitempty"`
 }
 
 // GreylistDoc is a Greylist in policy-file syntax.
 type GreylistDoc struct {
-	Delay              string `json:"delay"`
-	RetryWindow        string `json:"retry_window"`
-	MaxAge             string `json:"max_age"`
-	SubnetV4           int    `json:"subnet_v4"`
-	SubnetV6           int    `json:"subnet_v6"`
-	AutoWhitelistAfter int    `json:"auto_whitelist_after"`
-	Reply              string `json:"reply"`
-	Stage              Stage  `json:"stage"`
+	Flavor             string   `json:"flavor"`
+	Key                []string `json:"key"`
+	SenderNormalize    string   `json:"sender_normalize"`
+	BodyKey            int      `json:"body_key"`
+	AutoWhitelistBy    string   `json:"auto_whitelist_by"`
+	Delay              string   `json:"delay"`
+	RetryWindow        string   `json:"retry_window"`
+	MaxAge             string   `json:"max_age"`
+	SubnetV4           int      `json:"subnet_v4"`
+	SubnetV6           int      `json:"subnet_v6"`
+	AutoWhitelistAfter int      `json:"auto_whitelist_after"`
+	Reply              string   `json:"reply"`
+	Stage              Stage    `json:"stage"`
 }
 
 // RuleDoc is a Rule in policy-file syntax: match plus exactly one action key.
@@ -627,8 +637,14 @@ func PolicyDocument(p *Policy) PolicyDoc {
 	if p == nil {
 		return doc
 	}
+	doc.MX = p.MX
 	if g := p.Greylist; g != nil {
-		doc.Greylist = &GreylistDoc{Delay: g.Delay.String(), RetryWindow: g.RetryWindow.String(), MaxAge: g.MaxAge.String(),
+		norm := g.SenderNormalize
+		if norm == "" {
+			norm = "none"
+		}
+		doc.Greylist = &GreylistDoc{Flavor: g.Flavor, Key: g.Key, SenderNormalize: norm, BodyKey: g.BodyKey, AutoWhitelistBy: g.AutoWhitelistBy,
+			Delay: g.Delay.String(), RetryWindow: g.RetryWindow.String(), MaxAge: g.MaxAge.String(),
 			SubnetV4: g.SubnetV4, SubnetV6: g.SubnetV6, AutoWhitelistAfter: g.AutoWhitelistAfter, Reply: g.Reply, Stage: g.Stage}
 	}
 	yes := true

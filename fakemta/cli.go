@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/greyharness/greyharness/internal/inputfile"
+	"github.com/redis/go-redis/v9"
 )
 
 // DefaultListen is where `greyharness fakemta` listens without --listen.
@@ -108,6 +109,8 @@ func (s *sizeFlag) Set(v string) error {
 // cliOptions are the parsed flags.
 type cliOptions struct {
 	listen      listFlag
+	mxState     string
+	greyStore   string
 	policy      string
 	state       string
 	journalSync string
@@ -134,6 +137,8 @@ func newFlagSet(o *cliOptions) *flag.FlagSet {
 	o.listen.def = []string{DefaultListen}
 	o.maxSize = 32 << 20
 	fs.Var(&o.listen, "listen", "SMTP listen `address` host:port, repeatable (port 0 picks a free one)")
+	fs.StringVar(&o.mxState, "mx-state", "", "`split` (each --listen address is an MX host with a greylist of its own) or shared (one greylist); default: the policy's mx.state, else shared")
+	fs.StringVar(&o.greyStore, "greylist-store", "", "keep the greylist in Redis at `redis://HOST:PORT/DB`, shared by every fake MTA using it and kept across restarts (default: in memory, rebuilt from the journal)")
 	fs.StringVar(&o.policy, "policy", "", "policy YAML `file` (default: accept everything)")
 	fs.StringVar(&o.state, "state", "", "state `dir`: the journal (journal.jsonl) and with it the greylist memory survive restarts (default: a scratch folder, removed on exit)")
 	fs.StringVar(&o.journalSync, "journal-sync", "message", "when the journal in --state is fsync'd: `message` (before every 250 to a final dot) or an interval like 100ms (written before the 250, fsync'd within the interval: faster, and a machine crash may lose that interval)")
@@ -171,7 +176,7 @@ func (e configError) Unwrap() error { return e.error }
 // options turns parsed flags into a Config; errors are configErrors.
 func (o *cliOptions) config(getenv func(string) string) (Config, string, error) {
 	cfg := Config{
-		Listen: o.listen.get(), StateDir: o.state, WipeState: o.wipeState, KeepBodies: o.keepBodies,
+		Listen: o.listen.get(), MXState: o.mxState, GreylistStore: o.greyStore, StateDir: o.state, WipeState: o.wipeState, KeepBodies: o.keepBodies,
 		Domain: o.domain, MaxMessageBytes: int64(o.maxSize), MaxLineLength: o.maxLine, MaxRecipients: o.maxRcpts,
 		ReadTimeout: o.readTimeout, WriteTimeout: o.writeTime,
 	}
@@ -184,6 +189,10 @@ func (o *cliOptions) config(getenv func(string) string) (Config, string, error) 
 		}
 	}
 	switch {
+	case o.greyStore != "" && !validStoreURL(o.greyStore):
+		return bad("--greylist-store: want redis://HOST:PORT/DB, got %q", o.greyStore)
+	case o.mxState != "" && o.mxState != MXSplit && o.mxState != MXShared:
+		return bad("--mx-state: want split or shared, got %q", o.mxState)
 	case o.maxLine <= 0:
 		return bad("--max-line-length must be positive, got %d", o.maxLine)
 	case o.maxRcpts <= 0:
@@ -241,6 +250,9 @@ func (o *cliOptions) config(getenv func(string) string) (Config, string, error) 
 		if cfg.Policy, err = ParsePolicy(o.policy, data); err != nil {
 			return Config{}, "", configError{err}
 		}
+		if m := cfg.Policy.MX; m != nil && len(m.Hosts) > 0 && len(o.listen.vals) == 0 {
+			cfg.Listen = nil // the MX hosts replace the default address
+		}
 	}
 	token, from := o.apiToken, "--api-token"
 	if token == "" {
@@ -263,6 +275,12 @@ func (o *cliOptions) config(getenv func(string) string) (Config, string, error) 
 		}
 	}
 	return cfg, token, nil
+}
+
+// validStoreURL reports whether u is a Redis URL go-redis accepts.
+func validStoreURL(u string) bool {
+	_, err := redis.ParseURL(u)
+	return err == nil && strings.HasPrefix(u, "redis://")
 }
 
 // loopbackHost reports whether host is a loopback IP or "localhost".

@@ -59,6 +59,8 @@ func TestCLIBadFlagsExit2(t *testing.T) {
 		{[]string{"--listen", "nocolon"}, `--listen "nocolon": want host:port`},
 		{[]string{"--max-message-size", "12Q"}, `invalid value "12Q" for flag -max-message-size`},
 		{[]string{"--max-recipients", "0"}, "--max-recipients must be positive"},
+		{[]string{"--mx-state", "mixed"}, "--mx-state: want split or shared"},
+		{[]string{"--greylist-store", "http://127.0.0.1:6379/0"}, "--greylist-store: want redis://HOST:PORT/DB"},
 		{[]string{"--read-timeout", "soon"}, `invalid value "soon" for flag -read-timeout`},
 		{[]string{"--tls-cert", "c.pem"}, "--tls-cert and --tls-key go together"},
 		{[]string{"--tls-self-signed", "--tls-key", "k.pem", "--tls-cert", "c.pem"}, "exclude each other"},

@@ -160,6 +160,18 @@ func appendTransaction(dst []byte, tx *Transaction) ([]byte, bool) {
 				dst = append(dst, `,"greylist":`...)
 				dst = appendJSONString(dst, r.Greylist)
 			}
+			if r.Key != "" {
+				dst = append(dst, `,"key":`...)
+				dst = appendJSONString(dst, r.Key)
+			}
+			if r.BodyKey != "" {
+				dst = append(dst, `,"body_key":`...)
+				dst = appendJSONString(dst, r.BodyKey)
+			}
+			if r.WhitelistKey != "" {
+				dst = append(dst, `,"whitelist_key":`...)
+				dst = appendJSONString(dst, r.WhitelistKey)
+			}
 			dst = append(dst, '}')
 		}
 		dst = append(dst, ']')
@@ -215,11 +227,19 @@ func appendTransaction(dst []byte, tx *Transaction) ([]byte, bool) {
 			dst = append(dst, `,"body_path":`...)
 			dst = appendJSONString(dst, m.BodyPath)
 		}
+		if m.MX != "" {
+			dst = append(dst, `,"mx":`...)
+			dst = appendJSONString(dst, m.MX)
+		}
 		dst = append(dst, `,"dsn":null}`...)
 	}
 	if tx.Aborted != "" {
 		dst = append(dst, `,"aborted":`...)
 		dst = appendJSONString(dst, tx.Aborted)
+	}
+	if tx.MX != "" {
+		dst = append(dst, `,"mx":`...)
+		dst = appendJSONString(dst, tx.MX)
 	}
 	return append(dst, '}'), true
 }

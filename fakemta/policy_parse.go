@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/netip"
 	"path"
 	"strconv"
@@ -231,8 +232,10 @@ func contains(list []string, s string) bool {
 
 func (p *policyParser) policy(n *yaml.Node) *Policy {
 	pol := &Policy{}
-	p.mapping(n, "policy", []string{"greylist", "rules"}, func(key string, k, v *yaml.Node) {
+	p.mapping(n, "policy", []string{"greylist", "rules", "mx"}, func(key string, k, v *yaml.Node) {
 		switch key {
+		case "mx":
+			pol.MX = p.mx(v)
 		case "greylist":
 			pol.Greylist = p.greylist(v)
 		case "rules":
@@ -250,14 +253,29 @@ func (p *policyParser) policy(n *yaml.Node) *Policy {
 	return pol
 }
 
+// greylistKeys are the keys of a greylist mapping.
+var greylistKeys = []string{"flavor", "delay", "retry_window", "max_age", "subnet_v4", "subnet_v6", "auto_whitelist_after",
+	"auto_whitelist_by", "reply", "stage", "key", "sender_normalize", "body_key"}
+
 func (p *policyParser) greylist(n *yaml.Node) *Greylist {
-	g := &Greylist{
-		Delay: DefaultGreylistDelay, RetryWindow: DefaultGreylistRetryWindow, MaxAge: DefaultGreylistMaxAge,
-		SubnetV4: 24, SubnetV6: 64, AutoWhitelistAfter: 5, Reply: DefaultGreylistReply, Stage: StageRcpt,
+	// The flavour sets the defaults, so it is read first wherever it stands.
+	g := flavorGreylist(FlavorGeneric)
+	if m := deref(n); m.Kind == yaml.MappingNode {
+		for i := 0; i+1 < len(m.Content); i += 2 {
+			if k, v := deref(m.Content[i]), deref(m.Content[i+1]); k.Value == "flavor" {
+				if f := flavorGreylist(v.Value); f != nil {
+					g = f
+				} else {
+					p.errorf(v, "unknown greylist flavor %q (%s)", v.Value, strings.Join(Flavors, ", "))
+				}
+			}
+		}
 	}
 	at := n // where a retry_window/delay conflict is reported
-	p.mapping(n, "greylist", []string{"delay", "retry_window", "max_age", "subnet_v4", "subnet_v6", "auto_whitelist_after", "reply", "stage"}, func(key string, k, v *yaml.Node) {
+	var stageAt *yaml.Node
+	p.mapping(n, "greylist", greylistKeys, func(key string, k, v *yaml.Node) {
 		switch key {
+		case "flavor":
 		case "delay":
 			g.Delay = p.duration(v, key)
 			if at == n {
@@ -274,8 +292,15 @@ func (p *policyParser) greylist(n *yaml.Node) *Greylist {
 			g.SubnetV6 = p.intIn(v, key, 0, 128)
 		case "auto_whitelist_after":
 			g.AutoWhitelistAfter = p.intIn(v, key, 0, 1000000)
+		case "auto_whitelist_by":
+			switch v.Value {
+			case WhitelistSubnet, WhitelistClient, WhitelistClientHelo:
+				g.AutoWhitelistBy = v.Value
+			default:
+				p.errorf(v, "auto_whitelist_by must be subnet, client or client_helo, got %q", v.Value)
+			}
 		case "reply":
-			if r, err := ParseReply(strings.ReplaceAll(v.Value, "%s", "0")); err != nil {
+			if r, err := ParseReply(expandReply(v.Value, 0, "a@b.example")); err != nil {
 				p.errorf(v, "greylist reply: %v", err)
 			} else if r.Code/100 != 4 {
 				p.errorf(v, "greylist reply must be a 4xx reply, got %d", r.Code)
@@ -283,18 +308,103 @@ func (p *policyParser) greylist(n *yaml.Node) *Greylist {
 				g.Reply = v.Value
 			}
 		case "stage":
+			stageAt = v
 			switch Stage(v.Value) {
 			case StageRcpt, StageEOD:
 				g.Stage = Stage(v.Value)
 			default:
 				p.errorf(v, "greylist stage must be rcpt or eod, got %q", v.Value)
 			}
+		case "key":
+			g.Key = p.keyParts(v)
+		case "sender_normalize":
+			switch v.Value {
+			case "postgrey":
+				g.SenderNormalize = v.Value
+			case "none":
+				g.SenderNormalize = ""
+			default:
+				p.errorf(v, "sender_normalize must be postgrey or none, got %q", v.Value)
+			}
+		case "body_key":
+			g.BodyKey = p.intIn(v, key, 0, 1<<30)
 		}
 	})
 	if g.RetryWindow > 0 && g.RetryWindow < g.Delay {
 		p.errorf(at, "greylist retry_window (%s) is shorter than delay (%s): no retry could ever pass", g.RetryWindow, g.Delay)
 	}
+	if g.perMessage() && g.Stage != StageEOD {
+		where := n
+		if stageAt != nil {
+			where = stageAt
+		}
+		p.errorf(where, "a greylist key with recipients, message_id or body_key needs stage: eod (they are known after the final dot)")
+	}
 	return g
+}
+
+// keyParts parses a greylist key: a list of Key* names, each once;
+// recipient excludes the whole-message recipient lists.
+func (p *policyParser) keyParts(v *yaml.Node) []string {
+	if v.Kind != yaml.SequenceNode || len(v.Content) == 0 {
+		p.errorf(v, "greylist key must be a list of: %s", strings.Join(keyParts, ", "))
+		return nil
+	}
+	var out []string
+	for _, e := range v.Content {
+		e = deref(e)
+		switch {
+		case !contains(keyParts, e.Value):
+			p.errorf(e, "unknown greylist key part %q (%s)", e.Value, strings.Join(keyParts, ", "))
+		case contains(out, e.Value):
+			p.errorf(e, "greylist key part %q twice", e.Value)
+		default:
+			out = append(out, e.Value)
+		}
+	}
+	n := 0
+	for _, x := range out {
+		if x == KeyRecipient || x == KeyRecipients || x == KeyRecipientsSorted {
+			n++
+		}
+	}
+	if n > 1 {
+		p.errorf(v, "greylist key: give one of recipient, recipients, recipients_sorted")
+	}
+	return out
+}
+
+func (p *policyParser) mx(n *yaml.Node) *MX {
+	m := &MX{State: MXShared}
+	p.mapping(n, "mx", []string{"hosts", "state"}, func(key string, k, v *yaml.Node) {
+		switch key {
+		case "state":
+			if v.Value != MXShared && v.Value != MXSplit {
+				p.errorf(v, "mx state must be split or shared, got %q", v.Value)
+				return
+			}
+			m.State = v.Value
+		case "hosts":
+			if v.Kind != yaml.SequenceNode {
+				p.errorf(v, "mx hosts must be a list of host:port")
+				return
+			}
+			for _, h := range v.Content {
+				h = deref(h)
+				host, _, err := net.SplitHostPort(h.Value)
+				if err != nil {
+					p.errorf(h, "mx host %q: want host:port (%v)", h.Value, err)
+					continue
+				}
+				if a, err := netip.ParseAddr(host); err != nil || !a.Unmap().IsLoopback() {
+					p.errorf(h, "mx host %q: must be a loopback address (127.0.0.0/8 or ::1)", h.Value)
+					continue
+				}
+				m.Hosts = append(m.Hosts, h.Value)
+			}
+		}
+	})
+	return m
 }
 
 var ruleKeys = []string{"match", "reply", "drop", "close", "delay", "tls", "accept"}

@@ -7,10 +7,42 @@ import "time"
 type Policy struct {
 	Greylist *Greylist `yaml:"greylist,omitempty" json:"greylist,omitempty"`
 	Rules    []Rule    `yaml:"rules,omitempty" json:"rules,omitempty"`
+	MX       *MX       `yaml:"mx,omitempty" json:"mx,omitempty"`
 }
 
-// Greylist emulates postgrey / milter-greylist.
+// MX makes the fake MTA several MX hosts: one per listener.
+type MX struct {
+	// Hosts are listen addresses added to --listen / Config.Listen.
+	Hosts []string `json:"hosts,omitempty"`
+	// State is MXShared (one greylist for every host, the default) or
+	// MXSplit (each host greylists on its own).
+	State string `json:"state"`
+}
+
+// MX states.
+const (
+	MXShared = "shared"
+	MXSplit  = "split"
+)
+
+// Greylist emulates a greylister: generic, postgrey, milter-greylist,
+// rspamd or Exim (Flavor sets the defaults of every other field).
 type Greylist struct {
+	Flavor string `json:"flavor"` // default generic
+	// Key lists the parts of a record's key (Key* constants).
+	Key []string `json:"key"`
+	// SenderNormalize is "postgrey" (BATV, +extension, digits) or "" (lowercase only).
+	SenderNormalize string `json:"sender_normalize,omitempty"`
+	// BodyKey > 0 adds rspamd's body key: a hash of the first BodyKey bytes
+	// of the body; a body whose record has matured passes from any client.
+	BodyKey int `json:"body_key,omitempty"`
+	// AutoWhitelistBy is what auto_whitelist_after counts by: subnet, client or client_helo.
+	AutoWhitelistBy string `json:"auto_whitelist_by"`
+	// whitelistEvery counts a client at most once per interval (postgrey: 1h).
+	whitelistEvery time.Duration
+	// whitelistOrigin whitelists the client that started the clock (Exim).
+	whitelistOrigin bool
+
 	Delay              time.Duration `json:"delay"`                // default 300s
 	RetryWindow        time.Duration `json:"retry_window"`         // default 48h
 	MaxAge             time.Duration `json:"max_age"`              // default 35d

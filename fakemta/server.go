@@ -23,9 +23,13 @@ import (
 
 // Config configures a Server.
 type Config struct {
-	// Listen addresses (host:port); ":0" ports pick a free one.
+	// Listen addresses (host:port); ":0" ports pick a free one. The
+	// policy's mx.hosts are listened on too: each listener is one MX host.
 	Listen []string
-	Policy *Policy
+	// MXState overrides the policy's mx.state: MXSplit (each listener
+	// greylists on its own) or MXShared; "" keeps the policy's (shared).
+	MXState string
+	Policy  *Policy
 	// StateDir keeps the journal (and with it the greylist state) across
 	// restarts. "" keeps everything in memory, every event for the
 	// server's life (about 10 KB per message): right for tests, not for
@@ -41,6 +45,10 @@ type Config struct {
 	// fsyncs at most this often (a crash of the machine may lose the last
 	// interval): for load tests, where the per-message fsync is the cost.
 	JournalSync time.Duration
+	// GreylistStore is "" (memory, rebuilt from the journal) or
+	// redis://HOST:PORT/DB: the greylist lives in Redis, shared by every
+	// fake MTA using it and kept across restarts.
+	GreylistStore string
 	// WipeState starts with no greylist memory (the journal is kept: it is history).
 	WipeState bool
 	// KeepBodies writes every received body to this folder.
@@ -65,7 +73,8 @@ type Config struct {
 type Server struct {
 	cfg     Config
 	policy  atomic.Pointer[Policy]
-	grey    *greylistState
+	grey    *greylistState // attempt counters, and the records with the memory store
+	store   greyStore
 	journal *Journal
 	smtp    *smtp.Server
 	started time.Time
@@ -114,12 +123,23 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Policy == nil {
 		cfg.Policy = &Policy{}
 	}
+	if cfg.MXState != "" && cfg.MXState != MXSplit && cfg.MXState != MXShared {
+		return nil, fmt.Errorf("fakemta: mx state %q: want split or shared", cfg.MXState)
+	}
 	if cfg.KeepBodies != "" {
 		if err := os.MkdirAll(cfg.KeepBodies, 0o755); err != nil {
 			return nil, err
 		}
 	}
 	s := &Server{cfg: cfg, grey: newGreylistState(), conns: map[*conn]struct{}{}, metrics: NewMetrics()}
+	s.store = memStore{s.grey}
+	if cfg.GreylistStore != "" {
+		rs, err := openRedisStore(cfg.GreylistStore)
+		if err != nil {
+			return nil, fmt.Errorf("fakemta: %w", err)
+		}
+		s.store = rs
+	}
 	s.policy.Store(cfg.Policy)
 	var maxConn uint64
 	syncEvery := cfg.JournalSync
@@ -127,12 +147,14 @@ func New(cfg Config) (*Server, error) {
 		syncEvery = scratchSync
 	}
 	j, err := openJournal(cfg.StateDir, syncEvery, cfg.Now, func(ev Event) {
+		// (a journal the fake MTA cannot open leaves the store to Close)
 		if ev.Conn > maxConn {
 			maxConn = ev.Conn
 		}
 		s.replay(ev)
 	})
 	if err != nil {
+		s.store.close()
 		return nil, err
 	}
 	s.journal = j
@@ -140,6 +162,11 @@ func New(cfg Config) (*Server, error) {
 	s.msgSeq.Store(j.Seq())
 	if cfg.WipeState {
 		s.grey.wipe()
+		if err := s.store.wipe(context.Background()); err != nil {
+			s.store.close()
+			j.Close()
+			return nil, fmt.Errorf("fakemta: wipe greylist store: %w", err)
+		}
 		s.record(Event{Kind: EventControl, Note: "wipe-state"}, false)
 	}
 	s.started = cfg.Now()
@@ -166,7 +193,15 @@ func (l logfLogger) Println(v ...any)               { l("%s", fmt.Sprintln(v...)
 
 // Start listens on every configured address and serves in the background.
 func (s *Server) Start() error {
-	if len(s.cfg.Listen) == 0 {
+	addrs := append([]string(nil), s.cfg.Listen...)
+	if m := s.Policy().MX; m != nil {
+		for _, h := range m.Hosts {
+			if !contains(addrs, h) {
+				addrs = append(addrs, h)
+			}
+		}
+	}
+	if len(addrs) == 0 {
 		return errors.New("fakemta: no listen address")
 	}
 	var ls []net.Listener
@@ -174,7 +209,7 @@ func (s *Server) Start() error {
 	// the read timeout, and the four setsockopt calls per connection cost
 	// about as much as one SMTP reply.
 	lc := net.ListenConfig{KeepAlive: -1}
-	for _, addr := range s.cfg.Listen {
+	for _, addr := range addrs {
 		l, err := lc.Listen(context.Background(), "tcp", addr)
 		if err != nil {
 			for _, l := range ls {
@@ -247,11 +282,25 @@ func (s *Server) SetPolicy(p *Policy) {
 // WipeGreylist forgets every greylist triplet and whitelisted client.
 func (s *Server) WipeGreylist() {
 	s.grey.wipe()
+	if err := s.store.wipe(context.Background()); err != nil {
+		s.cfg.Logf("greylist store: wipe: %v", err)
+	}
 	s.record(Event{Kind: EventControl, Note: "wipe-state"}, false)
 }
 
-// Greylist lists the greylist triplets the server remembers.
-func (s *Server) Greylist() []GreylistEntry { return s.grey.entries() }
+// Greylist lists the greylist records the server remembers (nil when
+// the store cannot answer: GreylistEntries says why).
+func (s *Server) Greylist() []GreylistEntry {
+	es, _ := s.GreylistEntries()
+	return es
+}
+
+// GreylistEntries lists the greylist records, or the store's error.
+func (s *Server) GreylistEntries() ([]GreylistEntry, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), greyStoreTimeout)
+	defer cancel()
+	return s.store.entries(ctx)
+}
 
 // Started returns when the server started (rules' after/before count from it).
 func (s *Server) Started() time.Time { return s.started }
@@ -289,6 +338,9 @@ func (s *Server) Close() error {
 	s.serveWG.Wait()
 	s.record(Event{Kind: EventControl, Note: "stop"}, false)
 	err := s.journal.Close()
+	if cerr := s.store.close(); err == nil && s.cfg.GreylistStore != "" {
+		err = cerr
+	}
 	if s.cfg.scratch {
 		if rerr := os.RemoveAll(s.cfg.StateDir); err == nil {
 			err = rerr
@@ -325,11 +377,18 @@ func (s *Server) replay(ev Event) {
 			v4, v6 = gl.SubnetV4, gl.SubnetV6
 		}
 		subnet := subnetOf(ev.Client, v4, v6)
+		done := map[string]bool{} // a whole-message key counts once
 		for _, r := range tx.Rcpts {
 			k := tripletKey{subnet, lower(tx.MailFrom), lower(r.Addr)}
 			s.grey.setCount(k, StageRcpt, r.Attempt)
-			if r.Greylist != "" {
-				s.grey.replay(gl, k, r.Greylist, ev.Time)
+			if r.Greylist != "" && r.Greylist != greyError && s.store.replays() && !done[r.Key] {
+				done[r.Key] = true
+				gk := greyKey{ID: r.Key, Body: r.BodyKey, Whitelist: r.WhitelistKey, Subnet: subnet, Sender: lower(tx.MailFrom), Recipient: lower(r.Addr)}
+				if gk.ID == "" {
+					// A journal from before keys were journaled: the generic triplet.
+					gk.ID, gk.Whitelist = subnet+"|"+gk.Sender+"|"+gk.Recipient, subnet
+				}
+				s.grey.replay(gl, gk, r.Greylist, ev.Time)
 			}
 			if tx.Data != nil && r.Reply.Code/100 == 2 {
 				s.grey.count(k, StageData, ev.Time)

@@ -3,6 +3,7 @@ package fakemta
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -32,6 +33,9 @@ type session struct {
 	// pipe, so Data ends soon and they wait for it.
 	mu sync.Mutex
 	tx *Transaction
+	// bodyHead is the start of the last body after its header, as much as
+	// a greylist body key hashes (rspamd's max_data_len).
+	bodyHead []byte
 }
 
 var _ smtp.Session = (*session)(nil)
@@ -108,6 +112,50 @@ func (se *session) key(rcpt string) tripletKey {
 	return tripletKey{subnetOf(se.c.client, v4, v6), lower(from), lower(rcpt)}
 }
 
+// mx is the MX host the session's greylist keys belong to: its listener
+// address when MX hosts keep split state, else "" (one greylist).
+func (se *session) mx() string {
+	state := se.srv.cfg.MXState
+	if m := se.srv.Policy().MX; state == "" && m != nil {
+		state = m.State
+	}
+	if state == MXSplit {
+		return se.c.local
+	}
+	return ""
+}
+
+// greyInput is the key input of the open transaction.
+func (se *session) greyInput() greyInput {
+	in := greyInput{mx: se.mx(), client: se.c.client, helo: se.c.helo}
+	if se.tx != nil {
+		in.sender = se.tx.MailFrom
+	}
+	return in
+}
+
+// storeFailReply answers when the greylist store cannot: never a 250
+// without a record of the decision.
+var storeFailReply = Reply{Code: 451, Enhanced: "4.3.0", Text: "Greylist store unavailable, try again later"}
+
+// greyCheck asks the store; a store failure is journaled (a control event
+// "greylist-store: ERR") and comes back as the outcome "error".
+func (se *session) greyCheck(gl *Greylist, k greyKey, now time.Time) (string, time.Duration, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), greyStoreTimeout)
+	defer cancel()
+	outcome, left, err := se.srv.store.check(ctx, gl, k, now)
+	if err != nil {
+		se.srv.record(Event{Kind: EventControl, Conn: se.c.id, Client: se.c.client, Note: "greylist-store: " + err.Error()}, false)
+		return greyError, 0, err
+	}
+	return outcome, left, nil
+}
+
+// setGrey records a greylist outcome and its keys on a recipient.
+func setGrey(ra *RcptAttempt, outcome string, k greyKey) {
+	ra.Greylist, ra.Key, ra.BodyKey, ra.WhitelistKey = outcome, k.ID, k.Body, k.Whitelist
+}
+
 // countStage bumps and returns the per-recipient counters for stage.
 func (se *session) countStage(stage Stage, rcpts []string) []int {
 	now := se.srv.cfg.Now()
@@ -123,7 +171,7 @@ func (se *session) Mail(from string, _ *smtp.MailOptions) error {
 	se.mu.Lock()
 	defer se.mu.Unlock()
 	se.finish("rset")
-	se.tx = &Transaction{Helo: se.c.helo, MailFrom: from}
+	se.tx = &Transaction{Helo: se.c.helo, MailFrom: from, MX: se.c.local}
 	m := se.c.matchCtx(StageMail)
 	m.sender = from
 	reply, err := se.act(se.srv.decide(&m))
@@ -164,10 +212,16 @@ func (se *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 	reply, err := se.act(rule)
 	if reply == nil && (rule == nil || rule.Action == ActionDelay) {
 		if gl := se.greylist(); gl != nil && gl.Stage != StageEOD {
-			outcome, left := se.srv.grey.check(gl, k, now)
-			ra.Greylist = outcome
-			if outcome == greyDeferred {
-				r := greylistReply(gl, left)
+			in := se.greyInput()
+			in.rcpt = to
+			gk := gl.buildKey(in)
+			outcome, left, serr := se.greyCheck(gl, gk, now)
+			setGrey(&ra, outcome, gk)
+			switch {
+			case serr != nil:
+				reply, err = &storeFailReply, smtpError(&storeFailReply)
+			case outcome == greyDeferred:
+				r := greylistReply(gl, left, to)
 				reply, err = &r, smtpError(&r)
 			}
 		}
@@ -233,23 +287,43 @@ func (se *session) Data(r io.Reader) error {
 	rule := se.srv.decide(&m)
 	reply, err := se.act(rule)
 	if reply == nil && (rule == nil || rule.Action == ActionDelay) {
-		if gl := se.greylist(); gl != nil && gl.Stage == StageEOD {
+		if gl := se.greylist(); gl != nil && gl.Stage == StageEOD && len(rcpts) > 0 {
 			var worst time.Duration
-			deferred := false
-			for i, rc := range rcpts {
-				outcome, left := se.srv.grey.check(gl, se.key(rc), now())
+			deferredRcpt, failed := "", false
+			apply := func(rcpt string, outcome string, k greyKey, left time.Duration) {
 				for j := range se.tx.Rcpts {
-					if se.tx.Rcpts[j].Addr == rcpts[i] && se.tx.Rcpts[j].Reply.Code/100 == 2 {
-						se.tx.Rcpts[j].Greylist = outcome
+					if se.tx.Rcpts[j].Addr == rcpt && se.tx.Rcpts[j].Reply.Code/100 == 2 {
+						setGrey(&se.tx.Rcpts[j], outcome, k)
 					}
 				}
-				if outcome == greyDeferred {
-					deferred = true
-					worst = max(worst, left)
+				if outcome == greyDeferred && (deferredRcpt == "" || left > worst) {
+					deferredRcpt, worst = rcpt, max(worst, left)
 				}
 			}
-			if deferred {
-				r := greylistReply(gl, worst)
+			in := se.greyInput()
+			if gl.perMessage() {
+				// One record for the whole message (rspamd, Exim).
+				in.rcpts, in.messageID, in.body = rcpts, msg.MessageID, se.bodyHead
+				k := gl.buildKey(in)
+				outcome, left, serr := se.greyCheck(gl, k, now())
+				failed = failed || serr != nil
+				for _, rc := range rcpts {
+					apply(rc, outcome, k, left)
+				}
+			} else {
+				for _, rc := range rcpts {
+					in.rcpt = rc
+					k := gl.buildKey(in)
+					outcome, left, serr := se.greyCheck(gl, k, now())
+					failed = failed || serr != nil
+					apply(rc, outcome, k, left)
+				}
+			}
+			switch {
+			case failed:
+				reply, err = &storeFailReply, smtpError(&storeFailReply)
+			case deferredRcpt != "":
+				r := greylistReply(gl, worst, deferredRcpt)
 				reply, err = &r, smtpError(&r)
 			}
 		}
@@ -310,7 +384,7 @@ func enhancedString(e smtp.EnhancedCode) string {
 // bodyErr says --keep-bodies could not keep the body (the file is removed).
 func (se *session) receive(r io.Reader) (msg *Message, bodyErr error, readErr error) {
 	id := "m" + strconv.FormatUint(se.srv.msgSeq.Add(1), 36) + "-" + strconv.FormatInt(se.srv.cfg.Now().UnixNano()%1e9, 36)
-	msg = &Message{ID: id, MailFrom: se.tx.MailFrom, RcptTo: se.accepted()}
+	msg = &Message{ID: id, MailFrom: se.tx.MailFrom, RcptTo: se.accepted(), MX: se.c.local}
 	h := sha256.New()
 	rb := recvBufs.Get().(*recvBuf)
 	defer rb.put()
@@ -324,6 +398,13 @@ func (se *session) receive(r io.Reader) (msg *Message, bodyErr error, readErr er
 		bodyErr = err
 	}
 	msg.BodyPath = path
+	// The body key (rspamd) hashes the start of the body after the header.
+	bodyWant := 0
+	if gl := se.greylist(); gl != nil {
+		bodyWant = gl.BodyKey
+	}
+	bh := bodyHead{want: bodyWant}
+	defer func() { se.bodyHead = bh.body }()
 	bp := bodyBufs.Get().(*[]byte)
 	defer bodyBufs.Put(bp)
 	buf := *bp
@@ -334,6 +415,9 @@ func (se *session) receive(r io.Reader) (msg *Message, bodyErr error, readErr er
 			chunk := buf[:n]
 			h.Write(chunk)
 			msg.Size += int64(n)
+			if bodyWant > 0 {
+				bh.write(chunk)
+			}
 			if inHead && head.Len() < 256<<10 {
 				head.Write(chunk)
 				if bytes.Contains(head.Bytes(), []byte("\r\n\r\n")) || bytes.Contains(head.Bytes(), []byte("\n\n")) {
@@ -400,6 +484,40 @@ func (se *session) receive(r io.Reader) (msg *Message, bodyErr error, readErr er
 		}
 	}
 	return msg, bodyErr, nil
+}
+
+// bodyHead collects the first want bytes after the header block; pre
+// keeps the message's start until the blank line is found (a header over
+// 256 KiB counts as body).
+type bodyHead struct {
+	want  int
+	pre   []byte
+	found bool
+	body  []byte
+}
+
+func (c *bodyHead) write(chunk []byte) {
+	if c.found {
+		if n := c.want - len(c.body); n > 0 {
+			c.body = append(c.body, chunk[:min(n, len(chunk))]...)
+		}
+		return
+	}
+	c.pre = append(c.pre, chunk...)
+	i, sep := bytes.Index(c.pre, []byte("\r\n\r\n")), 4
+	if j := bytes.Index(c.pre, []byte("\n\n")); j >= 0 && (i < 0 || j < i) {
+		i, sep = j, 2
+	}
+	switch {
+	case i >= 0:
+		rest := c.pre[i+sep:]
+		c.body = append(c.body, rest[:min(c.want, len(rest))]...)
+	case len(c.pre) > 256<<10:
+		c.body = append(c.body, c.pre[:c.want]...)
+	default:
+		return
+	}
+	c.found, c.pre = true, nil
 }
 
 // bodyBufs recycles the buffers bodies are read through (one per message).
