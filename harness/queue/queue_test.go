@@ -1,6 +1,8 @@
 package queue
 
 import (
+	"archive/tar"
+	"bytes"
 	"os"
 	"path/filepath"
 	"slices"
@@ -195,5 +197,131 @@ func TestParseErrors(t *testing.T) {
 	}
 	if es, err := Parse(profile.QueueNone, []byte("anything"), time.Now()); err != nil || es != nil {
 		t.Errorf("none = %v %v", es, err)
+	}
+}
+
+// Captured from Haraka 3.3.4 (ci/haraka, `haraka.sh queue`) with a sink
+// answering 451 4.7.1 to delayed*@: one message per file and per domain,
+// the todo JSON first, then the message.
+func TestHaraka(t *testing.T) {
+	es := parse(t, profile.QueueHaraka, "haraka-greylisted.tar", time.Time{})
+	if len(es) != 5 {
+		t.Fatalf("entries = %+v", es)
+	}
+	m := find(t, es, "FF31C1D8-2A6F-4250-AF40-D4875A0BCB4E.1.1")
+	if m.Sender != "sender+long.address.beyond.forty.chars@client.greyharness.test" ||
+		!slices.Equal(m.Recipients, []string{"delayed2@remote.test", "delayed3@remote.test"}) {
+		t.Errorf("entry = %+v", m)
+	}
+	if !m.Arrival.Equal(time.UnixMilli(1796189865334)) || !m.NextAttempt.Equal(time.UnixMilli(1796189870672)) {
+		t.Errorf("times = %v %v", m.Arrival, m.NextAttempt)
+	}
+	if m.MessageID != "hk-q2@client.test" || m.HarnessID != "gh-hkq2" || m.Reason != "deferred 1 time" {
+		t.Errorf("ids = %q %q, reason %q", m.MessageID, m.HarnessID, m.Reason)
+	}
+	p := find(t, es, "E7C1463B-5D94-4108-8049-6B1B1621FE9D.1.1")
+	if p.Sender != "sender@client.test" || !slices.Equal(p.Recipients, []string{"delayed1@remote.test"}) ||
+		p.HarnessID != "gh-hk-q1" || p.MessageID != "hk-q1.20250101@client.test" || p.Reason != "deferred 7 times" {
+		t.Errorf("entry = %+v", p)
+	}
+
+	null := parse(t, profile.QueueHaraka, "haraka-null-sender.tar", time.Time{})
+	var found bool
+	for _, e := range null {
+		if e.HarnessID == "gh-hknull" {
+			found = true
+			if e.Sender != "" || !slices.Equal(e.Recipients, []string{"sender@client.greyharness.test"}) {
+				t.Errorf("null sender entry = %+v", e)
+			}
+		}
+	}
+	if !found {
+		t.Errorf("no null-sender entry in %+v", null)
+	}
+
+	for _, empty := range []string{"haraka-empty.tar"} {
+		if es := parse(t, profile.QueueHaraka, empty, time.Time{}); len(es) != 0 {
+			t.Errorf("%s: %+v", empty, es)
+		}
+	}
+	if es, err := ParseHaraka(nil); err != nil || len(es) != 0 {
+		t.Errorf("no output: %v %v", es, err)
+	}
+}
+
+func TestHarakaErrors(t *testing.T) {
+	good := read(t, "haraka-greylisted.tar")
+	if _, err := ParseHaraka([]byte("Q: file rcpt:1 from:<a@b> domain:b\n")); err == nil {
+		t.Error("--qlist text accepted")
+	}
+	if _, err := ParseHaraka(good[:700]); err == nil {
+		t.Error("truncated archive accepted")
+	}
+	// A queue file whose todo length points past its end.
+	bad := harakaTar(t, "1796189833820_1796189833820_0_20710_ZJJoeo_1_mx.test", append([]byte{0, 0, 9, 0}, `{"uuid":"x"}`...))
+	if _, err := ParseHaraka(bad); err == nil || !strings.Contains(err.Error(), "ZJJoeo") {
+		t.Errorf("bad todo length: %v", err)
+	}
+	bad = harakaTar(t, "notaqueuefile", []byte{0, 0, 0, 2, '{', '}'})
+	if _, err := ParseHaraka(bad); err == nil || !strings.Contains(err.Error(), "notaqueuefile") {
+		t.Errorf("bad name: %v", err)
+	}
+	bad = harakaTar(t, "1_2_0_3_abc_1_h", []byte{0, 0, 0, 2, '{', '}'})
+	if _, err := ParseHaraka(bad); err == nil || !strings.Contains(err.Error(), "uuid") {
+		t.Errorf("no uuid: %v", err)
+	}
+}
+
+func harakaTar(t *testing.T, name string, body []byte) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	if err := tw.WriteHeader(&tar.Header{Name: name, Mode: 0o644, Size: int64(len(body)), Typeflag: tar.TypeReg}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tw.Write(body); err != nil {
+		t.Fatal(err)
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+// The generic format: a versioned object, or a bare array (the sample
+// relay's listing, which sample-json still names).
+func TestJSON(t *testing.T) {
+	es := parse(t, profile.QueueJSON, "json-v1.json", time.Time{})
+	if len(es) != 2 {
+		t.Fatalf("entries = %+v", es)
+	}
+	if es[0].QueueID != "A1" || es[0].Sender != "alice@example.test" || !slices.Equal(es[0].Recipients, []string{"bob@example.net"}) ||
+		!es[0].Arrival.Equal(time.Date(2026, 12, 2, 5, 0, 0, 0, time.UTC)) || !es[0].NextAttempt.Equal(time.Date(2026, 12, 2, 5, 0, 30, 0, time.UTC)) ||
+		es[0].Reason != "451 4.7.1 Greylisted" || es[0].MessageID != "m1@example.test" || es[0].HarnessID != "gh-1" {
+		t.Errorf("entry = %+v", es[0])
+	}
+	if es[1].Sender != "" || !es[1].NextAttempt.IsZero() {
+		t.Errorf("entry = %+v", es[1])
+	}
+	// The sample relay's bare array is version 1 too.
+	if es := parse(t, profile.QueueJSON, "sample.json", time.Time{}); len(es) != 2 {
+		t.Errorf("bare array: %+v", es)
+	}
+	for _, empty := range []string{"", "[]", `{"greyharness_queue": 1, "messages": []}`} {
+		if es, err := ParseJSON([]byte(empty)); err != nil || len(es) != 0 {
+			t.Errorf("%q: %v %v", empty, es, err)
+		}
+	}
+	for bad, want := range map[string]string{
+		`{"greyharness_queue": 2, "messages": []}`: "version 2",
+		`{"messages": []}`:                         "greyharness_queue",
+		`{"greyharness_queue": 1, "messages": [{"queue_id": "x", "sendr": "a"}]}`:   "sendr",
+		`{"greyharness_queue": 1, "messages": [{"sender": "a"}]}`:                   "queue_id",
+		`{"greyharness_queue": 1, "messages": [{"queue_id": "x", "arrival": "5"}]}`: "arrival",
+		`[] []`: "trailing",
+	} {
+		if _, err := ParseJSON([]byte(bad)); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: err = %v, want %q", bad, err, want)
+		}
 	}
 }
