@@ -137,7 +137,7 @@ setup() {
 	: >"$WORK/forcer.log"
 	cat >"$CONF" <<EOF
 # greyharness private OpenSMTPD: relay on 127.0.0.1:${SUBMIT_PORT} -> 127.0.0.1:${NEXT_HOP_PORT}
-queue ttl 40s
+queue ttl 60s
 bounce warn-interval 15s
 listen on 127.0.0.1 port ${SUBMIT_PORT} hostname relay.greyharness.test
 action "relay" relay host smtp://127.0.0.1:${NEXT_HOP_PORT}
