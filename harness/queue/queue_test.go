@@ -303,6 +303,12 @@ func TestJSON(t *testing.T) {
 	if es[1].Sender != "" || !es[1].NextAttempt.IsZero() {
 		t.Errorf("entry = %+v", es[1])
 	}
+	// What docs/relays.md's Exchange example (jq) prints.
+	ex := parse(t, profile.QueueJSON, "json-exchange-example.json", time.Time{})
+	if len(ex) != 2 || ex[0].QueueID != `EX1\Submission\1234` || ex[0].MessageID != "m1@example.test" ||
+		ex[1].Sender != "" || !slices.Equal(ex[1].Recipients, []string{"carol@example.net"}) {
+		t.Errorf("exchange example = %+v", ex)
+	}
 	// The sample relay's bare array is version 1 too.
 	if es := parse(t, profile.QueueJSON, "sample.json", time.Time{}); len(es) != 2 {
 		t.Errorf("bare array: %+v", es)
