@@ -331,3 +331,30 @@ func TestJSON(t *testing.T) {
 		}
 	}
 }
+
+// Captured from OpenSMTPD 6.8.0p2 (ci/opensmtpd, `opensmtpd.sh queue`) at
+// 1796190481, 4-7s after a sink answered 451 4.7.1: one line per envelope,
+// the three-recipient message's two deferred envelopes merged; 6.8 prints
+// expire = creation and lasttry 0.
+func TestOpenSMTPDReal(t *testing.T) {
+	now := time.Unix(1796190481, 0)
+	es := parse(t, profile.QueueOpenSMTPD, "opensmtpd-greylisted.txt", now)
+	if len(es) != 2 {
+		t.Fatalf("entries = %+v", es)
+	}
+	m := find(t, es, "2d53991a")
+	if m.Sender != "sender+long.address.beyond.forty.chars@client.greyharness.test" ||
+		!slices.Equal(m.Recipients, []string{"delayed2@remote.test", "delayed3@other.test"}) {
+		t.Errorf("entry = %+v", m)
+	}
+	if !m.Arrival.Equal(time.Unix(1796190477, 0)) || !m.NextAttempt.Equal(now.Add(396*time.Second)) {
+		t.Errorf("times = %v %v", m.Arrival, m.NextAttempt)
+	}
+	if m.Reason != "451 4.7.1 <delayed2@remote.test>: Recipient address rejected: Greylisted, try again later" {
+		t.Errorf("reason = %q", m.Reason)
+	}
+	o := find(t, es, "7e3a6de9")
+	if o.Sender != "sender@client.test" || !slices.Equal(o.Recipients, []string{"delayed1@remote.test"}) || !o.NextAttempt.Equal(now.Add(393*time.Second)) {
+		t.Errorf("entry = %+v", o)
+	}
+}
