@@ -7,6 +7,7 @@
 //   - exim: `exim -bp`, one block per message.
 //   - opensmtpd: `smtpctl show queue`, one pipe-separated line per envelope
 //     (one envelope per recipient; envelopes of one message are merged).
+//   - sendmail: `sendmail -bp -v` (or plain mailq), one block per message.
 //   - haraka: a tar stream of Haraka's outbound queue folder (haraka.sh queue).
 //   - json: greyharness's generic, versioned format (see ParseJSON); what a
 //     small script prints for any other relay.
@@ -50,6 +51,8 @@ func Parse(format profile.QueueFormat, out []byte, now time.Time) ([]history.Que
 		return ParseOpenSMTPD(out, now)
 	case profile.QueueHaraka:
 		return ParseHaraka(out)
+	case profile.QueueSendmail:
+		return ParseSendmail(out, now)
 	case profile.QueueJSON, profile.QueueSample:
 		return ParseJSON(out)
 	case profile.QueueNone, "":
@@ -556,4 +559,95 @@ func harakaEntry(name string, body []byte) (history.QueueEntry, error) {
 		e.HarnessID = strings.TrimSpace(hdr.Get("X-Greyharness-Id"))
 	}
 	return e, nil
+}
+
+// sendmailHeader matches the first line of a message in `sendmail -bp`
+// (with -v there is a priority column; "*" marks a message being
+// delivered, "X" one whose queue file cannot be read, "-" a quarantined one):
+//
+//	6B25rVxt004162       34      30235 Dec  2 05:53 <sender@client.test>
+//	6B25rVxt004162*     34 Wed Dec  2 05:53 <sender@client.test>
+var sendmailHeader = regexp.MustCompile(`^([0-9A-Za-z]{8,20})([*X-]?)\s+(\d+)\s+(?:(\d+)\s+)?(?:[A-Z][a-z]{2}\s+)?([A-Z][a-z]{2}\s+\d{1,2}\s+\d{1,2}:\d{2})\s+<([^>]*)>\s*$`)
+
+// ParseSendmail parses `sendmail -bp -v` (sendmail 8.x; plain `mailq`
+// too). The sender is printed whole only with -v (plain mailq cuts it at 40
+// characters). Reason is the message's "(...)" status line, else the first
+// recipient's. The Q-Time has no year: it is taken as the latest such time
+// not after now (plus a day for clock skew).
+func ParseSendmail(out []byte, now time.Time) ([]history.QueueEntry, error) {
+	entries := []history.QueueEntry{}
+	var cur *history.QueueEntry
+	sawRcpt := false
+	if now.IsZero() {
+		now = time.Now()
+	}
+	for i, raw := range strings.Split(string(out), "\n") {
+		line := strings.TrimRight(raw, " \t\r")
+		trimmed := strings.TrimSpace(line)
+		switch {
+		case trimmed == "":
+			continue
+		case strings.HasPrefix(trimmed, "-----Q-ID"), strings.HasPrefix(trimmed, "Total requests:"),
+			strings.HasSuffix(trimmed, " is empty"), trimmed == "Mail queue is empty",
+			strings.HasSuffix(trimmed, " request)"), strings.HasSuffix(trimmed, " requests)"):
+			cur = nil
+			continue
+		}
+		if m := sendmailHeader.FindStringSubmatch(line); m != nil {
+			e := history.QueueEntry{QueueID: m[1], Sender: nullSender("<" + m[6] + ">"), Recipients: []string{}}
+			if m[6] != "" {
+				e.Sender = m[6]
+			}
+			e.Arrival = sendmailTime(m[5], now)
+			if m[2] == "-" {
+				e.Reason = "quarantined"
+			}
+			entries = append(entries, e)
+			cur = &entries[len(entries)-1]
+			sawRcpt = false
+			continue
+		}
+		if cur == nil || (line[0] != ' ' && line[0] != '\t') {
+			return nil, fmt.Errorf("sendmail line %d: not a queue listing line: %q", i+1, line)
+		}
+		switch {
+		case strings.HasPrefix(trimmed, "<") && strings.HasSuffix(trimmed, ">"):
+			cur.Recipients = append(cur.Recipients, trimmed[1:len(trimmed)-1])
+			sawRcpt = true
+		case strings.HasPrefix(trimmed, "(") && strings.HasSuffix(trimmed, ")"):
+			// The message's status comes before its recipients; a
+			// recipient's own status only stands in when there is none.
+			switch r := trimmed[1 : len(trimmed)-1]; {
+			case cur.Reason == "":
+				cur.Reason = r
+			case !sawRcpt:
+				cur.Reason += "; " + r
+			}
+		case strings.HasPrefix(trimmed, "QUARANTINE:"):
+			cur.Reason = join("quarantined", strings.TrimSpace(strings.TrimPrefix(trimmed, "QUARANTINE:")))
+		default:
+			// Other indented notes (e.g. a recipient without angle
+			// brackets) are kept as recipients: losing one would hide it.
+			cur.Recipients = append(cur.Recipients, trimmed)
+			sawRcpt = true
+		}
+	}
+	return entries, nil
+}
+
+// sendmailTime reads "Dec  2 05:53" as the latest such time not after now
+// (+24h, for clock skew between the relay and the harness).
+func sendmailTime(s string, now time.Time) time.Time {
+	t, err := time.ParseInLocation("Jan _2 15:04", strings.Join(strings.Fields(s), " "), now.Location())
+	if err != nil {
+		t, err = time.ParseInLocation("Jan 2 15:04", strings.Join(strings.Fields(s), " "), now.Location())
+		if err != nil {
+			return time.Time{}
+		}
+	}
+	t = t.AddDate(now.Year()-t.Year(), 0, 0)
+	if t.After(now.Add(24 * time.Hour)) {
+		t = t.AddDate(-1, 0, 0)
+	}
+	return t
 }

@@ -358,3 +358,52 @@ func TestOpenSMTPDReal(t *testing.T) {
 		t.Errorf("entry = %+v", o)
 	}
 }
+
+// Captured from sendmail 8.17.1.9 (Debian 12 sendmail-bin, unpacked) with
+// `sendmail -bp -v` after a sink answered 451 4.7.1 to delayed*@ and then
+// went down (the null-sender message: connection refused).
+func TestSendmail(t *testing.T) {
+	now := time.Date(2026, 12, 2, 5, 53, 40, 0, time.UTC)
+	es := parse(t, profile.QueueSendmail, "sendmail-deferred.txt", now)
+	if len(es) != 3 {
+		t.Fatalf("entries = %+v", es)
+	}
+	n := find(t, es, "6B25riUk004895")
+	if n.Sender != "" || !slices.Equal(n.Recipients, []string{"sender@client.greyharness.test"}) ||
+		n.Reason != "Deferred: Connection refused by [127.0.0.1]" || !n.Arrival.Equal(time.Date(2026, 12, 2, 5, 53, 0, 0, time.UTC)) {
+		t.Errorf("null sender entry = %+v", n)
+	}
+	m := find(t, es, "6B25raCA004399")
+	if m.Sender != "sender+long.address.beyond.forty.chars@client.greyharness.test" ||
+		!slices.Equal(m.Recipients, []string{"delayed2@remote.test", "delayed3@other.test"}) ||
+		m.Reason != "Deferred: 451 4.7.1 <delayed3@other.test>: Recipient address rejected: Greylisted, try again later" {
+		t.Errorf("entry = %+v", m)
+	}
+	// A listing from the first days of January shows December's messages.
+	jan := time.Date(2027, 1, 1, 0, 10, 0, 0, time.UTC)
+	if es := parse(t, profile.QueueSendmail, "sendmail-deferred.txt", jan); !es[0].Arrival.Equal(time.Date(2026, 12, 2, 5, 53, 0, 0, time.UTC)) {
+		t.Errorf("arrival across the new year = %v", es[0].Arrival)
+	}
+	if es := parse(t, profile.QueueSendmail, "sendmail-empty.txt", now); len(es) != 0 {
+		t.Errorf("empty = %+v", es)
+	}
+	// Plain mailq (no -v): no priority column, recipients indented by spaces,
+	// a message in progress marked "*".
+	plain := "\t\t/var/spool/mqueue (1 request)\n" +
+		"-----Q-ID----- --Size-- -----Q-Time----- ------------Sender/Recipient-----------\n" +
+		"6B25rVxt004162*     34 Wed Dec  2 05:53 <sender@client.test>\n" +
+		"                 (Deferred: 451 4.7.1 Greylisted)\n" +
+		"                                         <delayed1@remote.test>\n" +
+		"\t\tTotal requests: 1\n"
+	es, err := ParseSendmail([]byte(plain), now)
+	if err != nil || len(es) != 1 || es[0].QueueID != "6B25rVxt004162" || !slices.Equal(es[0].Recipients, []string{"delayed1@remote.test"}) ||
+		es[0].Reason != "Deferred: 451 4.7.1 Greylisted" {
+		t.Errorf("plain mailq = %+v, %v", es, err)
+	}
+	if _, err := ParseSendmail([]byte("\t\t/q (1 request)\nsomething else entirely\n"), now); err == nil || !strings.Contains(err.Error(), "line 2") {
+		t.Errorf("garbage: %v", err)
+	}
+	if _, err := ParseSendmail([]byte("\t\t\t\t\t\t<orphan@example.test>\n"), now); err == nil {
+		t.Error("recipient before any message accepted")
+	}
+}
