@@ -117,7 +117,7 @@ func TestLoadErrors(t *testing.T) {
 		{"bad bool", base + "commands:\n  start: x\n  start_foreground: maybe\n", `:9:21: commands.start_foreground: expected true or false`},
 		{"missing addr", "next_hop: [127.0.0.1:26]\n", `:1:1: submit.addr is required`},
 		{"bad addr", strings.Replace(base, "127.0.0.1:25", "localhost", 1), `:2:9: submit.addr "localhost": want host:port`},
-		{"bad format", base + "queue_format: sendmail\ncommands:\n  queue: mailq\n", `:7:15: unknown queue_format "sendmail"`},
+		{"bad format", base + "queue_format: qmail\ncommands:\n  queue: mailq\n", `:7:15: unknown queue_format "qmail"`},
 		{"format without command", base + "queue_format: exim\n", `queue_format "exim" needs commands.queue`},
 		{"queue without format", base + "commands:\n  queue: mailq\n", `queue_format is required when commands.queue is set`},
 		{"no next hop", "submit:\n  addr: 127.0.0.1:25\ntiming:\n  retry_max: 3s\n  queue_lifetime: 40s\n", `:1:1: next_hop is required`},

@@ -12,7 +12,10 @@ const (
 	QueuePostfixJSON QueueFormat = "postfix-json" // postqueue -j
 	QueueExim        QueueFormat = "exim"         // exim -bp
 	QueueOpenSMTPD   QueueFormat = "opensmtpd"    // smtpctl show queue
-	QueueSample      QueueFormat = "sample-json"  // greyharness sample-relay queue listing
+	QueueSample      QueueFormat = "sample-json"  // alias of json (the sample relay's listing)
+	QueueJSON        QueueFormat = "json"         // greyharness's generic format, version 1 (docs/relays.md)
+	QueueHaraka      QueueFormat = "haraka"       // a tar stream of Haraka's outbound queue folder
+	QueueSendmail    QueueFormat = "sendmail"     // sendmail -bp -v (or mailq)
 	QueueNone        QueueFormat = "none"
 )
 

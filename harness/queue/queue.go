@@ -7,7 +7,11 @@
 //   - exim: `exim -bp`, one block per message.
 //   - opensmtpd: `smtpctl show queue`, one pipe-separated line per envelope
 //     (one envelope per recipient; envelopes of one message are merged).
-//   - sample-json: a JSON array of SampleEntry, what greyharness's sample relay prints.
+//   - sendmail: `sendmail -bp -v` (or plain mailq), one block per message.
+//   - haraka: a tar stream of Haraka's outbound queue folder (haraka.sh queue).
+//   - json: greyharness's generic, versioned format (see ParseJSON); what a
+//     small script prints for any other relay.
+//   - sample-json: alias of json (the sample relay prints a bare array).
 //   - none: no listing; Parse returns nil.
 //
 // A null (bounce) sender is always reported as "" whatever the relay prints
@@ -16,10 +20,16 @@
 package queue
 
 import (
+	"archive/tar"
 	"bufio"
 	"bytes"
+	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
+	"net/textproto"
+	"path"
 	"regexp"
 	"strconv"
 	"strings"
@@ -39,8 +49,12 @@ func Parse(format profile.QueueFormat, out []byte, now time.Time) ([]history.Que
 		return ParseExim(out, now)
 	case profile.QueueOpenSMTPD:
 		return ParseOpenSMTPD(out, now)
-	case profile.QueueSample:
-		return ParseSample(out)
+	case profile.QueueHaraka:
+		return ParseHaraka(out)
+	case profile.QueueSendmail:
+		return ParseSendmail(out, now)
+	case profile.QueueJSON, profile.QueueSample:
+		return ParseJSON(out)
 	case profile.QueueNone, "":
 		return nil, nil
 	}
@@ -345,4 +359,295 @@ func ParseSample(out []byte) ([]history.QueueEntry, error) {
 		entries = append(entries, s.Entry())
 	}
 	return entries, nil
+}
+
+// JSONVersion is the version of the generic queue format ParseJSON reads.
+const JSONVersion = 1
+
+// jsonListing is the generic format's versioned envelope.
+type jsonListing struct {
+	Version  *int        `json:"greyharness_queue"`
+	Messages []jsonEntry `json:"messages"`
+}
+
+// jsonEntry is one message of the generic format; times are RFC 3339
+// strings so that a script can print them without a JSON library's help.
+type jsonEntry struct {
+	QueueID     string   `json:"queue_id"`
+	Sender      string   `json:"sender"`
+	Recipients  []string `json:"recipients"`
+	Arrival     string   `json:"arrival"`
+	NextAttempt string   `json:"next_attempt"`
+	Reason      string   `json:"reason"`
+	MessageID   string   `json:"message_id"`
+	HarnessID   string   `json:"harness_id"`
+}
+
+// ParseJSON parses the generic queue format, version 1 (docs/relays.md):
+//
+//	{"greyharness_queue": 1, "messages": [{"queue_id": "...", "sender": "...",
+//	  "recipients": [...], "arrival": RFC3339, "next_attempt": RFC3339,
+//	  "reason": "...", "message_id": "...", "harness_id": "..."}]}
+//
+// Only queue_id is required. A bare array of messages (what the sample
+// relay prints) is read as version 1; empty output is an empty queue.
+// Unknown keys and other versions are errors, so a converter's typo is not
+// silently read as a missing field.
+func ParseJSON(out []byte) ([]history.QueueEntry, error) {
+	trimmed := bytes.TrimSpace(out)
+	if len(trimmed) == 0 || trimmed[0] != '{' {
+		return ParseSample(out)
+	}
+	dec := json.NewDecoder(bytes.NewReader(trimmed))
+	dec.DisallowUnknownFields()
+	var l jsonListing
+	if err := dec.Decode(&l); err != nil {
+		return nil, fmt.Errorf("json queue listing: %v", err)
+	}
+	if dec.More() {
+		return nil, fmt.Errorf("json queue listing: trailing data after the object")
+	}
+	if l.Version == nil {
+		return nil, fmt.Errorf(`json queue listing: no "greyharness_queue" version (want %d)`, JSONVersion)
+	}
+	if *l.Version != JSONVersion {
+		return nil, fmt.Errorf("json queue listing: version %d, this greyharness reads version %d", *l.Version, JSONVersion)
+	}
+	entries := []history.QueueEntry{}
+	for i, m := range l.Messages {
+		if m.QueueID == "" {
+			return nil, fmt.Errorf("json queue listing: message %d has no queue_id", i)
+		}
+		e := history.QueueEntry{QueueID: m.QueueID, Sender: nullSender(m.Sender), Recipients: append([]string{}, m.Recipients...),
+			Reason: m.Reason, MessageID: strings.Trim(m.MessageID, "<>"), HarnessID: m.HarnessID}
+		var err error
+		if e.Arrival, err = jsonTime(m.Arrival); err != nil {
+			return nil, fmt.Errorf("json queue listing: message %d (%s): arrival: %v", i, m.QueueID, err)
+		}
+		if e.NextAttempt, err = jsonTime(m.NextAttempt); err != nil {
+			return nil, fmt.Errorf("json queue listing: message %d (%s): next_attempt: %v", i, m.QueueID, err)
+		}
+		entries = append(entries, e)
+	}
+	return entries, nil
+}
+
+func jsonTime(s string) (time.Time, error) {
+	if s == "" {
+		return time.Time{}, nil
+	}
+	t, err := time.Parse(time.RFC3339Nano, s)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("%q is not an RFC 3339 time", s)
+	}
+	return t, nil
+}
+
+// harakaTodo is the JSON header of a Haraka outbound queue file
+// (outbound/todo.js: TODOItem), as far as a listing needs it.
+type harakaTodo struct {
+	QueueTime int64        `json:"queue_time"` // ms
+	RcptTo    []harakaAddr `json:"rcpt_to"`
+	MailFrom  *harakaAddr  `json:"mail_from"`
+	UUID      string       `json:"uuid"`
+}
+
+type harakaAddr struct {
+	Original string `json:"original"`
+	User     string `json:"user"`
+	Host     string `json:"host"`
+}
+
+func (a harakaAddr) String() string {
+	if o := strings.TrimSpace(a.Original); o != "" {
+		return strings.TrimSuffix(strings.TrimPrefix(o, "<"), ">")
+	}
+	if a.User == "" && a.Host == "" {
+		return ""
+	}
+	return a.User + "@" + a.Host
+}
+
+// ParseHaraka parses a tar stream of Haraka's outbound queue folder, one
+// file per message and destination domain (Haraka 3.x, outbound/qfile.js):
+// the name is ARRIVAL_NEXTATTEMPT_ATTEMPTS_PID_UNIQ_COUNTER_HOST (times in
+// ms), the content a 4-byte big-endian length, that many bytes of JSON
+// (the "todo": uuid, mail_from, rcpt_to, queue_time) and the message.
+// Haraka's own `--qlist` prints neither recipients nor delays, hence the
+// files. QueueID is the todo's uuid (what Haraka logs); Reason is "deferred
+// N times" from ATTEMPTS, since Haraka keeps no error text in the file.
+// Empty output or an empty archive is an empty queue.
+func ParseHaraka(out []byte) ([]history.QueueEntry, error) {
+	entries := []history.QueueEntry{}
+	if len(bytes.TrimSpace(out)) == 0 {
+		return entries, nil
+	}
+	tr := tar.NewReader(bytes.NewReader(out))
+	for {
+		h, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			return entries, nil
+		}
+		if err != nil {
+			return nil, fmt.Errorf("haraka queue listing (a tar stream of the queue folder): %v", err)
+		}
+		if h.Typeflag != tar.TypeReg {
+			continue
+		}
+		body, err := io.ReadAll(tr)
+		if err != nil {
+			return nil, fmt.Errorf("haraka queue file %s: %v", h.Name, err)
+		}
+		e, err := harakaEntry(path.Base(h.Name), body)
+		if err != nil {
+			return nil, fmt.Errorf("haraka queue file %s: %v", h.Name, err)
+		}
+		entries = append(entries, e)
+	}
+}
+
+func harakaEntry(name string, body []byte) (history.QueueEntry, error) {
+	parts := strings.SplitN(name, "_", 7)
+	if len(parts) != 7 {
+		return history.QueueEntry{}, errors.New("not a queue file name (ARRIVAL_NEXTATTEMPT_ATTEMPTS_PID_UNIQ_COUNTER_HOST)")
+	}
+	var nums [3]int64
+	for i := range nums {
+		v, err := strconv.ParseInt(parts[i], 10, 64)
+		if err != nil {
+			return history.QueueEntry{}, fmt.Errorf("name field %d %q is not a number", i+1, parts[i])
+		}
+		nums[i] = v
+	}
+	if len(body) < 4 {
+		return history.QueueEntry{}, errors.New("shorter than its 4-byte header")
+	}
+	n := int(binary.BigEndian.Uint32(body))
+	if n > len(body)-4 {
+		return history.QueueEntry{}, fmt.Errorf("todo length %d past the end of the file (%d bytes)", n, len(body))
+	}
+	var todo harakaTodo
+	if err := json.Unmarshal(body[4:4+n], &todo); err != nil {
+		return history.QueueEntry{}, fmt.Errorf("todo JSON: %v", err)
+	}
+	if todo.UUID == "" {
+		return history.QueueEntry{}, errors.New("todo has no uuid")
+	}
+	e := history.QueueEntry{QueueID: todo.UUID, Recipients: []string{}}
+	if todo.MailFrom != nil {
+		e.Sender = nullSender(todo.MailFrom.String())
+	}
+	for _, r := range todo.RcptTo {
+		e.Recipients = append(e.Recipients, r.String())
+	}
+	e.Arrival = time.UnixMilli(nums[0])
+	if todo.QueueTime > 0 {
+		e.Arrival = time.UnixMilli(todo.QueueTime)
+	}
+	e.NextAttempt = time.UnixMilli(nums[1])
+	switch nums[2] {
+	case 0:
+	case 1:
+		e.Reason = "deferred 1 time"
+	default:
+		e.Reason = fmt.Sprintf("deferred %d times", nums[2])
+	}
+	// The message's own headers give the Message-ID and the harness id.
+	hdr, err := textproto.NewReader(bufio.NewReader(bytes.NewReader(body[4+n:]))).ReadMIMEHeader()
+	if err == nil || len(hdr) > 0 {
+		e.MessageID = strings.Trim(strings.TrimSpace(hdr.Get("Message-Id")), "<>")
+		e.HarnessID = strings.TrimSpace(hdr.Get("X-Greyharness-Id"))
+	}
+	return e, nil
+}
+
+// sendmailHeader matches the first line of a message in `sendmail -bp`
+// (with -v there is a priority column; "*" marks a message being
+// delivered, "X" one whose queue file cannot be read, "-" a quarantined one):
+//
+//	6B25rVxt004162       34      30235 Dec  2 05:53 <sender@client.test>
+//	6B25rVxt004162*     34 Wed Dec  2 05:53 <sender@client.test>
+var sendmailHeader = regexp.MustCompile(`^([0-9A-Za-z]{8,20})([*X-]?)\s+(\d+)\s+(?:(\d+)\s+)?(?:[A-Z][a-z]{2}\s+)?([A-Z][a-z]{2}\s+\d{1,2}\s+\d{1,2}:\d{2})\s+<([^>]*)>\s*$`)
+
+// ParseSendmail parses `sendmail -bp -v` (sendmail 8.x; plain `mailq`
+// too). The sender is printed whole only with -v (plain mailq cuts it at 40
+// characters). Reason is the message's "(...)" status line, else the first
+// recipient's. The Q-Time has no year: it is taken as the latest such time
+// not after now (plus a day for clock skew).
+func ParseSendmail(out []byte, now time.Time) ([]history.QueueEntry, error) {
+	entries := []history.QueueEntry{}
+	var cur *history.QueueEntry
+	sawRcpt := false
+	if now.IsZero() {
+		now = time.Now()
+	}
+	for i, raw := range strings.Split(string(out), "\n") {
+		line := strings.TrimRight(raw, " \t\r")
+		trimmed := strings.TrimSpace(line)
+		switch {
+		case trimmed == "":
+			continue
+		case strings.HasPrefix(trimmed, "-----Q-ID"), strings.HasPrefix(trimmed, "Total requests:"),
+			strings.HasSuffix(trimmed, " is empty"), trimmed == "Mail queue is empty",
+			strings.HasSuffix(trimmed, " request)"), strings.HasSuffix(trimmed, " requests)"):
+			cur = nil
+			continue
+		}
+		if m := sendmailHeader.FindStringSubmatch(line); m != nil {
+			e := history.QueueEntry{QueueID: m[1], Sender: nullSender("<" + m[6] + ">"), Recipients: []string{}}
+			if m[6] != "" {
+				e.Sender = m[6]
+			}
+			e.Arrival = sendmailTime(m[5], now)
+			if m[2] == "-" {
+				e.Reason = "quarantined"
+			}
+			entries = append(entries, e)
+			cur = &entries[len(entries)-1]
+			sawRcpt = false
+			continue
+		}
+		if cur == nil || (line[0] != ' ' && line[0] != '\t') {
+			return nil, fmt.Errorf("sendmail line %d: not a queue listing line: %q", i+1, line)
+		}
+		switch {
+		case strings.HasPrefix(trimmed, "<") && strings.HasSuffix(trimmed, ">"):
+			cur.Recipients = append(cur.Recipients, trimmed[1:len(trimmed)-1])
+			sawRcpt = true
+		case strings.HasPrefix(trimmed, "(") && strings.HasSuffix(trimmed, ")"):
+			// The message's status comes before its recipients; a
+			// recipient's own status only stands in when there is none.
+			switch r := trimmed[1 : len(trimmed)-1]; {
+			case cur.Reason == "":
+				cur.Reason = r
+			case !sawRcpt:
+				cur.Reason += "; " + r
+			}
+		case strings.HasPrefix(trimmed, "QUARANTINE:"):
+			cur.Reason = join("quarantined", strings.TrimSpace(strings.TrimPrefix(trimmed, "QUARANTINE:")))
+		default:
+			// Other indented notes (e.g. a recipient without angle
+			// brackets) are kept as recipients: losing one would hide it.
+			cur.Recipients = append(cur.Recipients, trimmed)
+			sawRcpt = true
+		}
+	}
+	return entries, nil
+}
+
+// sendmailTime reads "Dec  2 05:53" as the latest such time not after now
+// (+24h, for clock skew between the relay and the harness).
+func sendmailTime(s string, now time.Time) time.Time {
+	t, err := time.ParseInLocation("Jan _2 15:04", strings.Join(strings.Fields(s), " "), now.Location())
+	if err != nil {
+		t, err = time.ParseInLocation("Jan 2 15:04", strings.Join(strings.Fields(s), " "), now.Location())
+		if err != nil {
+			return time.Time{}
+		}
+	}
+	t = t.AddDate(now.Year()-t.Year(), 0, 0)
+	if t.After(now.Add(24 * time.Hour)) {
+		t = t.AddDate(-1, 0, 0)
+	}
+	return t
 }

@@ -1,6 +1,8 @@
 package queue
 
 import (
+	"archive/tar"
+	"bytes"
 	"os"
 	"path/filepath"
 	"slices"
@@ -195,5 +197,213 @@ func TestParseErrors(t *testing.T) {
 	}
 	if es, err := Parse(profile.QueueNone, []byte("anything"), time.Now()); err != nil || es != nil {
 		t.Errorf("none = %v %v", es, err)
+	}
+}
+
+// Captured from Haraka 3.3.4 (ci/haraka, `haraka.sh queue`) with a sink
+// answering 451 4.7.1 to delayed*@: one message per file and per domain,
+// the todo JSON first, then the message.
+func TestHaraka(t *testing.T) {
+	es := parse(t, profile.QueueHaraka, "haraka-greylisted.tar", time.Time{})
+	if len(es) != 5 {
+		t.Fatalf("entries = %+v", es)
+	}
+	m := find(t, es, "FF31C1D8-2A6F-4250-AF40-D4875A0BCB4E.1.1")
+	if m.Sender != "sender+long.address.beyond.forty.chars@client.greyharness.test" ||
+		!slices.Equal(m.Recipients, []string{"delayed2@remote.test", "delayed3@remote.test"}) {
+		t.Errorf("entry = %+v", m)
+	}
+	if !m.Arrival.Equal(time.UnixMilli(1796189865334)) || !m.NextAttempt.Equal(time.UnixMilli(1796189870672)) {
+		t.Errorf("times = %v %v", m.Arrival, m.NextAttempt)
+	}
+	if m.MessageID != "hk-q2@client.test" || m.HarnessID != "gh-hkq2" || m.Reason != "deferred 1 time" {
+		t.Errorf("ids = %q %q, reason %q", m.MessageID, m.HarnessID, m.Reason)
+	}
+	p := find(t, es, "E7C1463B-5D94-4108-8049-6B1B1621FE9D.1.1")
+	if p.Sender != "sender@client.test" || !slices.Equal(p.Recipients, []string{"delayed1@remote.test"}) ||
+		p.HarnessID != "gh-hk-q1" || p.MessageID != "hk-q1.20250101@client.test" || p.Reason != "deferred 7 times" {
+		t.Errorf("entry = %+v", p)
+	}
+
+	null := parse(t, profile.QueueHaraka, "haraka-null-sender.tar", time.Time{})
+	var found bool
+	for _, e := range null {
+		if e.HarnessID == "gh-hknull" {
+			found = true
+			if e.Sender != "" || !slices.Equal(e.Recipients, []string{"sender@client.greyharness.test"}) {
+				t.Errorf("null sender entry = %+v", e)
+			}
+		}
+	}
+	if !found {
+		t.Errorf("no null-sender entry in %+v", null)
+	}
+
+	for _, empty := range []string{"haraka-empty.tar"} {
+		if es := parse(t, profile.QueueHaraka, empty, time.Time{}); len(es) != 0 {
+			t.Errorf("%s: %+v", empty, es)
+		}
+	}
+	if es, err := ParseHaraka(nil); err != nil || len(es) != 0 {
+		t.Errorf("no output: %v %v", es, err)
+	}
+}
+
+func TestHarakaErrors(t *testing.T) {
+	good := read(t, "haraka-greylisted.tar")
+	if _, err := ParseHaraka([]byte("Q: file rcpt:1 from:<a@b> domain:b\n")); err == nil {
+		t.Error("--qlist text accepted")
+	}
+	if _, err := ParseHaraka(good[:700]); err == nil {
+		t.Error("truncated archive accepted")
+	}
+	// A queue file whose todo length points past its end.
+	bad := harakaTar(t, "1796189833820_1796189833820_0_20710_ZJJoeo_1_mx.test", append([]byte{0, 0, 9, 0}, `{"uuid":"x"}`...))
+	if _, err := ParseHaraka(bad); err == nil || !strings.Contains(err.Error(), "ZJJoeo") {
+		t.Errorf("bad todo length: %v", err)
+	}
+	bad = harakaTar(t, "notaqueuefile", []byte{0, 0, 0, 2, '{', '}'})
+	if _, err := ParseHaraka(bad); err == nil || !strings.Contains(err.Error(), "notaqueuefile") {
+		t.Errorf("bad name: %v", err)
+	}
+	bad = harakaTar(t, "1_2_0_3_abc_1_h", []byte{0, 0, 0, 2, '{', '}'})
+	if _, err := ParseHaraka(bad); err == nil || !strings.Contains(err.Error(), "uuid") {
+		t.Errorf("no uuid: %v", err)
+	}
+}
+
+func harakaTar(t *testing.T, name string, body []byte) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	if err := tw.WriteHeader(&tar.Header{Name: name, Mode: 0o644, Size: int64(len(body)), Typeflag: tar.TypeReg}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tw.Write(body); err != nil {
+		t.Fatal(err)
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+// The generic format: a versioned object, or a bare array (the sample
+// relay's listing, which sample-json still names).
+func TestJSON(t *testing.T) {
+	es := parse(t, profile.QueueJSON, "json-v1.json", time.Time{})
+	if len(es) != 2 {
+		t.Fatalf("entries = %+v", es)
+	}
+	if es[0].QueueID != "A1" || es[0].Sender != "alice@example.test" || !slices.Equal(es[0].Recipients, []string{"bob@example.net"}) ||
+		!es[0].Arrival.Equal(time.Date(2026, 12, 2, 5, 0, 0, 0, time.UTC)) || !es[0].NextAttempt.Equal(time.Date(2026, 12, 2, 5, 0, 30, 0, time.UTC)) ||
+		es[0].Reason != "451 4.7.1 Greylisted" || es[0].MessageID != "m1@example.test" || es[0].HarnessID != "gh-1" {
+		t.Errorf("entry = %+v", es[0])
+	}
+	if es[1].Sender != "" || !es[1].NextAttempt.IsZero() {
+		t.Errorf("entry = %+v", es[1])
+	}
+	// What docs/relays.md's Exchange example (jq) prints.
+	ex := parse(t, profile.QueueJSON, "json-exchange-example.json", time.Time{})
+	if len(ex) != 2 || ex[0].QueueID != `EX1\Submission\1234` || ex[0].MessageID != "m1@example.test" ||
+		ex[1].Sender != "" || !slices.Equal(ex[1].Recipients, []string{"carol@example.net"}) {
+		t.Errorf("exchange example = %+v", ex)
+	}
+	// The sample relay's bare array is version 1 too.
+	if es := parse(t, profile.QueueJSON, "sample.json", time.Time{}); len(es) != 2 {
+		t.Errorf("bare array: %+v", es)
+	}
+	for _, empty := range []string{"", "[]", `{"greyharness_queue": 1, "messages": []}`} {
+		if es, err := ParseJSON([]byte(empty)); err != nil || len(es) != 0 {
+			t.Errorf("%q: %v %v", empty, es, err)
+		}
+	}
+	for bad, want := range map[string]string{
+		`{"greyharness_queue": 2, "messages": []}`: "version 2",
+		`{"messages": []}`:                         "greyharness_queue",
+		`{"greyharness_queue": 1, "messages": [{"queue_id": "x", "sendr": "a"}]}`:   "sendr",
+		`{"greyharness_queue": 1, "messages": [{"sender": "a"}]}`:                   "queue_id",
+		`{"greyharness_queue": 1, "messages": [{"queue_id": "x", "arrival": "5"}]}`: "arrival",
+		`[] []`: "trailing",
+	} {
+		if _, err := ParseJSON([]byte(bad)); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: err = %v, want %q", bad, err, want)
+		}
+	}
+}
+
+// Captured from OpenSMTPD 6.8.0p2 (ci/opensmtpd, `opensmtpd.sh queue`) at
+// 1796190481, 4-7s after a sink answered 451 4.7.1: one line per envelope,
+// the three-recipient message's two deferred envelopes merged; 6.8 prints
+// expire = creation and lasttry 0.
+func TestOpenSMTPDReal(t *testing.T) {
+	now := time.Unix(1796190481, 0)
+	es := parse(t, profile.QueueOpenSMTPD, "opensmtpd-greylisted.txt", now)
+	if len(es) != 2 {
+		t.Fatalf("entries = %+v", es)
+	}
+	m := find(t, es, "2d53991a")
+	if m.Sender != "sender+long.address.beyond.forty.chars@client.greyharness.test" ||
+		!slices.Equal(m.Recipients, []string{"delayed2@remote.test", "delayed3@other.test"}) {
+		t.Errorf("entry = %+v", m)
+	}
+	if !m.Arrival.Equal(time.Unix(1796190477, 0)) || !m.NextAttempt.Equal(now.Add(396*time.Second)) {
+		t.Errorf("times = %v %v", m.Arrival, m.NextAttempt)
+	}
+	if m.Reason != "451 4.7.1 <delayed2@remote.test>: Recipient address rejected: Greylisted, try again later" {
+		t.Errorf("reason = %q", m.Reason)
+	}
+	o := find(t, es, "7e3a6de9")
+	if o.Sender != "sender@client.test" || !slices.Equal(o.Recipients, []string{"delayed1@remote.test"}) || !o.NextAttempt.Equal(now.Add(393*time.Second)) {
+		t.Errorf("entry = %+v", o)
+	}
+}
+
+// Captured from sendmail 8.17.1.9 (Debian 12 sendmail-bin, unpacked) with
+// `sendmail -bp -v` after a sink answered 451 4.7.1 to delayed*@ and then
+// went down (the null-sender message: connection refused).
+func TestSendmail(t *testing.T) {
+	now := time.Date(2026, 12, 2, 5, 53, 40, 0, time.UTC)
+	es := parse(t, profile.QueueSendmail, "sendmail-deferred.txt", now)
+	if len(es) != 3 {
+		t.Fatalf("entries = %+v", es)
+	}
+	n := find(t, es, "6B25riUk004895")
+	if n.Sender != "" || !slices.Equal(n.Recipients, []string{"sender@client.greyharness.test"}) ||
+		n.Reason != "Deferred: Connection refused by [127.0.0.1]" || !n.Arrival.Equal(time.Date(2026, 12, 2, 5, 53, 0, 0, time.UTC)) {
+		t.Errorf("null sender entry = %+v", n)
+	}
+	m := find(t, es, "6B25raCA004399")
+	if m.Sender != "sender+long.address.beyond.forty.chars@client.greyharness.test" ||
+		!slices.Equal(m.Recipients, []string{"delayed2@remote.test", "delayed3@other.test"}) ||
+		m.Reason != "Deferred: 451 4.7.1 <delayed3@other.test>: Recipient address rejected: Greylisted, try again later" {
+		t.Errorf("entry = %+v", m)
+	}
+	// A listing from the first days of January shows December's messages.
+	jan := time.Date(2027, 1, 1, 0, 10, 0, 0, time.UTC)
+	if es := parse(t, profile.QueueSendmail, "sendmail-deferred.txt", jan); !es[0].Arrival.Equal(time.Date(2026, 12, 2, 5, 53, 0, 0, time.UTC)) {
+		t.Errorf("arrival across the new year = %v", es[0].Arrival)
+	}
+	if es := parse(t, profile.QueueSendmail, "sendmail-empty.txt", now); len(es) != 0 {
+		t.Errorf("empty = %+v", es)
+	}
+	// Plain mailq (no -v): no priority column, recipients indented by spaces,
+	// a message in progress marked "*".
+	plain := "\t\t/var/spool/mqueue (1 request)\n" +
+		"-----Q-ID----- --Size-- -----Q-Time----- ------------Sender/Recipient-----------\n" +
+		"6B25rVxt004162*     34 Wed Dec  2 05:53 <sender@client.test>\n" +
+		"                 (Deferred: 451 4.7.1 Greylisted)\n" +
+		"                                         <delayed1@remote.test>\n" +
+		"\t\tTotal requests: 1\n"
+	es, err := ParseSendmail([]byte(plain), now)
+	if err != nil || len(es) != 1 || es[0].QueueID != "6B25rVxt004162" || !slices.Equal(es[0].Recipients, []string{"delayed1@remote.test"}) ||
+		es[0].Reason != "Deferred: 451 4.7.1 Greylisted" {
+		t.Errorf("plain mailq = %+v, %v", es, err)
+	}
+	if _, err := ParseSendmail([]byte("\t\t/q (1 request)\nsomething else entirely\n"), now); err == nil || !strings.Contains(err.Error(), "line 2") {
+		t.Errorf("garbage: %v", err)
+	}
+	if _, err := ParseSendmail([]byte("\t\t\t\t\t\t<orphan@example.test>\n"), now); err == nil {
+		t.Error("recipient before any message accepted")
 	}
 }

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Installs what `make test` needs on a fresh Debian machine, and nothing when
+# it is there already: Postfix (Debian's package), Exim (extracted privately),
+# chromium (the HTML report's browser test) and redis-server (the fake MTA's
+# --greylist-store tests start their own child; the package's service is not
+# used). Needs root (or sudo without a password).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash ci/postfix/postfix.sh install
+bash ci/exim/exim.sh install
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo -n "$@"; fi; }
+missing=()
+command -v chromium >/dev/null || missing+=(chromium)
+command -v redis-server >/dev/null || missing+=(redis-server)
+if [ ${#missing[@]} -gt 0 ]; then
+	as_root apt-get update -qq
+	as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi

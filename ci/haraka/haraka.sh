@@ -1,0 +1,131 @@
+#!/usr/bin/env bash
+# Private Haraka for greyharness: Haraka from npm (exact version below)
+# installed into a private folder with the machine's node/npm, run on
+# loopback in the foreground as a relay under test.
+#
+#   haraka.sh install   npm install Haraka@HARAKA_VERSION into the cache when missing (idempotent)
+#   haraka.sh setup     install, then write the instance's config and an EMPTY queue
+#   haraka.sh start     exec haraka -c WORK (foreground, one process: nodes=0)
+#   haraka.sh ready     exit 0 when the listener answers 220
+#   haraka.sh queue     a tar stream of the outbound queue folder (queue_format haraka)
+#   haraka.sh teardown  remove the work dir (the installed Haraka stays cached)
+#
+# Relaying: the relay plugin with acl (127.0.0.1/32), force_routing and the
+# `any` key of relay_dest_domains.ini naming the next hop: every recipient
+# goes to outbound, which delivers to 127.0.0.1:NEXT_HOP_PORT (local_mx_ok).
+# Retries: outbound temp_fail_intervals; Haraka refuses any interval below
+# 5s (outbound/config.js: "delay time too small, should be >=5 seconds") and
+# then silently falls back to 64s, 128s, ... so 5s is the fastest it allows.
+# There is no flush: Haraka has no command that retries its queue now.
+#
+# Environment:
+#   GREYHARNESS_WORK   work dir (default /tmp/greyharness-haraka)
+#   GREYHARNESS_CACHE  where Haraka is installed (default /tmp/greyharness-haraka-root)
+#   SUBMIT_PORT        listener on 127.0.0.1 (default 2555)
+#   NEXT_HOP_PORT      everything is relayed to 127.0.0.1:PORT (default 2556)
+set -euo pipefail
+
+HARAKA_VERSION=3.3.4
+WORK=${GREYHARNESS_WORK:-/tmp/greyharness-haraka}
+ROOT=${GREYHARNESS_CACHE:-/tmp/greyharness-haraka-root}
+SUBMIT_PORT=${SUBMIT_PORT:-2555}
+NEXT_HOP_PORT=${NEXT_HOP_PORT:-2556}
+HARAKA=$ROOT/node_modules/.bin/haraka
+CFG=$WORK/config
+
+die() { echo "haraka.sh: $*" >&2; exit 1; }
+
+installed_version() {
+	node -p "require('$ROOT/node_modules/Haraka/package.json').version" 2>/dev/null || true
+}
+
+install_haraka() {
+	command -v node >/dev/null || die "node is missing (Haraka $HARAKA_VERSION needs node >= 20)"
+	command -v npm >/dev/null || die "npm is missing"
+	local major
+	major=$(node -p 'process.versions.node.split(".")[0]')
+	[ "$major" -ge 20 ] || die "node $(node --version) is too old: Haraka $HARAKA_VERSION needs node >= 20"
+	if [ -x "$HARAKA" ] && [ "$(installed_version)" = "$HARAKA_VERSION" ]; then
+		return 0
+	fi
+	echo "haraka.sh: npm install Haraka@$HARAKA_VERSION into $ROOT" >&2
+	mkdir -p "$ROOT"
+	[ -f "$ROOT/package.json" ] || echo '{"private": true}' >"$ROOT/package.json"
+	(cd "$ROOT" && npm install --no-audit --no-fund --save-exact "Haraka@$HARAKA_VERSION" >&2)
+	[ "$(installed_version)" = "$HARAKA_VERSION" ] || die "Haraka $HARAKA_VERSION not found in $ROOT after npm install"
+}
+
+setup() {
+	install_haraka
+	case "$WORK" in /|/tmp|/tmp/|"") die "refusing work dir '$WORK'" ;; esac
+	rm -rf "$WORK"
+	# haraka -i writes the skeleton (connection.ini and the rest Haraka
+	# reads); without it the first connection crashes Haraka.
+	"$HARAKA" -i "$WORK" >/dev/null
+	mkdir -p "$CFG" "$WORK/queue"
+	cat >"$CFG/smtp.ini" <<EOF
+[main]
+listen=127.0.0.1:${SUBMIT_PORT}
+; one process: no cluster workers
+nodes=0
+EOF
+	echo relay.greyharness.test >"$CFG/me"
+	echo relay >"$CFG/plugins"
+	cat >"$CFG/relay.ini" <<EOF
+[relay]
+acl=true
+force_routing=true
+dest_domains=false
+EOF
+	echo 127.0.0.1/32 >"$CFG/relay_acl_allow"
+	cat >"$CFG/relay_dest_domains.ini" <<EOF
+[domains]
+; "any" matches every domain (relay plugin, force_routing)
+any = { "action": "continue", "nexthop": "127.0.0.1:${NEXT_HOP_PORT}" }
+EOF
+	# 5s*8: the smallest interval Haraka accepts, eight retries, then a bounce
+	# (about 40s after the first attempt).
+	cat >"$CFG/outbound.ini" <<EOF
+local_mx_ok=true
+temp_fail_intervals=5s*8
+EOF
+	cat >"$CFG/log.ini" <<EOF
+[main]
+level=info
+timestamps=true
+EOF
+	echo "haraka.sh: instance ready in $WORK (listener 127.0.0.1:${SUBMIT_PORT}, next hop 127.0.0.1:${NEXT_HOP_PORT})" >&2
+}
+
+ready() {
+	exec 3<>"/dev/tcp/127.0.0.1/${SUBMIT_PORT}" || return 1
+	local line=""
+	read -r -t 2 line <&3 || true
+	printf 'QUIT\r\n' >&3 || true
+	exec 3>&-
+	case "$line" in 220*) return 0 ;; *) return 1 ;; esac
+}
+
+cmd=${1:-}
+case "$cmd" in
+install) install_haraka ;;
+setup) setup ;;
+start)
+	[ -f "$CFG/smtp.ini" ] || die "no instance in $WORK: run setup first"
+	exec "$HARAKA" -c "$WORK"
+	;;
+ready) ready 2>/dev/null ;;
+queue)
+	# Haraka renames a queue file at every attempt; a file that goes while
+	# tar reads the folder is not an error (it left or was renamed).
+	cd "$WORK/queue"
+	find . -maxdepth 1 -type f -name '[0-9]*_*' -printf '%P\0' |
+		tar -cf - --null -T - --ignore-failed-read --warning=no-file-removed \
+			--warning=no-file-changed --warning=no-failed-read || [ $? = 1 ]
+	;;
+teardown)
+	case "$WORK" in /|/tmp|/tmp/|"") die "refusing work dir '$WORK'" ;; esac
+	rm -rf "$WORK"
+	;;
+*) die "usage: haraka.sh install|setup|start|ready|queue|teardown" ;;
+esac
