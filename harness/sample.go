@@ -21,6 +21,15 @@ const (
 	sampleMaxBackoff    = 2 * time.Second
 	sampleQueueLifetime = 12 * time.Second
 	sampleDelayWarning  = 5 * time.Second
+	// sampleRestartGrace bounds a start until the relay greets. It is only
+	// ever waited out when a start fails: a race-built test binary on a
+	// loaded 2-core machine was seen taking 5.5 s to start and answer.
+	sampleRestartGrace = 20 * time.Second
+	// sampleDoubleRestartWindow (kb950757 only) is longer than two restarts
+	// in a row can take without the runner failing them (each is bounded by
+	// 2 × restart_grace + 10 s), so `restart: {times: 2}` is a double restart
+	// whatever the machine's speed.
+	sampleDoubleRestartWindow = 2 * (2*sampleRestartGrace + 10*time.Second)
 )
 
 // SampleProfile returns the relay profile of the built-in sample relay,
@@ -59,8 +68,8 @@ func SampleProfile(bin, spec, workDir string, env map[string]string) (*profile.P
 		QueueFormat: profile.QueueSample,
 		NextHop:     []string{next},
 		Commands: profile.Commands{
-			Start: fmt.Sprintf(`exec "$GREYHARNESS_BIN" sample-relay serve --listen %s --next-hop %s --queue %s --min-backoff %s --max-backoff %s --queue-lifetime %s --delay-warning %s %s`,
-				submit, next, queue, sampleMinBackoff, sampleMaxBackoff, sampleQueueLifetime, sampleDelayWarning, strings.Join(bugFlags, " ")),
+			Start: fmt.Sprintf(`exec "$GREYHARNESS_BIN" sample-relay serve --listen %s --next-hop %s --queue %s --min-backoff %s --max-backoff %s --queue-lifetime %s --delay-warning %s --double-restart-window %s %s`,
+				submit, next, queue, sampleMinBackoff, sampleMaxBackoff, sampleQueueLifetime, sampleDelayWarning, sampleDoubleRestartWindow, strings.Join(bugFlags, " ")),
 			StartForeground: true,
 			Ready:           fmt.Sprintf(`"$GREYHARNESS_BIN" probe %s`, submit),
 			Queue:           fmt.Sprintf(`"$GREYHARNESS_BIN" sample-relay queue --queue %s`, queue),
@@ -70,7 +79,7 @@ func SampleProfile(bin, spec, workDir string, env map[string]string) (*profile.P
 			RetryMax:      history.Duration(sampleMaxBackoff + time.Second),
 			QueueLifetime: history.Duration(sampleQueueLifetime),
 			DelayWarning:  history.Duration(sampleDelayWarning),
-			RestartGrace:  history.Duration(5 * time.Second),
+			RestartGrace:  history.Duration(sampleRestartGrace),
 		},
 		Env: e,
 		Dir: workDir,

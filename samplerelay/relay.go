@@ -32,7 +32,7 @@ const (
 	DefaultQueueLifetime       = 30 * time.Second
 	DefaultDelayWarning        = 10 * time.Second
 	DefaultDoubleRestartWindow = 10 * time.Second
-	hammerInterval             = 200 * time.Millisecond
+	hammerInterval             = schedulerTick // at once: the widest margin inside a greylist delay
 	schedulerTick              = 50 * time.Millisecond
 	flushPollEvery             = 2 // scheduler ticks between flush-request scans (100 ms)
 )
