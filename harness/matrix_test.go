@@ -3,6 +3,7 @@ package harness_test
 import (
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"regexp"
 	"sort"
@@ -13,7 +14,9 @@ import (
 	"time"
 
 	"github.com/greyharness/greyharness/harness"
+	"github.com/greyharness/greyharness/harness/history"
 	"github.com/greyharness/greyharness/harness/ledger"
+	"github.com/greyharness/greyharness/harness/profile"
 	"github.com/greyharness/greyharness/harness/relay"
 	"github.com/greyharness/greyharness/harness/runner"
 	"github.com/greyharness/greyharness/samplerelay"
@@ -337,4 +340,65 @@ func TestSampleProfileDoubleRestartWindow(t *testing.T) {
 	if window < 2*restart {
 		t.Errorf("double-restart window %s, shorter than two restarts the runner allows (2 × %s): a slow machine misses kb950757", window, restart)
 	}
+}
+
+// listingRelay is a relay that does nothing but count its queue listings.
+type listingRelay struct {
+	mu sync.Mutex
+	n  int
+}
+
+func (*listingRelay) Start(context.Context) error   { return nil }
+func (*listingRelay) Stop(context.Context) error    { return nil }
+func (*listingRelay) Restart(context.Context) error { return nil }
+func (*listingRelay) Flush(context.Context) error   { return nil }
+func (*listingRelay) Logs() string                  { return "" }
+func (l *listingRelay) Queue(context.Context) history.QueueSnapshot {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.n++
+	return history.QueueSnapshot{At: time.Now(), Err: fmt.Sprintf("listing %d", l.n)}
+}
+
+// TestCheckpointJudgedOnItsOwnListing: the ledger judges a checkpoint on the
+// first listing at or after it. That must be the listing the checkpoint step
+// takes, not whichever poll comes next: the next one may come seconds later,
+// after a restart, racing the delivery it should have preceded (a correct
+// Exim was called held-silently so).
+func TestCheckpointJudgedOnItsOwnListing(t *testing.T) {
+	ports, err := freeLoopbackAddr()
+	if err != nil {
+		t.Fatal(err)
+	}
+	prof := &profile.Profile{Name: "listing-only", NextHop: []string{ports},
+		Timing: history.Timing{RetryMax: history.Duration(time.Millisecond)}}
+	sc := &scenarios.Scenario{Name: "checkpoint-only", Steps: []scenarios.Step{{Checkpoint: &scenarios.Checkpoint{Name: "cp"}}}}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	h, _, err := runner.RunScenario(ctx, &runner.Options{Profile: prof, Relay: &listingRelay{}}, sc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(h.Checkpoints) != 1 {
+		t.Fatalf("checkpoints %+v, want one", h.Checkpoints)
+	}
+	cp := h.Checkpoints[0]
+	for _, s := range h.Queue {
+		if !s.At.Before(cp.At) {
+			if s.Err != "listing 1" {
+				t.Errorf("first listing at or after the checkpoint is %q, want the checkpoint's own (listing 1)", s.Err)
+			}
+			return
+		}
+	}
+	t.Errorf("no listing at or after the checkpoint at %s (listings %+v): the ledger cannot use the checkpoint's own", cp.At.Format("15:04:05.000000"), h.Queue)
+}
+
+func freeLoopbackAddr() (string, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer l.Close()
+	return l.Addr().String(), nil
 }
