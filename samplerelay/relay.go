@@ -32,7 +32,7 @@ const (
 	DefaultQueueLifetime       = 30 * time.Second
 	DefaultDelayWarning        = 10 * time.Second
 	DefaultDoubleRestartWindow = 10 * time.Second
-	hammerInterval             = schedulerTick // at once: the widest margin inside a greylist delay
+	hammerInterval             = 200 * time.Millisecond
 	schedulerTick              = 50 * time.Millisecond
 	flushPollEvery             = 2 // scheduler ticks between flush-request scans (100 ms)
 )
@@ -214,11 +214,18 @@ func (r *relay) startup(now time.Time) error {
 	}
 	for _, env := range envs {
 		if r.bugs[BugRedeliverAfterRestart] {
+			reset := false
 			for _, rc := range env.Recipients {
 				if rc.State == stateDelivered {
 					rc.State = statePending
 					rc.NextAttempt = now
+					reset = true
 				}
+			}
+			if reset {
+				// Queued again as if it had just arrived: however late
+				// the restart, it is delivered again, not expired.
+				env.Arrival = now
 			}
 			env.Done = false
 		}
