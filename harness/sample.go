@@ -17,8 +17,8 @@ import (
 // about a minute. retry_max is the longest backoff plus the relay's
 // scheduler tick and a margin.
 const (
-	sampleMinBackoff    = time.Second
-	sampleMaxBackoff    = 2 * time.Second
+	sampleMinBackoff = time.Second
+	sampleMaxBackoff = 2 * time.Second
 	// sampleQueueLifetime outlasts fakemta-outage's outage (retry_max +
 	// restart_grace) and the retry after it, with room to spare.
 	sampleQueueLifetime = 30 * time.Second
