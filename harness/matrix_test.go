@@ -82,6 +82,7 @@ func TestBugMatrix(t *testing.T) {
 	}
 	rows := make([]matrixRow, len(bugZoo))
 	sem := make(chan struct{}, 6) // relays run side by side: most of a scenario is waiting out a bug
+	starting := &sync.Mutex{}     // but start one at a time: six race-built starts at once outlast any grace
 	var wg sync.WaitGroup
 	for i, bc := range bugZoo {
 		sc, quiet := byName[bc.scenario], byName[quietScenario]
@@ -93,7 +94,7 @@ func TestBugMatrix(t *testing.T) {
 			defer wg.Done()
 			sem <- struct{}{}
 			defer func() { <-sem }()
-			rows[i] = runBug(t, bc, sc, quiet)
+			rows[i] = runBug(t, bc, sc, quiet, starting)
 		}()
 	}
 	wg.Wait()
@@ -108,7 +109,7 @@ func TestBugMatrix(t *testing.T) {
 	}
 }
 
-func runBug(t *testing.T, bc bugCase, sc, quiet *scenarios.Scenario) (row matrixRow) {
+func runBug(t *testing.T, bc bugCase, sc, quiet *scenarios.Scenario, starting *sync.Mutex) (row matrixRow) {
 	row = matrixRow{bug: string(bc.bug), scenario: sc.Name, expected: bc.verdict}
 	start := time.Now()
 	defer func() { row.took = time.Since(start) }()
@@ -133,7 +134,10 @@ func runBug(t *testing.T, bc bugCase, sc, quiet *scenarios.Scenario) (row matrix
 		return row
 	}
 	defer rc.Teardown(context.Background())
-	if err := rc.Start(ctx); err != nil {
+	starting.Lock()
+	err = rc.Start(ctx)
+	starting.Unlock()
+	if err != nil {
 		row.observed = []string{"start: " + err.Error()}
 		return row
 	}
