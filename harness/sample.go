@@ -17,10 +17,23 @@ import (
 // about a minute. retry_max is the longest backoff plus the relay's
 // scheduler tick and a margin.
 const (
-	sampleMinBackoff    = time.Second
-	sampleMaxBackoff    = 2 * time.Second
-	sampleQueueLifetime = 12 * time.Second
+	sampleMinBackoff = time.Second
+	sampleMaxBackoff = 2 * time.Second
+	// sampleQueueLifetime outlasts fakemta-outage's outage (retry_max +
+	// restart_grace) and the retry after it, with room to spare.
+	sampleQueueLifetime = 30 * time.Second
 	sampleDelayWarning  = 5 * time.Second
+	// sampleRestartGrace bounds a start until the relay greets: a race-built
+	// test binary on a loaded 2-core machine was seen taking 10 s. The
+	// runner also adds it to every wait deadline, so it is not larger.
+	sampleRestartGrace = 20 * time.Second
+	// sampleDoubleRestartWindow (kb950757 only) is as long as the runner
+	// lets one restart take (2 × restart_grace + 10 s): the second start of
+	// `restart: {times: 2}` follows the first by at most a ready wait and a
+	// stop (each within restart_grace), so it is a double restart whatever
+	// the machine's speed, while a drain's restart, two timed-out waits
+	// later (each longer than restart_grace), is a single one.
+	sampleDoubleRestartWindow = 2*sampleRestartGrace + 10*time.Second
 )
 
 // SampleProfile returns the relay profile of the built-in sample relay,
@@ -59,8 +72,8 @@ func SampleProfile(bin, spec, workDir string, env map[string]string) (*profile.P
 		QueueFormat: profile.QueueSample,
 		NextHop:     []string{next},
 		Commands: profile.Commands{
-			Start: fmt.Sprintf(`exec "$GREYHARNESS_BIN" sample-relay serve --listen %s --next-hop %s --queue %s --min-backoff %s --max-backoff %s --queue-lifetime %s --delay-warning %s %s`,
-				submit, next, queue, sampleMinBackoff, sampleMaxBackoff, sampleQueueLifetime, sampleDelayWarning, strings.Join(bugFlags, " ")),
+			Start: fmt.Sprintf(`exec "$GREYHARNESS_BIN" sample-relay serve --listen %s --next-hop %s --queue %s --min-backoff %s --max-backoff %s --queue-lifetime %s --delay-warning %s --double-restart-window %s %s`,
+				submit, next, queue, sampleMinBackoff, sampleMaxBackoff, sampleQueueLifetime, sampleDelayWarning, sampleDoubleRestartWindow, strings.Join(bugFlags, " ")),
 			StartForeground: true,
 			Ready:           fmt.Sprintf(`"$GREYHARNESS_BIN" probe %s`, submit),
 			Queue:           fmt.Sprintf(`"$GREYHARNESS_BIN" sample-relay queue --queue %s`, queue),
@@ -70,7 +83,7 @@ func SampleProfile(bin, spec, workDir string, env map[string]string) (*profile.P
 			RetryMax:      history.Duration(sampleMaxBackoff + time.Second),
 			QueueLifetime: history.Duration(sampleQueueLifetime),
 			DelayWarning:  history.Duration(sampleDelayWarning),
-			RestartGrace:  history.Duration(5 * time.Second),
+			RestartGrace:  history.Duration(sampleRestartGrace),
 		},
 		Env: e,
 		Dir: workDir,

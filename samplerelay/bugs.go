@@ -28,7 +28,8 @@ const (
 	// BugStallVisible never retries deferred recipients; they stay listed
 	// with a next_attempt that is always in the future.
 	BugStallVisible Bug = "stall-visible"
-	// BugHammer retries every 200 ms regardless of the backoff.
+	// BugHammer says RCPT TO again at once after a 4xx to it, in the same
+	// transaction, and retries every 200 ms regardless of the backoff.
 	BugHammer Bug = "hammer"
 	// BugLoseQueueOnRestart wipes the queue on start.
 	BugLoseQueueOnRestart Bug = "lose-queue-on-restart"

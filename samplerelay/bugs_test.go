@@ -142,8 +142,15 @@ func TestBugHammer(t *testing.T) {
 	r := startRelay(t, cfg)
 	submit(t, r.addr, "alice@sender.test", "bob@rcpt.test")
 	var at []time.Time
+	var ev []rcptEvent
 	for i := 0; i < 4; i++ {
-		at = append(at, waitRcpt(t, s.rcpts, 3*time.Second, func(rcptEvent) bool { return true }).At)
+		ev = append(ev, waitRcpt(t, s.rcpts, 3*time.Second, func(rcptEvent) bool { return true }))
+		at = append(at, ev[i].At)
+	}
+	// The first retry is at once, in the same transaction: inside any
+	// greylist delay, however slow the machine.
+	if ev[0].Conn == nil || ev[1].Conn != ev[0].Conn {
+		t.Fatalf("first retry on another connection: not asked again at once")
 	}
 	for i := 1; i < len(at); i++ {
 		if gap := at[i].Sub(at[i-1]); gap >= cfg.MinBackoff/2 {
@@ -187,6 +194,30 @@ func TestBugRedeliverAfterRestart(t *testing.T) {
 	r.stop(t)
 	startRelay(t, cfg)
 	waitDeliveryOf(t, s, m, "duplicate delivery after restart", "duplicate is not the same message")
+}
+
+// TestBugRedeliverAfterLateRestart: a restart later than the queue lifetime
+// after the delivery (a slow restart on a loaded machine) must still deliver
+// again, not expire the resurrected message with a failure DSN.
+func TestBugRedeliverAfterLateRestart(t *testing.T) {
+	t.Parallel()
+	s := newSink(t)
+	dir := t.TempDir()
+	cfg := fastCfg(s, dir)
+	cfg.Bugs = []Bug{BugRedeliverAfterRestart}
+	r := startRelay(t, cfg)
+	before := time.Now()
+	m := submit(t, r.addr, "alice@sender.test", "bob@rcpt.test")
+	waitDelivery(t, s.deliveries, 3*time.Second, "delivery", nil)
+	eventually(t, 2*time.Second, "not listed once delivered", func() bool { return len(listing(t, dir)) == 0 })
+	r.stop(t)
+	cfg.QueueLifetime = time.Second
+	eventually(t, 3*time.Second, "the queue lifetime passed since the arrival", func() bool { return time.Since(before) > cfg.QueueLifetime })
+	startRelay(t, cfg)
+	d := waitDelivery(t, s.deliveries, 3*time.Second, "delivery after the late restart", nil)
+	if d.From != "alice@sender.test" || !bytes.Contains(d.Data, []byte(m.MessageID)) {
+		t.Fatalf("after the late restart: from=<%s> to=%v, want the message again, not a DSN about it", d.From, d.To)
+	}
 }
 
 func TestBugResendAcceptedRcpts(t *testing.T) {

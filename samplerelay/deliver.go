@@ -103,7 +103,12 @@ func (r *relay) transact(sender string, rcpts []string, body []byte) map[string]
 		if _, dup := res[a]; dup || contains(accepted, a) {
 			continue
 		}
-		if err := c.Rcpt(a, nil); err != nil {
+		err := c.Rcpt(a, nil)
+		if err != nil && r.bugs[BugHammer] && errOutcome(err, "RCPT TO").class == 4 {
+			// The bug: ask again at once, in the same transaction.
+			err = c.Rcpt(a, nil)
+		}
+		if err != nil {
 			o := errOutcome(err, "RCPT TO")
 			if o.class == 0 {
 				return all(o, rcpts)

@@ -214,11 +214,18 @@ func (r *relay) startup(now time.Time) error {
 	}
 	for _, env := range envs {
 		if r.bugs[BugRedeliverAfterRestart] {
+			reset := false
 			for _, rc := range env.Recipients {
 				if rc.State == stateDelivered {
 					rc.State = statePending
 					rc.NextAttempt = now
+					reset = true
 				}
+			}
+			if reset {
+				// Queued again as if it had just arrived: however late
+				// the restart, it is delivered again, not expired.
+				env.Arrival = now
 			}
 			env.Done = false
 		}

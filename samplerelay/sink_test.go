@@ -36,6 +36,7 @@ type rcptEvent struct {
 	From, To string
 	Code     int
 	At       time.Time
+	Conn     *smtp.Conn // the connection it came on
 }
 
 type sink struct {
@@ -179,7 +180,7 @@ func (ss *sinkSession) Rcpt(to string, _ *smtp.RcptOptions) error {
 	if err != nil {
 		code = err.Code
 	}
-	s.rcpts <- rcptEvent{From: ss.from, To: to, Code: code, At: time.Now()}
+	s.rcpts <- rcptEvent{From: ss.from, To: to, Code: code, At: time.Now(), Conn: ss.c}
 	if err != nil {
 		return err
 	}

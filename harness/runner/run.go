@@ -330,9 +330,13 @@ func (r *Run) step(ctx context.Context, st *scenarios.Step) error {
 	case st.Flush:
 		return r.fault(history.FaultFlush, "", func() error { return r.opt.Relay.Flush(ctx) })
 	case st.Checkpoint != nil:
+		// Mark the checkpoint before its listing, which is stamped with its
+		// start: the ledger judges a checkpoint on the first listing at or
+		// after it, and that must be this one, not a later poll.
+		at := time.Now()
 		r.snapshot(ctx)
 		r.mu.Lock()
-		r.h.Checkpoints = append(r.h.Checkpoints, history.Checkpoint{Name: st.Checkpoint.Name, At: time.Now()})
+		r.h.Checkpoints = append(r.h.Checkpoints, history.Checkpoint{Name: st.Checkpoint.Name, At: at})
 		r.mu.Unlock()
 		return nil
 	}
