@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/textproto"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -131,13 +132,21 @@ func TestReadyTimeoutAndEarlyExit(t *testing.T) {
 }
 
 // A group with no process left is forgotten: its number, recycled, may
-// lead an unrelated group that must never be signalled.
+// lead an unrelated group that must never be signalled. The followed
+// process is a child of its own (not this test process, whose other
+// children — other tests' relays, run in parallel — would be followed too).
 func TestFollowForgetsEmptyGroups(t *testing.T) {
-	self := os.Getpid()
-	ch := &child{pid: self, pgids: map[int]bool{syscall.Getpgrp(): true, 1 << 30: true}, pids: map[int]bool{self: true}}
+	cmd := exec.Command("sleep", "600")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	pid := cmd.Process.Pid // leads its own group: pgid == pid
+	ch := &child{pid: pid, pgids: map[int]bool{pid: true, 1 << 30: true}, pids: map[int]bool{pid: true}}
 	ch.follow()
-	if g := ch.groups(); !slices.Equal(g, []int{syscall.Getpgrp()}) {
-		t.Errorf("groups = %v, want only the live %d", g, syscall.Getpgrp())
+	if g := ch.groups(); !slices.Equal(g, []int{pid}) {
+		t.Errorf("groups = %v, want only the live %d", g, pid)
 	}
 }
 
