@@ -60,6 +60,7 @@ type matrixRow struct {
 // that the baseline scenario stays quiet. It prints the bug × scenario →
 // verdict matrix (shown in README).
 func TestBugMatrix(t *testing.T) {
+	endToEnd(t)
 	sampleOnly(t)
 	t.Parallel() // its relays and fake MTAs use their own ports
 	pack, err := scenarios.Default()
