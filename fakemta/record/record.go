@@ -62,6 +62,11 @@ type RcptAttempt struct {
 	Reply   Reply  `json:"reply"`
 	// Greylist is "deferred", "passed", "whitelisted" or "" (not greylisted).
 	Greylist string `json:"greylist,omitempty"`
+	// Key, BodyKey and WhitelistKey are the greylist keys the outcome came
+	// from (the restart replays them; the policy may have changed since).
+	Key          string `json:"key,omitempty"`
+	BodyKey      string `json:"body_key,omitempty"`
+	WhitelistKey string `json:"whitelist_key,omitempty"`
 }
 
 // Transaction is one MAIL FROM ... (RCPT TO)* [DATA ... .] sequence.
@@ -79,6 +84,8 @@ type Transaction struct {
 	// Aborted says why the transaction ended without a final reply:
 	// "rset", "quit", "disconnect", "helo", "" when it completed.
 	Aborted string `json:"aborted,omitempty"`
+	// MX is the listener (MX host) that answered, host:port.
+	MX string `json:"mx,omitempty"`
 }
 
 // Message is a message body the fake MTA received in full.
@@ -95,6 +102,8 @@ type Message struct {
 	// Accepted is true when the eod reply was 2xx.
 	Accepted bool `json:"accepted"`
 	// BodyPath is the file holding the body with --keep-bodies.
-	BodyPath string      `json:"body_path,omitempty"`
-	DSN      *dsn.Report `json:"dsn"`
+	BodyPath string `json:"body_path,omitempty"`
+	// MX is the listener (MX host) that received it, host:port.
+	MX  string      `json:"mx,omitempty"`
+	DSN *dsn.Report `json:"dsn"`
 }
