@@ -28,9 +28,15 @@ deps:
 unit:
 	$(GO) test -count=1 -timeout 15m ./...
 
+## lint: go.mod tidy, gofmt, go vet (also for windows: non-unix builds), staticcheck.
+STATICCHECK ?= $(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2
 lint: vet
+	$(GO) mod tidy -diff
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+	GOOS=windows $(GO) build ./...
+	GOOS=windows $(GO) vet ./harness/relay
+	$(STATICCHECK) ./...
 
 vet:
 	$(GO) vet ./...

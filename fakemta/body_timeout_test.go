@@ -92,6 +92,9 @@ func TestBDATChunkCutShortGets421AndCloses(t *testing.T) {
 // --read-timeout is an idle timeout inside a body: a client sending a line
 // every quarter of it keeps going for several timeouts in total.
 func TestBodyReadTimeoutIsIdleNotTotal(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs for several read timeouts; make test (go test without -short) runs it")
+	}
 	const timeout = time.Second
 	s := startServer(t, "", func(c *Config) { c.ReadTimeout = timeout })
 	trickle := func(c *rawClient, lines int) {

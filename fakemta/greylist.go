@@ -124,23 +124,6 @@ func (g *greylistState) count(k tripletKey, stage Stage, now time.Time) int {
 	}
 }
 
-// peek returns a stage counter without changing it.
-func (g *greylistState) peek(k tripletKey, stage Stage) int {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	t := g.triplets[k]
-	if t == nil {
-		return 0
-	}
-	switch stage {
-	case StageData:
-		return t.Data
-	case StageEOD:
-		return t.EOD
-	}
-	return t.Rcpt
-}
-
 // Greylist outcomes recorded in RcptAttempt.Greylist.
 const (
 	greyDeferred    = "deferred"

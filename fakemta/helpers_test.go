@@ -6,7 +6,6 @@ import (
 	"io"
 	"net"
 	"net/textproto"
-	"strings"
 	"testing"
 	"time"
 )
@@ -178,5 +177,3 @@ func parseTestPolicy(t testing.TB, y string) *Policy {
 	}
 	return p
 }
-
-func hasPrefixFold(s, p string) bool { return len(s) >= len(p) && strings.EqualFold(s[:len(p)], p) }

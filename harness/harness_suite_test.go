@@ -76,6 +76,15 @@ func sampleOnly(t *testing.T) {
 	}
 }
 
+// endToEnd skips an end-to-end run (a whole pack against a relay and fake
+// MTAs, minutes) in the -short inner loop.
+func endToEnd(t *testing.T) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("end-to-end run; make test (go test without -short) runs it")
+	}
+}
+
 // testBin is the running test binary with the re-exec switch.
 func testBin() (string, map[string]string) {
 	exe, err := os.Executable()
@@ -86,6 +95,7 @@ func testBin() (string, map[string]string) {
 }
 
 func TestHarness(t *testing.T) {
+	endToEnd(t)
 	t.Parallel() // the bug matrix runs beside it on other ports
 	RegisterFailHandler(Fail)
 	var paths []string

@@ -67,6 +67,7 @@ type matrixRow struct {
 // that the baseline scenario stays quiet. It prints the bug × scenario →
 // verdict matrix (shown in README).
 func TestBugMatrix(t *testing.T) {
+	endToEnd(t)
 	sampleOnly(t)
 	t.Parallel() // its relays and fake MTAs use their own ports
 	pack, err := scenarios.Default()
@@ -255,6 +256,7 @@ func (s slowRestart) Restart(ctx context.Context) error {
 // next retry, as on a loaded machine: the bug must still lose the message,
 // and a correct relay must still pass.
 func TestRestartScenarioOutlastsSlowRestart(t *testing.T) {
+	endToEnd(t)
 	sampleOnly(t)
 	t.Parallel()
 	pack, err := scenarios.Default()
@@ -371,6 +373,7 @@ func (l *listingRelay) Queue(context.Context) history.QueueSnapshot {
 // after a restart, racing the delivery it should have preceded (a correct
 // Exim was called held-silently so).
 func TestCheckpointJudgedOnItsOwnListing(t *testing.T) {
+	endToEnd(t)
 	ports, err := freeLoopbackAddr()
 	if err != nil {
 		t.Fatal(err)

@@ -26,6 +26,7 @@ import (
 // separate server on loopback), and the harness drives it only through its
 // control API (policy, reset, live events) with a bearer token.
 func TestStagingFakeMTAOverAPI(t *testing.T) {
+	endToEnd(t)
 	sampleOnly(t)
 	bin, env := testBin()
 	prof, cleanup, err := harness.LoadRelay("sample", bin, env)

@@ -4,12 +4,13 @@ import (
 	"sort"
 	"time"
 
-	"github.com/greyharness/greyharness/harness/queue"
+	"github.com/greyharness/greyharness/queuelist"
 )
 
 // SampleEntry is one message in the queue listing (the "sample-json" queue
-// format); it is harness/queue's type, so the listing and its parser agree.
-type SampleEntry = queue.SampleEntry
+// format); it is package queuelist's type, which harness/queue parses, so the
+// listing and its parser agree.
+type SampleEntry = queuelist.Entry
 
 // ListQueue reads the queue directory and returns what the relay shows as
 // queued: one entry per message that still has undelivered, unbounced

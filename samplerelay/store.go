@@ -104,7 +104,6 @@ func (s *store) init() error                        { return os.MkdirAll(s.msgDi
 func newQueueID() string                            { return fmt.Sprintf("%x%s", time.Now().UnixMilli(), randHex(4)) }
 func syncDir(dir string) error                      { return fsyncPath(dir) }
 func (s *store) removeMsg(id string) error          { return s.removeFiles(id) }
-func (s *store) exists(id string) bool              { _, err := os.Stat(s.envPath(id)); return err == nil }
 func (s *store) readBody(id string) ([]byte, error) { return os.ReadFile(s.bodyPath(id)) }
 
 func randHex(n int) string {

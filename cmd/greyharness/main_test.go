@@ -34,6 +34,9 @@ func TestMain(m *testing.M) {
 // buildBinary builds greyharness once for all the CLI tests.
 func buildBinary(t *testing.T) string {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("CLI run: builds and runs the binary; make test (go test without -short) runs it")
+	}
 	binOnce.Do(func() {
 		if binDir, binErr = os.MkdirTemp("", "greyharness-cli-test-"); binErr != nil {
 			return

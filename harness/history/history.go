@@ -8,7 +8,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/greyharness/greyharness/fakemta"
+	"github.com/greyharness/greyharness/fakemta/record"
 )
 
 // Timing is the relay profile's timing, from which every deadline derives.
@@ -34,7 +34,7 @@ type Submission struct {
 	// Reply is the relay's reply to the final dot (code, enhanced code, text
 	// with its queue id) or, when the message was not accepted, the reply
 	// that ended the submission. Dropped: the line dropped without a reply.
-	Reply fakemta.Reply `json:"reply"`
+	Reply record.Reply `json:"reply"`
 	// Unknown is true when the whole body was sent but the line dropped (or
 	// timed out) before any reply to the final dot: the relay may or may not
 	// own the message (RFC 1047). Never set together with Accepted.
@@ -53,19 +53,19 @@ type Submission struct {
 
 // RcptReply is the relay's reply to one RCPT TO at submission.
 type RcptReply struct {
-	Addr  string        `json:"addr"`
-	Reply fakemta.Reply `json:"reply"`
+	Addr  string       `json:"addr"`
+	Reply record.Reply `json:"reply"`
 }
 
 // RcptReply returns the relay's reply to RCPT TO:<rcpt> (compared without
 // case), if the submission recorded one.
-func (s *Submission) RcptReply(rcpt string) (fakemta.Reply, bool) {
+func (s *Submission) RcptReply(rcpt string) (record.Reply, bool) {
 	for _, r := range s.Rcpts {
 		if strings.EqualFold(r.Addr, rcpt) {
 			return r.Reply, true
 		}
 	}
-	return fakemta.Reply{}, false
+	return record.Reply{}, false
 }
 
 // RcptAccepted reports whether the relay owns the message for rcpt: the
@@ -181,7 +181,7 @@ type History struct {
 	Started       time.Time       `json:"started"`
 	Ended         time.Time       `json:"ended"` // when the scenario drained
 	Submissions   []Submission    `json:"submissions"`
-	Journal       []fakemta.Event `json:"journal"`
+	Journal       []record.Event  `json:"journal"`
 	Queue         []QueueSnapshot `json:"queue"`
 	Faults        []Fault         `json:"faults"`
 	Checkpoints   []Checkpoint    `json:"checkpoints,omitempty"`

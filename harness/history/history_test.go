@@ -5,7 +5,7 @@ import (
 	"reflect"
 	"testing"
 
-	"github.com/greyharness/greyharness/fakemta"
+	"github.com/greyharness/greyharness/fakemta/record"
 )
 
 // A history saved before per-recipient replies existed still loads, and
@@ -47,4 +47,4 @@ func TestPartialSubmission(t *testing.T) {
 	}
 }
 
-func replyOf(code int) fakemta.Reply { return fakemta.Reply{Code: code} }
+func replyOf(code int) record.Reply { return record.Reply{Code: code} }

@@ -5,8 +5,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/greyharness/greyharness/fakemta"
 	"github.com/greyharness/greyharness/fakemta/dsn"
+	"github.com/greyharness/greyharness/fakemta/record"
 	"github.com/greyharness/greyharness/harness/history"
 )
 
@@ -55,7 +55,7 @@ type DSNHit struct {
 // that did not get a body through: its failing reply.
 type DSNTry struct {
 	Sub   int
-	Reply fakemta.Reply
+	Reply record.Reply
 	Stage string // "MAIL", "RCPT", "DATA" or "aborted"
 }
 
@@ -191,7 +191,7 @@ func (a *Attributor) subForEnvelope(from, rcpt string, at time.Time) int {
 	return a.pick(c, from, rcpt, at)
 }
 
-func (a *Attributor) subForBody(m *fakemta.Message, from string, at time.Time) int {
+func (a *Attributor) subForBody(m *record.Message, from string, at time.Time) int {
 	if c := a.byHID[m.HarnessID]; m.HarnessID != "" && len(c) > 0 {
 		return a.pick(c, from, "", at)
 	}
@@ -217,9 +217,9 @@ func (a *Attributor) pickBySender(cands []int, env []string, at time.Time) int {
 // Attribute says what a journal event is about and advances the
 // Attributor's state (deliveries, DSN bodies seen). Feed events in journal
 // (Seq) order.
-func (a *Attributor) Attribute(ev fakemta.Event) Attribution {
+func (a *Attributor) Attribute(ev record.Event) Attribution {
 	t := ev.Transaction
-	if ev.Kind != fakemta.EventTransaction || t == nil {
+	if ev.Kind != record.EventTransaction || t == nil {
 		return Attribution{}
 	}
 	var at Attribution
@@ -249,7 +249,7 @@ func (a *Attributor) Attribute(ev fakemta.Event) Attribution {
 	return at
 }
 
-func (a *Attributor) attempt(ev fakemta.Event) Attribution {
+func (a *Attributor) attempt(ev record.Event) Attribution {
 	t := ev.Transaction
 	var at Attribution
 	si := -1
@@ -313,7 +313,7 @@ func (a *Attributor) attempt(ev fakemta.Event) Attribution {
 
 // nullSender attributes a transaction from the null sender: a DSN on its
 // way back to a sender.
-func (a *Attributor) nullSender(ev fakemta.Event) Attribution {
+func (a *Attributor) nullSender(ev record.Event) Attribution {
 	t := ev.Transaction
 	var at Attribution
 	for _, ra := range t.Rcpts {
@@ -362,7 +362,7 @@ func (a *Attributor) nullSender(ev fakemta.Event) Attribution {
 			case t.Data != nil:
 				try.Reply, try.Stage = *t.Data, "DATA"
 			default:
-				try.Reply, try.Stage = fakemta.Reply{Text: "transaction ended by " + t.Aborted}, "aborted"
+				try.Reply, try.Stage = record.Reply{Text: "transaction ended by " + t.Aborted}, "aborted"
 			}
 			at.Tries = append(at.Tries, try)
 			return at

@@ -7,7 +7,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/greyharness/greyharness/fakemta"
+	"github.com/greyharness/greyharness/fakemta/record"
 	"github.com/greyharness/greyharness/harness/history"
 )
 
@@ -18,12 +18,12 @@ type attempt struct {
 	conn     uint64
 	client   string
 	mailFrom string
-	mail     fakemta.Reply
-	rcpt     *fakemta.Reply // nil: no RCPT for this recipient (MAIL refused, aborted before RCPT)
+	mail     record.Reply
+	rcpt     *record.Reply // nil: no RCPT for this recipient (MAIL refused, aborted before RCPT)
 	greylist string
 	n        int
-	data     *fakemta.Reply // eod reply, nil when no body
-	body     bool           // the body was received in full
+	data     *record.Reply // eod reply, nil when no body
+	body     bool          // the body was received in full
 	aborted  string
 	connOnly bool   // a failed connection without any transaction (not attributable)
 	detail   string // connOnly: what went wrong
@@ -66,7 +66,7 @@ type track struct {
 type dsnTry struct {
 	at    time.Time
 	conn  uint64
-	reply fakemta.Reply
+	reply record.Reply
 	stage string
 }
 
@@ -124,7 +124,7 @@ func normID(id string) string {
 
 func is2xx(code int) bool { return code >= 200 && code < 300 }
 
-func fmtReply(r *fakemta.Reply) string {
+func fmtReply(r *record.Reply) string {
 	if r == nil {
 		return "no reply"
 	}
@@ -277,7 +277,7 @@ type connState struct {
 	client string
 	txn    bool
 	quit   bool
-	fail   *fakemta.Reply
+	fail   *record.Reply
 	tls    string
 	last   time.Time // end of the previous transaction on this connection
 	mail   time.Time // MAIL of the transaction in progress
@@ -307,10 +307,10 @@ func (j *judge) txnStart(cs *connState, end time.Time) time.Time {
 
 // walk reads the journal in Seq order.
 func (j *judge) walk() {
-	evs := append([]fakemta.Event(nil), j.h.Journal...)
+	evs := append([]record.Event(nil), j.h.Journal...)
 	sort.SliceStable(evs, func(a, b int) bool { return evs[a].Seq < evs[b].Seq })
 	conns := map[uint64]*connState{}
-	get := func(ev fakemta.Event) *connState {
+	get := func(ev record.Event) *connState {
 		cs := conns[ev.Conn]
 		if cs == nil {
 			cs = &connState{at: ev.Time, conn: ev.Conn, client: ev.Client}
@@ -320,12 +320,12 @@ func (j *judge) walk() {
 	}
 	for _, ev := range evs {
 		switch ev.Kind {
-		case fakemta.EventConnect:
+		case record.EventConnect:
 			if old := conns[ev.Conn]; old != nil {
 				j.finishConn(old)
 			}
 			conns[ev.Conn] = &connState{at: ev.Time, conn: ev.Conn, client: ev.Client}
-		case fakemta.EventCommand:
+		case record.EventCommand:
 			f := strings.Fields(ev.Command)
 			switch {
 			case len(f) > 0 && strings.EqualFold(f[0], "QUIT"):
@@ -335,19 +335,19 @@ func (j *judge) walk() {
 					cs.mail = ev.Time
 				}
 			}
-		case fakemta.EventReply:
+		case record.EventReply:
 			if r := ev.Reply; r != nil && (r.Code >= 400 || r.Dropped) {
 				rr := *r
 				get(ev).fail = &rr
 			}
-		case fakemta.EventTLS:
+		case record.EventTLS:
 			get(ev).tls = ev.Note
-		case fakemta.EventTransaction:
+		case record.EventTransaction:
 			cs := get(ev)
 			cs.txn = true
 			j.transaction(ev, j.txnStart(cs, ev.Time))
 			cs.last, cs.mail = ev.Time, time.Time{}
-		case fakemta.EventClose:
+		case record.EventClose:
 			if cs := conns[ev.Conn]; cs != nil {
 				j.finishConn(cs)
 				delete(conns, ev.Conn)
@@ -386,7 +386,7 @@ func (j *judge) finishConn(cs *connState) {
 	j.connOnly = append(j.connOnly, attempt{at: cs.at, conn: cs.conn, client: cs.client, connOnly: true, detail: d})
 }
 
-func (j *judge) mkAttempt(ev fakemta.Event, ra *fakemta.RcptAttempt) attempt {
+func (j *judge) mkAttempt(ev record.Event, ra *record.RcptAttempt) attempt {
 	t := ev.Transaction
 	a := attempt{
 		at: ev.Time, start: ev.Time, conn: ev.Conn, client: ev.Client, mailFrom: t.MailFrom, mail: t.Mail,
@@ -424,7 +424,7 @@ func prefix(a netip.Addr) string {
 
 // transaction applies the Attributor's verdict on one transaction to the
 // tracks it names.
-func (j *judge) transaction(ev fakemta.Event, start time.Time) {
+func (j *judge) transaction(ev record.Event, start time.Time) {
 	t := ev.Transaction
 	if t == nil {
 		return
@@ -438,7 +438,7 @@ func (j *judge) transaction(ev fakemta.Event, start time.Time) {
 			j.harnessErr("journal seq %d: attributed to submission %d recipient %s, which the ledger does not track", ev.Seq, h.Sub, h.Rcpt)
 			continue
 		}
-		var ra *fakemta.RcptAttempt
+		var ra *record.RcptAttempt
 		if h.RcptIndex >= 0 {
 			ra = &t.Rcpts[h.RcptIndex]
 			byIndex[h.RcptIndex] = tr
@@ -494,7 +494,7 @@ func (j *judge) harnessErr(format string, args ...any) {
 // greylistRetry tracks greylist runs per triplet (client subnet, sender,
 // recipient): a retry less than GreylistDelay after the first deferral of
 // the run is too soon.
-func (j *judge) greylistRetry(ev fakemta.Event, ra *fakemta.RcptAttempt, tr *track) {
+func (j *judge) greylistRetry(ev record.Event, ra *record.RcptAttempt, tr *track) {
 	delay := j.h.GreylistDelay.D()
 	if delay <= 0 {
 		return
@@ -518,7 +518,7 @@ func (j *judge) greylistRetry(ev fakemta.Event, ra *fakemta.RcptAttempt, tr *tra
 	}
 }
 
-func (j *judge) scenarioBad(ev fakemta.Event, kind, rcpt, why string) {
+func (j *judge) scenarioBad(ev record.Event, kind, rcpt, why string) {
 	key := why
 	if m := ev.Transaction.Message; m != nil && m.SHA256 != "" {
 		key = kind + "|" + m.SHA256 // the same DSN delivered twice is one finding

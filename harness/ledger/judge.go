@@ -6,7 +6,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/greyharness/greyharness/fakemta"
+	"github.com/greyharness/greyharness/fakemta/record"
 	"github.com/greyharness/greyharness/harness/history"
 )
 
@@ -90,7 +90,7 @@ func (j *judge) conserve(judged map[string]int) {
 		}
 	}
 	for _, ev := range j.h.Journal {
-		if ev.Kind == fakemta.EventTransaction && ev.Transaction != nil && j.classes[ev.Seq] == "" {
+		if ev.Kind == record.EventTransaction && ev.Transaction != nil && j.classes[ev.Seq] == "" {
 			j.harnessErr("journal seq %d (conn %d, MAIL FROM:<%s>) was not accounted for", ev.Seq, ev.Conn, ev.Transaction.MailFrom)
 		}
 	}
@@ -557,7 +557,7 @@ func (j *judge) temporary(tr *track, d *dsnSeen) bool {
 			continue
 		}
 		tried = true
-		for _, r := range []*fakemta.Reply{&a.mail, a.rcpt, a.data} {
+		for _, r := range []*record.Reply{&a.mail, a.rcpt, a.data} {
 			if r != nil && !r.Dropped && r.Code >= 500 {
 				return false
 			}

@@ -37,6 +37,7 @@ import (
 
 	"github.com/greyharness/greyharness/harness/history"
 	"github.com/greyharness/greyharness/harness/profile"
+	"github.com/greyharness/greyharness/queuelist"
 )
 
 // Parse parses a queue listing in format. now is when the listing was taken
@@ -316,19 +317,10 @@ func ParseOpenSMTPD(out []byte, now time.Time) ([]history.QueueEntry, error) {
 
 // SampleEntry is one message in the sample-json queue listing: the sample
 // relay prints a JSON array of these (an empty queue is "[]").
-type SampleEntry struct {
-	QueueID     string    `json:"queue_id"`
-	Sender      string    `json:"sender"` // "" for the null sender
-	Recipients  []string  `json:"recipients"`
-	Arrival     time.Time `json:"arrival"`
-	NextAttempt time.Time `json:"next_attempt,omitzero"`
-	Reason      string    `json:"reason,omitempty"`
-	MessageID   string    `json:"message_id,omitempty"` // without angle brackets
-	HarnessID   string    `json:"harness_id,omitempty"` // X-Greyharness-Id
-}
+type SampleEntry = queuelist.Entry
 
-// Entry converts s to a history.QueueEntry.
-func (s SampleEntry) Entry() history.QueueEntry {
+// sampleQueueEntry converts s to a history.QueueEntry.
+func sampleQueueEntry(s SampleEntry) history.QueueEntry {
 	rcpts := append([]string{}, s.Recipients...)
 	return history.QueueEntry{
 		QueueID: s.QueueID, Sender: nullSender(s.Sender), Recipients: rcpts, Arrival: s.Arrival,
@@ -356,7 +348,7 @@ func ParseSample(out []byte) ([]history.QueueEntry, error) {
 		if s.QueueID == "" {
 			return nil, fmt.Errorf("sample-json: entry %d has no queue_id", i)
 		}
-		entries = append(entries, s.Entry())
+		entries = append(entries, sampleQueueEntry(s))
 	}
 	return entries, nil
 }

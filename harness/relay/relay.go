@@ -134,9 +134,9 @@ func (c *Controller) command(ctx context.Context, script string) *exec.Cmd {
 	cmd := exec.CommandContext(ctx, "sh", "-c", script)
 	cmd.Dir = c.p.Dir
 	cmd.Env = c.env()
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.SysProcAttr = ownGroup()
 	cmd.Cancel = func() error {
-		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
+		killGroup(cmd.Process.Pid, syscall.SIGTERM)
 		return nil
 	}
 	cmd.WaitDelay = commandGrace
@@ -158,7 +158,7 @@ func (c *Controller) run(ctx context.Context, name, script string, quiet bool) (
 	err := cmd.Run()
 	// A command's own group may have leftovers when it was cancelled.
 	if cmd.Process != nil {
-		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		killGroup(cmd.Process.Pid, syscall.SIGKILL)
 	}
 	if err != nil {
 		msg := strings.TrimSpace(lastLines(stderr.String(), 5))
@@ -243,7 +243,7 @@ func (c *Controller) Start(ctx context.Context) error {
 	cmd.Env = c.env()
 	w := c.writer()
 	cmd.Stdout, cmd.Stderr = w, w
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.SysProcAttr = ownGroup()
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("relay start command %q: %v", script, err)
 	}
@@ -593,7 +593,7 @@ func (ch *child) groups() []int {
 
 func (ch *child) signal(sig syscall.Signal) {
 	for _, pg := range ch.groups() {
-		_ = syscall.Kill(-pg, sig)
+		killGroup(pg, sig)
 	}
 }
 
@@ -630,8 +630,7 @@ func (ch *child) reap() {
 	}
 	ch.mu.Unlock()
 	for _, pid := range zombies {
-		var ws syscall.WaitStatus
-		_, _ = syscall.Wait4(pid, &ws, syscall.WNOHANG, nil)
+		reapPid(pid)
 	}
 }
 

@@ -1,3 +1,5 @@
+//go:build unix
+
 package relay
 
 import (
@@ -164,6 +166,9 @@ func pidAlive(pid int) bool {
 // foreground without start_foreground) fails within restart_grace, its
 // process group killed, even when it ignores SIGTERM.
 func TestCommandThatNeverReturns(t *testing.T) {
+	if testing.Short() {
+		t.Skip("waits out restart_grace for each command; make test (go test without -short) runs it")
+	}
 	const hang = `trap "" TERM; sleep 1000 & echo $! > "$PIDFILE"; wait`
 	for _, tc := range []struct {
 		name string
@@ -332,6 +337,9 @@ func queued(snap history.QueueSnapshot, rcpt string) bool {
 }
 
 func testRealRelay(t *testing.T, name string) {
+	if testing.Short() {
+		t.Skip("real relay; make test (go test without -short) runs it")
+	}
 	if os.Getenv("GREYHARNESS_SKIP_REAL_RELAYS") == "1" {
 		t.Skip("GREYHARNESS_SKIP_REAL_RELAYS=1")
 	}

@@ -61,6 +61,9 @@ func kb950757(t *testing.T) (*history.History, ledger.Result) {
 // and checks what a person sees there. With REPORT_SCREENSHOT=FILE it saves
 // a screenshot of the page (docs/report.png is one).
 func TestHTMLInBrowser(t *testing.T) {
+	if testing.Short() {
+		t.Skip("headless browser; make test (go test without -short) runs it")
+	}
 	bin := chromium(t)
 	h, r := kb950757(t)
 	if r.Passed || len(r.Failed()) == 0 {

@@ -24,7 +24,6 @@ import (
 	"github.com/greyharness/greyharness/harness/profile"
 	"github.com/greyharness/greyharness/harness/report"
 	"github.com/greyharness/greyharness/harness/traffic"
-	"github.com/greyharness/greyharness/internal/inputfile"
 	"github.com/greyharness/greyharness/scenarios"
 	"go.yaml.in/yaml/v3"
 )
@@ -796,15 +795,8 @@ func Save(dir string, h *history.History, res ledger.Result, relayLogs string) (
 	return out, nil
 }
 
-// LoadHistory reads a history.json written by Save: a regular file of at
-// most inputfile.MaxHistory bytes that history.Decode accepts.
-func LoadHistory(path string) (*history.History, error) {
-	b, err := inputfile.Read(path, inputfile.MaxHistory)
-	if err != nil {
-		return nil, err
-	}
-	return history.Decode(path, b)
-}
+// LoadHistory reads a history.json written by Save; see history.Load.
+func LoadHistory(path string) (*history.History, error) { return history.Load(path) }
 
 func safeName(s string) string {
 	return strings.Map(func(r rune) rune {

@@ -15,10 +15,9 @@ import (
 // script is how the scripted relay below behaves after the final dot, per
 // recipient, and around EHLO.
 type script struct {
-	rcpt     map[string]string // RCPT reply per address (default "250 2.1.5 Ok")
-	dot      string            // reply to the final dot; "" closes the line without a reply
-	quit     string            // reply to QUIT; "" closes the line without a reply
-	ehloTail bool              // note whether bytes were already waiting behind the first EHLO
+	rcpt map[string]string // RCPT reply per address (default "250 2.1.5 Ok")
+	dot  string            // reply to the final dot; "" closes the line without a reply
+	quit string            // reply to QUIT; "" closes the line without a reply
 }
 
 // seen is what the scripted relay received.
