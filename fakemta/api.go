@@ -266,41 +266,14 @@ func (a *api) messages(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	// Streamed: GET /messages after 100,000 messages must not hold them all.
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("Cache-Control", "no-store")
-	bw := bufio.NewWriterSize(w, 64<<10)
-	n := 0
-	err := a.s.Journal().EachMessage(func(m *Message) error {
-		if m.RcptTo == nil {
-			m.RcptTo = []string{}
-		}
-		b, err := json.Marshal(m)
-		if err != nil {
-			return err
-		}
-		sep := byte(',')
-		if n == 0 {
-			sep = '['
-		}
-		n++
-		bw.WriteByte(sep)
-		_, err = bw.Write(b)
-		return err
+	a.streamArray(w, "/api/v1/messages", func(emit func(any) error) error {
+		return a.s.Journal().EachMessage(func(m *Message) error {
+			if m.RcptTo == nil {
+				m.RcptTo = []string{}
+			}
+			return emit(m)
+		})
 	})
-	switch {
-	case err != nil && n == 0:
-		writeError(w, http.StatusInternalServerError, "reading the journal: "+err.Error())
-		return
-	case err != nil:
-		// The 200 may be out already: cut the response so the client
-		// sees it broken rather than a short array that looks whole.
-		a.s.cfg.Logf("api: GET /api/v1/messages: %v", err)
-		panic(http.ErrAbortHandler)
-	case n == 0:
-		bw.WriteByte('[')
-	}
-	bw.WriteString("]\n")
-	bw.Flush()
 }
 
 func (a *api) journal(w http.ResponseWriter, r *http.Request) {
@@ -327,12 +300,20 @@ func (a *api) journal(w http.ResponseWriter, r *http.Request) {
 	}
 	// Streamed, as /api/v1/messages: a journal of any length is never
 	// held in memory, whatever limit says.
+	a.streamArray(w, "/api/v1/journal", func(emit func(any) error) error {
+		return a.s.Journal().EachSince(since, limit, func(ev *Event) error { return emit(ev) })
+	})
+}
+
+// streamArray writes the values each emits as one JSON array, as they
+// come, so no endpoint holds a whole journal in memory.
+func (a *api) streamArray(w http.ResponseWriter, path string, each func(emit func(any) error) error) {
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")
 	bw := bufio.NewWriterSize(w, 64<<10)
 	n := 0
-	err = a.s.Journal().EachSince(since, limit, func(ev *Event) error {
-		b, err := json.Marshal(ev)
+	err := each(func(v any) error {
+		b, err := json.Marshal(v)
 		if err != nil {
 			return err
 		}
@@ -352,7 +333,7 @@ func (a *api) journal(w http.ResponseWriter, r *http.Request) {
 	case err != nil:
 		// The 200 may be out already: cut the response so the client
 		// sees it broken rather than a short array that looks whole.
-		a.s.cfg.Logf("api: GET /api/v1/journal: %v", err)
+		a.s.cfg.Logf("api: GET %s: %v", path, err)
 		panic(http.ErrAbortHandler)
 	case n == 0:
 		bw.WriteByte('[')
