@@ -151,7 +151,7 @@ remote_smtp:
   connect_timeout = 5s
 
 begin retry
-*  *  F,40s,2s
+*  *  F,2m,2s
 
 begin rewrite
 EOF
