@@ -23,24 +23,7 @@ func BenchmarkDeliver(b *testing.B) {
 			if tc.state {
 				cfg.StateDir = b.TempDir()
 			}
-			s, err := New(cfg)
-			if err != nil {
-				b.Fatal(err)
-			}
-			l, err := net.Listen("tcp", "127.0.0.1:0")
-			if err != nil {
-				b.Fatal(err)
-			}
-			s.Serve(l)
-			defer s.Close()
-			c, err := smtp.Dial(s.Addr())
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer c.Close()
-			if err := c.Hello("bench.test"); err != nil {
-				b.Fatal(err)
-			}
+			c := benchClient(b, cfg)
 			body := testMsg + strings.Repeat("x", 1024) + "\r\n"
 			b.SetBytes(int64(len(body)))
 			b.ReportAllocs()
@@ -85,4 +68,29 @@ func BenchmarkJournalAppend(b *testing.B) {
 			}
 		})
 	}
+}
+
+// benchClient serves a fake MTA made from cfg on 127.0.0.1:0 and returns a
+// client that has said EHLO to it; both are closed when b ends.
+func benchClient(b *testing.B, cfg Config) *smtp.Client {
+	b.Helper()
+	s, err := New(cfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	s.Serve(l)
+	b.Cleanup(func() { s.Close() })
+	c, err := smtp.Dial(s.Addr())
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { c.Close() })
+	if err := c.Hello("bench.test"); err != nil {
+		b.Fatal(err)
+	}
+	return c
 }

@@ -11,7 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/emersion/go-smtp"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -290,24 +289,7 @@ func BenchmarkGreylistStore(b *testing.B) {
 		b.Run("deliver/"+store, func(b *testing.B) {
 			cfg := Config{Policy: parseTestPolicy(b, "greylist: {delay: 0s, auto_whitelist_after: 0}\n"), Logf: b.Logf}
 			mod(&cfg)
-			s, err := New(cfg)
-			if err != nil {
-				b.Fatal(err)
-			}
-			l, err := net.Listen("tcp", "127.0.0.1:0")
-			if err != nil {
-				b.Fatal(err)
-			}
-			s.Serve(l)
-			defer s.Close()
-			c, err := smtp.Dial(s.Addr())
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer c.Close()
-			if err := c.Hello("bench.test"); err != nil {
-				b.Fatal(err)
-			}
+			c := benchClient(b, cfg)
 			body := testMsg + strings.Repeat("x", 1024) + "\r\n"
 			c.SendMail("a@client.test", []string{"b@remote.test"}, strings.NewReader(body)) // deferred: starts the clock
 			b.ReportAllocs()
