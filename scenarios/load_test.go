@@ -353,7 +353,7 @@ func TestLoadErrors(t *testing.T) {
 			`delay: invalid duration "soon" (want e.g. 2s, 5m, 48h, 35d)`}}},
 		{"policy step error", "name: x\n" + okSteps + "  - policy:\n      rules:\n        - match: {stage: rcpt}\n          bounce: true\n", []at{
 			{6, "match", "rule has no action (one of: reply, drop, close, delay, tls, accept)"},
-			{7, "bounce", `unknown key "bounce" in rule (allowed: match, reply, drop, close, delay, tls, accept)`}}},
+			{7, "bounce", `unknown key "bounce" in rule (known: match, reply, drop, close, delay, tls, accept)`}}},
 		{"merge key", "name: x\nsteps:\n  - send: {<<: {to: a@x.test}}\n", []at{
 			{3, "{<<", "send has no recipients (to)"},
 			{3, "<<", "merge keys (<<) are not supported in scenario files; repeat the keys or use an alias for a whole value"}}},
