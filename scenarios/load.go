@@ -13,7 +13,6 @@ import (
 	"regexp"
 	"slices"
 	"sort"
-	"strconv"
 	"strings"
 
 	"go.yaml.in/yaml/v3"
@@ -21,6 +20,7 @@ import (
 	"github.com/greyharness/greyharness/fakemta"
 	"github.com/greyharness/greyharness/harness/history"
 	"github.com/greyharness/greyharness/internal/inputfile"
+	"github.com/greyharness/greyharness/internal/yamlcheck"
 )
 
 //go:embed pack/*.yaml
@@ -119,7 +119,7 @@ func LoadFile(path string) ([]Scenario, error) {
 // in errors and Scenario.File. A file holds one scenario, several as a
 // stream of documents separated by `---`, or a document with a top-level
 // `scenarios:` list. Every error of the file is reported, each a
-// *fakemta.PositionError ("file:line:col: message"), joined with errors.Join.
+// *yamlcheck.Error (= *fakemta.PositionError, "file:line:col: message"), joined with errors.Join.
 func LoadBytes(file string, data []byte) ([]Scenario, error) {
 	scs, errs := loadBytes(file, data)
 	errs = append(errs, checkUnique(scs)...)
@@ -197,7 +197,7 @@ func expand(p string) ([]string, error) {
 		}
 	}
 	if len(files) == 0 {
-		return nil, &fakemta.PositionError{File: p, Line: 1, Col: 1, Msg: "folder holds no *.yaml or *.yml scenario files"}
+		return nil, yamlcheck.At(p, nil, "folder holds no *.yaml or *.yml scenario files")
 	}
 	return files, nil
 }
@@ -205,29 +205,17 @@ func expand(p string) ([]string, error) {
 func readError(file string, err error) error {
 	var ie *inputfile.Error
 	if errors.As(err, &ie) {
-		return &fakemta.PositionError{File: file, Line: 1, Col: 1, Msg: ie.Reason}
+		return yamlcheck.At(file, nil, "%s", ie.Reason)
 	}
 	var pe *fs.PathError
 	if errors.As(err, &pe) {
 		err = pe.Err
 	}
-	return &fakemta.PositionError{File: file, Line: 1, Col: 1, Msg: "cannot read: " + err.Error()}
+	return yamlcheck.At(file, nil, "cannot read: %v", err)
 }
 
 // flatten unwraps errors.Join trees into a flat list (nil for nil).
-func flatten(err error) []error {
-	if err == nil {
-		return nil
-	}
-	if j, ok := err.(interface{ Unwrap() []error }); ok {
-		var out []error
-		for _, e := range j.Unwrap() {
-			out = append(out, flatten(e)...)
-		}
-		return out
-	}
-	return []error{err}
-}
+func flatten(err error) []error { return yamlcheck.Flatten(err) }
 
 // checkUnique reports scenario names used more than once.
 func checkUnique(scs []Scenario) []error {
@@ -239,7 +227,7 @@ func checkUnique(scs []Scenario) []error {
 			continue
 		}
 		if f, ok := first[sc.Name]; ok {
-			errs = append(errs, &fakemta.PositionError{File: sc.File, Line: sc.Line, Col: sc.Col,
+			errs = append(errs, &yamlcheck.Error{File: sc.File, Line: sc.Line, Col: sc.Col,
 				Msg: fmt.Sprintf("scenario name %q is already used at %s:%d:%d (names must be unique)", sc.Name, f.File, f.Line, f.Col)})
 			continue
 		}
@@ -248,38 +236,19 @@ func checkUnique(scs []Scenario) []error {
 	return errs
 }
 
-// loader collects every error of one file.
+// loader collects every error of one file; its checks are
+// yamlcheck.Checker's, under the names the step decoders use.
 type loader struct {
+	c    *yamlcheck.Checker
 	file string
-	errs []error
 }
 
-func (l *loader) errorf(n *yaml.Node, format string, args ...any) {
-	line, col := 1, 1
-	if n != nil && n.Line > 0 {
-		line, col = n.Line, n.Column
-	}
-	l.errs = append(l.errs, &fakemta.PositionError{File: l.file, Line: line, Col: col, Msg: fmt.Sprintf(format, args...)})
-}
-
-var yamlLineRE = regexp.MustCompile(`^yaml: line (\d+): (.*)$`)
-
-func (l *loader) syntaxError(err error) {
-	msg := err.Error()
-	line := 1
-	if m := yamlLineRE.FindStringSubmatch(msg); m != nil {
-		line, _ = strconv.Atoi(m[1])
-		msg = m[2]
-	}
-	msg = strings.TrimPrefix(msg, "yaml: ")
-	l.errs = append(l.errs, &fakemta.PositionError{File: l.file, Line: line, Col: 1, Msg: "YAML syntax: " + msg})
-}
+func (l *loader) errorf(n *yaml.Node, format string, args ...any) { l.c.Errorf(n, format, args...) }
 
 func loadBytes(file string, data []byte) ([]Scenario, []error) {
-	l := &loader{file: file}
+	l := &loader{c: &yamlcheck.Checker{File: file, Kind: "scenario"}, file: file}
 	var scs []Scenario
 	dec := yaml.NewDecoder(bytes.NewReader(data))
-	docs := 0
 	for {
 		var doc yaml.Node
 		err := dec.Decode(&doc)
@@ -287,37 +256,25 @@ func loadBytes(file string, data []byte) ([]Scenario, []error) {
 			break
 		}
 		if err != nil {
-			l.syntaxError(err)
+			e := yamlcheck.SyntaxError(file, err)
+			e.Msg = "YAML syntax: " + e.Msg
+			l.c.Add(e)
 			break
 		}
-		docs++
 		if len(doc.Content) == 0 {
 			continue
 		}
 		scs = append(scs, l.document(doc.Content[0])...)
 	}
-	if len(scs) == 0 && len(l.errs) == 0 {
+	if len(scs) == 0 && l.c.Len() == 0 {
 		l.errorf(nil, "no scenario in file")
 	}
-	sortErrors(l.errs)
-	if len(l.errs) > 0 {
-		return nil, l.errs
+	errs := l.c.Errs()
+	yamlcheck.Sort(errs)
+	if len(errs) > 0 {
+		return nil, errs
 	}
 	return scs, nil
-}
-
-func sortErrors(errs []error) {
-	sort.SliceStable(errs, func(i, j int) bool {
-		a, aok := errs[i].(*fakemta.PositionError)
-		b, bok := errs[j].(*fakemta.PositionError)
-		if !aok || !bok {
-			return false
-		}
-		if a.Line != b.Line {
-			return a.Line < b.Line
-		}
-		return a.Col < b.Col
-	})
 }
 
 // document loads one YAML document: a scenario, or {scenarios: [...]}.
@@ -353,46 +310,19 @@ type keyValue struct {
 	v   *yaml.Node // aliases resolved
 }
 
-// mapping returns n's entries, reporting a non-mapping, unknown keys and
-// duplicate keys. Only known keys are returned, each once.
+// mapping returns n's entries, reporting a non-mapping, unknown keys,
+// duplicate keys and merge keys (yamlcheck.Checker.Mapping). Only known
+// keys are returned, each once.
 func (l *loader) mapping(n *yaml.Node, what string, allowed []string) []keyValue {
-	n = resolve(n)
-	if n.Kind != yaml.MappingNode {
-		l.errorf(n, "%s must be a mapping of keys, got %s", what, kindName(n))
-		return nil
-	}
-	var out []keyValue
-	seen := map[string]bool{}
-	for i := 0; i+1 < len(n.Content); i += 2 {
-		k, v := n.Content[i], resolve(n.Content[i+1])
-		if k.Kind != yaml.ScalarNode {
-			l.errorf(k, "%s keys must be plain words, got %s", what, kindName(k))
-			continue
-		}
-		if k.Value == "<<" {
-			l.errorf(k, "merge keys (<<) are not supported in scenario files; repeat the keys or use an alias for a whole value")
-			continue
-		}
-		if !slices.Contains(allowed, k.Value) {
-			l.errorf(k, "unknown key %q in %s (known: %s)", k.Value, what, strings.Join(allowed, ", "))
-			continue
-		}
-		if seen[k.Value] {
-			l.errorf(k, "duplicate key %q in %s", k.Value, what)
-			continue
-		}
-		seen[k.Value] = true
-		out = append(out, keyValue{key: k.Value, k: k, v: v})
+	kvs, _ := l.c.Mapping(n, yamlcheck.Keys{What: what, Allowed: allowed})
+	out := make([]keyValue, len(kvs))
+	for i, kv := range kvs {
+		out[i] = keyValue{key: kv.Key, k: kv.K, v: kv.V}
 	}
 	return out
 }
 
-func resolve(n *yaml.Node) *yaml.Node {
-	for n != nil && n.Kind == yaml.AliasNode && n.Alias != nil {
-		n = n.Alias
-	}
-	return n
-}
+func resolve(n *yaml.Node) *yaml.Node { return yamlcheck.Resolve(n) }
 
 func hasKey(n *yaml.Node, key string) bool {
 	for i := 0; i+1 < len(n.Content); i += 2 {
@@ -403,83 +333,24 @@ func hasKey(n *yaml.Node, key string) bool {
 	return false
 }
 
-func isNull(n *yaml.Node) bool {
-	return n.Kind == yaml.ScalarNode && n.ShortTag() == "!!null"
-}
+func isNull(n *yaml.Node) bool { return yamlcheck.IsNull(n) }
 
-func kindName(n *yaml.Node) string {
-	switch n.Kind {
-	case yaml.MappingNode:
-		return "a mapping"
-	case yaml.SequenceNode:
-		return "a list"
-	case yaml.ScalarNode:
-		switch n.ShortTag() {
-		case "!!null":
-			return "nothing (null)"
-		case "!!str":
-			return fmt.Sprintf("the string %q", n.Value)
-		case "!!int", "!!float":
-			return "the number " + n.Value
-		case "!!bool":
-			return "the boolean " + n.Value
-		}
-		return fmt.Sprintf("%s %s", n.ShortTag(), n.Value)
-	}
-	return "an unsupported YAML value"
-}
+func kindName(n *yaml.Node) string { return yamlcheck.KindName(n) }
 
 // Scalar readers: each reports a wrong type at v and returns ok=false.
 
-func (l *loader) str(v *yaml.Node, what string) (string, bool) {
-	if v.Kind != yaml.ScalarNode || v.ShortTag() != "!!str" {
-		l.errorf(v, "%s must be a string, got %s", what, kindName(v))
-		return "", false
-	}
-	return v.Value, true
-}
+func (l *loader) str(v *yaml.Node, what string) (string, bool) { return l.c.String(v, what) }
 
 func (l *loader) integer(v *yaml.Node, what string, lo, hi int) (int, bool) {
-	var i int
-	if v.Kind != yaml.ScalarNode || v.ShortTag() != "!!int" || v.Decode(&i) != nil {
-		l.errorf(v, "%s must be a whole number, got %s", what, kindName(v))
-		return 0, false
-	}
-	if i < lo || i > hi {
-		l.errorf(v, "%s must be from %d to %d, got %d", what, lo, hi, i)
-		return 0, false
-	}
-	return i, true
+	return l.c.Int(v, what, lo, hi)
 }
 
-func (l *loader) boolean(v *yaml.Node, what string) (bool, bool) {
-	var b bool
-	if v.Kind != yaml.ScalarNode || v.ShortTag() != "!!bool" || v.Decode(&b) != nil {
-		l.errorf(v, "%s must be true or false, got %s", what, kindName(v))
-		return false, false
-	}
-	return b, true
-}
+func (l *loader) boolean(v *yaml.Node, what string) (bool, bool) { return l.c.Bool(v, what) }
 
-func (l *loader) number(v *yaml.Node, what string) (float64, bool) {
-	var f float64
-	if v.Kind != yaml.ScalarNode || (v.ShortTag() != "!!int" && v.ShortTag() != "!!float") || v.Decode(&f) != nil {
-		l.errorf(v, "%s must be a number, got %s", what, kindName(v))
-		return 0, false
-	}
-	return f, true
-}
+func (l *loader) number(v *yaml.Node, what string) (float64, bool) { return l.c.Number(v, what) }
 
 func (l *loader) enum(v *yaml.Node, what string, allowed []string) (string, bool) {
-	s, ok := l.str(v, what)
-	if !ok {
-		return "", false
-	}
-	if !slices.Contains(allowed, s) {
-		l.errorf(v, "%s must be one of %s, got %q", what, strings.Join(allowed, ", "), s)
-		return "", false
-	}
-	return s, true
+	return l.c.Enum(v, what, allowed)
 }
 
 func (l *loader) name(v *yaml.Node, what string) (string, bool) {
@@ -539,7 +410,7 @@ var scenarioKeys = []string{"name", "description", "labels", "policy", "needs", 
 // scenario loads one scenario mapping; ok is false when it has errors.
 func (l *loader) scenario(n *yaml.Node) (Scenario, bool) {
 	n = resolve(n)
-	nerr := len(l.errs)
+	nerr := l.c.Len()
 	sc := Scenario{File: l.file, Line: n.Line, Col: n.Column}
 	kvs := l.mapping(n, "scenario", scenarioKeys)
 	if n.Kind != yaml.MappingNode {
@@ -596,33 +467,23 @@ func (l *loader) scenario(n *yaml.Node) (Scenario, bool) {
 	if kv, ok := byKey["expect"]; ok {
 		sc.Expect = l.expect(kv.v, st)
 	}
-	return sc, len(l.errs) == nerr
+	return sc, l.c.Len() == nerr
 }
 
 // list returns a sequence's items (aliases resolved).
-func (l *loader) list(v *yaml.Node, what string) []*yaml.Node {
-	if v.Kind != yaml.SequenceNode {
-		l.errorf(v, "%s must be a list, got %s", what, kindName(v))
-		return nil
-	}
-	out := make([]*yaml.Node, len(v.Content))
-	for i, it := range v.Content {
-		out[i] = resolve(it)
-	}
-	return out
-}
+func (l *loader) list(v *yaml.Node, what string) []*yaml.Node { return l.c.List(v, what) }
 
 // policy validates a policy node with the fake MTA's own parser.
 func (l *loader) policy(v *yaml.Node) (*fakemta.Policy, bool) {
 	p, err := fakemta.ParsePolicyNode(l.file, v)
 	if err != nil {
 		for _, e := range flatten(err) {
-			var pe *fakemta.PositionError
+			var pe *yamlcheck.Error
 			if !errors.As(e, &pe) {
 				// Keep the format file:line:col even if the parser did not.
-				e = &fakemta.PositionError{File: l.file, Line: v.Line, Col: v.Column, Msg: "policy: " + e.Error()}
+				e = yamlcheck.At(l.file, v, "policy: %v", e)
 			}
-			l.errs = append(l.errs, e)
+			l.c.Add(e)
 		}
 		return nil, false
 	}
@@ -980,7 +841,7 @@ func (l *loader) expect(v *yaml.Node, st *scenarioState) Expect {
 
 func (l *loader) messageExpectation(n *yaml.Node, st *scenarioState) (MessageExpectation, bool) {
 	var m MessageExpectation
-	nerr := len(l.errs)
+	nerr := l.c.Len()
 	kvs := l.mapping(n, "message expectation", []string{"group", "verdict", "within", "dsn"})
 	if n.Kind != yaml.MappingNode {
 		return m, false
@@ -1032,5 +893,5 @@ func (l *loader) messageExpectation(n *yaml.Node, st *scenarioState) (MessageExp
 	if m.DSN != nil && m.DSN.Action == "failed" && m.Verdict == "delivered" {
 		l.errorf(verdictNode, "verdict delivered contradicts dsn action failed (a bounce): expect verdict bounced")
 	}
-	return m, len(l.errs) == nerr
+	return m, l.c.Len() == nerr
 }

@@ -231,7 +231,7 @@ func TestLoadErrors(t *testing.T) {
 		{"not a mapping", "- a\n- b\n", []at{{1, "", "scenario must be a mapping of keys, got a list"}}},
 		{"unknown top key", "name: x\nstep: []\n" + okSteps, []at{{2, "step",
 			`unknown key "step" in scenario (known: name, description, labels, policy, needs, steps, expect)`}}},
-		{"duplicate key", "name: x\nname: y\n" + okSteps, []at{{2, "name", `duplicate key "name" in scenario`}}},
+		{"duplicate key", "name: x\nname: y\n" + okSteps, []at{{2, "name", `duplicate key "name" in scenario (first at line 1)`}}},
 		{"no name", okSteps, []at{{1, "", "scenario has no name"}}},
 		{"bad name", "name: 'has space'\n" + okSteps, []at{{1, "'has",
 			`name "has space" must be 1-100 letters, digits, '.', '_' or '-', starting with a letter or digit`}}},
