@@ -7,7 +7,7 @@ GO      ?= go
 BIN     := bin/greyharness
 RESULTS ?= results
 
-.PHONY: all build demo deps test unit lint vet e2e e2e-postfix e2e-exim e2e-opensmtpd e2e-haraka bench bench-fakemta fuzz clean
+.PHONY: all build demo deps test unit short e2e-sample e2e-cli lint vet e2e e2e-postfix e2e-exim e2e-opensmtpd e2e-haraka bench bench-fakemta fuzz clean
 
 all: build
 
@@ -27,6 +27,20 @@ deps:
 
 unit:
 	$(GO) test -count=1 -timeout 15m ./...
+
+## short: the inner loop (<= 20 s): every unit test; end-to-end runs and real-timer waits skip.
+short:
+	$(GO) test -short ./...
+
+## e2e-sample: the end-to-end runs against the built-in sample relay on their own: the default
+## pack (Ginkgo suite), the bug matrix and the remote fake MTA (harness), and the sample relay's
+## retry/expiry/restart tests (samplerelay). make unit runs them too.
+e2e-sample:
+	$(GO) test -count=1 -timeout 15m ./harness ./samplerelay
+
+## e2e-cli: the CLI end to end (builds the binary, runs the pack, judge, validate, exit codes).
+e2e-cli:
+	$(GO) test -count=1 -timeout 15m ./cmd/greyharness
 
 ## lint: go.mod tidy, gofmt, go vet (also for windows: non-unix builds), staticcheck.
 STATICCHECK ?= $(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2
