@@ -19,7 +19,9 @@ import (
 	"github.com/greyharness/greyharness/scenarios"
 )
 
-func seconds(s float64) history.Duration { return history.Duration(time.Duration(s * float64(time.Second))) }
+func seconds(s float64) history.Duration {
+	return history.Duration(time.Duration(s * float64(time.Second)))
+}
 
 func load(t *testing.T, yaml string) *scenarios.Scenario {
 	t.Helper()
