@@ -74,14 +74,13 @@ func TestDeadlineFromTiming(t *testing.T) {
 // runner's Relay: restart cancels and reruns it on the same port and
 // queue, flush and queue go through its queue directory.
 type sampleRelay struct {
-	t       *testing.T
-	cfg     samplerelay.Config
-	mu      sync.Mutex
-	cancel  context.CancelFunc
-	done    chan error
-	addr    string
-	calls   []string
-	flushes int
+	t      *testing.T
+	cfg    samplerelay.Config
+	mu     sync.Mutex
+	cancel context.CancelFunc
+	done   chan error
+	addr   string
+	calls  []string
 }
 
 // newSampleRelay returns a sample relay, not started, retrying after
