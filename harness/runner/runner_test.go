@@ -35,6 +35,7 @@ func load(t *testing.T, yaml string) *scenarios.Scenario {
 // TestDeadlineFromTiming: every wait's deadline derives from the profile's
 // timing (and the greylist delay), or is the scenario's own timeout.
 func TestDeadlineFromTiming(t *testing.T) {
+	t.Parallel()
 	tm := history.Timing{RetryMax: seconds(10), QueueLifetime: seconds(100), DelayWarning: seconds(50), RestartGrace: seconds(5)}
 	r := &Run{timing: tm, track: newTracker()}
 	r.h.GreylistDelay = seconds(2)
@@ -163,7 +164,7 @@ func beginWithSampleRelay(t *testing.T, sc *scenarios.Scenario, backoff time.Dur
 	t.Helper()
 	prof := &profile.Profile{Name: "sample", NextHop: []string{"127.0.0.1:0"}, QueueFormat: profile.QueueSample,
 		Commands: profile.Commands{Queue: "(in-process)", Flush: "(in-process)", Restart: "(in-process)"},
-		Timing:   history.Timing{RetryMax: seconds(0.5), QueueLifetime: seconds(60), RestartGrace: seconds(1)}}
+		Timing:   history.Timing{RetryMax: seconds(0.3), QueueLifetime: seconds(60), RestartGrace: seconds(1)}}
 	sr := newSampleRelay(t, backoff)
 	r, err := Begin(context.Background(), &Options{Profile: prof, Relay: sr}, sc)
 	if err != nil {
@@ -183,6 +184,7 @@ func beginWithSampleRelay(t *testing.T, sc *scenarios.Scenario, backoff time.Dur
 // TestWaitEndsOnEvents: a wait with an hour's timeout returns as soon as
 // the fake MTA's journal shows the condition, not at its deadline.
 func TestWaitEndsOnEvents(t *testing.T) {
+	t.Parallel()
 	sc := load(t, `name: wait-events
 policy:
   greylist: {delay: 300ms}
@@ -291,6 +293,7 @@ func (c *callRelay) Logs() string { return "" }
 // TestDrainFlushesThenRestarts: a relay that has not settled gets a flush,
 // then a restart, each followed by another wait, before Finish judges.
 func TestDrainFlushesThenRestarts(t *testing.T) {
+	t.Parallel()
 	sc := load(t, `name: drain
 steps:
   - send: {to: [alice@rcpt.greyharness.test]}
@@ -327,6 +330,7 @@ steps:
 // TestDrainStopsAfterFlushThatDrains: a relay whose retry is an hour away
 // delivers when flushed; that is enough, it is not restarted.
 func TestDrainStopsAfterFlushThatDrains(t *testing.T) {
+	t.Parallel()
 	sc := load(t, `name: drain-flush
 policy:
   greylist: {delay: 300ms}
@@ -360,6 +364,7 @@ steps:
 // out is returned and recorded once as "step N (file:line): error", the
 // fault with its error, and the history is still judged.
 func TestStepErrorRecordedWithFileLine(t *testing.T) {
+	t.Parallel()
 	sc := load(t, `name: step-error
 steps:
   - send: {to: [alice@rcpt.greyharness.test]}
