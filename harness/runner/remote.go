@@ -12,6 +12,8 @@ import (
 	"strings"
 	"time"
 
+	"go.yaml.in/yaml/v3"
+
 	"github.com/greyharness/greyharness/fakemta"
 	"github.com/greyharness/greyharness/harness/profile"
 )
@@ -20,17 +22,35 @@ import (
 // its control API: the scenario's policy goes in with PUT /api/v1/policy,
 // greylist state is wiped at the start of each scenario, and the journal
 // streams back from GET /api/v1/events. It cannot be stopped or started
-// (profiles with `fakemta.api` lack the fakemta-control capability).
+// (profiles with `fakemta.api` lack the fakemta-control capability): Start
+// installs the policy and begins the event stream, Stop ends the stream.
 type remoteFakeMTA struct {
 	ref    *profile.FakeMTARef
 	client *http.Client
+	policy []byte // the policy YAML for the API
 	cancel context.CancelFunc
 	done   chan struct{}
 }
 
-func newRemoteFakeMTA(ref *profile.FakeMTARef) *remoteFakeMTA {
-	return &remoteFakeMTA{ref: ref, client: &http.Client{Timeout: 30 * time.Second}}
+func newRemoteFakeMTA(ref *profile.FakeMTARef, policy *yaml.Node) *remoteFakeMTA {
+	return &remoteFakeMTA{ref: ref, client: &http.Client{Timeout: 30 * time.Second}, policy: policyYAML(policy)}
 }
+
+// policyYAML renders a policy node for the remote fake MTA's API.
+func policyYAML(n *yaml.Node) []byte {
+	if n == nil || n.Kind == 0 || n.Kind == yaml.ScalarNode && n.Tag == "!!null" {
+		// "policy: ~" is the empty policy; the API refuses a null document.
+		return []byte("{}")
+	}
+	b, err := yaml.Marshal(n)
+	if err != nil {
+		return []byte("{}")
+	}
+	return b
+}
+
+// apiTimeout bounds one API call beyond the caller's ctx.
+const apiTimeout = 30 * time.Second
 
 func (m *remoteFakeMTA) do(ctx context.Context, method, path string, body []byte, out any) error {
 	req, err := http.NewRequestWithContext(ctx, method, strings.TrimRight(m.ref.API, "/")+path, bytes.NewReader(body))
@@ -55,15 +75,19 @@ func (m *remoteFakeMTA) do(ctx context.Context, method, path string, body []byte
 	return nil
 }
 
-// begin installs the policy, wipes greylist state and streams events
-// from the wipe on into sink.
-func (m *remoteFakeMTA) begin(policyYAML []byte, sink func(fakemta.Event)) error {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if len(bytes.TrimSpace(policyYAML)) == 0 {
-		policyYAML = []byte("{}")
+// Start installs the policy, wipes greylist state and streams events from
+// the wipe on into sink.
+func (m *remoteFakeMTA) Start(ctx context.Context, sink func(fakemta.Event)) error {
+	if m.cancel != nil {
+		return fmt.Errorf("fake MTA API %s: already streaming events", m.ref.API)
 	}
-	if err := m.do(ctx, http.MethodPut, "/api/v1/policy", policyYAML, nil); err != nil {
+	ctx, cancel := context.WithTimeout(ctx, apiTimeout)
+	defer cancel()
+	policy := m.policy
+	if len(bytes.TrimSpace(policy)) == 0 {
+		policy = []byte("{}")
+	}
+	if err := m.do(ctx, http.MethodPut, "/api/v1/policy", policy, nil); err != nil {
 		return err
 	}
 	var reset struct {
@@ -72,7 +96,8 @@ func (m *remoteFakeMTA) begin(policyYAML []byte, sink func(fakemta.Event)) error
 	if err := m.do(ctx, http.MethodPost, "/api/v1/reset", nil, &reset); err != nil {
 		return err
 	}
-	sctx, scancel := context.WithCancel(context.Background())
+	// The stream outlives this call (it runs until Stop), not its values.
+	sctx, scancel := context.WithCancel(context.WithoutCancel(ctx))
 	m.cancel, m.done = scancel, make(chan struct{})
 	ready := make(chan error, 1)
 	go m.stream(sctx, reset.Seq, sink, ready)
@@ -81,35 +106,39 @@ func (m *remoteFakeMTA) begin(policyYAML []byte, sink func(fakemta.Event)) error
 		if err != nil {
 			scancel()
 			<-m.done
+			m.cancel = nil
 			return err
 		}
 	case <-ctx.Done():
 		scancel()
 		<-m.done
+		m.cancel = nil
 		return ctx.Err()
 	}
 	return nil
 }
 
-func (m *remoteFakeMTA) setPolicy(policyYAML []byte) error {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+func (m *remoteFakeMTA) SetPolicy(ctx context.Context, _ *fakemta.Policy, node *yaml.Node) error {
+	m.policy = policyYAML(node)
+	ctx, cancel := context.WithTimeout(ctx, apiTimeout)
 	defer cancel()
-	return m.do(ctx, http.MethodPut, "/api/v1/policy", policyYAML, nil)
+	return m.do(ctx, http.MethodPut, "/api/v1/policy", m.policy, nil)
 }
 
-func (m *remoteFakeMTA) wipe() error {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+func (m *remoteFakeMTA) WipeGreylist(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, apiTimeout)
 	defer cancel()
 	return m.do(ctx, http.MethodPost, "/api/v1/reset", nil, nil)
 }
 
-// end stops the event stream.
-func (m *remoteFakeMTA) end() {
+// Stop ends the event stream; the remote fake MTA keeps running.
+func (m *remoteFakeMTA) Stop(context.Context) error {
 	if m.cancel != nil {
 		m.cancel()
 		<-m.done
 		m.cancel = nil
 	}
+	return nil
 }
 
 // stream reads server-sent events, reconnecting with Last-Event-ID so no

@@ -1,0 +1,111 @@
+package runner
+
+import (
+	"context"
+	"time"
+
+	"github.com/greyharness/greyharness/scenarios"
+)
+
+// deadline derives a wait's timeout from the profile's timing.
+func (r *Run) deadline(w *scenarios.Wait) time.Duration {
+	t := r.timing
+	grace := t.RestartGrace.D()
+	if w.Timeout > 0 {
+		return w.Timeout.D()
+	}
+	gl := r.h.GreylistDelay.D()
+	factor := w.Factor
+	if factor == 0 {
+		factor = 3
+	}
+	if w.TimeoutFrom != "" {
+		var base time.Duration
+		switch w.TimeoutFrom {
+		case "retry_max":
+			base = t.RetryMax.D()
+		case "queue_lifetime":
+			base = t.QueueLifetime.D()
+		case "delay_warning":
+			base = t.DelayWarning.D()
+		}
+		return time.Duration(float64(base)*factor) + grace
+	}
+	left, _ := r.track.pending(w.Group, func(*msgState) bool { return false })
+	load := time.Duration(left) * 20 * time.Millisecond
+	retries := time.Duration(float64(t.RetryMax.D()) * factor)
+	switch w.For {
+	case "deferred":
+		return retries + grace + load
+	case "attempts":
+		return time.Duration(w.Attempts)*t.RetryMax.D()*2 + gl + grace + load
+	case "dsn":
+		if w.Action == "delayed" {
+			return t.DelayWarning.D() + retries + grace + load
+		}
+		return t.QueueLifetime.D() + retries + grace + load
+	default: // delivered, drained
+		return gl + retries + grace + load
+	}
+}
+
+func waitCond(w *scenarios.Wait) cond {
+	switch w.For {
+	case "deferred":
+		return anyRcpt(func(rs *rcptState) bool { return rs.deferred })
+	case "delivered":
+		return everyRcpt(func(rs *rcptState) bool { return rs.delivered > 0 })
+	case "attempts":
+		return everyRcpt(func(rs *rcptState) bool { return rs.attempts >= w.Attempts })
+	case "dsn":
+		return func(m *msgState) bool { return m.dsn[w.Action] }
+	default: // drained
+		return everyRcpt(func(rs *rcptState) bool { return rs.delivered > 0 || rs.bounced })
+	}
+}
+
+// wait blocks until the condition holds or its deadline passes.
+func (r *Run) wait(ctx context.Context, w *scenarios.Wait) bool {
+	d := r.deadline(w)
+	c := waitCond(w)
+	until := time.Now().Add(d)
+	r.progress("waiting for %s until %s (%s)", w.Describe()[len("wait for "):], until.Format("15:04:05"), d.Round(100*time.Millisecond))
+	ok := r.until(ctx, until, func() bool { return r.track.all(w.Group, c) })
+	if ok && w.For == "drained" {
+		ok = r.dequeued(ctx, w.Group, until)
+	}
+	if !ok {
+		left, total := r.track.pending(w.Group, c)
+		r.progress("wait timed out: %d of %d message(s) not there yet (the ledger will say why)", left, total)
+	}
+	return ok
+}
+
+// until waits on tracker changes until f holds, the deadline, or ctx ends.
+func (r *Run) until(ctx context.Context, deadline time.Time, f func() bool) bool {
+	timer := time.NewTimer(time.Until(deadline))
+	defer timer.Stop()
+	for {
+		changed := r.track.wait()
+		if f() {
+			return true
+		}
+		select {
+		case <-changed:
+		case <-timer.C:
+			return f()
+		case <-ctx.Done():
+			return false
+		}
+	}
+}
+
+// awaitTracker waits until f holds over the tracker's counters (under
+// its lock), the deadline, or ctx ends.
+func (r *Run) awaitTracker(ctx context.Context, until time.Time, f func(t *tracker) bool) bool {
+	return r.until(ctx, until, func() bool {
+		r.track.mu.Lock()
+		defer r.track.mu.Unlock()
+		return f(r.track)
+	})
+}
