@@ -476,44 +476,8 @@ func replyText(r fakemta.Reply) string {
 
 // deadline derives a wait's timeout from the profile's timing.
 func (r *Run) deadline(w *scenarios.Wait) time.Duration {
-	t := r.timing
-	grace := t.RestartGrace.D()
-	if w.Timeout > 0 {
-		return w.Timeout.D()
-	}
-	gl := r.h.GreylistDelay.D()
-	factor := w.Factor
-	if factor == 0 {
-		factor = 3
-	}
-	if w.TimeoutFrom != "" {
-		var base time.Duration
-		switch w.TimeoutFrom {
-		case "retry_max":
-			base = t.RetryMax.D()
-		case "queue_lifetime":
-			base = t.QueueLifetime.D()
-		case "delay_warning":
-			base = t.DelayWarning.D()
-		}
-		return time.Duration(float64(base)*factor) + grace
-	}
 	left, _ := r.track.pending(w.Group, func(*msgState) bool { return false })
-	load := time.Duration(left) * 20 * time.Millisecond
-	retries := time.Duration(float64(t.RetryMax.D()) * factor)
-	switch w.For {
-	case "deferred":
-		return retries + grace + load
-	case "attempts":
-		return time.Duration(w.Attempts)*t.RetryMax.D()*2 + gl + grace + load
-	case "dsn":
-		if w.Action == "delayed" {
-			return t.DelayWarning.D() + retries + grace + load
-		}
-		return t.QueueLifetime.D() + retries + grace + load
-	default: // delivered, drained
-		return gl + retries + grace + load
-	}
+	return WaitDeadline(r.timing, w, r.h.GreylistDelay.D(), left)
 }
 
 func waitCond(w *scenarios.Wait) cond {
@@ -613,7 +577,7 @@ func (r *Run) restart(ctx context.Context, rs *scenarios.Restart) error {
 	t := r.timing
 	switch rs.When {
 	case "after-deferral":
-		until := time.Now().Add(t.RetryMax.D()*3 + t.RestartGrace.D())
+		until := time.Now().Add(t.RetryMax.D()*3 + t.RestartGrace.D()) // as RestartDeadline
 		if !r.until(ctx, until, func() bool {
 			r.track.mu.Lock()
 			defer r.track.mu.Unlock()
@@ -634,7 +598,7 @@ func (r *Run) restart(ctx context.Context, rs *scenarios.Restart) error {
 	times := max(rs.Times, 1)
 	for i := range times {
 		err := r.fault(history.FaultRelayRestart, fmt.Sprintf("%d of %d", i+1, times), func() error {
-			ctx, cancel := context.WithTimeout(ctx, 2*t.RestartGrace.D()+10*time.Second)
+			ctx, cancel := context.WithTimeout(ctx, restartTimeout(t))
 			defer cancel()
 			return r.opt.Relay.Restart(ctx)
 		})
@@ -728,7 +692,7 @@ func (r *Run) drain(ctx context.Context) {
 	if p.Has(profile.CapRestart) {
 		r.progress("not drained: restarting the relay")
 		err := r.fault(history.FaultRelayRestart, "drain", func() error {
-			rctx, cancel := context.WithTimeout(ctx, 2*r.timing.RestartGrace.D()+10*time.Second)
+			rctx, cancel := context.WithTimeout(ctx, restartTimeout(r.timing))
 			defer cancel()
 			return r.opt.Relay.Restart(rctx)
 		})
