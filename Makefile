@@ -65,7 +65,7 @@ e2e-haraka: build
 
 # Postfix with Debian's default timers (ci/postfix-realtimers): a first retry
 # 5-10 minutes after a 451, so not in make test. REALTIMERS_FLAGS adds run
-# flags, e.g. REALTIMERS_FLAGS="--focus '^greylist-once$$'".
+# flags, e.g. make e2e-postfix-realtimers REALTIMERS_FLAGS='--focus ^greylist-once$$'
 REALTIMERS_FLAGS ?=
 e2e-postfix-realtimers: build
 	@mkdir -p $(RESULTS)
