@@ -47,12 +47,12 @@ func (rs *Restart) Run(ctx context.Context, env Env) error {
 	t := env.Timing()
 	switch rs.When {
 	case "after-deferral":
-		until := time.Now().Add(t.RetryMax.D()*3 + t.RestartGrace.D())
+		until := time.Now().Add(t.RetryMax.D()*3 + t.RestartGrace.D()) // as runner.RestartDeadline
 		if !env.AwaitDeferral(ctx, until) {
 			env.Progress("no deferral seen before the restart")
 		}
 	case "during-data":
-		until := time.Now().Add(t.RetryMax.D()*3 + t.RestartGrace.D())
+		until := time.Now().Add(t.RetryMax.D()*3 + t.RestartGrace.D()) // as runner.RestartDeadline
 		if !env.AwaitDataHeld(ctx, until) {
 			env.Progress("the fake MTA held no DATA phase open before the restart")
 		}

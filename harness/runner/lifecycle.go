@@ -123,7 +123,7 @@ func (r *Run) drain(ctx context.Context) {
 // restartRelay restarts the relay under test, bounded by twice its
 // restart grace (and ten seconds for the commands themselves).
 func (r *Run) restartRelay(ctx context.Context) error {
-	ctx, cancel := context.WithTimeout(ctx, 2*r.timing.RestartGrace.D()+10*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, restartTimeout(r.timing))
 	defer cancel()
 	return r.opt.Relay.Restart(ctx)
 }

@@ -7,46 +7,11 @@ import (
 	"github.com/greyharness/greyharness/scenarios"
 )
 
-// deadline derives a wait's timeout from the profile's timing.
+// deadline derives a wait's timeout from the profile's timing (see
+// WaitDeadline, which the suite's spec timeouts use too).
 func (r *Run) deadline(w *scenarios.Wait) time.Duration {
-	t := r.timing
-	grace := t.RestartGrace.D()
-	if w.Timeout > 0 {
-		return w.Timeout.D()
-	}
-	gl := r.h.GreylistDelay.D()
-	factor := w.Factor
-	if factor == 0 {
-		factor = 3
-	}
-	if w.TimeoutFrom != "" {
-		var base time.Duration
-		switch w.TimeoutFrom {
-		case "retry_max":
-			base = t.RetryMax.D()
-		case "queue_lifetime":
-			base = t.QueueLifetime.D()
-		case "delay_warning":
-			base = t.DelayWarning.D()
-		}
-		return time.Duration(float64(base)*factor) + grace
-	}
 	left, _ := r.track.pending(w.Group, func(*msgState) bool { return false })
-	load := time.Duration(left) * 20 * time.Millisecond
-	retries := time.Duration(float64(t.RetryMax.D()) * factor)
-	switch w.For {
-	case "deferred":
-		return retries + grace + load
-	case "attempts":
-		return time.Duration(w.Attempts)*t.RetryMax.D()*2 + gl + grace + load
-	case "dsn":
-		if w.Action == "delayed" {
-			return t.DelayWarning.D() + retries + grace + load
-		}
-		return t.QueueLifetime.D() + retries + grace + load
-	default: // delivered, drained
-		return gl + retries + grace + load
-	}
+	return WaitDeadline(r.timing, w, r.h.GreylistDelay.D(), left)
 }
 
 func waitCond(w *scenarios.Wait) cond {
