@@ -751,8 +751,10 @@ func harakaEntry(name string, body []byte) (history.QueueEntry, error) {
 }
 
 // sendmailHeader matches the first line of a message in `sendmail -bp`
-// (with -v there is a priority column; "*" marks a message being
-// delivered, "X" one whose queue file cannot be read, "-" a quarantined one):
+// (with -v there is a priority column; sendmail's printqueue marks a
+// message being delivered (locked) "*", one too young for a queue run
+// (MinQueueAge) "-", and one a queue run would skip for the load average
+// "X"; a quarantined message shows a "QUARANTINE:" line instead):
 //
 //	6B25rVxt004162       34      30235 Dec  2 05:53 <sender@client.test>
 //	6B25rVxt004162*     34 Wed Dec  2 05:53 <sender@client.test>
@@ -788,9 +790,6 @@ func ParseSendmail(out []byte, now time.Time) ([]history.QueueEntry, error) {
 				e.Sender = m[6]
 			}
 			e.Arrival = sendmailTime(m[5], now)
-			if m[2] == "-" {
-				e.Reason = "quarantined"
-			}
 			entries = append(entries, e)
 			cur = &entries[len(entries)-1]
 			sawRcpt = false

@@ -401,6 +401,19 @@ func TestSendmail(t *testing.T) {
 		es[0].Reason != "Deferred: 451 4.7.1 Greylisted" {
 		t.Errorf("plain mailq = %+v, %v", es, err)
 	}
+	// "-" after the queue id marks a message too young for a queue run
+	// (MinQueueAge, sendmail's printqueue: w_tooyoung), not a quarantined
+	// one. Captured from sendmail 8.17.1.9 with MinQueueAge 1h after a 451.
+	young := parse(t, profile.QueueSendmail, "sendmail-tooyoung.txt", time.Date(2026, 12, 2, 8, 12, 30, 0, time.UTC))
+	if len(young) != 2 {
+		t.Fatalf("too-young entries = %+v", young)
+	}
+	y := find(t, young, "6B28CRu2031787")
+	if y.Reason != "Deferred: 451 4.7.1 Greylisted, please try again in 3600 seconds" ||
+		y.Sender != "sender+long.address.beyond.forty.chars@client.greyharness.test" ||
+		!slices.Equal(y.Recipients, []string{"carol@rcpt.greyharness.test", "dave@other.greyharness.test"}) {
+		t.Errorf("too-young entry = %+v", y)
+	}
 	if _, err := ParseSendmail([]byte("\t\t/q (1 request)\nsomething else entirely\n"), now); err == nil || !strings.Contains(err.Error(), "line 2") {
 		t.Errorf("garbage: %v", err)
 	}
