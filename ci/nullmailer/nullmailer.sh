@@ -24,8 +24,12 @@
 # Timers: after a run that left messages in the queue nullmailer-send waits
 # pausetime seconds, doubling up to maxpause (both PAUSE, 2s here: a retry
 # every 2s); every new message (the trigger FIFO) starts a run at once, which
-# retries every queued message too. queuelifetime QUEUE_LIFETIME (45s): a
-# message older than that which fails again is moved to failed/ with a bounce.
+# retries every queued message too. queuelifetime QUEUE_LIFETIME (120s): a
+# message older than that which fails again is moved to failed/ with a
+# bounce. 120s, not less: a run is serial (one nullmailer-smtp process and
+# connection per message), and with 500 messages queued the first attempt of
+# the last one came 70s after its submission on this machine; at 45s those
+# messages were given up at their first (greylisted) attempt.
 #
 # Environment:
 #   GREYHARNESS_WORK   work dir (default /tmp/greyharness-nullmailer)
@@ -33,7 +37,7 @@
 #   SUBMIT_PORT        listener on 127.0.0.1 (default 2585)
 #   NEXT_HOP_PORT      everything is relayed to 127.0.0.1:PORT (default 2586)
 #   PAUSE              pausetime = maxpause in seconds (default 2)
-#   QUEUE_LIFETIME     queuelifetime in seconds (default 45)
+#   QUEUE_LIFETIME     queuelifetime in seconds (default 120)
 set -euo pipefail
 
 WORK=${GREYHARNESS_WORK:-/tmp/greyharness-nullmailer}
@@ -41,7 +45,7 @@ ROOT=${GREYHARNESS_CACHE:-/tmp/greyharness-nullmailer-root}
 SUBMIT_PORT=${SUBMIT_PORT:-2585}
 NEXT_HOP_PORT=${NEXT_HOP_PORT:-2586}
 PAUSE=${PAUSE:-2}
-QUEUE_LIFETIME=${QUEUE_LIFETIME:-45}
+QUEUE_LIFETIME=${QUEUE_LIFETIME:-120}
 P=$WORK/p
 LAYOUT=$ROOT/layout
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin:$PATH
