@@ -77,6 +77,7 @@ e2e-nullmailer: build
 
 e2e-maddy: build
 	@mkdir -p $(RESULTS)
+	bash ci/maddy/maddy.sh install   # the first build takes long: show it here, not in relay.log
 	SUBMIT_PORT=2565 NEXT_HOP_PORT=2566 $(BIN) run --relay ci/maddy/relay.yaml --junit $(RESULTS)/maddy-junit.xml --json $(RESULTS)/maddy.json --html $(RESULTS)/maddy.html --results $(RESULTS)/maddy
 
 bench: bench-fakemta
