@@ -362,7 +362,7 @@ func (l *loader) finish(p *Profile, base string) error {
 		return l.errPath("submit", "submit.username and submit.password go together")
 	}
 	switch p.QueueFormat {
-	case QueuePostfixJSON, QueueExim, QueueOpenSMTPD, QueueHaraka, QueueSendmail, QueueJSON, QueueSample, QueueNone:
+	case QueuePostfixJSON, QueueExim, QueueOpenSMTPD, QueueHaraka, QueueSendmail, QueueNullmailer, QueueMaddy, QueueJSON, QueueSample, QueueNone:
 	case "":
 		return l.errPath("queue_format", "queue_format is required when commands.queue is set (one of %s)", formats())
 	default:
@@ -412,7 +412,7 @@ func (l *loader) finish(p *Profile, base string) error {
 }
 
 func formats() string {
-	return strings.Join([]string{string(QueuePostfixJSON), string(QueueExim), string(QueueOpenSMTPD), string(QueueHaraka), string(QueueSendmail), string(QueueJSON), string(QueueSample), string(QueueNone)}, ", ")
+	return strings.Join([]string{string(QueuePostfixJSON), string(QueueExim), string(QueueOpenSMTPD), string(QueueHaraka), string(QueueSendmail), string(QueueNullmailer), string(QueueMaddy), string(QueueJSON), string(QueueSample), string(QueueNone)}, ", ")
 }
 
 func checkHostPort(s string) error {

@@ -192,3 +192,41 @@ func TestShippedProfiles(t *testing.T) {
 		}
 	}
 }
+
+// The relay-zoo profiles load, with the capabilities each relay truly has:
+// nullmailer and maddy send no delay notice, maddy has no flush command and
+// skips what its 15-minute backoff makes impractical, each with a reason.
+func TestShippedZooProfiles(t *testing.T) {
+	for f, want := range map[string]struct {
+		format  QueueFormat
+		missing []Capability
+	}{
+		"../../ci/sendmail/relay.yaml":   {QueueSendmail, nil},
+		"../../ci/nullmailer/relay.yaml": {QueueNullmailer, []Capability{CapDelayWarning}},
+		"../../ci/maddy/relay.yaml":      {QueueMaddy, []Capability{CapFlush, CapDelayWarning}},
+	} {
+		p, err := Load(f)
+		if err != nil {
+			t.Errorf("%s: %v", f, err)
+			continue
+		}
+		if p.QueueFormat != want.format {
+			t.Errorf("%s: queue_format %q, want %q", f, p.QueueFormat, want.format)
+		}
+		if m := p.Missing([]Capability{CapRestart, CapStop, CapQueue, CapFlush, CapDelayWarning}); !slices.Equal(m, want.missing) {
+			t.Errorf("%s lacks %v, want %v", f, m, want.missing)
+		}
+	}
+	p, err := Load("../../ci/maddy/relay.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(p.Scenarios) < 5 {
+		t.Errorf("maddy skips %d scenarios", len(p.Scenarios))
+	}
+	for name, o := range p.Scenarios {
+		if !strings.Contains(o.Skip, "15 minutes") {
+			t.Errorf("maddy's %s: skip reason %q does not name the backoff", name, o.Skip)
+		}
+	}
+}

@@ -16,6 +16,8 @@ const (
 	QueueJSON        QueueFormat = "json"         // greyharness's generic format, version 1 (docs/relays.md)
 	QueueHaraka      QueueFormat = "haraka"       // a tar stream of Haraka's outbound queue folder
 	QueueSendmail    QueueFormat = "sendmail"     // sendmail -bp -v (or mailq)
+	QueueNullmailer  QueueFormat = "nullmailer"   // a tar stream of nullmailer's queue folder
+	QueueMaddy       QueueFormat = "maddy"        // a tar stream of maddy's queue ID.meta and ID.header files
 	QueueNone        QueueFormat = "none"
 )
 

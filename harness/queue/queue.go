@@ -9,6 +9,8 @@
 //     (one envelope per recipient; envelopes of one message are merged).
 //   - sendmail: `sendmail -bp -v` (or plain mailq), one block per message.
 //   - haraka: a tar stream of Haraka's outbound queue folder (haraka.sh queue).
+//   - nullmailer: a tar stream of nullmailer's queue/ folder (nullmailer.sh queue).
+//   - maddy: a tar stream of maddy's queue ID.meta and ID.header files (maddy.sh queue).
 //   - json: greyharness's generic, versioned format (see ParseJSON); what a
 //     small script prints for any other relay.
 //   - sample-json: alias of json (the sample relay prints a bare array).
@@ -28,6 +30,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net/textproto"
 	"path"
 	"regexp"
@@ -54,6 +57,10 @@ func Parse(format profile.QueueFormat, out []byte, now time.Time) ([]history.Que
 		return ParseHaraka(out)
 	case profile.QueueSendmail:
 		return ParseSendmail(out, now)
+	case profile.QueueNullmailer:
+		return ParseNullmailer(out)
+	case profile.QueueMaddy:
+		return ParseMaddy(out)
 	case profile.QueueJSON, profile.QueueSample:
 		return ParseJSON(out)
 	case profile.QueueNone, "":
@@ -498,6 +505,196 @@ func ParseHaraka(out []byte) ([]history.QueueEntry, error) {
 	}
 }
 
+// tarFiles calls fn for each regular file of the tar stream out, in order.
+// Empty output or an empty archive has no files.
+func tarFiles(out []byte, what string, fn func(name string, body []byte) error) error {
+	if len(bytes.TrimSpace(out)) == 0 {
+		return nil
+	}
+	tr := tar.NewReader(bytes.NewReader(out))
+	for {
+		h, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("%s: %v", what, err)
+		}
+		if h.Typeflag != tar.TypeReg {
+			continue
+		}
+		body, err := io.ReadAll(tr)
+		if err != nil {
+			return fmt.Errorf("%s: file %s: %v", what, h.Name, err)
+		}
+		if err := fn(h.Name, body); err != nil {
+			return fmt.Errorf("%s: file %s: %v", what, h.Name, err)
+		}
+	}
+}
+
+// messageIDs reads the Message-ID and X-Greyharness-Id of a message's
+// header block (a header that cannot be read gives none).
+func messageIDs(header []byte) (messageID, harnessID string) {
+	hdr, err := textproto.NewReader(bufio.NewReader(bytes.NewReader(header))).ReadMIMEHeader()
+	if err != nil && len(hdr) == 0 {
+		return "", ""
+	}
+	return strings.Trim(strings.TrimSpace(hdr.Get("Message-Id")), "<>"), strings.TrimSpace(hdr.Get("X-Greyharness-Id"))
+}
+
+// ParseNullmailer parses a tar stream of nullmailer's queue/ folder
+// (nullmailer 2.x; nullmailer.sh queue), one file per message named
+// TIME.PID (TIME: arrival, Unix seconds), its content the sender on the
+// first line (empty: the null sender), one recipient per line, a blank
+// line, then the message. nullmailer's own mailq prints no addresses, and
+// nullmailer keeps no delay reason nor retry time: Reason and NextAttempt
+// stay empty. Files outside queue/ (failed/ holds given-up messages) are not
+// expected and are left out.
+func ParseNullmailer(out []byte) ([]history.QueueEntry, error) {
+	entries := []history.QueueEntry{}
+	err := tarFiles(out, "nullmailer queue listing (a tar stream of the queue folder)", func(name string, body []byte) error {
+		if dir := path.Dir(path.Clean(name)); dir != "queue" && dir != "." {
+			return nil
+		}
+		base := path.Base(name)
+		sec, _, ok := strings.Cut(base, ".")
+		arrival, err := strconv.ParseInt(sec, 10, 64)
+		if !ok || err != nil {
+			return errors.New("not a queue file name (TIME.PID)")
+		}
+		head, msg, ok := bytes.Cut(body, []byte("\n\n"))
+		if !ok {
+			return errors.New("no blank line after the envelope (sender, recipients)")
+		}
+		lines := strings.Split(string(head), "\n")
+		e := history.QueueEntry{QueueID: base, Sender: nullSender(strings.TrimSpace(lines[0])), Recipients: []string{}, Arrival: time.Unix(arrival, 0)}
+		for _, r := range lines[1:] {
+			if r = strings.TrimSpace(r); r != "" {
+				e.Recipients = append(e.Recipients, r)
+			}
+		}
+		if len(e.Recipients) == 0 {
+			return errors.New("no recipient in the envelope")
+		}
+		e.MessageID, e.HarnessID = messageIDs(msg)
+		entries = append(entries, e)
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return entries, nil
+}
+
+// maddyMeta is the part of maddy's QueueMetadata (internal/target/queue,
+// maddy 0.8.x) the harness reads from ID.meta.
+type maddyMeta struct {
+	MsgMeta *struct {
+		ID string `json:"ID"`
+	} `json:"MsgMeta"`
+	From     string                     `json:"From"`
+	To       []string                   `json:"To"`
+	RcptErrs map[string]*maddySMTPError `json:"RcptErrs"`
+	// TriesCount: attempts already made, per recipient.
+	TriesCount   map[string]int `json:"TriesCount"`
+	FirstAttempt time.Time      `json:"FirstAttempt"`
+	LastAttempt  time.Time      `json:"LastAttempt"`
+}
+
+type maddySMTPError struct {
+	Code         int    `json:"Code"`
+	EnhancedCode []int  `json:"EnhancedCode"`
+	Message      string `json:"Message"`
+}
+
+func (e *maddySMTPError) String() string {
+	s := strconv.Itoa(e.Code)
+	if len(e.EnhancedCode) == 3 && e.EnhancedCode[0] != 0 {
+		s += fmt.Sprintf(" %d.%d.%d", e.EnhancedCode[0], e.EnhancedCode[1], e.EnhancedCode[2])
+	}
+	if e.Message != "" {
+		s += " " + e.Message
+	}
+	return s
+}
+
+// maddy 0.8.1's retry schedule (internal/target/queue/queue.go): the next
+// attempt is LastAttempt + 15 min x 1.25^(fewest tries - 1), the factor
+// truncated to an integer (15, 15, 15, 15, 30, 45 min...).
+const (
+	maddyInitialRetry = 15 * time.Minute
+	maddyRetryScale   = 1.25
+)
+
+// ParseMaddy parses a tar stream of maddy's queue folder's ID.meta (JSON)
+// and ID.header files (maddy 0.8.x; maddy.sh queue): maddy has no queue
+// listing command. QueueID is the message ID maddy logs ("msg_id");
+// Recipients are the meta's To (still to be tried); Arrival its
+// FirstAttempt (set when the message is queued); NextAttempt from
+// LastAttempt and TriesCount by maddy's own schedule; Reason the first
+// waiting recipient's last error. Message-ID and X-Greyharness-Id come from
+// ID.header. A header file without its .meta (a message being stored or
+// removed) is left out.
+func ParseMaddy(out []byte) ([]history.QueueEntry, error) {
+	metas := map[string]history.QueueEntry{}
+	var order []string
+	headers := map[string][]byte{}
+	err := tarFiles(out, "maddy queue listing (a tar stream of the queue's .meta and .header files)", func(name string, body []byte) error {
+		base := path.Base(name)
+		switch {
+		case strings.HasSuffix(base, ".header"):
+			headers[strings.TrimSuffix(base, ".header")] = body
+			return nil
+		case !strings.HasSuffix(base, ".meta"):
+			return nil
+		}
+		var m maddyMeta
+		if err := json.Unmarshal(body, &m); err != nil {
+			return fmt.Errorf("queue metadata JSON: %v", err)
+		}
+		if m.MsgMeta == nil || m.MsgMeta.ID == "" {
+			return errors.New("queue metadata without MsgMeta.ID")
+		}
+		e := history.QueueEntry{QueueID: m.MsgMeta.ID, Sender: nullSender(m.From), Recipients: []string{}}
+		e.Recipients = append(e.Recipients, m.To...)
+		if !m.FirstAttempt.IsZero() {
+			e.Arrival = m.FirstAttempt
+		}
+		fewest := -1
+		for _, n := range m.TriesCount {
+			if fewest < 0 || n < fewest {
+				fewest = n
+			}
+		}
+		if fewest > 0 && !m.LastAttempt.IsZero() {
+			factor := time.Duration(math.Pow(maddyRetryScale, float64(fewest-1)))
+			e.NextAttempt = m.LastAttempt.Add(maddyInitialRetry * factor)
+		}
+		for _, r := range m.To {
+			if re := m.RcptErrs[r]; re != nil {
+				e.Reason = re.String()
+				break
+			}
+		}
+		metas[e.QueueID] = e
+		order = append(order, e.QueueID)
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	entries := []history.QueueEntry{}
+	for _, id := range order {
+		e := metas[id]
+		if h, ok := headers[id]; ok {
+			e.MessageID, e.HarnessID = messageIDs(h)
+		}
+		entries = append(entries, e)
+	}
+	return entries, nil
+}
+
 func harakaEntry(name string, body []byte) (history.QueueEntry, error) {
 	parts := strings.SplitN(name, "_", 7)
 	if len(parts) != 7 {
@@ -554,8 +751,10 @@ func harakaEntry(name string, body []byte) (history.QueueEntry, error) {
 }
 
 // sendmailHeader matches the first line of a message in `sendmail -bp`
-// (with -v there is a priority column; "*" marks a message being
-// delivered, "X" one whose queue file cannot be read, "-" a quarantined one):
+// (with -v there is a priority column; sendmail's printqueue marks a
+// message being delivered (locked) "*", one too young for a queue run
+// (MinQueueAge) "-", and one a queue run would skip for the load average
+// "X"; a quarantined message shows a "QUARANTINE:" line instead):
 //
 //	6B25rVxt004162       34      30235 Dec  2 05:53 <sender@client.test>
 //	6B25rVxt004162*     34 Wed Dec  2 05:53 <sender@client.test>
@@ -591,9 +790,6 @@ func ParseSendmail(out []byte, now time.Time) ([]history.QueueEntry, error) {
 				e.Sender = m[6]
 			}
 			e.Arrival = sendmailTime(m[5], now)
-			if m[2] == "-" {
-				e.Reason = "quarantined"
-			}
 			entries = append(entries, e)
 			cur = &entries[len(entries)-1]
 			sawRcpt = false

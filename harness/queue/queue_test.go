@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -400,10 +401,151 @@ func TestSendmail(t *testing.T) {
 		es[0].Reason != "Deferred: 451 4.7.1 Greylisted" {
 		t.Errorf("plain mailq = %+v, %v", es, err)
 	}
+	// "-" after the queue id marks a message too young for a queue run
+	// (MinQueueAge, sendmail's printqueue: w_tooyoung), not a quarantined
+	// one. Captured from sendmail 8.17.1.9 with MinQueueAge 1h after a 451.
+	young := parse(t, profile.QueueSendmail, "sendmail-tooyoung.txt", time.Date(2026, 12, 2, 8, 12, 30, 0, time.UTC))
+	if len(young) != 2 {
+		t.Fatalf("too-young entries = %+v", young)
+	}
+	y := find(t, young, "6B28CRu2031787")
+	if y.Reason != "Deferred: 451 4.7.1 Greylisted, please try again in 3600 seconds" ||
+		y.Sender != "sender+long.address.beyond.forty.chars@client.greyharness.test" ||
+		!slices.Equal(y.Recipients, []string{"carol@rcpt.greyharness.test", "dave@other.greyharness.test"}) {
+		t.Errorf("too-young entry = %+v", y)
+	}
 	if _, err := ParseSendmail([]byte("\t\t/q (1 request)\nsomething else entirely\n"), now); err == nil || !strings.Contains(err.Error(), "line 2") {
 		t.Errorf("garbage: %v", err)
 	}
 	if _, err := ParseSendmail([]byte("\t\t\t\t\t\t<orphan@example.test>\n"), now); err == nil {
 		t.Error("recipient before any message accepted")
+	}
+}
+
+// Captured from nullmailer 2.2 (ci/nullmailer, `nullmailer.sh queue`: a
+// tar stream of its queue/ folder) with the fake MTA greylisting everything
+// for an hour; see testdata/README.md.
+func TestNullmailer(t *testing.T) {
+	es := parse(t, profile.QueueNullmailer, "nullmailer-greylisted.tar", time.Time{})
+	if len(es) != 3 {
+		t.Fatalf("entries = %+v", es)
+	}
+	one := find(t, es, "1796198080.8574")
+	if one.Sender != "sender+gh-1@client.greyharness.test" || !slices.Equal(one.Recipients, []string{"alice@rcpt.greyharness.test"}) ||
+		one.MessageID != "nmcap-0001.20250101@client.test" || one.HarnessID != "gh-nmcap-0001" ||
+		!one.Arrival.Equal(time.Unix(1796198080, 0)) || !one.NextAttempt.IsZero() || one.Reason != "" {
+		t.Errorf("entry = %+v", one)
+	}
+	two := find(t, es, "1796198082.8706")
+	if two.Sender != "sender+long.address.beyond.forty.chars@client.greyharness.test" ||
+		!slices.Equal(two.Recipients, []string{"carol@rcpt.greyharness.test", "dave@other.greyharness.test"}) ||
+		two.HarnessID != "gh-nmcap-0002" {
+		t.Errorf("entry = %+v", two)
+	}
+	null := find(t, es, "1796198082.8723")
+	if null.Sender != "" || !slices.Equal(null.Recipients, []string{"postmaster@client.greyharness.test"}) || null.MessageID != "nmcap-0003@relay" {
+		t.Errorf("null sender entry = %+v", null)
+	}
+	if es := parse(t, profile.QueueNullmailer, "nullmailer-empty.tar", time.Time{}); len(es) != 0 {
+		t.Errorf("empty: %+v", es)
+	}
+	if es, err := ParseNullmailer(nil); err != nil || len(es) != 0 {
+		t.Errorf("no output: %v %v", es, err)
+	}
+}
+
+func TestNullmailerErrors(t *testing.T) {
+	if _, err := ParseNullmailer([]byte("Mail queue is empty\n")); err == nil {
+		t.Error("mailq text accepted")
+	}
+	good := read(t, "nullmailer-greylisted.tar")
+	if _, err := ParseNullmailer(good[:700]); err == nil {
+		t.Error("truncated archive accepted")
+	}
+	// A queue file with no blank line after the envelope.
+	bad := harakaTar(t, "queue/1796198080.1", []byte("a@b\nc@d\n"))
+	if _, err := ParseNullmailer(bad); err == nil || !strings.Contains(err.Error(), "1796198080.1") {
+		t.Errorf("no end of envelope: %v", err)
+	}
+	// A file name that is not TIME.PID.
+	bad = harakaTar(t, "queue/notaqueuefile", []byte("a@b\nc@d\n\nSubject: x\n\n"))
+	if _, err := ParseNullmailer(bad); err == nil || !strings.Contains(err.Error(), "notaqueuefile") {
+		t.Errorf("bad name: %v", err)
+	}
+	// An envelope without recipients.
+	bad = harakaTar(t, "queue/1796198080.2", []byte("a@b\n\nSubject: x\n\n"))
+	if _, err := ParseNullmailer(bad); err == nil || !strings.Contains(err.Error(), "recipient") {
+		t.Errorf("no recipient: %v", err)
+	}
+}
+
+// Captured from maddy 0.8.1 (ci/maddy, `maddy.sh queue`: a tar stream of
+// its queue's ID.meta and ID.header files) with the fake MTA greylisting
+// everything for an hour; see testdata/README.md.
+func TestMaddy(t *testing.T) {
+	es := parse(t, profile.QueueMaddy, "maddy-greylisted.tar", time.Time{})
+	if len(es) != 3 {
+		t.Fatalf("entries = %+v", es)
+	}
+	one := find(t, es, "75b7897e")
+	first := time.Date(2026, 12, 2, 7, 55, 5, 145673237, time.UTC)
+	last := time.Date(2026, 12, 2, 7, 55, 5, 228059224, time.UTC)
+	if one.Sender != "sender+gh-1@client.greyharness.test" || !slices.Equal(one.Recipients, []string{"alice@rcpt.greyharness.test"}) ||
+		one.MessageID != "mdcap-0001.20250101@client.test" || one.HarnessID != "gh-mdcap-0001" ||
+		!one.Arrival.Equal(first) || !one.NextAttempt.Equal(last.Add(15*time.Minute)) ||
+		one.Reason != "451 4.0.0 Greylisted, please try again in 3600 seconds" {
+		t.Errorf("entry = %+v", one)
+	}
+	two := find(t, es, "68b2875f")
+	if two.Sender != "sender+long.address.beyond.forty.chars@client.greyharness.test" ||
+		!slices.Equal(two.Recipients, []string{"carol@rcpt.greyharness.test", "dave@other.greyharness.test"}) ||
+		two.HarnessID != "gh-mdcap-0002" {
+		t.Errorf("entry = %+v", two)
+	}
+	null := find(t, es, "7445060b")
+	if null.Sender != "" || !slices.Equal(null.Recipients, []string{"postmaster@client.greyharness.test"}) ||
+		null.MessageID != "mdcap-0003@relay" || null.HarnessID != "" {
+		t.Errorf("null sender entry = %+v", null)
+	}
+	if es, err := ParseMaddy(nil); err != nil || len(es) != 0 {
+		t.Errorf("no output: %v %v", es, err)
+	}
+}
+
+// maddy's retry schedule (internal/target/queue/queue.go): 15 min times
+// 1.25^(tries-1), the factor truncated to an integer.
+func TestMaddyNextAttempt(t *testing.T) {
+	last := time.Date(2026, 12, 2, 8, 0, 0, 0, time.UTC)
+	for tries, want := range map[int]time.Duration{1: 15 * time.Minute, 4: 15 * time.Minute, 5: 30 * time.Minute, 7: 45 * time.Minute} {
+		meta := []byte(`{"MsgMeta":{"ID":"a1"},"From":"a@b","To":["c@d"],"TriesCount":{"c@d":` + strconv.Itoa(tries) + `},"FirstAttempt":"2026-12-02T08:00:00Z","LastAttempt":"2026-12-02T08:00:00Z"}`)
+		es, err := ParseMaddy(harakaTar(t, "a1.meta", meta))
+		if err != nil || len(es) != 1 {
+			t.Fatalf("tries %d: %v %v", tries, es, err)
+		}
+		if !es[0].NextAttempt.Equal(last.Add(want)) {
+			t.Errorf("tries %d: next attempt %v, want +%v", tries, es[0].NextAttempt, want)
+		}
+	}
+}
+
+func TestMaddyErrors(t *testing.T) {
+	good := read(t, "maddy-greylisted.tar")
+	if _, err := ParseMaddy(good[:700]); err == nil {
+		t.Error("truncated archive accepted")
+	}
+	if _, err := ParseMaddy([]byte("{}\n")); err == nil {
+		t.Error("bare JSON accepted")
+	}
+	bad := harakaTar(t, "a1.meta", []byte(`{"MsgMeta":`))
+	if _, err := ParseMaddy(bad); err == nil || !strings.Contains(err.Error(), "a1.meta") {
+		t.Errorf("broken JSON: %v", err)
+	}
+	bad = harakaTar(t, "a2.meta", []byte(`{"From":"a@b","To":["c@d"]}`))
+	if _, err := ParseMaddy(bad); err == nil || !strings.Contains(err.Error(), "a2.meta") {
+		t.Errorf("no MsgMeta.ID: %v", err)
+	}
+	// A header file without its .meta is a message being stored or removed: skipped.
+	if es, err := ParseMaddy(harakaTar(t, "a3.header", []byte("Message-ID: <x@y>\r\n\r\n"))); err != nil || len(es) != 0 {
+		t.Errorf("lone header: %v %v", es, err)
 	}
 }
