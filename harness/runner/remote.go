@@ -17,10 +17,10 @@ import (
 )
 
 // remoteFakeMTA drives a fake MTA deployed beside a staging relay through
-// its control API: the scenario's policy goes in with PUT /api/v1/policy,
-// greylist state is wiped at the start of each scenario, and the journal
-// streams back from GET /api/v1/events. It cannot be stopped or started
-// (profiles with `fakemta.api` lack the fakemta-control capability).
+// its control API: each scenario is a tenant (PUT, DELETE
+// /api/v1/tenants/NAME...), and the journal streams back from GET
+// /api/v1/events, one stream for the whole run. It cannot be stopped or
+// started (profiles with `fakemta.api` lack the fakemta-control capability).
 type remoteFakeMTA struct {
 	ref    *profile.FakeMTARef
 	client *http.Client
@@ -55,27 +55,14 @@ func (m *remoteFakeMTA) do(ctx context.Context, method, path string, body []byte
 	return nil
 }
 
-// begin installs the policy, wipes greylist state and streams events
-// from the wipe on into sink.
-func (m *remoteFakeMTA) begin(policyYAML []byte, sink func(fakemta.Event)) error {
+// open streams the journal's events from now on into sink.
+func (m *remoteFakeMTA) open(sink func(fakemta.Event)) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if len(bytes.TrimSpace(policyYAML)) == 0 {
-		policyYAML = []byte("{}")
-	}
-	if err := m.do(ctx, http.MethodPut, "/api/v1/policy", policyYAML, nil); err != nil {
-		return err
-	}
-	var reset struct {
-		Seq uint64 `json:"seq"`
-	}
-	if err := m.do(ctx, http.MethodPost, "/api/v1/reset", nil, &reset); err != nil {
-		return err
-	}
 	sctx, scancel := context.WithCancel(context.Background())
 	m.cancel, m.done = scancel, make(chan struct{})
 	ready := make(chan error, 1)
-	go m.stream(sctx, reset.Seq, sink, ready)
+	go m.stream(sctx, 0, sink, ready)
 	select {
 	case err := <-ready:
 		if err != nil {
@@ -91,16 +78,30 @@ func (m *remoteFakeMTA) begin(policyYAML []byte, sink func(fakemta.Event)) error
 	return nil
 }
 
-func (m *remoteFakeMTA) setPolicy(policyYAML []byte) error {
+func (m *remoteFakeMTA) call(method, path string, body []byte) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	return m.do(ctx, http.MethodPut, "/api/v1/policy", policyYAML, nil)
+	return m.do(ctx, method, path, body, nil)
 }
 
-func (m *remoteFakeMTA) wipe() error {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	return m.do(ctx, http.MethodPost, "/api/v1/reset", nil, nil)
+// putTenant registers a tenant or swaps its policy.
+func (m *remoteFakeMTA) putTenant(name string, policyYAML []byte, connections bool) error {
+	if len(bytes.TrimSpace(policyYAML)) == 0 {
+		policyYAML = []byte("{}")
+	}
+	path := "/api/v1/tenants/" + name + "/policy"
+	if connections {
+		path += "?connections=true"
+	}
+	return m.call(http.MethodPut, path, policyYAML)
+}
+
+func (m *remoteFakeMTA) deleteTenant(name string) error {
+	return m.call(http.MethodDelete, "/api/v1/tenants/"+name, nil)
+}
+
+func (m *remoteFakeMTA) wipeTenant(name string) error {
+	return m.call(http.MethodPost, "/api/v1/tenants/"+name+"/wipe", nil)
 }
 
 // end stops the event stream.
@@ -124,7 +125,11 @@ func (m *remoteFakeMTA) stream(ctx context.Context, since uint64, sink func(fake
 			ready <- err
 			return
 		}
-		req.Header.Set("Last-Event-ID", strconv.FormatUint(last, 10))
+		if last > 0 {
+			// (Before the first event: live only; a resume from 0 would
+			// replay the fake MTA's whole journal.)
+			req.Header.Set("Last-Event-ID", strconv.FormatUint(last, 10))
+		}
 		req.Header.Set("Accept", "text/event-stream")
 		if m.ref.Token != "" {
 			req.Header.Set("Authorization", "Bearer "+m.ref.Token)

@@ -51,6 +51,9 @@ type Options struct {
 	TLS *tls.Config
 	// Verbose prints every finding's timeline, not only failures'.
 	Verbose bool
+	// Hub is the fake MTA and the relay the scenarios of a run share; nil
+	// gives each scenario a hub of its own.
+	Hub *Hub
 }
 
 // Run is one scenario in progress.
@@ -59,15 +62,20 @@ type Run struct {
 	sc         *scenarios.Scenario
 	policy     *fakemta.Policy
 	policyNode *yaml.Node
-	stateDir   string
 	timing     history.Timing
 
-	mu     sync.Mutex
-	h      history.History
-	fake   *fakemta.Server
-	remote *remoteFakeMTA // staging: a fake MTA beside the relay, driven by its API
-	sub    func()         // cancels the journal subscription
-	subD   chan struct{}
+	hub    *Hub
+	ownHub bool   // made by Begin, closed by Close
+	tenant string // the scenario's tenant in the shared fake MTA
+	// alone: the scenario runs with no other beside it (and owns the fake
+	// MTA's connection-level stages); why says why.
+	alone      bool
+	why        string
+	held       bool // holds its share of the hub (guarded by mu)
+	registered bool // its tenant is registered (guarded by mu)
+
+	mu sync.Mutex
+	h  history.History
 
 	track    *tracker
 	pollStop chan struct{}
@@ -76,7 +84,9 @@ type Run struct {
 	lastSub  []*traffic.Message
 }
 
-// Begin starts the fake MTA with the scenario's policy and the queue sampler.
+// Begin waits until the scenario may run (alone, or beside others), makes
+// it a tenant of the hub's fake MTA with its policy, and starts the queue
+// sampler. Without opt.Hub the scenario gets a hub of its own.
 func Begin(ctx context.Context, opt *Options, sc *scenarios.Scenario) (*Run, error) {
 	pol := &fakemta.Policy{}
 	if sc.Policy.Kind != 0 {
@@ -86,29 +96,84 @@ func Begin(ctx context.Context, opt *Options, sc *scenarios.Scenario) (*Run, err
 		}
 		pol = p
 	}
-	dir, err := os.MkdirTemp("", "greyharness-fakemta-")
-	if err != nil {
-		return nil, err
-	}
-	if opt.TLS == nil {
-		if opt.TLS, err = fakemta.SelfSignedTLS(); err != nil {
+	alone, why := Alone(sc)
+	hub, own := opt.Hub, false
+	if hub == nil {
+		var err error
+		if hub, err = NewHub(opt); err != nil {
 			return nil, err
 		}
+		own = true
 	}
-	r := &Run{opt: opt, sc: sc, policy: pol, policyNode: &sc.Policy, stateDir: dir, timing: opt.Profile.Timing, track: newTracker(), sent: map[string]bool{}}
+	r := &Run{opt: opt, sc: sc, policy: pol, policyNode: &sc.Policy, timing: opt.Profile.Timing, track: newTracker(), sent: map[string]bool{},
+		hub: hub, ownHub: own, tenant: hub.newTenant(), alone: alone, why: why}
+	if err := hub.acquire(ctx, alone); err != nil {
+		if own {
+			hub.Close()
+		}
+		return nil, fmt.Errorf("waiting for its turn: %w", err)
+	}
+	r.held = true
 	r.h = history.History{Scenario: sc.Name, Relay: opt.Profile.Name, Timing: r.timing, Started: time.Now(), Expect: expectOf(sc)}
 	if pol.Greylist != nil {
 		r.h.GreylistDelay = history.Duration(pol.Greylist.Delay)
 	}
-	if err := r.startFake(false); err != nil {
-		os.RemoveAll(dir)
+	if err := hub.register(r); err != nil {
+		r.Close()
 		return nil, err
+	}
+	r.mu.Lock()
+	r.registered = true
+	r.mu.Unlock()
+	if alone {
+		r.progress("runs alone (%s); tenant %s", why, r.tenant)
+	} else {
+		r.progress("tenant %s", r.tenant)
 	}
 	if opt.Profile.Commands.Queue != "" && opt.Profile.QueueFormat != profile.QueueNone {
 		r.pollStop, r.pollDone = make(chan struct{}), make(chan struct{})
 		go r.pollQueue()
 	}
 	return r, nil
+}
+
+// Tenant is the scenario's tenant in the fake MTA (the label in its
+// addresses' domains).
+func (r *Run) Tenant() string { return r.tenant }
+
+// policyNow returns the policy in force for the scenario.
+func (r *Run) policyNow() (*fakemta.Policy, *yaml.Node) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.policy, r.policyNode
+}
+
+// releaseWorld lets the scenarios waiting for their turn go on: after the
+// drain, the late-duplicate watch runs beside them.
+func (r *Run) releaseWorld() {
+	r.mu.Lock()
+	held := r.held
+	r.held = false
+	r.mu.Unlock()
+	if held {
+		r.hub.release(r.alone)
+	}
+}
+
+func (r *Run) unregister() {
+	r.mu.Lock()
+	reg := r.registered
+	r.registered = false
+	r.mu.Unlock()
+	if reg {
+		r.hub.unregister(r)
+	}
+}
+
+func (r *Run) addFault(fl history.Fault) {
+	r.mu.Lock()
+	r.h.Faults = append(r.h.Faults, fl)
+	r.mu.Unlock()
 }
 
 func expectOf(sc *scenarios.Scenario) history.Expect {
@@ -149,69 +214,6 @@ func policyYAML(n *yaml.Node) []byte {
 	return b
 }
 
-// startFake starts the in-process fake MTA on the profile's next hop, or
-// points the profile's remote fake MTA at this scenario.
-func (r *Run) startFake(wipe bool) error {
-	if ref := r.opt.Profile.FakeMTA; ref != nil {
-		rm := newRemoteFakeMTA(ref)
-		if err := rm.begin(policyYAML(r.policyNode), r.record); err != nil {
-			return err
-		}
-		r.mu.Lock()
-		r.remote = rm
-		r.mu.Unlock()
-		return nil
-	}
-	srv, err := fakemta.New(fakemta.Config{
-		Listen: r.opt.Profile.NextHop, Policy: r.currentPolicy(), StateDir: r.stateDir, WipeState: wipe,
-		TLS: r.opt.TLS, ReadTimeout: 2 * time.Minute, Logf: func(string, ...any) {},
-	})
-	if err != nil {
-		return err
-	}
-	ch, cancel := srv.Journal().Subscribe()
-	if err := srv.Start(); err != nil {
-		cancel()
-		srv.Close()
-		return err
-	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for ev := range ch {
-			r.record(ev)
-		}
-	}()
-	r.mu.Lock()
-	r.fake, r.sub, r.subD = srv, cancel, done
-	r.mu.Unlock()
-	return nil
-}
-
-func (r *Run) currentPolicy() *fakemta.Policy {
-	return r.policy
-}
-
-// stopFake closes the fake MTA and waits until its journal is all recorded.
-func (r *Run) stopFake() error {
-	r.mu.Lock()
-	srv, cancel, done, rm := r.fake, r.sub, r.subD, r.remote
-	r.fake, r.remote = nil, nil
-	r.mu.Unlock()
-	if rm != nil {
-		rm.end()
-		return nil
-	}
-	if srv == nil {
-		return nil
-	}
-	err := srv.Close()
-	// Close closed the subscription after the last event: drain it.
-	<-done
-	cancel()
-	return err
-}
-
 // pollQueue samples the relay's queue listing. Sampling is how the ledger
 // learns whether a late message is visible; waits never depend on it.
 func (r *Run) pollQueue() {
@@ -246,6 +248,7 @@ func (r *Run) progress(format string, args ...any) {
 	}
 }
 
+// fault carries out a fault that touches this scenario only.
 func (r *Run) fault(kind history.FaultKind, detail string, f func() error) error {
 	start := time.Now()
 	err := f()
@@ -253,9 +256,7 @@ func (r *Run) fault(kind history.FaultKind, detail string, f func() error) error
 	if err != nil {
 		fl.Err = err.Error()
 	}
-	r.mu.Lock()
-	r.h.Faults = append(r.h.Faults, fl)
-	r.mu.Unlock()
+	r.addFault(fl)
 	return err
 }
 
@@ -311,23 +312,16 @@ func (r *Run) step(ctx context.Context, st *scenarios.Step) error {
 			return err
 		}
 		return r.fault(history.FaultPolicySwap, fmt.Sprintf("line %d", st.Line), func() error {
-			r.policy, r.policyNode = p, st.Policy
 			r.mu.Lock()
-			srv, rm := r.fake, r.remote
+			r.policy, r.policyNode = p, st.Policy
 			if p.Greylist != nil {
 				r.h.GreylistDelay = history.Duration(p.Greylist.Delay)
 			}
 			r.mu.Unlock()
-			if rm != nil {
-				return rm.setPolicy(policyYAML(st.Policy))
-			}
-			if srv != nil {
-				srv.SetPolicy(p)
-			}
-			return nil
+			return r.hub.setPolicy(r, p, st.Policy)
 		})
 	case st.Flush:
-		return r.fault(history.FaultFlush, "", func() error { return r.opt.Relay.Flush(ctx) })
+		return r.hub.fault(r, history.FaultFlush, "", func() error { return r.opt.Relay.Flush(ctx) })
 	case st.Checkpoint != nil:
 		// Mark the checkpoint before its listing, which is stamped with its
 		// start: the ledger judges a checkpoint on the first listing at or
@@ -405,6 +399,13 @@ func (r *Run) send(s *scenarios.Send) error {
 		group = "default"
 	}
 	tag := s.TagSender == nil || *s.TagSender
+	// The tenant's label goes into every address's domain: the shared
+	// fake MTA tells the scenario's traffic (and DSNs to its senders) by it.
+	to := make([]string, len(s.To))
+	for i, a := range s.To {
+		to[i] = tenantAddr(r.tenant, a)
+	}
+	label := func(a string) string { return tenantAddr(r.tenant, a) }
 	var msgs []*traffic.Message
 	if s.ResubmitSameMessageID && len(r.lastSub) > 0 {
 		// Hand the relay the same messages again: same Message-ID, a new
@@ -413,17 +414,17 @@ func (r *Run) send(s *scenarios.Send) error {
 			m := *prev
 			m.HarnessID = traffic.NewID()
 			if tag {
-				m.From = traffic.TagSender(from, m.HarnessID)
+				m.From = label(traffic.TagSender(from, m.HarnessID))
 			}
 			msgs = append(msgs, &m)
 		}
 	} else {
 		for range count {
 			id := traffic.NewID()
-			m := &traffic.Message{HarnessID: id, MessageID: id + "@harness.greyharness.test", Group: group, From: from,
-				To: s.To, Size: s.Size, Headers: s.Headers, EHLOTwice: s.EHLOTwice, RsetBeforeMail: s.RsetBeforeMail}
+			m := &traffic.Message{HarnessID: id, MessageID: id + "@harness.greyharness.test", Group: group, From: label(from),
+				To: to, Size: s.Size, Headers: s.Headers, EHLOTwice: s.EHLOTwice, RsetBeforeMail: s.RsetBeforeMail}
 			if tag {
-				m.From = traffic.TagSender(from, id)
+				m.From = label(traffic.TagSender(from, id))
 			}
 			msgs = append(msgs, m)
 		}
@@ -633,7 +634,7 @@ func (r *Run) restart(ctx context.Context, rs *scenarios.Restart) error {
 	}
 	times := max(rs.Times, 1)
 	for i := range times {
-		err := r.fault(history.FaultRelayRestart, fmt.Sprintf("%d of %d", i+1, times), func() error {
+		err := r.hub.fault(r, history.FaultRelayRestart, fmt.Sprintf("%d of %d", i+1, times), func() error {
 			ctx, cancel := context.WithTimeout(ctx, 2*t.RestartGrace.D()+10*time.Second)
 			defer cancel()
 			return r.opt.Relay.Restart(ctx)
@@ -646,32 +647,22 @@ func (r *Run) restart(ctx context.Context, rs *scenarios.Restart) error {
 }
 
 func (r *Run) fakemtaStep(what string) error {
+	h := r.hub
 	switch what {
 	case "stop":
-		return r.fault(history.FaultFakeMTAStop, "", r.stopFake)
+		return h.fault(r, history.FaultFakeMTAStop, "", h.stopFake)
 	case "start":
-		return r.fault(history.FaultFakeMTAStart, "", func() error { return r.startFake(false) })
+		return h.fault(r, history.FaultFakeMTAStart, "", h.startFake)
 	case "restart":
-		return r.fault(history.FaultFakeMTARestart, "", func() error {
-			if err := r.stopFake(); err != nil {
+		return h.fault(r, history.FaultFakeMTARestart, "", func() error {
+			if err := h.stopFake(); err != nil {
 				return err
 			}
-			return r.startFake(false)
+			return h.startFake()
 		})
 	case "wipe-state":
-		return r.fault(history.FaultFakeMTAWipe, "", func() error {
-			r.mu.Lock()
-			srv, rm := r.fake, r.remote
-			r.mu.Unlock()
-			if rm != nil {
-				return rm.wipe()
-			}
-			if srv == nil {
-				return errors.New("the fake MTA is stopped")
-			}
-			srv.WipeGreylist()
-			return nil
-		})
+		// The scenario's own greylist state only: its tenant's.
+		return r.fault(history.FaultFakeMTAWipe, "", func() error { return h.wipe(r) })
 	}
 	return fmt.Errorf("unknown fakemta action %q", what)
 }
@@ -682,25 +673,28 @@ func (r *Run) fakemtaStep(what string) error {
 // With ctx already done (the run was interrupted), or nothing accepted, it
 // does not drain: it judges what was recorded at once.
 func (r *Run) Finish(ctx context.Context) (*history.History, ledger.Result) {
-	r.mu.Lock()
-	running := r.fake != nil || r.remote != nil
-	r.mu.Unlock()
+	running := r.hub.running()
 	// Nothing accepted (every submission refused): nothing to wait for.
 	_, accepted := r.track.pending("", func(*msgState) bool { return true })
 	if running && ctx.Err() == nil && accepted > 0 {
 		r.drain(ctx)
+		// Drained: the scenarios waiting for their turn go on, and this
+		// watch overlaps them (its tenant stays registered, so what the
+		// relay sends late is still this scenario's).
+		r.releaseWorld()
 		// Watch one more retry interval: a relay that sends a delivered
 		// message again (a duplicate) or retries too soon does it now.
 		settle := r.timing.RetryMax.D()
 		r.progress("drained; watching %s more for late duplicates", settle)
 		r.until(ctx, time.Now().Add(settle), func() bool { return false })
 	}
+	r.releaseWorld()
 	if r.pollStop != nil {
 		close(r.pollStop)
 		<-r.pollDone
 		r.snapshot(ctx)
 	}
-	r.stopFake()
+	r.unregister()
 	r.mu.Lock()
 	r.h.Ended = time.Now()
 	h := r.h
@@ -721,13 +715,13 @@ func (r *Run) drain(ctx context.Context) {
 	p := r.opt.Profile
 	if p.Has(profile.CapFlush) {
 		r.progress("not drained: flushing the relay's queue")
-		if err := r.fault(history.FaultFlush, "drain", func() error { return r.opt.Relay.Flush(ctx) }); err == nil && r.wait(ctx, drained) {
+		if err := r.hub.fault(r, history.FaultFlush, "drain", func() error { return r.opt.Relay.Flush(ctx) }); err == nil && r.wait(ctx, drained) {
 			return
 		}
 	}
 	if p.Has(profile.CapRestart) {
 		r.progress("not drained: restarting the relay")
-		err := r.fault(history.FaultRelayRestart, "drain", func() error {
+		err := r.hub.fault(r, history.FaultRelayRestart, "drain", func() error {
 			rctx, cancel := context.WithTimeout(ctx, 2*r.timing.RestartGrace.D()+10*time.Second)
 			defer cancel()
 			return r.opt.Relay.Restart(rctx)
@@ -738,7 +732,8 @@ func (r *Run) drain(ctx context.Context) {
 	}
 }
 
-// Close removes the fake MTA's state (the history is kept by the caller).
+// Close ends the scenario's share of the hub (the history is kept by the
+// caller) and closes a hub of its own.
 func (r *Run) Close() {
 	if r.pollStop != nil {
 		select {
@@ -748,8 +743,11 @@ func (r *Run) Close() {
 			<-r.pollDone
 		}
 	}
-	r.stopFake()
-	os.RemoveAll(r.stateDir)
+	r.releaseWorld()
+	r.unregister()
+	if r.ownHub {
+		r.hub.Close()
+	}
 }
 
 // Save writes the history, the result and the report to dir/<scenario>/

@@ -1,0 +1,381 @@
+package runner
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/sync/semaphore"
+	"go.yaml.in/yaml/v3"
+
+	"github.com/greyharness/greyharness/fakemta"
+	"github.com/greyharness/greyharness/harness/history"
+)
+
+// Hub is what the scenarios of one run share: one fake MTA (in-process on
+// the profile's next hop, or the profile's remote one through its API) in
+// which each scenario is a tenant, one relay, and the rule of who may run
+// beside whom. It routes every journal event to the scenario it belongs
+// to, and records a fault that touches everyone (a relay restart, a fake
+// MTA outage, a flush) in every scenario running at the time.
+type Hub struct {
+	opt      *Options
+	stateDir string
+	// world is taken with weight 1 by a scenario that may run beside
+	// others, and whole by one that must run alone. It is fair: a waiting
+	// exclusive scenario holds back the ones queued after it.
+	world *semaphore.Weighted
+
+	mu     sync.Mutex
+	fake   *fakemta.Server
+	sub    func()
+	subD   chan struct{}
+	remote *remoteFakeMTA
+	runs   map[string]*Run // by tenant
+	conns  map[uint64]*connRoute
+	made   int
+}
+
+const worldWeight = 1 << 20
+
+// connRoute holds one connection's events that are no tenant's (connect,
+// commands, replies, TLS, close) until a transaction shows whose they are.
+type connRoute struct {
+	pending []fakemta.Event
+	seen    map[string]bool // tenants this connection carried transactions of
+}
+
+// NewHub starts the run's fake MTA: in-process on the profile's next hop,
+// or, with a `fakemta.api` in the profile, the event stream of the remote one.
+func NewHub(opt *Options) (*Hub, error) {
+	if opt.TLS == nil {
+		var err error
+		if opt.TLS, err = fakemta.SelfSignedTLS(); err != nil {
+			return nil, err
+		}
+	}
+	h := &Hub{opt: opt, world: semaphore.NewWeighted(worldWeight), runs: map[string]*Run{}, conns: map[uint64]*connRoute{}}
+	if opt.Profile.FakeMTA == nil {
+		dir, err := os.MkdirTemp("", "greyharness-fakemta-")
+		if err != nil {
+			return nil, err
+		}
+		h.stateDir = dir
+	}
+	if err := h.startFake(); err != nil {
+		h.Close()
+		return nil, err
+	}
+	return h, nil
+}
+
+// Close stops the fake MTA and removes its state.
+func (h *Hub) Close() {
+	h.stopFake()
+	if h.stateDir != "" {
+		os.RemoveAll(h.stateDir)
+	}
+}
+
+// newTenant names a scenario's tenant: a DNS label, random so that runs
+// sharing a remote fake MTA cannot collide.
+func (h *Hub) newTenant() string {
+	h.mu.Lock()
+	h.made++
+	n := h.made
+	h.mu.Unlock()
+	b := make([]byte, 3)
+	rand.Read(b)
+	return fmt.Sprintf("t%d-%s", n, hex.EncodeToString(b))
+}
+
+// acquire waits until the scenario may run: beside others, or alone.
+func (h *Hub) acquire(ctx context.Context, alone bool) error {
+	w := int64(1)
+	if alone {
+		w = worldWeight
+	}
+	return h.world.Acquire(ctx, w)
+}
+
+func (h *Hub) release(alone bool) {
+	w := int64(1)
+	if alone {
+		w = worldWeight
+	}
+	h.world.Release(w)
+}
+
+// startFake starts the in-process fake MTA on the state of the run, or
+// opens the remote one's event stream; the tenants registered before are
+// registered again (a fake MTA restart forgets them; its journal keeps
+// their greylist memory).
+func (h *Hub) startFake() error {
+	if ref := h.opt.Profile.FakeMTA; ref != nil {
+		rm := newRemoteFakeMTA(ref)
+		if err := rm.open(h.route); err != nil {
+			return err
+		}
+		h.mu.Lock()
+		h.remote = rm
+		h.mu.Unlock()
+		return nil
+	}
+	srv, err := fakemta.New(fakemta.Config{
+		Listen: h.opt.Profile.NextHop, StateDir: h.stateDir,
+		TLS: h.opt.TLS, ReadTimeout: 2 * time.Minute, Logf: func(string, ...any) {},
+	})
+	if err != nil {
+		return err
+	}
+	ch, cancel := srv.Journal().Subscribe()
+	h.mu.Lock()
+	runs := make([]*Run, 0, len(h.runs))
+	for _, r := range h.runs {
+		runs = append(runs, r)
+	}
+	h.mu.Unlock()
+	for _, r := range runs {
+		p, _ := r.policyNow()
+		srv.SetTenant(r.tenant, p, fakemta.TenantOptions{Connections: r.alone})
+	}
+	if err := srv.Start(); err != nil {
+		cancel()
+		srv.Close()
+		return err
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for ev := range ch {
+			h.route(ev)
+		}
+	}()
+	h.mu.Lock()
+	h.fake, h.sub, h.subD = srv, cancel, done
+	h.mu.Unlock()
+	return nil
+}
+
+// stopFake stops the fake MTA and waits until its journal is all routed.
+func (h *Hub) stopFake() error {
+	h.mu.Lock()
+	srv, cancel, done, rm := h.fake, h.sub, h.subD, h.remote
+	h.fake, h.remote = nil, nil
+	h.mu.Unlock()
+	if rm != nil {
+		rm.end()
+		return nil
+	}
+	if srv == nil {
+		return nil
+	}
+	err := srv.Close()
+	<-done // Close closed the subscription after the last event
+	cancel()
+	return err
+}
+
+func (h *Hub) running() bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.fake != nil || h.remote != nil
+}
+
+// register makes r a tenant with its policy.
+func (h *Hub) register(r *Run) error {
+	h.mu.Lock()
+	h.runs[r.tenant] = r
+	srv, rm := h.fake, h.remote
+	h.mu.Unlock()
+	p, node := r.policyNow()
+	var err error
+	switch {
+	case rm != nil:
+		err = rm.putTenant(r.tenant, policyYAML(node), r.alone)
+	case srv != nil:
+		err = srv.SetTenant(r.tenant, p, fakemta.TenantOptions{Connections: r.alone})
+	}
+	if err != nil {
+		h.mu.Lock()
+		delete(h.runs, r.tenant)
+		h.mu.Unlock()
+	}
+	return err
+}
+
+// unregister forgets r's tenant; its late traffic is nobody's.
+func (h *Hub) unregister(r *Run) {
+	h.mu.Lock()
+	srv, rm := h.fake, h.remote
+	h.mu.Unlock()
+	switch {
+	case rm != nil:
+		rm.deleteTenant(r.tenant)
+	case srv != nil:
+		srv.RemoveTenant(r.tenant)
+	}
+	h.mu.Lock()
+	delete(h.runs, r.tenant)
+	h.mu.Unlock()
+}
+
+// setPolicy swaps r's policy (its tenant's only).
+func (h *Hub) setPolicy(r *Run, p *fakemta.Policy, node *yaml.Node) error {
+	h.mu.Lock()
+	srv, rm := h.fake, h.remote
+	h.mu.Unlock()
+	switch {
+	case rm != nil:
+		return rm.putTenant(r.tenant, policyYAML(node), r.alone)
+	case srv != nil:
+		return srv.SetTenant(r.tenant, p, fakemta.TenantOptions{Connections: r.alone})
+	}
+	return nil // stopped: the policy is set when it starts again
+}
+
+// wipe forgets r's greylist state (its tenant's only).
+func (h *Hub) wipe(r *Run) error {
+	h.mu.Lock()
+	srv, rm := h.fake, h.remote
+	h.mu.Unlock()
+	switch {
+	case rm != nil:
+		return rm.wipeTenant(r.tenant)
+	case srv != nil:
+		return srv.WipeTenant(r.tenant)
+	}
+	return errors.New("the fake MTA is stopped")
+}
+
+// fault carries out a fault that touches everyone and records it in the
+// history of every scenario running: by's own, and its neighbours' with
+// the scenario that caused it named.
+func (h *Hub) fault(by *Run, kind history.FaultKind, detail string, f func() error) error {
+	start := time.Now()
+	err := f()
+	fl := history.Fault{Kind: kind, Start: start, End: time.Now(), Detail: detail}
+	if err != nil {
+		fl.Err = err.Error()
+	}
+	h.mu.Lock()
+	runs := make([]*Run, 0, len(h.runs)+1)
+	for _, r := range h.runs {
+		runs = append(runs, r)
+	}
+	h.mu.Unlock()
+	if !containsRun(runs, by) {
+		runs = append(runs, by)
+	}
+	for _, r := range runs {
+		x := fl
+		if r != by {
+			x.Detail = strings.TrimSpace("by neighbour " + by.sc.Name + " " + detail)
+		}
+		r.addFault(x)
+	}
+	return err
+}
+
+func containsRun(rs []*Run, r *Run) bool {
+	for _, x := range rs {
+		if x == r {
+			return true
+		}
+	}
+	return false
+}
+
+// route hands a journal event to the scenario it belongs to. Events of a
+// tenant go to its scenario. A connection's events that name no tenant
+// (connect, commands, replies, TLS, close) wait until a transaction on it
+// shows whose they are, and go to that scenario; a connection that carried
+// no transaction (refused at HELO, a failed TLS handshake) is every
+// scenario's, as the fake MTA could not tell, and so are transactions and
+// control events of no tenant: the ledger of each names them foreign or
+// counts them as an attempt of every message in flight.
+func (h *Hub) route(ev fakemta.Event) {
+	h.mu.Lock()
+	var to []*Run
+	switch {
+	case ev.Tenant != "":
+		if r := h.runs[ev.Tenant]; r != nil {
+			to = append(to, r)
+		}
+		if ev.Kind == fakemta.EventTransaction && ev.Conn != 0 {
+			cr := h.conn(ev.Conn)
+			if r := h.runs[ev.Tenant]; r != nil {
+				for _, p := range cr.pending {
+					r.record(p)
+				}
+			}
+			cr.pending = cr.pending[:0]
+			cr.seen[ev.Tenant] = true
+		}
+	case ev.Kind == fakemta.EventTransaction || ev.Conn == 0:
+		to = h.all()
+	case ev.Kind == fakemta.EventClose:
+		cr := h.conn(ev.Conn)
+		delete(h.conns, ev.Conn)
+		cr.pending = append(cr.pending, ev)
+		var rs []*Run
+		for t := range cr.seen {
+			if r := h.runs[t]; r != nil {
+				rs = append(rs, r)
+			}
+		}
+		if len(cr.seen) == 0 {
+			rs = h.all()
+		}
+		h.mu.Unlock()
+		for _, r := range rs {
+			for _, p := range cr.pending {
+				r.record(p)
+			}
+		}
+		return
+	default:
+		cr := h.conn(ev.Conn)
+		cr.pending = append(cr.pending, ev)
+	}
+	h.mu.Unlock()
+	for _, r := range to {
+		r.record(ev)
+	}
+}
+
+// conn returns a connection's route, made on first sight. Called with mu held.
+func (h *Hub) conn(id uint64) *connRoute {
+	cr := h.conns[id]
+	if cr == nil {
+		cr = &connRoute{seen: map[string]bool{}}
+		h.conns[id] = cr
+	}
+	return cr
+}
+
+// all returns every registered scenario. Called with mu held.
+func (h *Hub) all() []*Run {
+	out := make([]*Run, 0, len(h.runs))
+	for _, r := range h.runs {
+		out = append(out, r)
+	}
+	return out
+}
+
+// tenantAddr puts the tenant's label in front of an address's domain:
+// carol@rcpt.test → carol@TENANT.rcpt.test. The fake MTA strips it again
+// before its policy looks, so the scenario's rules match as written.
+func tenantAddr(tenant, addr string) string {
+	at := strings.LastIndexByte(addr, '@')
+	if at < 0 || tenant == "" {
+		return addr
+	}
+	return addr[:at+1] + tenant + "." + addr[at+1:]
+}
