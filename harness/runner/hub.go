@@ -11,8 +11,8 @@ import (
 	"sync"
 	"time"
 
-	"golang.org/x/sync/semaphore"
 	"go.yaml.in/yaml/v3"
+	"golang.org/x/sync/semaphore"
 
 	"github.com/greyharness/greyharness/fakemta"
 	"github.com/greyharness/greyharness/harness/history"
