@@ -66,7 +66,7 @@ func (a *api) putTenantPolicy(w http.ResponseWriter, r *http.Request) {
 	_, existed := a.s.TenantPolicy(name)
 	if err := a.s.SetTenant(name, pol, opts); err != nil {
 		status := http.StatusInternalServerError // a tenant MX host it cannot listen on
-		if errors.Is(err, ErrTenantConflict) || errors.Is(err, errTenantOptions) {
+		if errors.Is(err, ErrTenantConflict) {
 			status = http.StatusConflict
 		}
 		writeError(w, status, err.Error())

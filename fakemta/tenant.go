@@ -47,9 +47,6 @@ type TenantOptions struct {
 // ErrTenantConflict is returned when a second tenant asks for Connections.
 var ErrTenantConflict = errors.New("fakemta: another tenant owns the connection-level stages")
 
-// errTenantOptions: a registered tenant's options cannot change.
-var errTenantOptions = errors.New("fakemta: a tenant's options cannot change")
-
 // ErrNoTenant is returned for a tenant that is not registered.
 var ErrNoTenant = errors.New("fakemta: no such tenant")
 
@@ -71,7 +68,7 @@ type tenant struct {
 	grey    *greylistState
 	store   greyStore
 	started time.Time
-	owner   bool
+	owner   bool          // guarded by tenants.mu
 	conns   atomic.Uint64 // connections numbered for this tenant
 }
 
@@ -151,8 +148,8 @@ func stripAll(t *tenant, addrs []string) []string {
 	return out
 }
 
-// SetTenant registers a tenant with policy p, or swaps the policy of a
-// registered one (its state and counters are kept; opts must not change).
+// SetTenant registers a tenant with policy p, or swaps the policy and
+// options of a registered one (its state and counters are kept).
 // A new tenant starts with no greylist memory unless the journal it was
 // opened from has some of it (a fake MTA restarted mid-scenario).
 func (s *Server) SetTenant(name string, p *Policy, opts TenantOptions) error {
@@ -164,18 +161,14 @@ func (s *Server) SetTenant(name string, p *Policy, opts TenantOptions) error {
 	}
 	s.ten.mu.Lock()
 	t := s.ten.byName[name]
-	switch {
-	case t != nil && t.owner != opts.Connections:
-		s.ten.mu.Unlock()
-		return fmt.Errorf("%w: tenant %s is registered with connections=%t (delete it first)", errTenantOptions, name, t.owner)
-	case t == nil && opts.Connections && s.ten.owner != nil:
+	if opts.Connections && s.ten.owner != nil && s.ten.owner != t {
 		s.ten.mu.Unlock()
 		return fmt.Errorf("%w (%s)", ErrTenantConflict, s.ten.owner.name)
 	}
 	created := t == nil
 	if created {
 		g := newGreylistState()
-		t = &tenant{name: name, policy: new(atomic.Pointer[Policy]), grey: g, store: memStore{g}, started: s.cfg.Now(), owner: opts.Connections}
+		t = &tenant{name: name, policy: new(atomic.Pointer[Policy]), grey: g, store: memStore{g}, started: s.cfg.Now()}
 	}
 	t.policy.Store(p)
 	if created {
@@ -184,9 +177,15 @@ func (s *Server) SetTenant(name string, p *Policy, opts TenantOptions) error {
 			s.replayTenant(t)
 		}
 		s.ten.byName[name] = t
-		if t.owner {
-			s.ten.owner = t
-		}
+	}
+	// The owner may give the connection-level stages up (its scenario no
+	// longer runs alone) and keep its tenant.
+	t.owner = opts.Connections
+	switch {
+	case t.owner:
+		s.ten.owner = t
+	case s.ten.owner == t:
+		s.ten.owner = nil
 	}
 	s.ten.mu.Unlock()
 	note := "policy"

@@ -49,6 +49,9 @@ type RunOptions struct {
 	HTML        string
 	Results     string
 	Verbose     bool
+	// Parallel caps the scenarios running at the same time (0: as many as
+	// isolation allows; 1: one after another).
+	Parallel int
 	// Bin is the greyharness binary the sample relay runs as (default: this executable).
 	Bin string
 	Env map[string]string
@@ -70,8 +73,12 @@ func ParseRunFlags(args []string, stderr io.Writer) (*RunOptions, error) {
 	fs.StringVar(&o.HTML, "html", "", "write a self-contained HTML report here (failing messages drawn with their timelines, passes summed up)")
 	fs.StringVar(&o.Results, "results", "results", "folder for the history of failed scenarios (re-judge with greyharness judge)")
 	fs.BoolVar(&o.Verbose, "v", false, "print every message's timeline, not only failing ones")
+	fs.IntVar(&o.Parallel, "parallel", 0, "most scenarios running at the same time (0: as many as isolation allows; 1: one after another)")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
+	}
+	if o.Parallel < 0 {
+		return nil, fmt.Errorf("--parallel %d: want 0 (as many as isolation allows) or more", o.Parallel)
 	}
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
@@ -112,7 +119,7 @@ func Run(o *RunOptions, stdout, stderr io.Writer) int {
 	if results != "" {
 		results, _ = filepath.Abs(results)
 	}
-	s := &Suite{Profile: prof, Relay: relay.New(prof, logDir), Scenarios: scs, ResultsDir: results, Progress: stderr, Verbose: o.Verbose}
+	s := &Suite{Profile: prof, Relay: relay.New(prof, logDir), Scenarios: scs, ResultsDir: results, Progress: stderr, Verbose: o.Verbose, Parallel: o.Parallel}
 	DefineSpecs(s)
 	// Select chose the scenarios: Ginkgo runs every spec defined.
 	suiteCfg, repCfg := GinkgoConfiguration()

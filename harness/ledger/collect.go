@@ -228,6 +228,38 @@ func (j *judge) collectFaults() {
 	sort.SliceStable(j.outages, func(a, b int) bool { return j.outages[a].start.Before(j.outages[b].start) })
 }
 
+// outageTime is how much of [from, to) an outage covers (overlapping
+// outages counted once).
+func (j *judge) outageTime(from, to time.Time) time.Duration {
+	var total time.Duration
+	cur := from
+	for _, o := range j.outages { // sorted by start
+		s, e := o.start, o.end
+		if s.Before(cur) {
+			s = cur
+		}
+		if e.After(to) {
+			e = to
+		}
+		if e.After(s) {
+			total += e.Sub(s)
+			cur = e
+		}
+	}
+	return total
+}
+
+// relayDown reports whether the relay under test was being restarted or
+// stopped at t.
+func (j *judge) relayDown(t time.Time) bool {
+	for _, o := range j.outages {
+		if o.relay && o.contains(t) {
+			return true
+		}
+	}
+	return false
+}
+
 func (j *judge) inOutage(t time.Time) bool {
 	for _, o := range j.outages {
 		if o.contains(t) {

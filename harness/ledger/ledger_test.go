@@ -588,3 +588,50 @@ func TestNormalizeVerdict(t *testing.T) {
 		}
 	}
 }
+
+// A neighbour's restart (recorded in this scenario's history by the runner)
+// is not the relay's delay: within stretches by the outage, no more.
+func TestStaleExcusesOutage(t *testing.T) {
+	b := newH(30)
+	b.h.Expect.Messages = []history.Expectation{{Group: "g", Within: dur(5)}}
+	s := b.submit("m1", 0, bob)
+	s.Group = "g"
+	b.greylist(1, s, bob)
+	b.fault(history.FaultRelayRestart, 2, 6)
+	b.deliver(8, s, bob) // 8s after submission, 4s of it the relay was restarting
+	want(t, find(t, Judge(b.h), "m1", bob), Delivered, false, Delivered)
+	b2 := newH(30)
+	b2.h.Expect.Messages = []history.Expectation{{Group: "g", Within: dur(5)}}
+	s2 := b2.submit("m1", 0, bob)
+	s2.Group = "g"
+	b2.greylist(1, s2, bob)
+	b2.fault(history.FaultRelayRestart, 2, 4)
+	b2.deliver(10, s2, bob) // 10s, 2s of outage: still late
+	f := find(t, Judge(b2.h), "m1", bob)
+	want(t, f, Stale, true, Delivered, Stale)
+	if !strings.Contains(f.Why, "2s of outage excused") {
+		t.Errorf("why %q", f.Why)
+	}
+}
+
+// A copy accepted while the relay was being restarted (a neighbour's
+// restart, in a concurrent run) may not be recorded by the relay: the copy
+// after it is RFC 1047's duplicate, a warning. A copy accepted before the
+// restart and sent again after it is a failing duplicate.
+func TestDuplicateAcrossRestartGap(t *testing.T) {
+	b := newH(30)
+	s := b.submit("m1", 0, bob)
+	b.fault(history.FaultRelayRestart, 1, 3)
+	b.deliver(2, s, bob) // accepted while the relay was going down
+	b.deliver(5, s, bob)
+	f := find(t, Judge(b.h), "m1", bob)
+	if f.Failed || !f.Warn || !f.Has(Duplicate) {
+		t.Errorf("copy in the gap: failed %v warn %v verdicts %v, want a warned duplicate", f.Failed, f.Warn, f.Verdicts)
+	}
+	b2 := newH(30)
+	s2 := b2.submit("m1", 0, bob)
+	b2.deliver(0.5, s2, bob) // delivered before the restart
+	b2.fault(history.FaultRelayRestart, 1, 3)
+	b2.deliver(5, s2, bob)
+	want(t, find(t, Judge(b2.h), "m1", bob), Duplicate, true, Delivered, Duplicate)
+}

@@ -5,42 +5,64 @@ import (
 	"github.com/greyharness/greyharness/scenarios"
 )
 
-// Alone reports whether a scenario must run with no other beside it, and
-// why: it says so (`exclusive: true`), or it does what touches every
-// scenario on the relay and the fake MTA — restarts the relay, stops or
-// restarts the fake MTA — or its policy (at the start or swapped in) acts
-// where the fake MTA cannot tell scenarios apart: at connect, helo,
-// starttls or quit (before any address is known), or on connection numbers.
-//
-// Flushes, policy swaps and greylist wipes do not: a flush is recorded in
-// every running scenario's history, and the others touch the scenario's
-// own tenant only.
-func Alone(sc *scenarios.Scenario) (bool, string) {
-	if sc.Exclusive {
-		return true, "exclusive: true"
+// Isolation is how a scenario shares the relay and the fake MTA.
+type Isolation int
+
+const (
+	// Shared scenarios run beside any other but an Alone one: they send,
+	// wait, flush, checkpoint, swap their policy and wipe their greylist
+	// state, all of which the fake MTA keeps to their tenant (a flush is
+	// recorded in every running scenario's history).
+	Shared Isolation = iota
+	// Disruptive scenarios restart or stop the relay or the fake MTA: they
+	// run beside Shared ones, one at a time, and each such fault is
+	// recorded in the history of every scenario running, where the ledger
+	// judges it as its own outage.
+	Disruptive
+	// Alone scenarios run with no other beside them: they say so
+	// (`exclusive: true`), or their policy acts where the fake MTA cannot
+	// tell scenarios apart — at connect, helo, starttls or quit (before any
+	// address is known), or on connection numbers.
+	Alone
+)
+
+func (i Isolation) String() string {
+	switch i {
+	case Disruptive:
+		return "disruptive"
+	case Alone:
+		return "alone"
 	}
-	for i := range sc.Steps {
-		st := &sc.Steps[i]
-		switch {
-		case st.Restart != nil:
-			return true, "it restarts the relay"
-		case st.FakeMTA == "stop" || st.FakeMTA == "start" || st.FakeMTA == "restart":
-			return true, "it stops or restarts the fake MTA"
-		}
+	return "shared"
+}
+
+// Isolate says how a scenario shares the relay and the fake MTA, and why.
+func Isolate(sc *scenarios.Scenario) (Isolation, string) {
+	if sc.Exclusive {
+		return Alone, "exclusive: true"
 	}
 	if sc.Policy.Kind != 0 {
 		if p, err := fakemta.ParsePolicyNode(sc.File, &sc.Policy); err == nil && connectionLevel(p) {
-			return true, "its policy acts before any address is known or on connection numbers"
+			return Alone, "its policy acts before any address is known or on connection numbers"
 		}
 	}
 	for i := range sc.Steps {
 		if n := sc.Steps[i].Policy; n != nil {
 			if p, err := fakemta.ParsePolicyNode(sc.File, n); err == nil && connectionLevel(p) {
-				return true, "a policy it swaps in acts before any address is known or on connection numbers"
+				return Alone, "a policy it swaps in acts before any address is known or on connection numbers"
 			}
 		}
 	}
-	return false, ""
+	for i := range sc.Steps {
+		st := &sc.Steps[i]
+		switch {
+		case st.Restart != nil:
+			return Disruptive, "it restarts the relay"
+		case st.FakeMTA == "stop" || st.FakeMTA == "start" || st.FakeMTA == "restart":
+			return Disruptive, "it stops or restarts the fake MTA"
+		}
+	}
+	return Shared, ""
 }
 
 // connectionLevel reports whether a rule of p acts where the fake MTA

@@ -31,6 +31,12 @@ type Hub struct {
 	// others, and whole by one that must run alone. It is fair: a waiting
 	// exclusive scenario holds back the ones queued after it.
 	world *semaphore.Weighted
+	// disrupt is held by the one Disruptive scenario running.
+	disrupt *semaphore.Weighted
+	// relayUp is taken with weight 1 by whatever needs the relay up for a
+	// moment (a submission, a checkpoint's listing), and whole while the
+	// relay restarts: a neighbour's restart never refuses a submission.
+	relayUp *semaphore.Weighted
 
 	mu     sync.Mutex
 	fake   *fakemta.Server
@@ -60,7 +66,7 @@ func NewHub(opt *Options) (*Hub, error) {
 			return nil, err
 		}
 	}
-	h := &Hub{opt: opt, world: semaphore.NewWeighted(worldWeight), runs: map[string]*Run{}, conns: map[uint64]*connRoute{}}
+	h := &Hub{opt: opt, world: semaphore.NewWeighted(worldWeight), disrupt: semaphore.NewWeighted(1), relayUp: semaphore.NewWeighted(worldWeight), runs: map[string]*Run{}, conns: map[uint64]*connRoute{}}
 	if opt.Profile.FakeMTA == nil {
 		dir, err := os.MkdirTemp("", "greyharness-fakemta-")
 		if err != nil {
@@ -95,21 +101,51 @@ func (h *Hub) newTenant() string {
 	return fmt.Sprintf("t%d-%s", n, hex.EncodeToString(b))
 }
 
-// acquire waits until the scenario may run: beside others, or alone.
-func (h *Hub) acquire(ctx context.Context, alone bool) error {
-	w := int64(1)
-	if alone {
-		w = worldWeight
+// acquire waits until a scenario of this isolation may run.
+func (h *Hub) acquire(ctx context.Context, iso Isolation) error {
+	if iso == Alone {
+		return h.world.Acquire(ctx, worldWeight)
 	}
-	return h.world.Acquire(ctx, w)
+	if err := h.world.Acquire(ctx, 1); err != nil {
+		return err
+	}
+	if iso == Disruptive {
+		if err := h.disrupt.Acquire(ctx, 1); err != nil {
+			h.world.Release(1)
+			return err
+		}
+	}
+	return nil
 }
 
-func (h *Hub) release(alone bool) {
-	w := int64(1)
-	if alone {
-		w = worldWeight
+func (h *Hub) release(iso Isolation) {
+	switch iso {
+	case Alone:
+		h.world.Release(worldWeight)
+	case Disruptive:
+		h.disrupt.Release(1)
+		h.world.Release(1)
+	default:
+		h.world.Release(1)
 	}
-	h.world.Release(w)
+}
+
+// withRelay runs f while the relay is up: no restart begins meanwhile.
+func (h *Hub) withRelay(ctx context.Context, f func() error) error {
+	if err := h.relayUp.Acquire(ctx, 1); err != nil {
+		return err
+	}
+	defer h.relayUp.Release(1)
+	return f()
+}
+
+// relayDown runs f (a restart) once no submission or listing is under way.
+func (h *Hub) relayDown(ctx context.Context, f func() error) error {
+	if err := h.relayUp.Acquire(ctx, worldWeight); err != nil {
+		return err
+	}
+	defer h.relayUp.Release(worldWeight)
+	return f()
 }
 
 // startFake starts the in-process fake MTA on the state of the run, or
@@ -143,7 +179,7 @@ func (h *Hub) startFake() error {
 	h.mu.Unlock()
 	for _, r := range runs {
 		p, _ := r.policyNow()
-		srv.SetTenant(r.tenant, p, fakemta.TenantOptions{Connections: r.alone})
+		srv.SetTenant(r.tenant, p, fakemta.TenantOptions{Connections: r.owns()})
 	}
 	if err := srv.Start(); err != nil {
 		cancel()
@@ -198,9 +234,9 @@ func (h *Hub) register(r *Run) error {
 	var err error
 	switch {
 	case rm != nil:
-		err = rm.putTenant(r.tenant, policyYAML(node), r.alone)
+		err = rm.putTenant(r.tenant, policyYAML(node), r.owns())
 	case srv != nil:
-		err = srv.SetTenant(r.tenant, p, fakemta.TenantOptions{Connections: r.alone})
+		err = srv.SetTenant(r.tenant, p, fakemta.TenantOptions{Connections: r.owns()})
 	}
 	if err != nil {
 		h.mu.Lock()
@@ -233,9 +269,9 @@ func (h *Hub) setPolicy(r *Run, p *fakemta.Policy, node *yaml.Node) error {
 	h.mu.Unlock()
 	switch {
 	case rm != nil:
-		return rm.putTenant(r.tenant, policyYAML(node), r.alone)
+		return rm.putTenant(r.tenant, policyYAML(node), r.owns())
 	case srv != nil:
-		return srv.SetTenant(r.tenant, p, fakemta.TenantOptions{Connections: r.alone})
+		return srv.SetTenant(r.tenant, p, fakemta.TenantOptions{Connections: r.owns()})
 	}
 	return nil // stopped: the policy is set when it starts again
 }

@@ -67,11 +67,12 @@ type Run struct {
 	hub    *Hub
 	ownHub bool   // made by Begin, closed by Close
 	tenant string // the scenario's tenant in the shared fake MTA
-	// alone: the scenario runs with no other beside it (and owns the fake
-	// MTA's connection-level stages); why says why.
-	alone      bool
+	// iso says who may run beside the scenario, why says why; an Alone
+	// one owns the fake MTA's connection-level stages.
+	iso        Isolation
 	why        string
 	held       bool // holds its share of the hub (guarded by mu)
+	owner      bool // owns the fake MTA's connection-level stages (guarded by mu)
 	registered bool // its tenant is registered (guarded by mu)
 
 	mu sync.Mutex
@@ -88,15 +89,24 @@ type Run struct {
 // it a tenant of the hub's fake MTA with its policy, and starts the queue
 // sampler. Without opt.Hub the scenario gets a hub of its own.
 func Begin(ctx context.Context, opt *Options, sc *scenarios.Scenario) (*Run, error) {
+	return begin(ctx, opt, sc, false)
+}
+
+// begin is Begin; held says the scenario's share of opt.Hub is taken
+// already (Schedule takes it, in order).
+func begin(ctx context.Context, opt *Options, sc *scenarios.Scenario, held bool) (*Run, error) {
+	iso, why := Isolate(sc)
 	pol := &fakemta.Policy{}
 	if sc.Policy.Kind != 0 {
 		p, err := fakemta.ParsePolicyNode(sc.File, &sc.Policy)
 		if err != nil {
+			if held {
+				opt.Hub.release(iso)
+			}
 			return nil, err
 		}
 		pol = p
 	}
-	alone, why := Alone(sc)
 	hub, own := opt.Hub, false
 	if hub == nil {
 		var err error
@@ -106,14 +116,16 @@ func Begin(ctx context.Context, opt *Options, sc *scenarios.Scenario) (*Run, err
 		own = true
 	}
 	r := &Run{opt: opt, sc: sc, policy: pol, policyNode: &sc.Policy, timing: opt.Profile.Timing, track: newTracker(), sent: map[string]bool{},
-		hub: hub, ownHub: own, tenant: hub.newTenant(), alone: alone, why: why}
-	if err := hub.acquire(ctx, alone); err != nil {
-		if own {
-			hub.Close()
+		hub: hub, ownHub: own, tenant: hub.newTenant(), iso: iso, why: why}
+	if !held {
+		if err := hub.acquire(ctx, iso); err != nil {
+			if own {
+				hub.Close()
+			}
+			return nil, fmt.Errorf("waiting for its turn: %w", err)
 		}
-		return nil, fmt.Errorf("waiting for its turn: %w", err)
 	}
-	r.held = true
+	r.held, r.owner = true, iso == Alone
 	r.h = history.History{Scenario: sc.Name, Relay: opt.Profile.Name, Timing: r.timing, Started: time.Now(), Expect: expectOf(sc)}
 	if pol.Greylist != nil {
 		r.h.GreylistDelay = history.Duration(pol.Greylist.Delay)
@@ -125,8 +137,8 @@ func Begin(ctx context.Context, opt *Options, sc *scenarios.Scenario) (*Run, err
 	r.mu.Lock()
 	r.registered = true
 	r.mu.Unlock()
-	if alone {
-		r.progress("runs alone (%s); tenant %s", why, r.tenant)
+	if iso != Shared {
+		r.progress("%s (%s); tenant %s", map[Isolation]string{Alone: "runs alone", Disruptive: "runs beside shared scenarios only, its faults in their histories"}[iso], why, r.tenant)
 	} else {
 		r.progress("tenant %s", r.tenant)
 	}
@@ -152,12 +164,26 @@ func (r *Run) policyNow() (*fakemta.Policy, *yaml.Node) {
 // drain, the late-duplicate watch runs beside them.
 func (r *Run) releaseWorld() {
 	r.mu.Lock()
-	held := r.held
-	r.held = false
+	held, owner, reg := r.held, r.owner, r.registered
+	r.held, r.owner = false, false
+	p, node := r.policy, r.policyNode
 	r.mu.Unlock()
-	if held {
-		r.hub.release(r.alone)
+	if owner && reg {
+		// The next scenario that runs alone takes the connection-level stages.
+		if err := r.hub.setPolicy(r, p, node); err != nil {
+			r.progress("giving the fake MTA's connection-level stages up: %v", err)
+		}
 	}
+	if held {
+		r.hub.release(r.iso)
+	}
+}
+
+// owns reports whether the scenario owns the fake MTA's connection-level stages.
+func (r *Run) owns() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.owner
 }
 
 func (r *Run) unregister() {
@@ -298,7 +324,7 @@ func (r *Run) StepError() string {
 func (r *Run) step(ctx context.Context, st *scenarios.Step) error {
 	switch {
 	case st.Send != nil:
-		return r.send(st.Send)
+		return r.send(ctx, st.Send)
 	case st.Wait != nil:
 		r.wait(ctx, st.Wait)
 		return nil
@@ -326,8 +352,12 @@ func (r *Run) step(ctx context.Context, st *scenarios.Step) error {
 		// Mark the checkpoint before its listing, which is stamped with its
 		// start: the ledger judges a checkpoint on the first listing at or
 		// after it, and that must be this one, not a later poll.
-		at := time.Now()
-		r.snapshot(ctx)
+		var at time.Time
+		r.hub.withRelay(ctx, func() error {
+			at = time.Now()
+			r.snapshot(ctx)
+			return nil
+		})
 		r.mu.Lock()
 		r.h.Checkpoints = append(r.h.Checkpoints, history.Checkpoint{Name: st.Checkpoint.Name, At: at})
 		r.mu.Unlock()
@@ -388,7 +418,7 @@ func Describe(st *scenarios.Step) string {
 	return "?"
 }
 
-func (r *Run) send(s *scenarios.Send) error {
+func (r *Run) send(ctx context.Context, s *scenarios.Send) error {
 	count := max(s.Count, 1)
 	from := s.From
 	if from == "" {
@@ -434,7 +464,11 @@ func (r *Run) send(s *scenarios.Send) error {
 	for _, m := range msgs {
 		r.track.expect(history.Submission{HarnessID: m.HarnessID, MessageID: m.MessageID, Group: m.Group, MailFrom: m.From, RcptTo: m.To})
 	}
-	results := sub.SendAll(msgs, s.Concurrency)
+	var results []history.Submission
+	// Not while a neighbour restarts the relay: it would refuse them.
+	if err := r.hub.withRelay(ctx, func() error { results = sub.SendAll(msgs, s.Concurrency); return nil }); err != nil {
+		return err
+	}
 	accepted, unknown, refusedRcpts := 0, 0, 0
 	for _, res := range results {
 		res.Resubmission = r.sent[res.MessageID]
@@ -634,10 +668,12 @@ func (r *Run) restart(ctx context.Context, rs *scenarios.Restart) error {
 	}
 	times := max(rs.Times, 1)
 	for i := range times {
-		err := r.hub.fault(r, history.FaultRelayRestart, fmt.Sprintf("%d of %d", i+1, times), func() error {
-			ctx, cancel := context.WithTimeout(ctx, 2*t.RestartGrace.D()+10*time.Second)
-			defer cancel()
-			return r.opt.Relay.Restart(ctx)
+		err := r.hub.relayDown(ctx, func() error {
+			return r.hub.fault(r, history.FaultRelayRestart, fmt.Sprintf("%d of %d", i+1, times), func() error {
+				ctx, cancel := context.WithTimeout(ctx, 2*t.RestartGrace.D()+10*time.Second)
+				defer cancel()
+				return r.opt.Relay.Restart(ctx)
+			})
 		})
 		if err != nil {
 			return fmt.Errorf("restart %d of %d: %w", i+1, times, err) // (the relay's log is in the results folder)
@@ -721,10 +757,12 @@ func (r *Run) drain(ctx context.Context) {
 	}
 	if p.Has(profile.CapRestart) {
 		r.progress("not drained: restarting the relay")
-		err := r.hub.fault(r, history.FaultRelayRestart, "drain", func() error {
-			rctx, cancel := context.WithTimeout(ctx, 2*r.timing.RestartGrace.D()+10*time.Second)
-			defer cancel()
-			return r.opt.Relay.Restart(rctx)
+		err := r.hub.relayDown(ctx, func() error {
+			return r.hub.fault(r, history.FaultRelayRestart, "drain", func() error {
+				rctx, cancel := context.WithTimeout(ctx, 2*r.timing.RestartGrace.D()+10*time.Second)
+				defer cancel()
+				return r.opt.Relay.Restart(rctx)
+			})
 		})
 		if err == nil {
 			r.wait(ctx, drained)
