@@ -7,7 +7,7 @@ GO      ?= go
 BIN     := bin/greyharness
 RESULTS ?= results
 
-.PHONY: all build demo deps test unit lint vet e2e e2e-postfix e2e-exim e2e-opensmtpd e2e-haraka bench bench-fakemta fuzz clean
+.PHONY: all build demo deps test unit lint vet e2e e2e-postfix e2e-exim e2e-opensmtpd e2e-haraka bench bench-fakemta bench-pack fuzz clean
 
 all: build
 
@@ -65,6 +65,11 @@ e2e-haraka: build
 
 bench: bench-fakemta
 	$(GO) test -run '^$$' -bench . -benchmem ./fakemta/...
+
+## bench-pack: the default pack against the sample relay, Postfix and Exim at
+## full concurrency: wall time, the longest scenario's own time, their ratio.
+bench-pack: build
+	BIN=$(BIN) ci/bench-pack.sh
 
 ## bench-fakemta: the fake MTA against smtp-sink (BENCH_FLAGS="-pin -rounds 5" and so on).
 BENCH_FLAGS ?=

@@ -17,6 +17,7 @@ import (
 	. "github.com/onsi/ginkgo/v2"
 	"github.com/onsi/ginkgo/v2/types"
 
+	"github.com/greyharness/greyharness/harness/history"
 	"github.com/greyharness/greyharness/harness/ledger"
 	"github.com/greyharness/greyharness/harness/profile"
 	"github.com/greyharness/greyharness/harness/relay"
@@ -264,12 +265,37 @@ func LoadRelay(spec, bin string, env map[string]string) (*profile.Profile, func(
 }
 
 type outcomeJSON struct {
-	Scenario string          `json:"scenario"`
-	Status   string          `json:"status"` // passed, failed, skipped, error
-	Skipped  string          `json:"skipped,omitempty"`
-	Error    string          `json:"error,omitempty"`
-	Saved    string          `json:"saved,omitempty"`
-	Result   json.RawMessage `json:"result,omitempty"`
+	Scenario string `json:"scenario"`
+	Status   string `json:"status"` // passed, failed, skipped, error
+	Skipped  string `json:"skipped,omitempty"`
+	Error    string `json:"error,omitempty"`
+	Saved    string `json:"saved,omitempty"`
+	// Span is the scenario's own time: from its first submission to the
+	// last delivery or DSN the fake MTA accepted for it.
+	Span   float64         `json:"span_seconds,omitempty"`
+	Result json.RawMessage `json:"result,omitempty"`
+}
+
+// span is a history's first submission to its last accepted delivery or DSN.
+func span(h *history.History) time.Duration {
+	if h == nil {
+		return 0
+	}
+	var first, last time.Time
+	for _, s := range h.Submissions {
+		if first.IsZero() || s.SubmittedAt.Before(first) {
+			first = s.SubmittedAt
+		}
+	}
+	for _, ev := range h.Journal {
+		if t := ev.Transaction; t != nil && t.Message != nil && t.Message.Accepted && ev.Time.After(last) {
+			last = ev.Time
+		}
+	}
+	if first.IsZero() || last.Before(first) {
+		return 0
+	}
+	return last.Sub(first)
 }
 
 func status(o Outcome) string {
@@ -287,7 +313,7 @@ func status(o Outcome) string {
 func writeOutcomes(path string, outs []Outcome) error {
 	var arr []outcomeJSON
 	for _, o := range outs {
-		j := outcomeJSON{Scenario: o.Scenario, Status: status(o), Skipped: o.Skipped, Error: o.Err, Saved: o.Saved}
+		j := outcomeJSON{Scenario: o.Scenario, Status: status(o), Skipped: o.Skipped, Error: o.Err, Saved: o.Saved, Span: span(o.History).Seconds()}
 		if o.Result != nil {
 			var b strings.Builder
 			if err := report.JSON(&b, *o.Result); err == nil {

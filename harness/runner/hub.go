@@ -16,6 +16,7 @@ import (
 
 	"github.com/greyharness/greyharness/fakemta"
 	"github.com/greyharness/greyharness/harness/history"
+	"github.com/greyharness/greyharness/harness/profile"
 )
 
 // Hub is what the scenarios of one run share: one fake MTA (in-process on
@@ -46,6 +47,8 @@ type Hub struct {
 	runs   map[string]*Run // by tenant
 	conns  map[uint64]*connRoute
 	made   int
+
+	pollStop, pollDone chan struct{}
 }
 
 const worldWeight = 1 << 20
@@ -78,11 +81,54 @@ func NewHub(opt *Options) (*Hub, error) {
 		h.Close()
 		return nil, err
 	}
+	if opt.Profile.Commands.Queue != "" && opt.Profile.QueueFormat != profile.QueueNone {
+		h.pollStop, h.pollDone = make(chan struct{}), make(chan struct{})
+		go h.pollQueue()
+	}
 	return h, nil
+}
+
+// pollQueue samples the relay's queue listing for every scenario running
+// (one listing serves them all). Sampling is how the ledger learns whether
+// a late message is visible; waits never depend on it.
+func (h *Hub) pollQueue() {
+	defer close(h.pollDone)
+	every := h.opt.Profile.Timing.RetryMax.D() / 2
+	every = min(max(every, 250*time.Millisecond), 5*time.Second)
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-h.pollStop:
+			return
+		case <-t.C:
+		}
+		h.mu.Lock()
+		idle := len(h.runs) == 0
+		h.mu.Unlock()
+		if idle {
+			continue
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		snap := h.opt.Relay.Queue(ctx)
+		cancel()
+		snap.End = time.Now()
+		h.mu.Lock()
+		runs := h.all()
+		h.mu.Unlock()
+		for _, r := range runs {
+			r.addSnapshot(snap)
+		}
+	}
 }
 
 // Close stops the fake MTA and removes its state.
 func (h *Hub) Close() {
+	if h.pollStop != nil {
+		close(h.pollStop)
+		<-h.pollDone
+		h.pollStop = nil
+	}
 	h.stopFake()
 	if h.stateDir != "" {
 		os.RemoveAll(h.stateDir)

@@ -78,11 +78,10 @@ type Run struct {
 	mu sync.Mutex
 	h  history.History
 
-	track    *tracker
-	pollStop chan struct{}
-	pollDone chan struct{}
-	sent     map[string]bool // Message-IDs already used, for resubmissions
-	lastSub  []*traffic.Message
+	track   *tracker
+	polling bool            // takes the hub's queue listings (guarded by mu)
+	sent    map[string]bool // Message-IDs already used, for resubmissions
+	lastSub []*traffic.Message
 }
 
 // Begin waits until the scenario may run (alone, or beside others), makes
@@ -143,8 +142,9 @@ func begin(ctx context.Context, opt *Options, sc *scenarios.Scenario, held bool)
 		r.progress("tenant %s", r.tenant)
 	}
 	if opt.Profile.Commands.Queue != "" && opt.Profile.QueueFormat != profile.QueueNone {
-		r.pollStop, r.pollDone = make(chan struct{}), make(chan struct{})
-		go r.pollQueue()
+		r.mu.Lock()
+		r.polling = true // the hub samples the queue for every scenario
+		r.mu.Unlock()
 	}
 	return r, nil
 }
@@ -240,22 +240,21 @@ func policyYAML(n *yaml.Node) []byte {
 	return b
 }
 
-// pollQueue samples the relay's queue listing. Sampling is how the ledger
-// learns whether a late message is visible; waits never depend on it.
-func (r *Run) pollQueue() {
-	defer close(r.pollDone)
-	every := r.timing.RetryMax.D() / 2
-	every = min(max(every, 250*time.Millisecond), 5*time.Second)
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		select {
-		case <-r.pollStop:
-			return
-		case <-t.C:
-			r.snapshot(context.Background())
-		}
+// addSnapshot keeps a queue listing the hub took, while the scenario runs.
+func (r *Run) addSnapshot(snap history.QueueSnapshot) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.polling {
+		r.h.Queue = append(r.h.Queue, snap)
 	}
+}
+
+func (r *Run) stopPolling() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	was := r.polling
+	r.polling = false
+	return was
 }
 
 func (r *Run) snapshot(ctx context.Context) {
@@ -725,9 +724,7 @@ func (r *Run) Finish(ctx context.Context) (*history.History, ledger.Result) {
 		r.until(ctx, time.Now().Add(settle), func() bool { return false })
 	}
 	r.releaseWorld()
-	if r.pollStop != nil {
-		close(r.pollStop)
-		<-r.pollDone
+	if r.stopPolling() {
 		r.snapshot(ctx)
 	}
 	r.unregister()
@@ -773,14 +770,7 @@ func (r *Run) drain(ctx context.Context) {
 // Close ends the scenario's share of the hub (the history is kept by the
 // caller) and closes a hub of its own.
 func (r *Run) Close() {
-	if r.pollStop != nil {
-		select {
-		case <-r.pollStop:
-		default:
-			close(r.pollStop)
-			<-r.pollDone
-		}
-	}
+	r.stopPolling()
 	r.releaseWorld()
 	r.unregister()
 	if r.ownHub {
