@@ -369,6 +369,11 @@ func scenarioReports(outs []Outcome, specs Report) []report.ScenarioReport {
 				reps[i].Wall = sc.end.Sub(sc.start)
 			}
 		}
+		// Scenarios run at the same time and their specs only report:
+		// the scenario's own wall time is its history's.
+		if h := o.History; h != nil && h.Ended.After(h.Started) {
+			reps[i].Wall = h.Ended.Sub(h.Started)
+		}
 	}
 	return reps
 }
