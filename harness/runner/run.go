@@ -346,7 +346,7 @@ func (r *Run) step(ctx context.Context, st *scenarios.Step) error {
 			return r.hub.setPolicy(r, p, st.Policy)
 		})
 	case st.Flush:
-		return r.hub.fault(r, history.FaultFlush, "", func() error { return r.opt.Relay.Flush(ctx) })
+		return r.flush(ctx, "")
 	case st.Checkpoint != nil:
 		// Mark the checkpoint before its listing, which is stamped with its
 		// start: the ledger judges a checkpoint on the first listing at or
@@ -748,7 +748,7 @@ func (r *Run) drain(ctx context.Context) {
 	p := r.opt.Profile
 	if p.Has(profile.CapFlush) {
 		r.progress("not drained: flushing the relay's queue")
-		if err := r.hub.fault(r, history.FaultFlush, "drain", func() error { return r.opt.Relay.Flush(ctx) }); err == nil && r.wait(ctx, drained) {
+		if err := r.flush(ctx, "drain"); err == nil && r.wait(ctx, drained) {
 			return
 		}
 	}
@@ -765,6 +765,14 @@ func (r *Run) drain(ctx context.Context) {
 			r.wait(ctx, drained)
 		}
 	}
+}
+
+// flush flushes the relay's queue (not while a neighbour restarts it); it
+// touches every scenario's messages, so it is in every running history.
+func (r *Run) flush(ctx context.Context, detail string) error {
+	return r.hub.withRelay(ctx, func() error {
+		return r.hub.fault(r, history.FaultFlush, detail, func() error { return r.opt.Relay.Flush(ctx) })
+	})
 }
 
 // Close ends the scenario's share of the hub (the history is kept by the

@@ -86,8 +86,8 @@ func (j *Job) Done() <-chan struct{} { return j.done }
 // Schedule runs jobs on one hub at the same time, as far as parallel
 // allows (0: no limit; 1: one after another, as a serial run) and
 // isolation lets (Isolate): Alone scenarios first, one at a time with no
-// other beside them, then the others at once, Disruptive ones one at a
-// time among them; in the order given within each. A scenario's turn ends
+// other beside them, then the Shared ones at once and the Disruptive ones
+// beside them, one at a time; in the order given within each. A scenario's turn ends
 // when it has drained, so its late-duplicate watch overlaps the next ones. Schedule returns at once;
 // each job reports on its own. Cancelling ctx ends every job: each is
 // judged on what was recorded.
@@ -95,15 +95,20 @@ func Schedule(ctx context.Context, opt *Options, jobs []*Job, parallel int) {
 	if parallel <= 0 {
 		parallel = len(jobs)
 	}
-	var shared, alone []*Job
+	var shared, disruptive, alone []*Job
 	for _, j := range jobs {
-		if iso, _ := Isolate(j.Scenario); iso == Alone {
+		switch iso, _ := Isolate(j.Scenario); iso {
+		case Alone:
 			alone = append(alone, j)
-		} else {
+		case Disruptive:
+			disruptive = append(disruptive, j)
+		default:
 			shared = append(shared, j)
 		}
 	}
-	order := append(alone, shared...)
+	// Shared ones before disruptive ones: their first submissions go in
+	// before the first restart holds submissions back.
+	order := append(append(alone, shared...), disruptive...)
 	slots := make(chan struct{}, max(parallel, 1))
 	go func() {
 		for i, j := range order {
