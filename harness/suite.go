@@ -99,6 +99,9 @@ func DefineSpecs(s *Suite) {
 		total += s.scenarioTimeout(&s.Scenarios[i])
 	}
 	BeforeSuite(func(ctx SpecContext) {
+		if cfg, _ := GinkgoConfiguration(); cfg.ParallelTotal > 1 {
+			Fail(fmt.Sprintf("ginkgo -p (%d processes) would start a relay and a fake MTA per process on the same ports: run without -p; the scenarios run at the same time anyway (-- --parallel=N caps them)", cfg.ParallelTotal))
+		}
 		if err := s.Relay.Setup(ctx); err != nil {
 			Fail(fmt.Sprintf("relay %s setup: %v\n%s", s.Profile.Name, err, s.Relay.Logs()))
 		}
