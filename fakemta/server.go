@@ -51,6 +51,10 @@ type Config struct {
 	GreylistStore string
 	// WipeState starts with no greylist memory (the journal is kept: it is history).
 	WipeState bool
+	// Tenants are registered before the journal is read, so their greylist
+	// memory is rebuilt in the same pass (a fake MTA restarted under the
+	// scenarios sharing it); SetTenant registers one later.
+	Tenants []TenantSpec
 	// KeepBodies writes every received body to this folder.
 	KeepBodies string
 	// TLS enables STARTTLS.
@@ -148,6 +152,27 @@ func New(cfg Config) (*Server, error) {
 	}
 	s.policy.Store(cfg.Policy)
 	s.def = &tenant{policy: &s.policy, grey: s.grey, store: s.store}
+	for _, ts := range cfg.Tenants {
+		if err := CheckTenantName(ts.Name); err != nil {
+			s.store.close()
+			return nil, fmt.Errorf("fakemta: %w", err)
+		}
+		p := ts.Policy
+		if p == nil {
+			p = &Policy{}
+		}
+		g := newGreylistState()
+		t := &tenant{name: ts.Name, policy: new(atomic.Pointer[Policy]), grey: g, store: memStore{g}, started: cfg.Now(), owner: ts.Options.Connections}
+		t.policy.Store(p)
+		if t.owner {
+			if s.ten.owner != nil {
+				s.store.close()
+				return nil, fmt.Errorf("%w (%s and %s)", ErrTenantConflict, s.ten.owner.name, t.name)
+			}
+			s.ten.owner = t
+		}
+		s.ten.byName[ts.Name] = t
+	}
 	var maxConn uint64
 	syncEvery := cfg.JournalSync
 	if cfg.scratch {
@@ -202,10 +227,18 @@ func (l logfLogger) Println(v ...any)               { l("%s", fmt.Sprintln(v...)
 // Start listens on every configured address and serves in the background.
 func (s *Server) Start() error {
 	addrs := append([]string(nil), s.cfg.Listen...)
-	if m := s.Policy().MX; m != nil {
-		for _, h := range m.Hosts {
-			if !contains(addrs, h) {
-				addrs = append(addrs, h)
+	pols := []*Policy{s.Policy()}
+	s.ten.mu.RLock()
+	for _, t := range s.ten.byName {
+		pols = append(pols, t.policy.Load())
+	}
+	s.ten.mu.RUnlock()
+	for _, p := range pols {
+		if m := p.MX; m != nil {
+			for _, h := range m.Hosts {
+				if !contains(addrs, h) {
+					addrs = append(addrs, h)
+				}
 			}
 		}
 	}
@@ -411,6 +444,14 @@ func (s *Server) record(ev Event, durable bool) (Event, error) {
 // A tenant's events are replayed when it registers again (replayTenant):
 // only then is its policy known.
 func (s *Server) replay(ev Event) {
+	if t := s.ten.byName[ev.Tenant]; ev.Tenant != "" && t != nil {
+		if ev.Kind == EventControl && ev.Note == "tenant-remove" {
+			t.grey.wipe() // what it knew went with it
+		} else {
+			s.replayInto(t, ev)
+		}
+		return
+	}
 	if ev.Tenant != "" {
 		if ev.Kind == EventControl && ev.Note == "tenant-remove" {
 			delete(s.ten.replayed, ev.Tenant)
@@ -422,6 +463,9 @@ func (s *Server) replay(ev Event) {
 	if ev.Kind == EventControl && ev.Note == "wipe-state" {
 		// A wipe of everything: tenants' state before it is gone too.
 		clear(s.ten.replayed)
+		for _, t := range s.ten.byName {
+			t.grey.wipe()
+		}
 	}
 	s.replayInto(s.def, ev)
 }

@@ -44,6 +44,13 @@ type TenantOptions struct {
 	Connections bool `json:"connections"`
 }
 
+// TenantSpec is a tenant for Config.Tenants.
+type TenantSpec struct {
+	Name    string
+	Policy  *Policy
+	Options TenantOptions
+}
+
 // ErrTenantConflict is returned when a second tenant asks for Connections.
 var ErrTenantConflict = errors.New("fakemta: another tenant owns the connection-level stages")
 

@@ -221,6 +221,22 @@ func TestTenantStateSurvivesRestart(t *testing.T) {
 	if code, _ := deliver(t, s2.Addr(), tenantMsg("tb", "carol@rcpt.test")); code != 451 {
 		t.Fatalf("tb after the restart: %d, want 451 (never seen)", code)
 	}
+	// Tenants given at start get theirs in the same pass over the journal.
+	waitJournal(t, s2, "tb's transaction", func(e Event) bool { return e.Kind == EventTransaction && e.Tenant == "tb" })
+	s2.Close()
+	s3 := startServer(t, "", func(c *Config) {
+		mod(c)
+		c.Tenants = []TenantSpec{{Name: "ta", Policy: gl}, {Name: "tb", Policy: gl}}
+	})
+	clock.Add(300 * time.Second)
+	for _, n := range []string{"ta", "tb"} {
+		if code, err := deliver(t, s3.Addr(), tenantMsg(n, "carol@rcpt.test")); code != 0 {
+			t.Fatalf("%s after the second restart: %d %v, want the matured triplet to pass", n, code, err)
+		}
+	}
+	if code, _ := deliver(t, s3.Addr(), tenantMsg("tc", "carol@rcpt.test")); code != 0 {
+		t.Fatalf("no tenant: %d, want the server's policy (accept)", code)
+	}
 }
 
 // The same over the control API: tenants registered with PUT, opposite

@@ -278,6 +278,12 @@ func describeScenario(s *Suite, sc *scenarios.Scenario, total time.Duration) {
 				switch {
 				case errors.Is(err, runner.ErrNotRun):
 					Skip("not run: an earlier step failed: " + run.StepError())
+				case ctx.Err() != nil:
+					// Interrupted or timed out while the step ran: that is
+					// the step error; the scenario ends and is judged at once.
+					run.StepFailed(fmt.Sprintf("%s: interrupted: %v", stepText(i, &sc.Steps[i]), context.Cause(ctx)))
+					job.Cancel()
+					Fail(fmt.Sprintf("%s: %v", stepText(i, &sc.Steps[i]), context.Cause(ctx)))
 				case err != nil:
 					Fail(fmt.Sprintf("%v\n%s", err, s.Relay.Logs()))
 				}

@@ -209,24 +209,24 @@ func (h *Hub) startFake() error {
 		h.mu.Unlock()
 		return nil
 	}
+	// The scenarios running are tenants from the start: their greylist
+	// memory comes back in the one pass over the journal.
+	h.mu.Lock()
+	runs := h.all()
+	h.mu.Unlock()
+	var ts []fakemta.TenantSpec
+	for _, r := range runs {
+		p, _ := r.policyNow()
+		ts = append(ts, fakemta.TenantSpec{Name: r.tenant, Policy: p, Options: fakemta.TenantOptions{Connections: r.owns()}})
+	}
 	srv, err := fakemta.New(fakemta.Config{
-		Listen: h.opt.Profile.NextHop, StateDir: h.stateDir,
+		Listen: h.opt.Profile.NextHop, StateDir: h.stateDir, Tenants: ts,
 		TLS: h.opt.TLS, ReadTimeout: 2 * time.Minute, Logf: func(string, ...any) {},
 	})
 	if err != nil {
 		return err
 	}
 	ch, cancel := srv.Journal().Subscribe()
-	h.mu.Lock()
-	runs := make([]*Run, 0, len(h.runs))
-	for _, r := range h.runs {
-		runs = append(runs, r)
-	}
-	h.mu.Unlock()
-	for _, r := range runs {
-		p, _ := r.policyNow()
-		srv.SetTenant(r.tenant, p, fakemta.TenantOptions{Connections: r.owns()})
-	}
 	if err := srv.Start(); err != nil {
 		cancel()
 		srv.Close()
