@@ -49,6 +49,11 @@ type Hub struct {
 	made   int
 
 	pollStop, pollDone chan struct{}
+
+	// down is the scenario whose fault keeps the relay or the fake MTA
+	// down now (nil when up); up is closed when it ends.
+	down *Run
+	up   chan struct{}
 }
 
 const worldWeight = 1 << 20
@@ -292,11 +297,25 @@ func (h *Hub) register(r *Run) error {
 	return err
 }
 
-// unregister forgets r's tenant; its late traffic is nobody's.
+// unregister forgets r's tenant; its late traffic is nobody's. A scenario
+// that ends with the fake MTA stopped (a step failed before its start)
+// does not leave it stopped for the others.
 func (h *Hub) unregister(r *Run) {
 	h.mu.Lock()
 	srv, rm := h.fake, h.remote
+	if h.down == r {
+		close(h.up)
+		h.down, h.up = nil, nil
+	}
 	h.mu.Unlock()
+	if srv == nil && rm == nil {
+		if err := h.startFake(); err != nil {
+			r.progress("starting the fake MTA again for the others: %v", err)
+		}
+		h.mu.Lock()
+		srv, rm = h.fake, h.remote
+		h.mu.Unlock()
+	}
 	switch {
 	case rm != nil:
 		rm.deleteTenant(r.tenant)
@@ -340,8 +359,25 @@ func (h *Hub) wipe(r *Run) error {
 // history of every scenario running: by's own, and its neighbours' with
 // the scenario that caused it named.
 func (h *Hub) fault(by *Run, kind history.FaultKind, detail string, f func() error) error {
+	switch kind {
+	case history.FaultRelayRestart, history.FaultRelayStop, history.FaultFakeMTAStop, history.FaultFakeMTARestart:
+		h.mu.Lock()
+		if h.down == nil {
+			h.down, h.up = by, make(chan struct{})
+		}
+		h.mu.Unlock()
+	}
 	start := time.Now()
 	err := f()
+	switch kind {
+	case history.FaultRelayRestart, history.FaultRelayStart, history.FaultFakeMTAStart, history.FaultFakeMTARestart:
+		h.mu.Lock()
+		if h.down != nil {
+			close(h.up)
+			h.down, h.up = nil, nil
+		}
+		h.mu.Unlock()
+	}
 	fl := history.Fault{Kind: kind, Start: start, End: time.Now(), Detail: detail}
 	if err != nil {
 		fl.Err = err.Error()
@@ -363,6 +399,17 @@ func (h *Hub) fault(by *Run, kind history.FaultKind, detail string, f func() err
 		r.addFault(x)
 	}
 	return err
+}
+
+// downByOther returns a channel closed when the outage a neighbour of r
+// is causing ends, or nil when there is none.
+func (h *Hub) downByOther(r *Run) <-chan struct{} {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.down != nil && h.down != r {
+		return h.up
+	}
+	return nil
 }
 
 func containsRun(rs []*Run, r *Run) bool {

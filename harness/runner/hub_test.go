@@ -2,8 +2,10 @@ package runner
 
 import (
 	"testing"
+	"time"
 
 	"github.com/greyharness/greyharness/fakemta"
+	"github.com/greyharness/greyharness/harness/history"
 )
 
 // The hub routes each journal event to the scenario it belongs to: a
@@ -72,5 +74,25 @@ func TestTenantAddr(t *testing.T) {
 		if got := tenantAddr("t1-ab", in); got != want {
 			t.Errorf("tenantAddr(%q) = %q, want %q", in, got, want)
 		}
+	}
+}
+
+// A wait stretches by the time neighbours kept the relay or the fake MTA
+// down, not by the scenario's own faults.
+func TestNeighbourOutage(t *testing.T) {
+	t0 := time.Now()
+	at := func(s float64) time.Time { return t0.Add(time.Duration(s * float64(time.Second))) }
+	r := &Run{}
+	r.h.Faults = []history.Fault{
+		{Kind: history.FaultRelayRestart, Start: at(1), End: at(3), Detail: "by neighbour x 1 of 1"},
+		{Kind: history.FaultRelayRestart, Start: at(2), End: at(4), Detail: "1 of 1"}, // its own
+		{Kind: history.FaultFakeMTAStop, Start: at(5), End: at(5.1), Detail: "by neighbour y"},
+		{Kind: history.FaultFakeMTAStart, Start: at(8), End: at(9), Detail: "by neighbour y"},
+	}
+	if got := r.neighbourOutage(at(0), at(20)); got != 6*time.Second {
+		t.Errorf("neighbour outage %s, want 6s (2s restart + 4s fake MTA down)", got)
+	}
+	if got := r.neighbourOutage(at(2), at(6)); got != 2*time.Second {
+		t.Errorf("neighbour outage in [2s, 6s) %s, want 2s", got)
 	}
 }

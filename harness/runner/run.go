@@ -14,6 +14,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -626,6 +627,7 @@ func (r *Run) dequeued(ctx context.Context, group string, until time.Time) bool 
 
 // until waits on tracker changes until f holds, the deadline, or ctx ends.
 func (r *Run) until(ctx context.Context, deadline time.Time, f func() bool) bool {
+	start := time.Now()
 	timer := time.NewTimer(time.Until(deadline))
 	defer timer.Stop()
 	for {
@@ -636,11 +638,78 @@ func (r *Run) until(ctx context.Context, deadline time.Time, f func() bool) bool
 		select {
 		case <-changed:
 		case <-timer.C:
+			if f() {
+				return true
+			}
+			// A neighbour's outage is not this scenario's time: the
+			// deadline stretches by it (and never passes during one).
+			if up := r.hub.downByOther(r); up != nil {
+				select {
+				case <-up:
+				case <-ctx.Done():
+					return false
+				}
+			}
+			if d := deadline.Add(r.neighbourOutage(start, time.Now())); time.Now().Before(d) {
+				timer.Reset(time.Until(d))
+				continue
+			}
 			return f()
 		case <-ctx.Done():
 			return false
 		}
 	}
+}
+
+// neighbourOutage is how much of [from, to) neighbours kept the relay or
+// the fake MTA down (restarts, stops until the start), overlaps once.
+func (r *Run) neighbourOutage(from, to time.Time) time.Duration {
+	r.mu.Lock()
+	faults := append([]history.Fault(nil), r.h.Faults...)
+	r.mu.Unlock()
+	type span struct{ s, e time.Time }
+	var spans []span
+	var open map[history.FaultKind]time.Time
+	for _, f := range faults {
+		if !strings.HasPrefix(f.Detail, "by neighbour ") {
+			continue
+		}
+		switch f.Kind {
+		case history.FaultRelayRestart, history.FaultFakeMTARestart:
+			spans = append(spans, span{f.Start, f.End})
+		case history.FaultRelayStop, history.FaultFakeMTAStop:
+			if open == nil {
+				open = map[history.FaultKind]time.Time{}
+			}
+			open[f.Kind] = f.Start
+		case history.FaultRelayStart, history.FaultFakeMTAStart:
+			stop := history.FaultRelayStop
+			if f.Kind == history.FaultFakeMTAStart {
+				stop = history.FaultFakeMTAStop
+			}
+			if st, ok := open[stop]; ok {
+				spans = append(spans, span{st, f.End})
+				delete(open, stop)
+			}
+		}
+	}
+	var total time.Duration
+	cur := from
+	sort.Slice(spans, func(i, j int) bool { return spans[i].s.Before(spans[j].s) })
+	for _, sp := range spans {
+		s, e := sp.s, sp.e
+		if s.Before(cur) {
+			s = cur
+		}
+		if e.After(to) {
+			e = to
+		}
+		if e.After(s) {
+			total += e.Sub(s)
+			cur = e
+		}
+	}
+	return total
 }
 
 func (r *Run) restart(ctx context.Context, rs *scenarios.Restart) error {
