@@ -7,7 +7,7 @@ GO      ?= go
 BIN     := bin/greyharness
 RESULTS ?= results
 
-.PHONY: all build demo deps test unit lint vet e2e e2e-postfix e2e-exim e2e-opensmtpd e2e-haraka bench bench-fakemta bench-pack fuzz clean
+.PHONY: all build demo deps test unit short e2e-sample e2e-cli lint vet e2e e2e-postfix e2e-exim e2e-opensmtpd e2e-haraka e2e-postfix-realtimers bench bench-fakemta bench-pack fuzz clean
 
 all: build
 
@@ -27,6 +27,20 @@ deps:
 
 unit:
 	$(GO) test -count=1 -timeout 15m ./...
+
+## short: the inner loop (<= 20 s): every unit test; end-to-end runs and real-timer waits skip.
+short:
+	$(GO) test -short ./...
+
+## e2e-sample: the end-to-end runs against the built-in sample relay on their own: the default
+## pack (Ginkgo suite), the bug matrix and the remote fake MTA (harness), and the sample relay's
+## retry/expiry/restart tests (samplerelay). make unit runs them too.
+e2e-sample:
+	$(GO) test -count=1 -timeout 15m ./harness ./samplerelay
+
+## e2e-cli: the CLI end to end (builds the binary, runs the pack, judge, validate, exit codes).
+e2e-cli:
+	$(GO) test -count=1 -timeout 15m ./cmd/greyharness
 
 ## lint: go.mod tidy, gofmt, go vet (also for windows: non-unix builds), staticcheck.
 STATICCHECK ?= $(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2
@@ -62,6 +76,14 @@ e2e-opensmtpd: build
 e2e-haraka: build
 	@mkdir -p $(RESULTS)
 	SUBMIT_PORT=2555 NEXT_HOP_PORT=2556 $(BIN) run --relay ci/haraka/relay.yaml --junit $(RESULTS)/haraka-junit.xml --json $(RESULTS)/haraka.json --html $(RESULTS)/haraka.html --results $(RESULTS)/haraka
+
+# Postfix with Debian's default timers (ci/postfix-realtimers): a first retry
+# 5-10 minutes after a 451, so not in make test. REALTIMERS_FLAGS adds run
+# flags, e.g. make e2e-postfix-realtimers REALTIMERS_FLAGS='--focus ^greylist-once$$'
+REALTIMERS_FLAGS ?=
+e2e-postfix-realtimers: build
+	@mkdir -p $(RESULTS)
+	$(BIN) run --relay ci/postfix-realtimers/relay.yaml --junit $(RESULTS)/postfix-realtimers-junit.xml --json $(RESULTS)/postfix-realtimers.json --html $(RESULTS)/postfix-realtimers.html --results $(RESULTS)/postfix-realtimers $(REALTIMERS_FLAGS)
 
 bench: bench-fakemta
 	$(GO) test -run '^$$' -bench . -benchmem ./fakemta/...

@@ -18,7 +18,7 @@ const module = "github.com/greyharness/greyharness/"
 // run's record (history, ledger, report) knows nothing of traffic or
 // relays. A new package must be given a layer here.
 var layers = [][]string{
-	{"internal/inputfile", "fakemta/dsn", "queuelist"}, // leaf data and helpers
+	{"internal/inputfile", "internal/yamlcheck", "fakemta/dsn", "queuelist"}, // leaf data and helpers
 	{"fakemta/record"},                    // journal records
 	{"fakemta", "samplerelay"},            // the fake MTA; the system under test
 	{"harness/history"},                   // what happened in a run

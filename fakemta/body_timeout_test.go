@@ -63,6 +63,7 @@ func wantBodyTimeout(t *testing.T, s *Server, c *rawClient) {
 }
 
 func TestDATABodyStalledGets421AndCloses(t *testing.T) {
+	slow(t, "waits out a 1s read timeout")
 	s := startServer(t, "", func(c *Config) { c.ReadTimeout = time.Second })
 	c := dialRaw(t, s.Addr())
 	c.greeting()
@@ -75,6 +76,7 @@ func TestDATABodyStalledGets421AndCloses(t *testing.T) {
 }
 
 func TestBDATChunkCutShortGets421AndCloses(t *testing.T) {
+	slow(t, "waits out a 1s read timeout twice")
 	s := startServer(t, "", func(c *Config) { c.ReadTimeout = time.Second })
 	for _, last := range []string{"", " LAST"} {
 		t.Run("BDAT"+last, func(t *testing.T) {

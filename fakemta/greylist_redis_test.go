@@ -25,6 +25,7 @@ type redisServer struct {
 // the binary the test is skipped, or fails under CI=true (.ci/run installs it).
 func startRedis(t testing.TB) *redisServer {
 	t.Helper()
+	slow(t, "starts a real redis-server")
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
 		if os.Getenv("CI") == "true" {
@@ -182,6 +183,7 @@ func TestRedisOutageAnswers451AndIsJournaled(t *testing.T) {
 }
 
 func TestRedisStoreBadURLAndUnreachable(t *testing.T) {
+	slow(t, "waits out a refused connection to the greylist store")
 	if _, err := New(Config{GreylistStore: "http://127.0.0.1:1/0"}); err == nil {
 		t.Fatal("http:// accepted as a greylist store")
 	}

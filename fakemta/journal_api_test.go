@@ -58,6 +58,7 @@ func bigJournalServer(tb testing.TB, n int) *Server {
 // a small part of the journal, not all of it (issue 11 item 4), and the
 // whole array still comes out complete and in order.
 func TestJournalAPIStreamsWithoutLimit(t *testing.T) {
+	slow(t, "streams a 17 MB journal")
 	const n = 60000 // ~17 MB of journal
 	srv := bigJournalServer(t, n)
 	a := srv.newAPI("")

@@ -56,6 +56,7 @@ func readRawSSEIDs(t *testing.T, nc net.Conn) []uint64 {
 // resuming with Last-Event-ID it gets every later event exactly once
 // (issue 11 item 5).
 func TestSSEStalledClientDroppedThenResumesGapFree(t *testing.T) {
+	slow(t, "waits until a stalled SSE client is dropped")
 	srv, err := New(Config{StateDir: t.TempDir(), Logf: func(string, ...any) {}})
 	if err != nil {
 		t.Fatal(err)

@@ -10,9 +10,9 @@ func TestPolicyErrorsArePositioned(t *testing.T) {
 		name, yaml, want string
 	}{
 		{"unknown key", "rules:\n  - match: {stage: rcpt}\n    reply: \"451 4.7.1 x\"\n    colour: red\n",
-			`p.yaml:4:5: unknown key "colour" in rule (allowed: match, reply, drop, close, delay, tls, accept)`},
+			`p.yaml:4:5: unknown key "colour" in rule (known: match, reply, drop, close, delay, tls, accept)`},
 		{"unknown match key", "rules:\n  - match: {stage: rcpt, recipient: x}\n    drop: true\n",
-			`p.yaml:2:26: unknown key "recipient" in match (allowed: stage, attempt, connection, client, helo, sender, rcpt, after, before)`},
+			`p.yaml:2:26: unknown key "recipient" in match (known: stage, attempt, connection, client, helo, sender, rcpt, after, before)`},
 		{"bad stage", "rules:\n  - match: {stage: rcpts}\n    reply: \"451 x\"\n",
 			`p.yaml:2:20: unknown stage "rcpts" (connect, helo, starttls, mail, rcpt, data, eod, quit)`},
 		{"bad reply code", "rules:\n  - match: {stage: rcpt}\n    reply: \"651 x\"\n",
@@ -50,8 +50,8 @@ func TestPolicyErrorsArePositioned(t *testing.T) {
 		{"2xx at connect", "rules:\n  - match: {stage: connect}\n    reply: \"250 hi\"\n",
 			`p.yaml:2:5: a connect-stage reply must be 4xx or 5xx (the 220 greeting is the default)`},
 		{"duplicate key", "rules:\n  - match: {stage: rcpt}\n    drop: true\n    match: {stage: mail}\n",
-			`p.yaml:4:5: duplicate key "match" in rule`},
-		{"not a mapping", "- a\n", `p.yaml:1:1: policy must be a mapping`},
+			`p.yaml:4:5: duplicate key "match" in rule (first at line 2)`},
+		{"not a mapping", "- a\n", `p.yaml:1:1: policy must be a mapping of keys, got a list`},
 		{"rules not a list", "rules: {a: b}\n", `p.yaml:1:8: rules must be a list`},
 		{"yaml syntax", "greylist:\n  delay: 5m\n    stage: eod\n", `p.yaml:3:1: mapping values are not allowed in this context`},
 		{"tab indent", "rules:\n\t- drop: true\n", `p.yaml:2:1: found character that cannot start any token`},

@@ -8,25 +8,20 @@ import (
 	"net"
 	"net/netip"
 	"path"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
-	"unicode/utf8"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/greyharness/greyharness/internal/yamlcheck"
 )
 
 // PositionError is an input error located in a file: "file:line:col: msg".
-type PositionError struct {
-	File string
-	Line int
-	Col  int
-	Msg  string
-}
-
-func (e *PositionError) Error() string {
-	return fmt.Sprintf("%s:%d:%d: %s", e.File, e.Line, e.Col, e.Msg)
-}
+// It is the one YAML error type of the module (yamlcheck.Error): policies,
+// relay profiles and scenarios all report with it.
+type PositionError = yamlcheck.Error
 
 // Greylist defaults, as postgrey ships them (delay, max age) and as
 // milter-greylist documents them (retry window).
@@ -43,8 +38,8 @@ const (
 // comments), null, a second document or trailing text are errors, so a
 // damaged policy never reads as "accept everything" ({} is that policy).
 func ParsePolicy(file string, data []byte) (*Policy, error) {
-	if i := invalidUTF8(data); i >= 0 {
-		line, col := position(data, i)
+	if i := yamlcheck.InvalidUTF8(data); i >= 0 {
+		line, col := yamlcheck.Position(data, i)
 		return nil, &PositionError{File: file, Line: line, Col: col, Msg: fmt.Sprintf("invalid UTF-8 (byte 0x%02x): a policy is UTF-8 text", data[i])}
 	}
 	dec := yaml.NewDecoder(bytes.NewReader(data))
@@ -53,182 +48,68 @@ func ParsePolicy(file string, data []byte) (*Policy, error) {
 		if errors.Is(err, io.EOF) {
 			return nil, &PositionError{File: file, Line: 1, Col: 1, Msg: "no policy document ({} is the policy that accepts everything)"}
 		}
-		return nil, yamlSyntaxError(file, err)
+		return nil, yamlcheck.SyntaxError(file, err)
 	}
 	var next yaml.Node
 	switch err := dec.Decode(&next); {
 	case errors.Is(err, io.EOF):
 	case err != nil:
-		return nil, yamlSyntaxError(file, err)
+		return nil, yamlcheck.SyntaxError(file, err)
 	default:
 		at := &next
 		if len(next.Content) > 0 {
 			at = next.Content[0]
 		}
-		return nil, &PositionError{File: file, Line: at.Line, Col: at.Column, Msg: "a second YAML document: a policy is exactly one"}
+		return nil, yamlcheck.At(file, at, "a second YAML document: a policy is exactly one")
 	}
 	if len(doc.Content) == 0 {
-		return nil, &PositionError{File: file, Line: doc.Line, Col: doc.Column, Msg: "no policy document ({} is the policy that accepts everything)"}
+		return nil, yamlcheck.At(file, &doc, "no policy document ({} is the policy that accepts everything)")
 	}
 	root := doc.Content[0]
-	if r := deref(root); r.Kind == yaml.ScalarNode && r.Tag == "!!null" {
-		return nil, &PositionError{File: file, Line: root.Line, Col: root.Column, Msg: "the policy is null: give a mapping ({} accepts everything)"}
+	if yamlcheck.IsNull(root) {
+		return nil, yamlcheck.At(file, root, "the policy is null: give a mapping ({} accepts everything)")
 	}
 	return ParsePolicyNode(file, root)
 }
 
-// invalidUTF8 returns the offset of the first byte that is not UTF-8, or -1.
-func invalidUTF8(b []byte) int {
-	for i := 0; i < len(b); {
-		r, n := utf8.DecodeRune(b[i:])
-		if r == utf8.RuneError && n <= 1 {
-			return i
-		}
-		i += n
-	}
-	return -1
-}
-
-// position returns the 1-based line and column (in characters) of offset i.
-func position(b []byte, i int) (line, col int) {
-	start := bytes.LastIndexByte(b[:i], '\n') + 1
-	return bytes.Count(b[:i], []byte("\n")) + 1, utf8.RuneCount(b[start:i]) + 1
-}
-
 // deref follows an alias (*name) to the node its anchor (&name) marks.
-func deref(n *yaml.Node) *yaml.Node {
-	for n != nil && n.Kind == yaml.AliasNode && n.Alias != nil {
-		n = n.Alias
-	}
-	return n
-}
-
-// yamlSyntaxError turns yaml's "yaml: line N: msg" into file:N:1: msg.
-func yamlSyntaxError(file string, err error) error {
-	msg := strings.TrimPrefix(err.Error(), "yaml: ")
-	line := 1
-	if rest, ok := strings.CutPrefix(msg, "line "); ok {
-		if i := strings.Index(rest, ":"); i > 0 {
-			if n, err := strconv.Atoi(rest[:i]); err == nil {
-				line, msg = n, strings.TrimSpace(rest[i+1:])
-			}
-		}
-	}
-	return &PositionError{File: file, Line: line, Col: 1, Msg: msg}
-}
+func deref(n *yaml.Node) *yaml.Node { return yamlcheck.Resolve(n) }
 
 // policyParser collects every error of a document instead of stopping at the first.
 type policyParser struct {
-	file   string
-	errs   []error
-	merged int // key/value pairs merge keys have brought in so far
+	c *yamlcheck.Checker
 }
 
-// maxMergedPairs bounds what merge keys may bring in over a whole document:
-// nested merges multiply ("billion laughs"); a real policy needs a few dozen.
-const maxMergedPairs = 10000
-
 func (p *policyParser) errorf(n *yaml.Node, format string, args ...any) {
-	p.errs = append(p.errs, &PositionError{File: p.file, Line: n.Line, Col: n.Column, Msg: fmt.Sprintf(format, args...)})
+	p.c.Errorf(n, format, args...)
 }
 
 // ParsePolicyNode parses a policy from a YAML mapping node (for policies
 // embedded in scenario files); positions refer to file.
 func ParsePolicyNode(file string, n *yaml.Node) (*Policy, error) {
-	p := &policyParser{file: file}
+	p := &policyParser{c: &yamlcheck.Checker{File: file, Kind: "policy"}}
 	pol := p.policy(n)
-	if len(p.errs) > 0 {
-		return nil, errors.Join(p.errs...)
+	if p.c.Len() > 0 {
+		return nil, p.c.Err()
 	}
 	return pol, nil
 }
 
-// mapping iterates a mapping node's keys, reporting keys not in allowed.
-// Aliases are followed, and merge keys ("<<: *base") bring in the keys of
-// the mappings they name that the mapping does not set itself.
+// mapping calls f for each entry of a mapping node with a key in allowed,
+// reporting the others (yamlcheck.Checker.Mapping). Merge keys ("<<:
+// *base") bring in the keys of the mappings they name that the mapping does
+// not set itself. A null value is an empty mapping.
 func (p *policyParser) mapping(n *yaml.Node, what string, allowed []string, f func(key string, k, v *yaml.Node)) {
-	n = deref(n)
-	if n.Kind != yaml.MappingNode {
-		if n.Kind == yaml.ScalarNode && n.Tag == "!!null" {
-			return
-		}
-		p.errorf(n, "%s must be a mapping", what)
+	if yamlcheck.IsNull(n) {
 		return
 	}
-	var own, merged [][2]*yaml.Node
-	for i := 0; i+1 < len(n.Content); i += 2 {
-		k, v := deref(n.Content[i]), deref(n.Content[i+1])
-		if k.Tag == "!!merge" {
-			merged = p.merge(merged, v, 0)
-			continue
-		}
-		own = append(own, [2]*yaml.Node{k, v})
-	}
-	seen := map[string]bool{}
-	for i, kv := range append(own, merged...) {
-		k, v := kv[0], kv[1]
-		if i >= len(own) && seen[k.Value] {
-			continue // set by the mapping itself, or by an earlier merge
-		}
-		if !contains(allowed, k.Value) {
-			p.errorf(k, "unknown key %q in %s (allowed: %s)", k.Value, what, strings.Join(allowed, ", "))
-			continue
-		}
-		if seen[k.Value] {
-			p.errorf(k, "duplicate key %q in %s", k.Value, what)
-			continue
-		}
-		seen[k.Value] = true
-		f(k.Value, k, v)
+	kvs, _ := p.c.Mapping(n, yamlcheck.Keys{What: what, Allowed: allowed, Merge: true})
+	for _, kv := range kvs {
+		f(kv.Key, kv.K, kv.V)
 	}
 }
 
-// merge appends the key/value pairs a merge key's value brings: one
-// mapping, or a list of them (the earlier wins).
-func (p *policyParser) merge(out [][2]*yaml.Node, v *yaml.Node, depth int) [][2]*yaml.Node {
-	v = deref(v)
-	switch {
-	case p.merged > maxMergedPairs:
-		return out // reported once already
-	case depth > 8:
-		p.errorf(v, "merge keys nested too deep")
-	case v.Kind == yaml.MappingNode:
-		var nested [][2]*yaml.Node
-		for i := 0; i+1 < len(v.Content); i += 2 {
-			k, val := deref(v.Content[i]), deref(v.Content[i+1])
-			if k.Tag == "!!merge" {
-				nested = p.merge(nested, val, depth+1)
-				continue
-			}
-			if p.merged++; p.merged > maxMergedPairs {
-				p.errorf(k, "merge keys bring in more than %d keys", maxMergedPairs)
-				return out
-			}
-			out = append(out, [2]*yaml.Node{k, val})
-		}
-		out = append(out, nested...)
-	case v.Kind == yaml.SequenceNode && depth == 0:
-		for _, m := range v.Content {
-			if m = deref(m); m.Kind != yaml.MappingNode {
-				p.errorf(m, "<< merges mappings only")
-				continue
-			}
-			out = p.merge(out, m, depth+1)
-		}
-	default:
-		p.errorf(v, "<< merges a mapping or a list of mappings")
-	}
-	return out
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
-}
+func contains(list []string, s string) bool { return slices.Contains(list, s) }
 
 func (p *policyParser) policy(n *yaml.Node) *Policy {
 	pol := &Policy{}
@@ -412,7 +293,7 @@ var ruleKeys = []string{"match", "reply", "drop", "close", "delay", "tls", "acce
 func (p *policyParser) rule(n *yaml.Node) (Rule, bool) {
 	r := Rule{Line: n.Line, Col: n.Column}
 	var actions []string
-	nerr := len(p.errs)
+	nerr := p.c.Len()
 	p.mapping(n, "rule", ruleKeys, func(key string, k, v *yaml.Node) {
 		if key != "match" {
 			actions = append(actions, key)
@@ -474,7 +355,7 @@ func (p *policyParser) rule(n *yaml.Node) (Rule, bool) {
 	if r.Action == ActionReply && r.Reply != nil && r.Match.Stage == StageConnect && r.Reply.Code/100 == 2 {
 		p.errorf(n, "a connect-stage reply must be 4xx or 5xx (the 220 greeting is the default)")
 	}
-	return r, len(p.errs) == nerr
+	return r, p.c.Len() == nerr
 }
 
 func (p *policyParser) match(n *yaml.Node) Match {

@@ -123,7 +123,7 @@ func Run(o *RunOptions, stdout, stderr io.Writer) int {
 	s := &Suite{Profile: prof, Relay: relay.New(prof, logDir), Scenarios: scs, ResultsDir: results, Progress: stderr, Verbose: o.Verbose, Parallel: o.Parallel}
 	DefineSpecs(s)
 	// Select chose the scenarios: Ginkgo runs every spec defined.
-	suiteCfg, repCfg := GinkgoConfiguration()
+	suiteCfg, repCfg := s.ginkgoConfig()
 	repCfg.NoColor = os.Getenv("NO_COLOR") != "" || os.Getenv("CI") != "" || !isTerminal(stdout)
 	repCfg.Succinct = true
 	// The reports take each scenario's wall time and steps from Ginkgo's

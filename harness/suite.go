@@ -25,6 +25,9 @@ import (
 	. "github.com/onsi/ginkgo/v2"
 	"github.com/onsi/ginkgo/v2/types"
 
+	"go.yaml.in/yaml/v3"
+
+	"github.com/greyharness/greyharness/fakemta"
 	"github.com/greyharness/greyharness/harness/history"
 	"github.com/greyharness/greyharness/harness/ledger"
 	"github.com/greyharness/greyharness/harness/profile"
@@ -85,19 +88,115 @@ func (s *Suite) Missing(sc *scenarios.Scenario) []string {
 	return out
 }
 
-// scenarioTimeout bounds a whole scenario from the profile's timing.
-func (s *Suite) scenarioTimeout(sc *scenarios.Scenario) time.Duration {
+// specMargin is what a spec's timeout adds to the deadlines it derives from
+// the profile's timing: submitting, listing the queue and judging take time
+// of their own.
+const specMargin = 2 * time.Minute
+
+// stepTimeout bounds each step spec of sc: the longest deadline any of its
+// steps derives from the profile's timing (runner.WaitDeadline,
+// runner.RestartDeadline), never less than 6 x retry_max + 2 x
+// restart_grace, plus specMargin. Only a scenario that waits for the queue
+// lifetime or the delay warning gets them: at production timers (5 days)
+// a stuck step must not hang for a lifetime the scenario never waits for.
+func (s *Suite) stepTimeout(sc *scenarios.Scenario) time.Duration {
 	t := s.Profile.Timing
-	per := t.RetryMax.D()*6 + t.RestartGrace.D()*2 + t.QueueLifetime.D() + t.DelayWarning.D() + 2*time.Minute
-	return per
+	gl, msgs := greylistDelay(sc), messages(sc)
+	longest := t.RetryMax.D()*6 + t.RestartGrace.D()*2
+	for _, st := range sc.Steps {
+		switch {
+		case st.Wait != nil:
+			longest = max(longest, runner.WaitDeadline(t, st.Wait, gl, msgs))
+		case st.Restart != nil:
+			longest = max(longest, runner.RestartDeadline(t, st.Restart))
+		}
+	}
+	return longest + specMargin
+}
+
+// scenarioTimeout bounds one scenario from its beginning: what its specs
+// would take one after another.
+func (s *Suite) scenarioTimeout(sc *scenarios.Scenario) time.Duration {
+	return beginTimeout + time.Duration(len(sc.Steps))*s.stepTimeout(sc) + s.judgeTimeout(sc)
+}
+
+// judgeTimeout bounds the spec that drains and judges sc (runner.Finish):
+// up to three drained waits with a flush and a restart between them, then
+// the late-duplicate watch (retry_max), plus specMargin. A relay that needs
+// the last chance is judged, not cut off.
+func (s *Suite) judgeTimeout(sc *scenarios.Scenario) time.Duration {
+	t := s.Profile.Timing
+	drained := runner.WaitDeadline(t, &scenarios.Wait{For: "drained"}, greylistDelay(sc), messages(sc))
+	flush := t.RestartGrace.D() // a flush command gets as long as a start
+	restart := runner.RestartDeadline(t, &scenarios.Restart{})
+	return 3*drained + flush + restart + t.RetryMax.D() + specMargin
+}
+
+// runTimeout bounds the whole run: every spec's own timeout, with the
+// relay's setup and teardown, and never less than Ginkgo's default (1h).
+// A scenario the profile skips costs nothing: a skipped expiry-bounce must
+// not stretch the bound by its 5-day queue lifetime.
+func (s *Suite) runTimeout() time.Duration {
+	g := s.Profile.Timing.RestartGrace.D()
+	sum := g*2 + 5*time.Minute + g*2 + time.Minute // BeforeSuite, AfterSuite
+	for i := range s.Scenarios {
+		sc := &s.Scenarios[i]
+		if s.Profile.Scenarios[sc.Name].Skip != "" || len(s.Missing(sc)) > 0 {
+			continue // skipped in BeforeAll
+		}
+		sum += beginTimeout + time.Duration(len(sc.Steps))*s.stepTimeout(sc) + s.judgeTimeout(sc)
+	}
+	return max(sum, time.Hour)
+}
+
+// beginTimeout bounds a scenario's BeforeAll (starting its fake MTA).
+const beginTimeout = time.Minute
+
+// ginkgoConfig is the Ginkgo configuration greyharness run uses: Ginkgo's
+// defaults, with a suite timeout that outlasts every spec's own (Ginkgo's
+// 1h would abort a pack against a relay with production timers).
+func (s *Suite) ginkgoConfig() (types.SuiteConfig, types.ReporterConfig) {
+	suiteCfg, repCfg := GinkgoConfiguration()
+	suiteCfg.Timeout = max(suiteCfg.Timeout, s.runTimeout())
+	return suiteCfg, repCfg
+}
+
+// greylistDelay is the longest greylist delay of sc's policies (its own and
+// those its steps swap in); 0 without a greylist or when a policy does not
+// parse (Begin reports that).
+func greylistDelay(sc *scenarios.Scenario) time.Duration {
+	var d time.Duration
+	check := func(n *yaml.Node) {
+		if n == nil || n.Kind == 0 {
+			return
+		}
+		if p, err := fakemta.ParsePolicyNode(sc.File, n); err == nil && p.Greylist != nil {
+			d = max(d, p.Greylist.Delay)
+		}
+	}
+	check(&sc.Policy)
+	for _, st := range sc.Steps {
+		check(st.Policy)
+	}
+	return d
+}
+
+// messages is how many messages sc submits.
+func messages(sc *scenarios.Scenario) int {
+	n := 0
+	for _, st := range sc.Steps {
+		if st.Send != nil {
+			n += max(st.Send.Count, 1)
+		}
+	}
+	return n
 }
 
 // DefineSpecs declares the suite's specs; call it before RunSpecs.
 func DefineSpecs(s *Suite) {
-	total := time.Duration(0)
-	for i := range s.Scenarios {
-		total += s.scenarioTimeout(&s.Scenarios[i])
-	}
+	// Specs wait for what the scheduler does, their turn included: each
+	// may take as long as the whole run.
+	total := s.runTimeout()
 	BeforeSuite(func(ctx SpecContext) {
 		if cfg, _ := GinkgoConfiguration(); cfg.ParallelTotal > 1 {
 			Fail(fmt.Sprintf("ginkgo -p (%d processes) would start a relay and a fake MTA per process on the same ports: run without -p; the scenarios run at the same time anyway (-- --parallel=N caps them)", cfg.ParallelTotal))
@@ -108,7 +207,7 @@ func DefineSpecs(s *Suite) {
 		if err := s.Relay.Start(ctx); err != nil {
 			Fail(fmt.Sprintf("relay %s start: %v\n%s", s.Profile.Name, err, s.Relay.Logs()))
 		}
-		if err := s.start(); err != nil {
+		if err := s.start(ctx); err != nil {
 			Fail(fmt.Sprintf("fake MTA: %v", err))
 		}
 	}, NodeTimeout(s.Profile.Timing.RestartGrace.D()*2+5*time.Minute))
@@ -139,9 +238,9 @@ func (s *Suite) skipReason(sc *scenarios.Scenario) string {
 
 // start starts the shared fake MTA and schedules every scenario Ginkgo
 // will run (its focus, skip and label filter select them), skipped ones aside.
-func (s *Suite) start() error {
+func (s *Suite) start(ctx context.Context) error {
 	opt := &runner.Options{Profile: s.Profile, Relay: s.Relay, ResultsDir: s.ResultsDir, Progress: s.Progress, Verbose: s.Verbose}
-	hub, err := runner.NewHub(opt)
+	hub, err := runner.NewHub(ctx, opt)
 	if err != nil {
 		return err
 	}

@@ -12,6 +12,7 @@ import (
 // One test per bug, each showing the effect the harness must catch.
 
 func TestBugKB950757(t *testing.T) {
+	slow(t)
 	t.Parallel()
 	s, dir, cfg := greylistedOnce(t, BugKB950757)
 	cfg.DoubleRestartWindow = 1 * time.Second
@@ -57,6 +58,7 @@ func TestDoubleRestartWithoutBugRetries(t *testing.T) {
 }
 
 func TestBugDropOn4xx(t *testing.T) {
+	slow(t)
 	t.Parallel()
 	s, dir, cfg := greylistedOnce(t, BugDropOn4xx)
 	r := startRelay(t, cfg)
@@ -69,6 +71,7 @@ func TestBugDropOn4xx(t *testing.T) {
 }
 
 func TestBugBounceOn4xx(t *testing.T) {
+	slow(t)
 	t.Parallel()
 	s := newSink(t)
 	s.script(func(from, to string, n int) *smtp.SMTPError {
@@ -92,6 +95,7 @@ func TestBugBounceOn4xx(t *testing.T) {
 }
 
 func TestBugNoRetry(t *testing.T) {
+	slow(t)
 	t.Parallel()
 	s, dir, cfg := greylistedOnce(t, BugNoRetry)
 	r := startRelay(t, cfg)
@@ -112,6 +116,7 @@ func TestBugNoRetry(t *testing.T) {
 }
 
 func TestBugStallVisible(t *testing.T) {
+	slow(t)
 	t.Parallel()
 	s, dir, cfg := greylistedOnce(t, BugStallVisible)
 	r := startRelay(t, cfg)
@@ -161,6 +166,7 @@ func TestBugHammer(t *testing.T) {
 }
 
 func TestBugLoseQueueOnRestart(t *testing.T) {
+	slow(t)
 	t.Parallel()
 	s := newSink(t)
 	s.script(tempfailAlways, nil)
@@ -200,6 +206,7 @@ func TestBugRedeliverAfterRestart(t *testing.T) {
 // after the delivery (a slow restart on a loaded machine) must still deliver
 // again, not expire the resurrected message with a failure DSN.
 func TestBugRedeliverAfterLateRestart(t *testing.T) {
+	slow(t)
 	t.Parallel()
 	s := newSink(t)
 	dir := t.TempDir()
@@ -241,6 +248,7 @@ func TestBugResendAcceptedRcpts(t *testing.T) {
 }
 
 func TestBugNoDSNOnExpiry(t *testing.T) {
+	slow(t)
 	t.Parallel()
 	s := newSink(t)
 	s.script(tempfailBob, nil)

@@ -335,6 +335,7 @@ func TestNormalDelivery(t *testing.T) {
 }
 
 func TestGreylistDeferralThenRetry(t *testing.T) {
+	slow(t)
 	t.Parallel()
 	s := newSink(t)
 	s.script(greylist(2), nil)
@@ -368,6 +369,7 @@ func TestGreylistDeferralThenRetry(t *testing.T) {
 }
 
 func TestPartialDeferralRetriesOnlyDeferred(t *testing.T) {
+	slow(t)
 	t.Parallel()
 	s := newSink(t)
 	s.script(func(from, to string, n int) *smtp.SMTPError {
@@ -484,6 +486,7 @@ func TestFlushWithoutRelayTimesOut(t *testing.T) {
 }
 
 func TestExpiryAndDelayDSNs(t *testing.T) {
+	slow(t)
 	t.Parallel()
 	s := newSink(t)
 	s.script(tempfailBob, nil)
@@ -512,6 +515,7 @@ func TestExpiryAndDelayDSNs(t *testing.T) {
 }
 
 func TestNoDSNAboutNullSender(t *testing.T) {
+	slow(t)
 	t.Parallel()
 	s := newSink(t)
 	s.script(tempfailAlways, nil)

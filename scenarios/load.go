@@ -13,7 +13,6 @@ import (
 	"regexp"
 	"slices"
 	"sort"
-	"strconv"
 	"strings"
 
 	"go.yaml.in/yaml/v3"
@@ -21,6 +20,7 @@ import (
 	"github.com/greyharness/greyharness/fakemta"
 	"github.com/greyharness/greyharness/harness/history"
 	"github.com/greyharness/greyharness/internal/inputfile"
+	"github.com/greyharness/greyharness/internal/yamlcheck"
 )
 
 //go:embed pack/*.yaml
@@ -119,7 +119,7 @@ func LoadFile(path string) ([]Scenario, error) {
 // in errors and Scenario.File. A file holds one scenario, several as a
 // stream of documents separated by `---`, or a document with a top-level
 // `scenarios:` list. Every error of the file is reported, each a
-// *fakemta.PositionError ("file:line:col: message"), joined with errors.Join.
+// *yamlcheck.Error (= *fakemta.PositionError, "file:line:col: message"), joined with errors.Join.
 func LoadBytes(file string, data []byte) ([]Scenario, error) {
 	scs, errs := loadBytes(file, data)
 	errs = append(errs, checkUnique(scs)...)
@@ -197,7 +197,7 @@ func expand(p string) ([]string, error) {
 		}
 	}
 	if len(files) == 0 {
-		return nil, &fakemta.PositionError{File: p, Line: 1, Col: 1, Msg: "folder holds no *.yaml or *.yml scenario files"}
+		return nil, yamlcheck.At(p, nil, "folder holds no *.yaml or *.yml scenario files")
 	}
 	return files, nil
 }
@@ -205,29 +205,17 @@ func expand(p string) ([]string, error) {
 func readError(file string, err error) error {
 	var ie *inputfile.Error
 	if errors.As(err, &ie) {
-		return &fakemta.PositionError{File: file, Line: 1, Col: 1, Msg: ie.Reason}
+		return yamlcheck.At(file, nil, "%s", ie.Reason)
 	}
 	var pe *fs.PathError
 	if errors.As(err, &pe) {
 		err = pe.Err
 	}
-	return &fakemta.PositionError{File: file, Line: 1, Col: 1, Msg: "cannot read: " + err.Error()}
+	return yamlcheck.At(file, nil, "cannot read: %v", err)
 }
 
 // flatten unwraps errors.Join trees into a flat list (nil for nil).
-func flatten(err error) []error {
-	if err == nil {
-		return nil
-	}
-	if j, ok := err.(interface{ Unwrap() []error }); ok {
-		var out []error
-		for _, e := range j.Unwrap() {
-			out = append(out, flatten(e)...)
-		}
-		return out
-	}
-	return []error{err}
-}
+func flatten(err error) []error { return yamlcheck.Flatten(err) }
 
 // checkUnique reports scenario names used more than once.
 func checkUnique(scs []Scenario) []error {
@@ -239,7 +227,7 @@ func checkUnique(scs []Scenario) []error {
 			continue
 		}
 		if f, ok := first[sc.Name]; ok {
-			errs = append(errs, &fakemta.PositionError{File: sc.File, Line: sc.Line, Col: sc.Col,
+			errs = append(errs, &yamlcheck.Error{File: sc.File, Line: sc.Line, Col: sc.Col,
 				Msg: fmt.Sprintf("scenario name %q is already used at %s:%d:%d (names must be unique)", sc.Name, f.File, f.Line, f.Col)})
 			continue
 		}
@@ -248,38 +236,19 @@ func checkUnique(scs []Scenario) []error {
 	return errs
 }
 
-// loader collects every error of one file.
+// loader collects every error of one file; its checks are
+// yamlcheck.Checker's, under the names the step decoders use.
 type loader struct {
+	c    *yamlcheck.Checker
 	file string
-	errs []error
 }
 
-func (l *loader) errorf(n *yaml.Node, format string, args ...any) {
-	line, col := 1, 1
-	if n != nil && n.Line > 0 {
-		line, col = n.Line, n.Column
-	}
-	l.errs = append(l.errs, &fakemta.PositionError{File: l.file, Line: line, Col: col, Msg: fmt.Sprintf(format, args...)})
-}
-
-var yamlLineRE = regexp.MustCompile(`^yaml: line (\d+): (.*)$`)
-
-func (l *loader) syntaxError(err error) {
-	msg := err.Error()
-	line := 1
-	if m := yamlLineRE.FindStringSubmatch(msg); m != nil {
-		line, _ = strconv.Atoi(m[1])
-		msg = m[2]
-	}
-	msg = strings.TrimPrefix(msg, "yaml: ")
-	l.errs = append(l.errs, &fakemta.PositionError{File: l.file, Line: line, Col: 1, Msg: "YAML syntax: " + msg})
-}
+func (l *loader) errorf(n *yaml.Node, format string, args ...any) { l.c.Errorf(n, format, args...) }
 
 func loadBytes(file string, data []byte) ([]Scenario, []error) {
-	l := &loader{file: file}
+	l := &loader{c: &yamlcheck.Checker{File: file, Kind: "scenario"}, file: file}
 	var scs []Scenario
 	dec := yaml.NewDecoder(bytes.NewReader(data))
-	docs := 0
 	for {
 		var doc yaml.Node
 		err := dec.Decode(&doc)
@@ -287,37 +256,25 @@ func loadBytes(file string, data []byte) ([]Scenario, []error) {
 			break
 		}
 		if err != nil {
-			l.syntaxError(err)
+			e := yamlcheck.SyntaxError(file, err)
+			e.Msg = "YAML syntax: " + e.Msg
+			l.c.Add(e)
 			break
 		}
-		docs++
 		if len(doc.Content) == 0 {
 			continue
 		}
 		scs = append(scs, l.document(doc.Content[0])...)
 	}
-	if len(scs) == 0 && len(l.errs) == 0 {
+	if len(scs) == 0 && l.c.Len() == 0 {
 		l.errorf(nil, "no scenario in file")
 	}
-	sortErrors(l.errs)
-	if len(l.errs) > 0 {
-		return nil, l.errs
+	errs := l.c.Errs()
+	yamlcheck.Sort(errs)
+	if len(errs) > 0 {
+		return nil, errs
 	}
 	return scs, nil
-}
-
-func sortErrors(errs []error) {
-	sort.SliceStable(errs, func(i, j int) bool {
-		a, aok := errs[i].(*fakemta.PositionError)
-		b, bok := errs[j].(*fakemta.PositionError)
-		if !aok || !bok {
-			return false
-		}
-		if a.Line != b.Line {
-			return a.Line < b.Line
-		}
-		return a.Col < b.Col
-	})
 }
 
 // document loads one YAML document: a scenario, or {scenarios: [...]}.
@@ -353,46 +310,19 @@ type keyValue struct {
 	v   *yaml.Node // aliases resolved
 }
 
-// mapping returns n's entries, reporting a non-mapping, unknown keys and
-// duplicate keys. Only known keys are returned, each once.
+// mapping returns n's entries, reporting a non-mapping, unknown keys,
+// duplicate keys and merge keys (yamlcheck.Checker.Mapping). Only known
+// keys are returned, each once.
 func (l *loader) mapping(n *yaml.Node, what string, allowed []string) []keyValue {
-	n = resolve(n)
-	if n.Kind != yaml.MappingNode {
-		l.errorf(n, "%s must be a mapping of keys, got %s", what, kindName(n))
-		return nil
-	}
-	var out []keyValue
-	seen := map[string]bool{}
-	for i := 0; i+1 < len(n.Content); i += 2 {
-		k, v := n.Content[i], resolve(n.Content[i+1])
-		if k.Kind != yaml.ScalarNode {
-			l.errorf(k, "%s keys must be plain words, got %s", what, kindName(k))
-			continue
-		}
-		if k.Value == "<<" {
-			l.errorf(k, "merge keys (<<) are not supported in scenario files; repeat the keys or use an alias for a whole value")
-			continue
-		}
-		if !slices.Contains(allowed, k.Value) {
-			l.errorf(k, "unknown key %q in %s (known: %s)", k.Value, what, strings.Join(allowed, ", "))
-			continue
-		}
-		if seen[k.Value] {
-			l.errorf(k, "duplicate key %q in %s", k.Value, what)
-			continue
-		}
-		seen[k.Value] = true
-		out = append(out, keyValue{key: k.Value, k: k, v: v})
+	kvs, _ := l.c.Mapping(n, yamlcheck.Keys{What: what, Allowed: allowed})
+	out := make([]keyValue, len(kvs))
+	for i, kv := range kvs {
+		out[i] = keyValue{key: kv.Key, k: kv.K, v: kv.V}
 	}
 	return out
 }
 
-func resolve(n *yaml.Node) *yaml.Node {
-	for n != nil && n.Kind == yaml.AliasNode && n.Alias != nil {
-		n = n.Alias
-	}
-	return n
-}
+func resolve(n *yaml.Node) *yaml.Node { return yamlcheck.Resolve(n) }
 
 func hasKey(n *yaml.Node, key string) bool {
 	for i := 0; i+1 < len(n.Content); i += 2 {
@@ -403,83 +333,24 @@ func hasKey(n *yaml.Node, key string) bool {
 	return false
 }
 
-func isNull(n *yaml.Node) bool {
-	return n.Kind == yaml.ScalarNode && n.ShortTag() == "!!null"
-}
+func isNull(n *yaml.Node) bool { return yamlcheck.IsNull(n) }
 
-func kindName(n *yaml.Node) string {
-	switch n.Kind {
-	case yaml.MappingNode:
-		return "a mapping"
-	case yaml.SequenceNode:
-		return "a list"
-	case yaml.ScalarNode:
-		switch n.ShortTag() {
-		case "!!null":
-			return "nothing (null)"
-		case "!!str":
-			return fmt.Sprintf("the string %q", n.Value)
-		case "!!int", "!!float":
-			return "the number " + n.Value
-		case "!!bool":
-			return "the boolean " + n.Value
-		}
-		return fmt.Sprintf("%s %s", n.ShortTag(), n.Value)
-	}
-	return "an unsupported YAML value"
-}
+func kindName(n *yaml.Node) string { return yamlcheck.KindName(n) }
 
 // Scalar readers: each reports a wrong type at v and returns ok=false.
 
-func (l *loader) str(v *yaml.Node, what string) (string, bool) {
-	if v.Kind != yaml.ScalarNode || v.ShortTag() != "!!str" {
-		l.errorf(v, "%s must be a string, got %s", what, kindName(v))
-		return "", false
-	}
-	return v.Value, true
-}
+func (l *loader) str(v *yaml.Node, what string) (string, bool) { return l.c.String(v, what) }
 
 func (l *loader) integer(v *yaml.Node, what string, lo, hi int) (int, bool) {
-	var i int
-	if v.Kind != yaml.ScalarNode || v.ShortTag() != "!!int" || v.Decode(&i) != nil {
-		l.errorf(v, "%s must be a whole number, got %s", what, kindName(v))
-		return 0, false
-	}
-	if i < lo || i > hi {
-		l.errorf(v, "%s must be from %d to %d, got %d", what, lo, hi, i)
-		return 0, false
-	}
-	return i, true
+	return l.c.Int(v, what, lo, hi)
 }
 
-func (l *loader) boolean(v *yaml.Node, what string) (bool, bool) {
-	var b bool
-	if v.Kind != yaml.ScalarNode || v.ShortTag() != "!!bool" || v.Decode(&b) != nil {
-		l.errorf(v, "%s must be true or false, got %s", what, kindName(v))
-		return false, false
-	}
-	return b, true
-}
+func (l *loader) boolean(v *yaml.Node, what string) (bool, bool) { return l.c.Bool(v, what) }
 
-func (l *loader) number(v *yaml.Node, what string) (float64, bool) {
-	var f float64
-	if v.Kind != yaml.ScalarNode || (v.ShortTag() != "!!int" && v.ShortTag() != "!!float") || v.Decode(&f) != nil {
-		l.errorf(v, "%s must be a number, got %s", what, kindName(v))
-		return 0, false
-	}
-	return f, true
-}
+func (l *loader) number(v *yaml.Node, what string) (float64, bool) { return l.c.Number(v, what) }
 
 func (l *loader) enum(v *yaml.Node, what string, allowed []string) (string, bool) {
-	s, ok := l.str(v, what)
-	if !ok {
-		return "", false
-	}
-	if !slices.Contains(allowed, s) {
-		l.errorf(v, "%s must be one of %s, got %q", what, strings.Join(allowed, ", "), s)
-		return "", false
-	}
-	return s, true
+	return l.c.Enum(v, what, allowed)
 }
 
 func (l *loader) name(v *yaml.Node, what string) (string, bool) {
@@ -539,7 +410,7 @@ var scenarioKeys = []string{"name", "description", "labels", "exclusive", "polic
 // scenario loads one scenario mapping; ok is false when it has errors.
 func (l *loader) scenario(n *yaml.Node) (Scenario, bool) {
 	n = resolve(n)
-	nerr := len(l.errs)
+	nerr := l.c.Len()
 	sc := Scenario{File: l.file, Line: n.Line, Col: n.Column}
 	kvs := l.mapping(n, "scenario", scenarioKeys)
 	if n.Kind != yaml.MappingNode {
@@ -599,300 +470,27 @@ func (l *loader) scenario(n *yaml.Node) (Scenario, bool) {
 	if kv, ok := byKey["expect"]; ok {
 		sc.Expect = l.expect(kv.v, st)
 	}
-	return sc, len(l.errs) == nerr
+	return sc, l.c.Len() == nerr
 }
 
 // list returns a sequence's items (aliases resolved).
-func (l *loader) list(v *yaml.Node, what string) []*yaml.Node {
-	if v.Kind != yaml.SequenceNode {
-		l.errorf(v, "%s must be a list, got %s", what, kindName(v))
-		return nil
-	}
-	out := make([]*yaml.Node, len(v.Content))
-	for i, it := range v.Content {
-		out[i] = resolve(it)
-	}
-	return out
-}
+func (l *loader) list(v *yaml.Node, what string) []*yaml.Node { return l.c.List(v, what) }
 
 // policy validates a policy node with the fake MTA's own parser.
 func (l *loader) policy(v *yaml.Node) (*fakemta.Policy, bool) {
 	p, err := fakemta.ParsePolicyNode(l.file, v)
 	if err != nil {
 		for _, e := range flatten(err) {
-			var pe *fakemta.PositionError
+			var pe *yamlcheck.Error
 			if !errors.As(e, &pe) {
 				// Keep the format file:line:col even if the parser did not.
-				e = &fakemta.PositionError{File: l.file, Line: v.Line, Col: v.Column, Msg: "policy: " + e.Error()}
+				e = yamlcheck.At(l.file, v, "policy: %v", e)
 			}
-			l.errs = append(l.errs, e)
+			l.c.Add(e)
 		}
 		return nil, false
 	}
 	return p, true
-}
-
-var stepKeys = []string{"send", "wait", "restart", "fakemta", "policy", "flush", "checkpoint"}
-
-func (l *loader) step(n *yaml.Node, i int, st *scenarioState) Step {
-	step := Step{Line: n.Line, Col: n.Column}
-	kvs := l.mapping(n, "step", stepKeys)
-	if n.Kind != yaml.MappingNode {
-		return step
-	}
-	for _, kv := range kvs {
-		if kv.key == "send" {
-			st.mentionsSend = true
-		}
-	}
-	switch len(kvs) {
-	case 0:
-		if len(n.Content) == 0 {
-			l.errorf(n, "step has no action (one of: %s)", strings.Join(stepKeys, ", "))
-		}
-		return step
-	case 1:
-	default:
-		var names []string
-		for _, kv := range kvs {
-			names = append(names, kv.key)
-		}
-		l.errorf(n, "step has %d actions (%s): give exactly one per step", len(kvs), strings.Join(names, ", "))
-		return step
-	}
-	kv := kvs[0]
-	switch kv.key {
-	case "send":
-		step.Send = l.send(kv.v, st)
-	case "wait":
-		step.Wait = l.wait(kv.v, st)
-	case "restart":
-		step.Restart = l.restart(kv.v, st)
-	case "fakemta":
-		if s, ok := l.enum(kv.v, "fakemta", FakeMTAActions); ok {
-			step.FakeMTA = s
-			l.fakemtaState(kv.v, s, st)
-		}
-	case "policy":
-		step.Policy = kv.v
-		if isNull(kv.v) {
-			st.policy, st.policyOK = &fakemta.Policy{}, true
-		} else {
-			st.policy, st.policyOK = l.policy(kv.v)
-		}
-	case "flush":
-		if b, ok := l.boolean(kv.v, "flush"); ok {
-			if !b {
-				l.errorf(kv.v, "flush must be true (leave the step out otherwise)")
-			}
-			step.Flush = b
-		}
-	case "checkpoint":
-		step.Checkpoint = l.checkpoint(kv.v, i)
-	}
-	return step
-}
-
-func (l *loader) fakemtaState(v *yaml.Node, action string, st *scenarioState) {
-	switch action {
-	case "stop":
-		if !st.fakeRunning {
-			l.errorf(v, "fakemta: stop, but the fake MTA is already stopped")
-		}
-		st.fakeRunning = false
-	case "start":
-		if st.fakeRunning {
-			l.errorf(v, "fakemta: start, but the fake MTA is already running (use restart)")
-		}
-		st.fakeRunning = true
-	case "restart":
-		st.fakeRunning = true
-	case "wipe-state":
-		if !st.fakeRunning {
-			l.errorf(v, "fakemta: wipe-state needs a running fake MTA (start it first)")
-		}
-	}
-}
-
-var sendKeys = []string{"name", "count", "from", "to", "size", "headers", "ehlo_twice", "rset_before_mail",
-	"resubmit_same_message_id", "concurrency", "tag_sender"}
-
-func (l *loader) send(v *yaml.Node, st *scenarioState) *Send {
-	s := &Send{}
-	kvs := l.mapping(v, "send", sendKeys)
-	if v.Kind != yaml.MappingNode {
-		return s
-	}
-	var toKey *yaml.Node
-	for _, kv := range kvs {
-		switch kv.key {
-		case "name":
-			s.Name, _ = l.name(kv.v, "send name")
-		case "count":
-			s.Count, _ = l.integer(kv.v, "count", 1, MaxCount)
-		case "from":
-			s.From, _ = l.address(kv.v, "from")
-		case "to":
-			toKey = kv.k
-			var items []*yaml.Node
-			if kv.v.Kind == yaml.ScalarNode && !isNull(kv.v) {
-				items = []*yaml.Node{kv.v} // to: a@x.test
-			} else {
-				items = l.list(kv.v, "to")
-			}
-			if items != nil && len(items) == 0 {
-				l.errorf(kv.v, "to must name at least one recipient")
-			}
-			for _, it := range items {
-				if a, ok := l.address(it, "recipient"); ok {
-					s.To = append(s.To, a)
-				}
-			}
-		case "size":
-			s.Size, _ = l.integer(kv.v, "size", 0, MaxSize)
-		case "headers":
-			s.Headers = l.headers(kv.v)
-		case "ehlo_twice":
-			s.EHLOTwice, _ = l.boolean(kv.v, kv.key)
-		case "rset_before_mail":
-			s.RsetBeforeMail, _ = l.boolean(kv.v, kv.key)
-		case "resubmit_same_message_id":
-			s.ResubmitSameMessageID, _ = l.boolean(kv.v, kv.key)
-			if s.ResubmitSameMessageID && st.sends == 0 {
-				l.errorf(kv.v, "resubmit_same_message_id needs an earlier send step whose messages it submits again")
-			}
-		case "concurrency":
-			s.Concurrency, _ = l.integer(kv.v, "concurrency", 1, MaxConcurrency)
-		case "tag_sender":
-			if b, ok := l.boolean(kv.v, kv.key); ok {
-				s.TagSender = &b
-			}
-		}
-	}
-	if toKey == nil && !s.ResubmitSameMessageID {
-		l.errorf(v, "send has no recipients (to)")
-	}
-	group := s.Name
-	if group == "" {
-		group = "default"
-	}
-	st.groups[group] = true
-	st.sends++
-	return s
-}
-
-func (l *loader) headers(v *yaml.Node) map[string]string {
-	if v.Kind != yaml.MappingNode {
-		l.errorf(v, "headers must be a mapping of header name to value, got %s", kindName(v))
-		return nil
-	}
-	out := map[string]string{}
-	for i := 0; i+1 < len(v.Content); i += 2 {
-		k, val := v.Content[i], resolve(v.Content[i+1])
-		if k.Kind != yaml.ScalarNode || !headerRE.MatchString(k.Value) {
-			l.errorf(k, "header name %q must be printable ASCII without spaces or ':'", k.Value)
-			continue
-		}
-		if slices.Contains(reservedHeaders, strings.ToLower(k.Value)) {
-			l.errorf(k, "header %s is set by the harness for every message (the ledger follows messages by it)", k.Value)
-			continue
-		}
-		for name := range out {
-			if strings.EqualFold(name, k.Value) {
-				l.errorf(k, "duplicate header %q", k.Value)
-			}
-		}
-		s, ok := l.str(val, "header "+k.Value)
-		if !ok {
-			continue
-		}
-		if strings.ContainsAny(s, "\r\n") {
-			l.errorf(val, "header %s must be one line", k.Value)
-			continue
-		}
-		out[k.Value] = s
-	}
-	return out
-}
-
-var waitKeys = []string{"for", "group", "attempts", "action", "timeout", "timeout_from", "factor"}
-
-func (l *loader) wait(v *yaml.Node, st *scenarioState) *Wait {
-	w := &Wait{}
-	if st.sends == 0 {
-		l.errorf(v, "wait before any send step: there is nothing to wait for")
-	}
-	if v.Kind == yaml.ScalarNode {
-		// Shorthand: wait: delivered.
-		if s, ok := l.enum(v, "wait", []string{"deferred", "delivered", "drained"}); ok {
-			w.For = s
-		} else if slices.Contains([]string{"dsn", "attempts"}, v.Value) {
-			l.errorf(v, "wait for %s needs the long form, e.g. {for: %s, %s}", v.Value, v.Value,
-				map[string]string{"dsn": "action: failed", "attempts": "attempts: 2"}[v.Value])
-		}
-		return w
-	}
-	kvs := l.mapping(v, "wait", waitKeys)
-	if v.Kind != yaml.MappingNode {
-		return w
-	}
-	byKey := map[string]keyValue{}
-	for _, kv := range kvs {
-		byKey[kv.key] = kv
-	}
-	forKV, hasFor := byKey["for"]
-	if hasFor {
-		w.For, _ = l.enum(forKV.v, "wait for", WaitConditions)
-	} else {
-		l.errorf(v, "wait has no condition (for: %s)", strings.Join(WaitConditions, " | "))
-	}
-	if kv, ok := byKey["group"]; ok {
-		if g, ok := l.name(kv.v, "wait group"); ok {
-			w.Group = g
-			if !st.groups[g] {
-				l.errorf(kv.v, "wait group %q is not sent by any earlier send step (%s)", g, groupList(st.groups))
-			}
-		}
-	}
-	if kv, ok := byKey["attempts"]; ok {
-		w.Attempts, _ = l.integer(kv.v, "attempts", 1, 1000)
-		if w.For != "" && w.For != "attempts" {
-			l.errorf(kv.k, "attempts only goes with for: attempts")
-		}
-	} else if w.For == "attempts" {
-		l.errorf(forKV.v, "wait for attempts needs attempts: N (N ≥ 1)")
-	}
-	if kv, ok := byKey["action"]; ok {
-		w.Action, _ = l.enum(kv.v, "wait action", DSNActions)
-		if w.For != "" && w.For != "dsn" {
-			l.errorf(kv.k, "action only goes with for: dsn")
-		}
-	} else if w.For == "dsn" {
-		l.errorf(forKV.v, "wait for dsn needs action: failed or action: delayed")
-	}
-	if kv, ok := byKey["timeout"]; ok {
-		d, _ := l.duration(kv.v, "timeout")
-		w.Timeout = d
-	}
-	if kv, ok := byKey["timeout_from"]; ok {
-		w.TimeoutFrom, _ = l.enum(kv.v, "timeout_from", TimeoutFroms)
-		if _, both := byKey["timeout"]; both {
-			l.errorf(kv.k, "give timeout or timeout_from, not both")
-		}
-	}
-	if kv, ok := byKey["factor"]; ok {
-		if f, ok := l.number(kv.v, "factor"); ok {
-			if f <= 0 || f > MaxFactor {
-				l.errorf(kv.v, "factor must be above 0 and at most %d, got %s", MaxFactor, kv.v.Value)
-			} else {
-				w.Factor = f
-			}
-		}
-		if _, abs := byKey["timeout"]; abs {
-			l.errorf(kv.k, "factor scales the timing-derived timeout: it does not go with timeout")
-		}
-	}
-	return w
 }
 
 func groupList(groups map[string]bool) string {
@@ -905,53 +503,6 @@ func groupList(groups map[string]bool) string {
 	}
 	sort.Strings(g)
 	return "groups: " + strings.Join(g, ", ")
-}
-
-func (l *loader) restart(v *yaml.Node, st *scenarioState) *Restart {
-	r := &Restart{}
-	if isNull(v) {
-		return r
-	}
-	for _, kv := range l.mapping(v, "restart", []string{"times", "when"}) {
-		switch kv.key {
-		case "times":
-			r.Times, _ = l.integer(kv.v, "restart times", 1, MaxRestartTimes)
-		case "when":
-			r.When, _ = l.enum(kv.v, "restart when", RestartWhens)
-			if r.When == "during-data" && st.policyOK && !holdsData(st.policy) {
-				l.errorf(kv.v, "restart when: during-data waits until the fake MTA holds a DATA phase open: "+
-					"the policy in effect needs a rule with delay at stage data or eod")
-			}
-		}
-	}
-	return r
-}
-
-// holdsData reports whether p has a delay (tarpit) rule at stage data or eod.
-func holdsData(p *fakemta.Policy) bool {
-	for _, r := range p.Rules {
-		if r.Action == fakemta.ActionDelay && (r.Match.Stage == fakemta.StageData || r.Match.Stage == fakemta.StageEOD) {
-			return true
-		}
-	}
-	return false
-}
-
-func (l *loader) checkpoint(v *yaml.Node, i int) *Checkpoint {
-	c := &Checkpoint{}
-	switch {
-	case isNull(v):
-	case v.Kind == yaml.ScalarNode:
-		c.Name, _ = l.name(v, "checkpoint name")
-	default:
-		for _, kv := range l.mapping(v, "checkpoint", []string{"name"}) {
-			c.Name, _ = l.name(kv.v, "checkpoint name")
-		}
-	}
-	if c.Name == "" {
-		c.Name = fmt.Sprintf("step-%d", i+1)
-	}
-	return c
 }
 
 func (l *loader) expect(v *yaml.Node, st *scenarioState) Expect {
@@ -983,7 +534,7 @@ func (l *loader) expect(v *yaml.Node, st *scenarioState) Expect {
 
 func (l *loader) messageExpectation(n *yaml.Node, st *scenarioState) (MessageExpectation, bool) {
 	var m MessageExpectation
-	nerr := len(l.errs)
+	nerr := l.c.Len()
 	kvs := l.mapping(n, "message expectation", []string{"group", "verdict", "within", "dsn"})
 	if n.Kind != yaml.MappingNode {
 		return m, false
@@ -1035,5 +586,5 @@ func (l *loader) messageExpectation(n *yaml.Node, st *scenarioState) (MessageExp
 	if m.DSN != nil && m.DSN.Action == "failed" && m.Verdict == "delivered" {
 		l.errorf(verdictNode, "verdict delivered contradicts dsn action failed (a bounce): expect verdict bounced")
 	}
-	return m, len(l.errs) == nerr
+	return m, l.c.Len() == nerr
 }

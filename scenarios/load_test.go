@@ -233,7 +233,7 @@ func TestLoadErrors(t *testing.T) {
 		{"unknown top key", "name: x\nstep: []\n" + okSteps, []at{{2, "step",
 			`unknown key "step" in scenario (known: name, description, labels, exclusive, policy, needs, steps, expect)`}}},
 		{"exclusive not a bool", "name: x\nexclusive: yes please\n" + okSteps, []at{{2, "yes", "exclusive must be true or false, got the string \"yes please\""}}},
-		{"duplicate key", "name: x\nname: y\n" + okSteps, []at{{2, "name", `duplicate key "name" in scenario`}}},
+		{"duplicate key", "name: x\nname: y\n" + okSteps, []at{{2, "name", `duplicate key "name" in scenario (first at line 1)`}}},
 		{"no name", okSteps, []at{{1, "", "scenario has no name"}}},
 		{"bad name", "name: 'has space'\n" + okSteps, []at{{1, "'has",
 			`name "has space" must be 1-100 letters, digits, '.', '_' or '-', starting with a letter or digit`}}},
@@ -355,7 +355,7 @@ func TestLoadErrors(t *testing.T) {
 			`delay: invalid duration "soon" (want e.g. 2s, 5m, 48h, 35d)`}}},
 		{"policy step error", "name: x\n" + okSteps + "  - policy:\n      rules:\n        - match: {stage: rcpt}\n          bounce: true\n", []at{
 			{6, "match", "rule has no action (one of: reply, drop, close, delay, tls, accept)"},
-			{7, "bounce", `unknown key "bounce" in rule (allowed: match, reply, drop, close, delay, tls, accept)`}}},
+			{7, "bounce", `unknown key "bounce" in rule (known: match, reply, drop, close, delay, tls, accept)`}}},
 		{"merge key", "name: x\nsteps:\n  - send: {<<: {to: a@x.test}}\n", []at{
 			{3, "{<<", "send has no recipients (to)"},
 			{3, "<<", "merge keys (<<) are not supported in scenario files; repeat the keys or use an alias for a whole value"}}},

@@ -14,13 +14,13 @@ var capabilityOrder = []profile.Capability{
 
 // Needs returns the profile capabilities the scenario requires: those
 // declared under `needs` plus those its steps and expectations imply:
-//   - a restart step needs restart;
-//   - a fakemta step (stop, start, restart, wipe-state) needs fakemta-control;
-//   - a flush step needs flush;
-//   - a checkpoint step, or an expected verdict that only a queue listing
-//     can tell (held-silently, stalled, lost), needs queue;
-//   - a DSN with Action: delayed (waited for or expected) or an expected
-//     delayed-notice verdict needs delay-warning.
+//   - each step needs what its Action's Needs says (restart: restart;
+//     fakemta: fakemta-control; flush: flush; checkpoint: queue; a wait
+//     for a DSN with Action: delayed: delay-warning);
+//   - an expected verdict that only a queue listing can tell
+//     (held-silently, stalled, lost) needs queue;
+//   - an expected DSN with Action: delayed or an expected delayed-notice
+//     verdict needs delay-warning.
 //
 // The result is in a fixed order without repeats; nil when it needs nothing.
 func (s Scenario) Needs() []profile.Capability {
@@ -28,18 +28,11 @@ func (s Scenario) Needs() []profile.Capability {
 	for _, n := range s.DeclaredNeeds {
 		want[profile.Capability(n)] = true
 	}
-	for _, st := range s.Steps {
-		switch {
-		case st.Restart != nil:
-			want[profile.CapRestart] = true
-		case st.FakeMTA != "":
-			want[profile.CapFakeMTAControl] = true
-		case st.Flush:
-			want[profile.CapFlush] = true
-		case st.Checkpoint != nil:
-			want[profile.CapQueue] = true
-		case st.Wait != nil && st.Wait.For == "dsn" && st.Wait.Action == "delayed":
-			want[profile.CapDelayWarning] = true
+	for i := range s.Steps {
+		if a := s.Steps[i].Action(); a != nil {
+			for _, c := range a.Needs() {
+				want[c] = true
+			}
 		}
 	}
 	for _, m := range s.Expect.Messages {

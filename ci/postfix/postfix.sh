@@ -14,6 +14,11 @@
 #   GREYHARNESS_WORK  work dir (default /tmp/greyharness-postfix)
 #   SUBMIT_PORT       smtpd listener on 127.0.0.1 (default 2525)
 #   NEXT_HOP_PORT     relayhost [127.0.0.1]:PORT, the fake MTA (default 2526)
+#   POSTFIX_MAIN_CF   optional overlay: a file of main.cf lines (NAME = VALUE;
+#                     # comments and blank lines ignored) set with postconf -e
+#                     after the CI settings below, so it wins (a relative path
+#                     is taken from the current folder: the profile's folder).
+#                     ci/postfix-realtimers/main.cf puts Debian's timers back.
 #
 # Postfix's master runs as root: run this as root (CI: sudo).
 set -euo pipefail
@@ -114,10 +119,33 @@ setup() {
 		"default_process_limit = 20" \
 		"smtp_connect_timeout = 5s" \
 		"biff = no"
+	if [ -n "${POSTFIX_MAIN_CF:-}" ]; then
+		apply_overlay "$POSTFIX_MAIN_CF"
+	fi
 	# Debian's master.cf chroots most services: the private instance has no chroot.
 	postconf -c "$CONF" -F '*/*/chroot = n'
 	postfix -c "$CONF" check >/dev/null 2>&1 || postfix -c "$CONF" check
 	echo "postfix.sh: instance ready in $WORK (smtpd 127.0.0.1:${SUBMIT_PORT}, relayhost [127.0.0.1]:${NEXT_HOP_PORT})" >&2
+}
+
+# apply_overlay FILE: set every NAME = VALUE line of FILE in the instance's
+# main.cf. A line that is not NAME = VALUE is an error, never skipped.
+apply_overlay() {
+	local file=$1 line n=0 name
+	local -a settings=()
+	[ -f "$file" ] || die "POSTFIX_MAIN_CF: no such file: $file"
+	while IFS= read -r line || [ -n "$line" ]; do
+		n=$((n + 1))
+		line=${line%%#*}
+		line=$(printf '%s' "$line" | sed -E 's/^[[:space:]]+//; s/[[:space:]]+$//')
+		[ -z "$line" ] && continue
+		name=${line%%=*}
+		[[ "$line" == *=* && "$name" =~ ^[a-z0-9_]+[[:space:]]*$ ]] || die "$file:$n: want NAME = VALUE, got: $line"
+		settings+=("$line")
+	done <"$file"
+	[ ${#settings[@]} -gt 0 ] || die "$file: no NAME = VALUE line"
+	postconf -c "$CONF" -e "${settings[@]}"
+	echo "postfix.sh: main.cf overlay $file: ${settings[*]}" >&2
 }
 
 ready() {

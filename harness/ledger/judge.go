@@ -191,111 +191,175 @@ func (v *verdicts) has(x Verdict) bool { _, ok := v.why[x]; return ok }
 
 func (j *judge) rel(t time.Time) string { return Rel(j.h.Started, t) }
 
+// trackCase is one accepted (message, recipient) while judgeTrack decides
+// it: the evidence the steps below find and the verdicts the rules give.
+// Each rule reads it and adds verdicts (with the evidence that made them)
+// and timeline entries; judgeTrack runs them in a fixed order.
+type trackCase struct {
+	tr        *track
+	s         *history.Submission
+	exp       expectation
+	v         verdicts
+	tl        []TimelineEntry
+	extraFail []string // failures that are no verdict (an unmet expectation)
+
+	// Resolution: first delivery, first well-formed failed DSN (bounce), or
+	// first failed DSN that is bad; resolved is the earliest of them.
+	delivered, bounced, badResolved, resolved time.Time
+	bounce                                    *dsnSeen
+	giveUp                                    *dsnTry // unresolved, and the relay gave up: its DSN never got through
+	end                                       time.Time
+	endWhy                                    string
+
+	acts        []activity // moments from which the relay gets a fresh retry_max
+	lastAttempt time.Time
+	bodies      int // times the body reached this recipient
+	gapBodies   int // ... of them while the relay was being restarted or stopped
+	bodyNotes   []string
+
+	openVerdict Verdict  // the verdict of a window still open at the end
+	vanished    []string // hidden while overdue and never back
+	outcome     Verdict
+}
+
+// judgeTrack judges one (message, recipient): a refused submission is
+// not-accepted; an accepted one goes through the rules below.
 func (j *judge) judgeTrack(tr *track) Finding {
 	s := tr.sub
-	exp := j.expectFor(s.Group)
-	f := Finding{
-		HarnessID: s.HarnessID, MessageID: s.MessageID, Group: s.Group, Rcpt: tr.rcpt,
-		SubmittedAt: s.SubmittedAt, Expected: exp.String(),
-	}
-	tl := []TimelineEntry{{At: s.SubmittedAt, What: WhatSubmitted,
+	c := &trackCase{tr: tr, s: s, exp: j.expectFor(s.Group)}
+	c.tl = []TimelineEntry{{At: s.SubmittedAt, What: WhatSubmitted,
 		Detail: fmt.Sprintf("MAIL FROM:<%s> RCPT TO:<%s>, relay replied %s", s.MailFrom, tr.rcpt, fmtReply(&s.Reply))}}
 	if !s.Accepted {
-		f.Verdicts, f.Primary = []Verdict{NotAccepted}, NotAccepted
-		f.Why = fmt.Sprintf("the relay refused the submission at %s (%s): not its responsibility", j.rel(s.SubmittedAt), fmtReply(&s.Reply))
-		f.Timeline = tl
-		return f
+		return Finding{
+			HarnessID: s.HarnessID, MessageID: s.MessageID, Group: s.Group, Rcpt: tr.rcpt,
+			SubmittedAt: s.SubmittedAt, Expected: c.exp.String(),
+			Verdicts: []Verdict{NotAccepted}, Primary: NotAccepted, Timeline: c.tl,
+			Why: fmt.Sprintf("the relay refused the submission at %s (%s): not its responsibility", j.rel(s.SubmittedAt), fmtReply(&s.Reply)),
+		}
 	}
 	sort.SliceStable(tr.attempts, func(a, b int) bool { return tr.attempts[a].at.Before(tr.attempts[b].at) })
 	sort.SliceStable(tr.dsns, func(a, b int) bool { return tr.dsns[a].at.Before(tr.dsns[b].at) })
 	sort.Slice(tr.delivered, func(a, b int) bool { return tr.delivered[a].Before(tr.delivered[b]) })
-	var v verdicts
-	extraFail := []string{}
 
-	// Resolution: first delivery, first well-formed failed DSN, or first
-	// failed DSN that is bad (the relay did report, but unusably).
-	var delivered, bounced, badResolved time.Time
-	var bounce *dsnSeen
-	if len(tr.delivered) > 0 {
-		delivered = tr.delivered[0]
+	j.ruleDSNs(c)
+	j.resolve(c)
+	j.activities(c)
+	j.evidenceTimeline(c)
+
+	j.ruleDelivered(c)
+	j.ruleDuplicate(c)
+	j.ruleStale(c)
+	j.ruleBounced(c)
+	j.rulePrematureBounce(c)
+	j.ruleRetryTooSoon(c)
+	j.ruleRetryDeadlines(c)
+	j.ruleGaveUp(c)
+	j.ruleOutcome(c)
+	for _, cp := range j.h.Checkpoints {
+		c.tl = append(c.tl, j.checkpoint(tr, cp, c.acts, c.resolved, &c.v)...)
 	}
-	for i := range tr.dsns {
-		d := &tr.dsns[i]
+	j.ruleExpectedDSN(c)
+	return j.finding(c)
+}
+
+// ruleDSNs gives, for each DSN the fake MTA accepted: bad-dsn when it
+// lacks what identifies the message (evidence: its problems; a bad failed
+// DSN still resolves the message), delayed-notice for Action: delayed
+// (evidence: its status and arrival). The first good Action: failed DSN is
+// the bounce (ruleBounced).
+func (j *judge) ruleDSNs(c *trackCase) {
+	for i := range c.tr.dsns {
+		d := &c.tr.dsns[i]
 		if !d.accepted {
 			continue
 		}
 		switch {
 		case len(d.problems) > 0:
-			v.add(BadDSN, fmt.Sprintf("the DSN that arrived at %s %s", j.rel(d.at), strings.Join(d.problems, "; ")))
-			if d.action == "failed" && badResolved.IsZero() {
-				badResolved = d.at
+			c.v.add(BadDSN, fmt.Sprintf("the DSN that arrived at %s %s", j.rel(d.at), strings.Join(d.problems, "; ")))
+			if d.action == "failed" && c.badResolved.IsZero() {
+				c.badResolved = d.at
 			}
 		case d.action == "failed":
-			if bounce == nil {
-				bounce, bounced = d, d.at
+			if c.bounce == nil {
+				c.bounce, c.bounced = d, d.at
 			}
 		case d.action == "delayed":
-			v.add(DelayedNotice, fmt.Sprintf("a DSN Action: delayed (Status %s) arrived at %s", d.status, j.rel(d.at)))
+			c.v.add(DelayedNotice, fmt.Sprintf("a DSN Action: delayed (Status %s) arrived at %s", d.status, j.rel(d.at)))
 		}
 	}
-	resolved := earliest(delivered, bounced, badResolved)
-	sort.SliceStable(tr.tries, func(a, b int) bool { return tr.tries[a].at.Before(tr.tries[b].at) })
-	var giveUp *dsnTry // unresolved, and the relay gave up: its DSN never got through
-	if resolved.IsZero() {
-		giveUp = j.gaveUp(tr)
-	}
-	end, endWhy := resolved, "resolution"
-	switch {
-	case giveUp != nil:
-		end, endWhy = giveUp.at, "the relay gave up"
-	case end.IsZero():
-		end, endWhy = j.h.Ended, "the end of the scenario"
-	}
+}
 
-	// Attempts as activities, and the timeline of attempts.
-	acts := []activity{instant(s.SubmittedAt, "submission")}
-	var lastAttempt time.Time
-	bodies, gapBodies := 0, 0
-	var bodyNotes []string
+// resolve finds when the message was resolved and where its story ends:
+// at the resolution, when the relay gave up (a DSN try that never got
+// through, and no attempt after), or at the end of the scenario.
+func (j *judge) resolve(c *trackCase) {
+	tr := c.tr
+	if len(tr.delivered) > 0 {
+		c.delivered = tr.delivered[0]
+	}
+	c.resolved = earliest(c.delivered, c.bounced, c.badResolved)
+	sort.SliceStable(tr.tries, func(a, b int) bool { return tr.tries[a].at.Before(tr.tries[b].at) })
+	if c.resolved.IsZero() {
+		c.giveUp = j.gaveUp(tr)
+	}
+	c.end, c.endWhy = c.resolved, "resolution"
+	switch {
+	case c.giveUp != nil:
+		c.end, c.endWhy = c.giveUp.at, "the relay gave up"
+	case c.end.IsZero():
+		c.end, c.endWhy = j.h.Ended, "the end of the scenario"
+	}
+}
+
+// activities collects the moments that give the relay a fresh retry_max
+// (submission, attempts, connection-only attempts, outage ends), the
+// attempts' timeline and the bodies the recipient received.
+func (j *judge) activities(c *trackCase) {
+	tr, s := c.tr, c.s
+	c.acts = []activity{instant(s.SubmittedAt, "submission")}
 	for _, a := range tr.attempts {
-		tl = append(tl, j.attemptEntries(tr, a)...)
-		if a.start.Before(end) {
+		c.tl = append(c.tl, j.attemptEntries(tr, a)...)
+		if a.start.Before(c.end) {
 			// An attempt lasts while its connection was open: a delivery
 			// that survived an outage on its original connection counts.
-			acts = append(acts, activity{a.start, earliest(a.at, end), "attempt"})
+			c.acts = append(c.acts, activity{a.start, earliest(a.at, c.end), "attempt"})
 		}
-		if a.at.After(lastAttempt) {
-			lastAttempt = a.at
+		if a.at.After(c.lastAttempt) {
+			c.lastAttempt = a.at
 		}
 		if a.body && a.rcpt != nil && is2xx(a.rcpt.Code) && !a.rcpt.Dropped && a.data != nil && (a.data.Dropped || is2xx(a.data.Code)) {
-			bodies++
+			c.bodies++
 			if j.relayDown(a.at) {
-				gapBodies++
+				c.gapBodies++
 			}
 			what := fmtReply(a.data)
 			if a.data.Dropped {
 				what = "line dropped after the body, no reply"
 			}
-			bodyNotes = append(bodyNotes, fmt.Sprintf("%s (%s)", j.rel(a.at), what))
+			c.bodyNotes = append(c.bodyNotes, fmt.Sprintf("%s (%s)", j.rel(a.at), what))
 		}
 	}
 	var connOnly []attempt
 	for _, a := range j.connOnly {
-		if a.at.After(s.SubmittedAt) && a.at.Before(end) {
-			acts = append(acts, instant(a.at, "connection attempt"))
+		if a.at.After(s.SubmittedAt) && a.at.Before(c.end) {
+			c.acts = append(c.acts, instant(a.at, "connection attempt"))
 			connOnly = append(connOnly, a)
 		}
 	}
-	tl = append(tl, j.collapseConnOnly(connOnly)...)
+	c.tl = append(c.tl, j.collapseConnOnly(connOnly)...)
 	for _, o := range j.outages {
-		if o.end.After(s.SubmittedAt) && o.end.Before(end) {
-			acts = append(acts, instant(o.end, "end of "+string(o.kind)))
+		if o.end.After(s.SubmittedAt) && o.end.Before(c.end) {
+			c.acts = append(c.acts, instant(o.end, "end of "+string(o.kind)))
 		}
 	}
-	sort.SliceStable(acts, func(a, b int) bool { return acts[a].at.Before(acts[b].at) })
+	sort.SliceStable(c.acts, func(a, b int) bool { return c.acts[a].at.Before(c.acts[b].at) })
+}
 
-	// Faults, DSNs and queue sightings on the timeline.
-	tlEnd := resolved // faults shown up to the resolution, or the end when unresolved
+// evidenceTimeline puts faults, DSNs, notes, DSN tries and queue sightings
+// on the timeline.
+func (j *judge) evidenceTimeline(c *trackCase) {
+	tr, s := c.tr, c.s
+	tlEnd := c.resolved // faults shown up to the resolution, or the end when unresolved
 	if tlEnd.IsZero() {
 		tlEnd = j.h.Ended
 	}
@@ -311,7 +375,7 @@ func (j *judge) judgeTrack(tr *track) Finding {
 			if fl.Err != "" {
 				d += " (error: " + fl.Err + ")"
 			}
-			tl = append(tl, TimelineEntry{At: fl.Start, What: WhatFault, Detail: d})
+			c.tl = append(c.tl, TimelineEntry{At: fl.Start, What: WhatFault, Detail: d})
 		}
 	}
 	for _, d := range tr.dsns {
@@ -322,157 +386,256 @@ func (j *judge) judgeTrack(tr *track) Finding {
 		if len(d.problems) > 0 {
 			det += "; bad: " + strings.Join(d.problems, "; ")
 		}
-		tl = append(tl, TimelineEntry{At: d.at, What: WhatDSN, Detail: det})
+		c.tl = append(c.tl, TimelineEntry{At: d.at, What: WhatDSN, Detail: det})
 	}
-	tl = append(tl, tr.notes...)
+	c.tl = append(c.tl, tr.notes...)
 	for _, d := range tr.tries {
-		tl = append(tl, TimelineEntry{At: d.at, What: WhatDSN, Detail: fmt.Sprintf("conn %d: a DSN to the sender %s at %s: %s; it never got through",
+		c.tl = append(c.tl, TimelineEntry{At: d.at, What: WhatDSN, Detail: fmt.Sprintf("conn %d: a DSN to the sender %s at %s: %s; it never got through",
 			d.conn, d.verb(), d.stage, fmtReply(&d.reply))})
 	}
-	tl = append(tl, j.queueEntries(tr, end, resolved.IsZero())...)
+	c.tl = append(c.tl, j.queueEntries(tr, c.end, c.resolved.IsZero())...)
+}
 
-	// Delivery and its problems.
-	if !delivered.IsZero() {
-		v.add(Delivered, fmt.Sprintf("delivered at %s, %s after submission", j.rel(delivered), delivered.Sub(s.SubmittedAt).Round(time.Millisecond)))
-		if len(tr.delivered) >= 1 && bodies >= 2 {
-			why := fmt.Sprintf("its body reached %s %d times: %s", tr.rcpt, bodies, strings.Join(bodyNotes, ", "))
-			if bodies-gapBodies <= 1 && gapBodies > 0 {
-				// (a copy accepted during the outage is one the relay may not have recorded)
-				v.gapDuplicate = true
-				why += "; the earlier copies were accepted while the relay was being restarted or stopped, so it could not record them (RFC 1047): a warning"
-			}
-			v.add(Duplicate, why)
-		}
-		// An outage (a restart, the fake MTA down: the scenario's own or a
-		// neighbour's) is not the relay's delay: the bound stretches by it.
-		down := j.outageTime(s.SubmittedAt, delivered)
-		if exp.within > 0 && delivered.Sub(s.SubmittedAt)-down > exp.within {
-			by := s.SubmittedAt.Add(exp.within + down)
-			excused := ""
-			if down > 0 {
-				excused = fmt.Sprintf(", %s of outage excused", down.Round(time.Millisecond))
-			}
-			v.add(Stale, fmt.Sprintf("delivered at %s, %s after submission; expected within %s (by %s%s)",
-				j.rel(delivered), delivered.Sub(s.SubmittedAt).Round(time.Millisecond), exp.within, j.rel(by), excused))
-			tl = append(tl, TimelineEntry{At: by, What: WhatDeadline, Detail: "expected delivered within " + exp.within.String()})
-		}
+// ruleDelivered gives delivered: the fake MTA answered 2xx after the
+// final dot for this recipient (evidence: the first such reply's time).
+func (j *judge) ruleDelivered(c *trackCase) {
+	if c.delivered.IsZero() {
+		return
 	}
-	if bounce != nil {
-		v.add(Bounced, fmt.Sprintf("a DSN Action: failed (Status %s) arrived at %s", bounce.status, j.rel(bounced)))
-		if !delivered.IsZero() {
-			extraFail = append(extraFail, fmt.Sprintf("it was delivered at %s and yet bounced at %s", j.rel(delivered), j.rel(bounced)))
-		}
-		if ql := j.h.Timing.QueueLifetime.D(); ql > 0 && delivered.IsZero() {
-			due := s.SubmittedAt.Add(ql)
-			// The relay gave up when it first tried the DSN, not when the
-			// DSN finally got through.
-			gave, how := bounced, ""
-			if d := j.firstTryBefore(tr, bounced); d != nil {
-				gave, how = d.at, fmt.Sprintf(" (it gave up at %s, when it first tried the DSN: %s at %s)", j.rel(d.at), fmtReply(&d.reply), d.stage)
-			}
-			if gave.Before(due.Add(-LifetimeSlack(ql))) && j.temporary(tr, bounce) {
-				v.add(PrematureBounce, fmt.Sprintf("bounced at %s%s for a temporary failure (Status %s; the fake MTA never gave it a 5xx) before the queue lifetime %s ran out at %s (slack %s)",
-					j.rel(bounced), how, bounce.status, ql, j.rel(due), LifetimeSlack(ql)))
-				tl = append(tl, TimelineEntry{At: due, What: WhatDeadline, Detail: "queue lifetime " + ql.String() + " ends: no bounce for a temporary failure before this"})
-			}
-		}
-	}
-	if len(tr.tooSoon) > 0 {
-		t := tr.tooSoon[0]
-		why := fmt.Sprintf("retried at %s, only %s after the greylist deferral at %s (greylist delay %s)",
-			j.rel(t.at), t.at.Sub(t.ref).Round(time.Millisecond), j.rel(t.ref), j.h.GreylistDelay.D())
-		if n := len(tr.tooSoon); n > 1 {
-			why += fmt.Sprintf(", %d retries too soon in all", n)
-		}
-		v.add(RetryTooSoon, why)
-	}
+	c.v.add(Delivered, fmt.Sprintf("delivered at %s, %s after submission", j.rel(c.delivered), c.delivered.Sub(c.s.SubmittedAt).Round(time.Millisecond)))
+}
 
-	// Retry deadlines: every gap with no attempt longer than the bound.
-	var openVerdict Verdict
-	var vanished []string // hidden while overdue and never back
-	if j.h.Timing.RetryMax > 0 {
-		for _, w := range j.windows(acts, end, endWhy, resolved.IsZero() && giveUp == nil) {
-			wvs, van := j.judgeWindow(tr, w, resolved)
-			for _, x := range wvs {
-				v.add(x.v, x.why)
-			}
-			if van != "" {
-				vanished = append(vanished, van)
-			}
-			tl = append(tl, TimelineEntry{At: w.deadline, What: WhatDeadline,
-				Detail: fmt.Sprintf("retry deadline: %s (%s) + retry_max %s + slack %s, no attempt by then",
-					j.rel(w.from.end), w.from.what, j.h.Timing.RetryMax.D(), RetrySlack(j.h.Timing.RetryMax.D()))})
-			if w.open && len(wvs) > 0 {
-				openVerdict = wvs[0].v
-			}
-		}
+// ruleDuplicate gives duplicate: delivered, and its body reached the
+// recipient more than once (evidence: each body's time and reply, a line
+// dropped after the body counting too: RFC 1047).
+func (j *judge) ruleDuplicate(c *trackCase) {
+	if c.delivered.IsZero() || len(c.tr.delivered) < 1 || c.bodies < 2 {
+		return
 	}
-	if giveUp != nil {
-		fate := j.dsnFate(tr, giveUp)
-		if ql := j.h.Timing.QueueLifetime.D(); ql > 0 {
-			due := s.SubmittedAt.Add(ql)
-			if giveUp.at.Before(due.Add(-LifetimeSlack(ql))) && j.temporary(tr, &dsnSeen{at: giveUp.at}) {
-				v.add(PrematureBounce, fmt.Sprintf("the relay gave up at %s for a temporary failure (the fake MTA never gave it a 5xx): it tried to send a DSN then and never tried the message again, before the queue lifetime %s ran out at %s (slack %s)",
-					j.rel(giveUp.at), ql, j.rel(due), LifetimeSlack(ql)))
-				tl = append(tl, TimelineEntry{At: due, What: WhatDeadline, Detail: "queue lifetime " + ql.String() + " ends: no bounce for a temporary failure before this"})
-			}
-		}
-		v.add(Lost, fmt.Sprintf("the relay gave up on it at %s and the sender never learnt: %s; undelivered and unbounced when the scenario drained at %s",
-			j.rel(giveUp.at), fate, j.rel(j.h.Ended)))
+	why := fmt.Sprintf("its body reached %s %d times: %s", c.tr.rcpt, c.bodies, strings.Join(c.bodyNotes, ", "))
+	if c.bodies-c.gapBodies <= 1 && c.gapBodies > 0 {
+		// A copy accepted while the relay went down is one it may not have recorded.
+		c.v.gapDuplicate = true
+		why += "; the earlier copies were accepted while the relay was being restarted or stopped, so it could not record them (RFC 1047): a warning"
 	}
+	c.v.add(Duplicate, why)
+}
 
-	// Outcome.
-	var outcome Verdict
+// ruleStale gives stale: delivered later than the scenario's latency
+// bound (evidence: delivery time against submission + within; the bound
+// goes on the timeline).
+func (j *judge) ruleStale(c *trackCase) {
+	s, within := c.s, c.exp.within
+	if c.delivered.IsZero() || within <= 0 {
+		return
+	}
+	// An outage (a restart, the fake MTA down: the scenario's own or a
+	// neighbour's) is not the relay's delay: the bound stretches by it.
+	down := j.outageTime(s.SubmittedAt, c.delivered)
+	if c.delivered.Sub(s.SubmittedAt)-down <= within {
+		return
+	}
+	by := s.SubmittedAt.Add(within + down)
+	excused := ""
+	if down > 0 {
+		excused = fmt.Sprintf(", %s of outage excused", down.Round(time.Millisecond))
+	}
+	c.v.add(Stale, fmt.Sprintf("delivered at %s, %s after submission; expected within %s (by %s%s)",
+		j.rel(c.delivered), c.delivered.Sub(s.SubmittedAt).Round(time.Millisecond), within, j.rel(by), excused))
+	c.tl = append(c.tl, TimelineEntry{At: by, What: WhatDeadline, Detail: "expected delivered within " + within.String()})
+}
+
+// ruleBounced gives bounced: a well-formed DSN Action: failed reached the
+// sender (evidence: its status and arrival). Delivered and bounced both is
+// a failure of its own.
+func (j *judge) ruleBounced(c *trackCase) {
+	if c.bounce == nil {
+		return
+	}
+	c.v.add(Bounced, fmt.Sprintf("a DSN Action: failed (Status %s) arrived at %s", c.bounce.status, j.rel(c.bounced)))
+	if !c.delivered.IsZero() {
+		c.extraFail = append(c.extraFail, fmt.Sprintf("it was delivered at %s and yet bounced at %s", j.rel(c.delivered), j.rel(c.bounced)))
+	}
+}
+
+// rulePrematureBounce gives premature-bounce: bounced, undelivered, for a
+// temporary failure (the fake MTA never gave a 5xx), before the profile's
+// queue lifetime less its slack. Evidence: when the relay gave up (its
+// first DSN try, else the bounce) against submission + queue_lifetime,
+// which goes on the timeline.
+func (j *judge) rulePrematureBounce(c *trackCase) {
+	ql := j.h.Timing.QueueLifetime.D()
+	if c.bounce == nil || ql <= 0 || !c.delivered.IsZero() {
+		return
+	}
+	due := c.s.SubmittedAt.Add(ql)
+	// The relay gave up when it first tried the DSN, not when the DSN
+	// finally got through.
+	gave, how := c.bounced, ""
+	if d := j.firstTryBefore(c.tr, c.bounced); d != nil {
+		gave, how = d.at, fmt.Sprintf(" (it gave up at %s, when it first tried the DSN: %s at %s)", j.rel(d.at), fmtReply(&d.reply), d.stage)
+	}
+	if gave.Before(due.Add(-LifetimeSlack(ql))) && j.temporary(c.tr, c.bounce) {
+		c.v.add(PrematureBounce, fmt.Sprintf("bounced at %s%s for a temporary failure (Status %s; the fake MTA never gave it a 5xx) before the queue lifetime %s ran out at %s (slack %s)",
+			j.rel(c.bounced), how, c.bounce.status, ql, j.rel(due), LifetimeSlack(ql)))
+		c.tl = append(c.tl, TimelineEntry{At: due, What: WhatDeadline, Detail: "queue lifetime " + ql.String() + " ends: no bounce for a temporary failure before this"})
+	}
+}
+
+// ruleRetryTooSoon gives retry-too-soon: a retry inside the greylist delay
+// after a greylist deferral (evidence: the first such retry, its gap, and
+// how many there were).
+func (j *judge) ruleRetryTooSoon(c *trackCase) {
+	if len(c.tr.tooSoon) == 0 {
+		return
+	}
+	t := c.tr.tooSoon[0]
+	why := fmt.Sprintf("retried at %s, only %s after the greylist deferral at %s (greylist delay %s)",
+		j.rel(t.at), t.at.Sub(t.ref).Round(time.Millisecond), j.rel(t.ref), j.h.GreylistDelay.D())
+	if n := len(c.tr.tooSoon); n > 1 {
+		why += fmt.Sprintf(", %d retries too soon in all", n)
+	}
+	c.v.add(RetryTooSoon, why)
+}
+
+// ruleRetryDeadlines gives, for every gap with no attempt longer than
+// retry_max plus slack while unresolved, what judgeWindow finds in the
+// queue listings of that gap: stalled (visible, untried) or held-silently
+// (hidden, and later back). Evidence: the gap's start and the listings;
+// each deadline goes on the timeline. A window still open at the end
+// decides the outcome when nothing stronger does (ruleOutcome).
+func (j *judge) ruleRetryDeadlines(c *trackCase) {
+	if j.h.Timing.RetryMax <= 0 {
+		return
+	}
+	for _, w := range j.windows(c.acts, c.end, c.endWhy, c.resolved.IsZero() && c.giveUp == nil) {
+		wvs, van := j.judgeWindow(c.tr, w, c.resolved)
+		for _, x := range wvs {
+			c.v.add(x.v, x.why)
+		}
+		if van != "" {
+			c.vanished = append(c.vanished, van)
+		}
+		c.tl = append(c.tl, TimelineEntry{At: w.deadline, What: WhatDeadline,
+			Detail: fmt.Sprintf("retry deadline: %s (%s) + retry_max %s + slack %s, no attempt by then",
+				j.rel(w.from.end), w.from.what, j.h.Timing.RetryMax.D(), RetrySlack(j.h.Timing.RetryMax.D()))})
+		if w.open && len(wvs) > 0 {
+			c.openVerdict = wvs[0].v
+		}
+	}
+}
+
+// ruleGaveUp gives lost when the relay gave up on an unresolved message
+// and the sender never learnt (evidence: its DSN tries and their fate),
+// and premature-bounce when it gave up for a temporary failure before the
+// queue lifetime less its slack.
+func (j *judge) ruleGaveUp(c *trackCase) {
+	if c.giveUp == nil {
+		return
+	}
+	fate := j.dsnFate(c.tr, c.giveUp)
+	if ql := j.h.Timing.QueueLifetime.D(); ql > 0 {
+		due := c.s.SubmittedAt.Add(ql)
+		if c.giveUp.at.Before(due.Add(-LifetimeSlack(ql))) && j.temporary(c.tr, &dsnSeen{at: c.giveUp.at}) {
+			c.v.add(PrematureBounce, fmt.Sprintf("the relay gave up at %s for a temporary failure (the fake MTA never gave it a 5xx): it tried to send a DSN then and never tried the message again, before the queue lifetime %s ran out at %s (slack %s)",
+				j.rel(c.giveUp.at), ql, j.rel(due), LifetimeSlack(ql)))
+			c.tl = append(c.tl, TimelineEntry{At: due, What: WhatDeadline, Detail: "queue lifetime " + ql.String() + " ends: no bounce for a temporary failure before this"})
+		}
+	}
+	c.v.add(Lost, fmt.Sprintf("the relay gave up on it at %s and the sender never learnt: %s; undelivered and unbounced when the scenario drained at %s",
+		j.rel(c.giveUp.at), fate, j.rel(j.h.Ended)))
+}
+
+// ruleOutcome decides how the message ended: delivered, bounced, bad-dsn,
+// lost (gave up), or, unresolved, by ruleLostFromListing,
+// ruleHeldSilently, the open window's verdict, or rulePending, in that
+// order.
+func (j *judge) ruleOutcome(c *trackCase) {
 	switch {
-	case !delivered.IsZero():
-		outcome = Delivered
-	case bounce != nil:
-		outcome = Bounced
-	case !badResolved.IsZero():
-		outcome = BadDSN
-	case giveUp != nil:
-		outcome = Lost
+	case !c.delivered.IsZero():
+		c.outcome = Delivered
+	case c.bounce != nil:
+		c.outcome = Bounced
+	case !c.badResolved.IsZero():
+		c.outcome = BadDSN
+	case c.giveUp != nil:
+		c.outcome = Lost
+	case j.ruleLostFromListing(c):
+		c.outcome = Lost
+	case j.ruleHeldSilently(c):
+		c.outcome = HeldSilently
+	case c.openVerdict != "":
+		c.outcome = c.openVerdict
 	default:
-		if final := j.finalSnap(); final != nil && !final.At.Before(j.lastFaultEnd) && !final.At.Before(lastAttempt) &&
-			!final.At.Before(s.SubmittedAt) && !visible(*final, tr) {
-			outcome = Lost
-			v.add(Lost, fmt.Sprintf("undelivered and unbounced when the scenario drained at %s, and absent from the final queue listing at %s (after the last fault ended at %s): %s",
-				j.rel(j.h.Ended), j.rel(final.At), j.rel(j.lastFaultEnd), j.lastSeen(tr)+j.queuedDSN(tr)))
-		} else if len(vanished) > 0 {
-			outcome = HeldSilently
-			v.add(HeldSilently, strings.Join(vanished, "; ")+", though no usable listing after the last fault could prove it lost")
-		} else if openVerdict != "" {
-			outcome = openVerdict
-		} else {
-			outcome = Pending
-			var last time.Time
-			for _, a := range acts {
-				if a.end.After(last) {
-					last = a.end
-				}
-			}
-			v.add(Pending, fmt.Sprintf("still in flight when the scenario ended at %s: last activity %s, next attempt due by %s",
-				j.rel(j.h.Ended), j.rel(last), j.rel(last.Add(j.bound))))
-		}
+		j.rulePending(c)
+		c.outcome = Pending
 	}
+}
 
-	// Checkpoints.
-	for _, cp := range j.h.Checkpoints {
-		tl = append(tl, j.checkpoint(tr, cp, acts, resolved, &v)...)
+// ruleLostFromListing gives lost: unresolved when the scenario drained,
+// and absent from a final queue listing taken after the last fault, the
+// last attempt and the submission (evidence: that listing, and where the
+// message was last seen).
+func (j *judge) ruleLostFromListing(c *trackCase) bool {
+	final := j.finalSnap()
+	if final == nil || final.At.Before(j.lastFaultEnd) || final.At.Before(c.lastAttempt) ||
+		final.At.Before(c.s.SubmittedAt) || visible(*final, c.tr) {
+		return false
 	}
+	c.v.add(Lost, fmt.Sprintf("undelivered and unbounced when the scenario drained at %s, and absent from the final queue listing at %s (after the last fault ended at %s): %s",
+		j.rel(j.h.Ended), j.rel(final.At), j.rel(j.lastFaultEnd), j.lastSeen(c.tr)+j.queuedDSN(c.tr)))
+	return true
+}
 
-	// Expectations.
-	if exp.dsnAction != "" {
-		found := false
-		for _, d := range tr.dsns {
-			if d.accepted && len(d.problems) == 0 && d.action == exp.dsnAction {
-				found = true
-			}
-		}
-		if !found {
-			extraFail = append(extraFail, fmt.Sprintf("expected a DSN with Action: %s (group %q) by the end at %s; none arrived", exp.dsnAction, s.Group, j.rel(j.h.Ended)))
+// ruleHeldSilently gives held-silently to an unresolved message that went
+// missing from the queue listings while overdue and never came back, when
+// no usable listing after the last fault proves it lost (evidence: the
+// windows it vanished in).
+func (j *judge) ruleHeldSilently(c *trackCase) bool {
+	if len(c.vanished) == 0 {
+		return false
+	}
+	c.v.add(HeldSilently, strings.Join(c.vanished, "; ")+", though no usable listing after the last fault could prove it lost")
+	return true
+}
+
+// rulePending gives pending: unresolved and still within its retry bound
+// when the scenario ended (evidence: the last activity and when the next
+// attempt is due).
+func (j *judge) rulePending(c *trackCase) {
+	var last time.Time
+	for _, a := range c.acts {
+		if a.end.After(last) {
+			last = a.end
 		}
 	}
+	c.v.add(Pending, fmt.Sprintf("still in flight when the scenario ended at %s: last activity %s, next attempt due by %s",
+		j.rel(j.h.Ended), j.rel(last), j.rel(last.Add(j.bound))))
+}
+
+// ruleExpectedDSN fails a message whose scenario expects a DSN with a given
+// action when no well-formed one arrived by the end.
+func (j *judge) ruleExpectedDSN(c *trackCase) {
+	if c.exp.dsnAction == "" {
+		return
+	}
+	for _, d := range c.tr.dsns {
+		if d.accepted && len(d.problems) == 0 && d.action == c.exp.dsnAction {
+			return
+		}
+	}
+	c.extraFail = append(c.extraFail, fmt.Sprintf("expected a DSN with Action: %s (group %q) by the end at %s; none arrived", c.exp.dsnAction, c.s.Group, j.rel(j.h.Ended)))
+}
+
+// finding decides which verdicts fail (by the scenario's expectations),
+// the primary verdict, whether it only warns, and the explanation.
+func (j *judge) finding(c *trackCase) Finding {
+	s, exp, v := c.s, c.exp, &c.v
+	f := Finding{
+		HarnessID: s.HarnessID, MessageID: s.MessageID, Group: s.Group, Rcpt: c.tr.rcpt,
+		SubmittedAt: s.SubmittedAt, Expected: exp.String(),
+	}
+	extraFail := c.extraFail
 	v.failing = map[Verdict]bool{}
 	for x := range v.why {
 		switch x {
@@ -486,9 +649,9 @@ func (j *judge) judgeTrack(tr *track) Finding {
 			v.failing[x] = j.h.Expect.RetryTooSoonIsError && x != exp.verdict
 		}
 	}
-	outcomeOK := outcome == exp.verdict || v.has(exp.verdict)
-	if !outcomeOK && !v.failing[outcome] { // a failing outcome explains itself
-		extraFail = append([]string{fmt.Sprintf("expected %s (group %q) but it ended %s", exp.verdict, s.Group, outcome)}, extraFail...)
+	outcomeOK := c.outcome == exp.verdict || v.has(exp.verdict)
+	if !outcomeOK && !v.failing[c.outcome] { // a failing outcome explains itself
+		extraFail = append([]string{fmt.Sprintf("expected %s (group %q) but it ended %s", exp.verdict, s.Group, c.outcome)}, extraFail...)
 	}
 
 	for x := range v.why {
@@ -507,7 +670,7 @@ func (j *judge) judgeTrack(tr *track) Finding {
 	case len(failing) > 0:
 		f.Primary = worst(failing)
 	case f.Failed:
-		f.Primary = outcome
+		f.Primary = c.outcome
 	}
 	f.Warn = !f.Failed && ((v.has(RetryTooSoon)) || v.has(Duplicate))
 	// Why: the primary's explanation, then every other failure.
@@ -525,8 +688,8 @@ func (j *judge) judgeTrack(tr *track) Finding {
 		parts = append(parts, "retry-too-soon: "+strings.Join(v.why[RetryTooSoon], "; "))
 	}
 	f.Why = strings.Join(parts, "; also ")
-	sort.SliceStable(tl, func(a, b int) bool { return tl[a].At.Before(tl[b].At) })
-	f.Timeline = tl
+	sort.SliceStable(c.tl, func(a, b int) bool { return c.tl[a].At.Before(c.tl[b].At) })
+	f.Timeline = c.tl
 	return f
 }
 

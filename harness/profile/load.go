@@ -9,7 +9,6 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
-	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -19,6 +18,7 @@ import (
 
 	"github.com/greyharness/greyharness/harness/history"
 	"github.com/greyharness/greyharness/internal/inputfile"
+	"github.com/greyharness/greyharness/internal/yamlcheck"
 )
 
 // Defaults applied by Load.
@@ -28,15 +28,8 @@ const (
 )
 
 // Error is a profile error at a position of the profile file. Its text is
-// "file:line:col: message".
-type Error struct {
-	File string
-	Line int
-	Col  int
-	Msg  string
-}
-
-func (e *Error) Error() string { return fmt.Sprintf("%s:%d:%d: %s", e.File, e.Line, e.Col, e.Msg) }
+// "file:line:col: message"; it is the module's one YAML error type.
+type Error = yamlcheck.Error
 
 // Load reads the relay profile at path. Unknown keys are errors, every error
 // is "file:line:col: message", ${ENV} / $ENV references are expanded (see
@@ -69,13 +62,16 @@ func Parse(file string, data []byte) (*Profile, error) {
 		if errors.Is(err, io.EOF) {
 			return nil, &Error{File: file, Line: 1, Col: 1, Msg: "empty relay profile"}
 		}
-		return nil, l.syntaxError(err)
+		return nil, yamlcheck.SyntaxError(file, err)
 	}
 	root := &doc
 	if root.Kind == yaml.DocumentNode && len(root.Content) == 1 {
 		root = root.Content[0]
 	}
 	l.root = root
+	if r := yamlcheck.Resolve(root); r.Kind != yaml.MappingNode {
+		return nil, l.errAt(root, "relay profile must be a mapping of keys, got %s", yamlcheck.KindName(r))
+	}
 	p := &Profile{}
 	if err := l.decode(root, reflect.ValueOf(p).Elem(), ""); err != nil {
 		return nil, err
@@ -98,11 +94,7 @@ type loader struct {
 }
 
 func (l *loader) errAt(n *yaml.Node, format string, a ...any) error {
-	line, col := 1, 1
-	if n != nil && n.Line > 0 {
-		line, col = n.Line, n.Column
-	}
-	return &Error{File: l.file, Line: line, Col: col, Msg: fmt.Sprintf(format, a...)}
+	return yamlcheck.At(l.file, n, format, a...)
 }
 
 // errPath reports at the value of path, or else at the key of its longest
@@ -122,17 +114,6 @@ func (l *loader) errPath(path string, format string, a ...any) error {
 		p = p[:i]
 	}
 	return l.errAt(l.root, format, a...)
-}
-
-var yamlLineRE = regexp.MustCompile(`^yaml: line (\d+): (.*)$`)
-
-func (l *loader) syntaxError(err error) error {
-	msg := err.Error()
-	if m := yamlLineRE.FindStringSubmatch(msg); m != nil {
-		line, _ := strconv.Atoi(m[1])
-		return &Error{File: l.file, Line: line, Col: 1, Msg: m[2]}
-	}
-	return &Error{File: l.file, Line: 1, Col: 1, Msg: strings.TrimPrefix(msg, "yaml: ")}
 }
 
 var unmarshalerType = reflect.TypeFor[yaml.Unmarshaler]()
@@ -165,48 +146,33 @@ func (l *loader) decode(n *yaml.Node, v reflect.Value, path string) error {
 		}
 		return l.decode(n, v.Elem(), path)
 	case reflect.Struct:
-		if n.Kind != yaml.MappingNode {
-			return l.errAt(n, "%s: expected a mapping of keys, got %s", label(path), kindName(n))
-		}
 		fields := yamlFields(v.Type())
-		if err := l.unique(n, path); err != nil {
+		kvs, err := l.entries(n, path, sortedKeys(fields))
+		if err != nil {
 			return err
 		}
-		for i := 0; i+1 < len(n.Content); i += 2 {
-			k, val := n.Content[i], n.Content[i+1]
-			idx, ok := fields[k.Value]
-			if !ok {
-				return l.errAt(k, "unknown key %q%s (known: %s)", k.Value, in(path), strings.Join(sortedKeys(fields), ", "))
-			}
-			l.keys[join(path, k.Value)] = k
-			if err := l.decode(val, v.Field(idx), join(path, k.Value)); err != nil {
+		for _, kv := range kvs {
+			l.keys[join(path, kv.Key)] = kv.K
+			if err := l.decode(kv.V, v.Field(fields[kv.Key]), join(path, kv.Key)); err != nil {
 				return err
 			}
 		}
 		return nil
 	case reflect.Map:
-		if n.Kind != yaml.MappingNode {
-			return l.errAt(n, "%s: expected a mapping, got %s", label(path), kindName(n))
+		kvs, err := l.entries(n, path, nil)
+		if err != nil {
+			return err
 		}
 		if v.IsNil() {
 			v.Set(reflect.MakeMap(v.Type()))
 		}
-		for i := 0; i+1 < len(n.Content); i += 2 {
-			if k := n.Content[i]; k.Kind != yaml.ScalarNode {
-				return l.errAt(k, "%s: keys must be strings", label(path))
-			}
-		}
-		if err := l.unique(n, path); err != nil {
-			return err
-		}
-		for i := 0; i+1 < len(n.Content); i += 2 {
-			k, val := n.Content[i], n.Content[i+1]
-			l.keys[join(path, k.Value)] = k
+		for _, kv := range kvs {
+			l.keys[join(path, kv.Key)] = kv.K
 			elem := reflect.New(v.Type().Elem()).Elem()
-			if err := l.decode(val, elem, join(path, k.Value)); err != nil {
+			if err := l.decode(kv.V, elem, join(path, kv.Key)); err != nil {
 				return err
 			}
-			v.SetMapIndex(reflect.ValueOf(k.Value).Convert(v.Type().Key()), elem)
+			v.SetMapIndex(reflect.ValueOf(kv.Key).Convert(v.Type().Key()), elem)
 		}
 		return nil
 	case reflect.Slice:
@@ -248,18 +214,16 @@ func (l *loader) decode(n *yaml.Node, v reflect.Value, path string) error {
 	return l.errAt(n, "%s: unsupported field type %s", label(path), v.Type())
 }
 
-// unique refuses a mapping that repeats a key: YAML forbids it, and the
-// decoder would otherwise keep the last value without a word.
-func (l *loader) unique(n *yaml.Node, path string) error {
-	first := map[string]*yaml.Node{}
-	for i := 0; i+1 < len(n.Content); i += 2 {
-		k := n.Content[i]
-		if f, ok := first[k.Value]; ok {
-			return l.errAt(k, "duplicate key %q%s (first at line %d)", k.Value, in(path), f.Line)
-		}
-		first[k.Value] = k
+// entries checks the mapping n at path with yamlcheck (a mapping, plain
+// keys, each once, known ones when known is not nil, no merge keys) and
+// returns its entries, or the first error.
+func (l *loader) entries(n *yaml.Node, path string, known []string) ([]yamlcheck.KeyValue, error) {
+	c := &yamlcheck.Checker{File: l.file, Kind: "relay profile"}
+	kvs, _ := c.Mapping(n, yamlcheck.Keys{What: path, Allowed: known})
+	if c.Len() > 0 {
+		return nil, c.Errs()[0]
 	}
-	return nil
+	return kvs, nil
 }
 
 func yamlFields(t reflect.Type) map[string]int {
@@ -302,13 +266,6 @@ func label(path string) string {
 		return "relay profile"
 	}
 	return path
-}
-
-func in(path string) string {
-	if path == "" {
-		return ""
-	}
-	return " in " + path
 }
 
 func kindName(n *yaml.Node) string {

@@ -105,6 +105,9 @@ func TestSupervisedChildAndEscapedDaemon(t *testing.T) {
 }
 
 func TestReadyTimeoutAndEarlyExit(t *testing.T) {
+	if testing.Short() {
+		t.Skip("waits out a 1s restart_grace; make test (go test without -short) runs it")
+	}
 	dir := t.TempDir()
 	p := &profile.Profile{Dir: dir, Commands: profile.Commands{Start: "exec sleep 600", StartForeground: true, Ready: "exit 1"},
 		Timing: history.Timing{RestartGrace: history.Duration(time.Second)}}
@@ -212,6 +215,9 @@ func TestCommandThatNeverReturns(t *testing.T) {
 // A profile without start describes a relay that is already running: Start
 // checks it with ready, within restart_grace.
 func TestStartWithoutStartCommand(t *testing.T) {
+	if testing.Short() {
+		t.Skip("waits out a 1s restart_grace; make test (go test without -short) runs it")
+	}
 	p := &profile.Profile{Dir: t.TempDir(), Commands: profile.Commands{Ready: "exit 0"},
 		Timing: history.Timing{RestartGrace: history.Duration(time.Second)}}
 	c := New(p, "")

@@ -67,7 +67,7 @@ type connRoute struct {
 
 // NewHub starts the run's fake MTA: in-process on the profile's next hop,
 // or, with a `fakemta.api` in the profile, the event stream of the remote one.
-func NewHub(opt *Options) (*Hub, error) {
+func NewHub(ctx context.Context, opt *Options) (*Hub, error) {
 	if opt.TLS == nil {
 		var err error
 		if opt.TLS, err = fakemta.SelfSignedTLS(); err != nil {
@@ -82,7 +82,7 @@ func NewHub(opt *Options) (*Hub, error) {
 		}
 		h.stateDir = dir
 	}
-	if err := h.startFake(); err != nil {
+	if err := h.startFake(ctx); err != nil {
 		h.Close()
 		return nil, err
 	}
@@ -114,7 +114,7 @@ func (h *Hub) pollQueue() {
 		if idle {
 			continue
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		ctx, cancel := context.WithTimeout(context.Background(), queueTimeout)
 		snap := h.opt.Relay.Queue(ctx)
 		cancel()
 		snap.End = time.Now()
@@ -203,10 +203,10 @@ func (h *Hub) relayDown(ctx context.Context, f func() error) error {
 // opens the remote one's event stream; the tenants registered before are
 // registered again (a fake MTA restart forgets them; its journal keeps
 // their greylist memory).
-func (h *Hub) startFake() error {
+func (h *Hub) startFake(ctx context.Context) error {
 	if ref := h.opt.Profile.FakeMTA; ref != nil {
-		rm := newRemoteFakeMTA(ref)
-		if err := rm.open(h.route); err != nil {
+		rm := newRemoteFakeMTA(ref, nil)
+		if err := rm.open(ctx, h.route); err != nil {
 			return err
 		}
 		h.mu.Lock()
@@ -257,8 +257,7 @@ func (h *Hub) stopFake() error {
 	h.fake, h.remote = nil, nil
 	h.mu.Unlock()
 	if rm != nil {
-		rm.end()
-		return nil
+		return rm.Stop(context.Background())
 	}
 	if srv == nil {
 		return nil
@@ -269,6 +268,16 @@ func (h *Hub) stopFake() error {
 	return err
 }
 
+// addr is where the in-process fake MTA listens ("" when stopped), for tests.
+func (h *Hub) addr() string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.fake == nil {
+		return ""
+	}
+	return h.fake.Addr()
+}
+
 func (h *Hub) running() bool {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -276,7 +285,7 @@ func (h *Hub) running() bool {
 }
 
 // register makes r a tenant with its policy.
-func (h *Hub) register(r *Run) error {
+func (h *Hub) register(ctx context.Context, r *Run) error {
 	h.mu.Lock()
 	h.runs[r.tenant] = r
 	srv, rm := h.fake, h.remote
@@ -285,7 +294,7 @@ func (h *Hub) register(r *Run) error {
 	var err error
 	switch {
 	case rm != nil:
-		err = rm.putTenant(r.tenant, policyYAML(node), r.owns())
+		err = rm.putTenant(ctx, r.tenant, policyYAML(node), r.owns())
 	case srv != nil:
 		err = srv.SetTenant(r.tenant, p, fakemta.TenantOptions{Connections: r.owns()})
 	}
@@ -300,7 +309,7 @@ func (h *Hub) register(r *Run) error {
 // unregister forgets r's tenant; its late traffic is nobody's. A scenario
 // that ends with the fake MTA stopped (a step failed before its start)
 // does not leave it stopped for the others.
-func (h *Hub) unregister(r *Run) {
+func (h *Hub) unregister(ctx context.Context, r *Run) {
 	h.mu.Lock()
 	srv, rm := h.fake, h.remote
 	if h.down == r {
@@ -309,7 +318,7 @@ func (h *Hub) unregister(r *Run) {
 	}
 	h.mu.Unlock()
 	if srv == nil && rm == nil {
-		if err := h.startFake(); err != nil {
+		if err := h.startFake(ctx); err != nil {
 			r.progress("starting the fake MTA again for the others: %v", err)
 		}
 		h.mu.Lock()
@@ -318,7 +327,7 @@ func (h *Hub) unregister(r *Run) {
 	}
 	switch {
 	case rm != nil:
-		rm.deleteTenant(r.tenant)
+		rm.deleteTenant(ctx, r.tenant)
 	case srv != nil:
 		srv.RemoveTenant(r.tenant)
 	}
@@ -328,13 +337,13 @@ func (h *Hub) unregister(r *Run) {
 }
 
 // setPolicy swaps r's policy (its tenant's only).
-func (h *Hub) setPolicy(r *Run, p *fakemta.Policy, node *yaml.Node) error {
+func (h *Hub) setPolicy(ctx context.Context, r *Run, p *fakemta.Policy, node *yaml.Node) error {
 	h.mu.Lock()
 	srv, rm := h.fake, h.remote
 	h.mu.Unlock()
 	switch {
 	case rm != nil:
-		return rm.putTenant(r.tenant, policyYAML(node), r.owns())
+		return rm.putTenant(ctx, r.tenant, policyYAML(node), r.owns())
 	case srv != nil:
 		return srv.SetTenant(r.tenant, p, fakemta.TenantOptions{Connections: r.owns()})
 	}
@@ -342,13 +351,13 @@ func (h *Hub) setPolicy(r *Run, p *fakemta.Policy, node *yaml.Node) error {
 }
 
 // wipe forgets r's greylist state (its tenant's only).
-func (h *Hub) wipe(r *Run) error {
+func (h *Hub) wipe(ctx context.Context, r *Run) error {
 	h.mu.Lock()
 	srv, rm := h.fake, h.remote
 	h.mu.Unlock()
 	switch {
 	case rm != nil:
-		return rm.wipeTenant(r.tenant)
+		return rm.wipeTenant(ctx, r.tenant)
 	case srv != nil:
 		return srv.WipeTenant(r.tenant)
 	}

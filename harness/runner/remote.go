@@ -12,25 +12,45 @@ import (
 	"strings"
 	"time"
 
+	"go.yaml.in/yaml/v3"
+
 	"github.com/greyharness/greyharness/fakemta"
 	"github.com/greyharness/greyharness/harness/profile"
 )
 
 // remoteFakeMTA drives a fake MTA deployed beside a staging relay through
-// its control API: each scenario is a tenant (PUT, DELETE
-// /api/v1/tenants/NAME...), and the journal streams back from GET
-// /api/v1/events, one stream for the whole run. It cannot be stopped or
-// started (profiles with `fakemta.api` lack the fakemta-control capability).
+// its control API: the scenario's policy goes in with PUT /api/v1/policy,
+// greylist state is wiped at the start of each scenario, and the journal
+// streams back from GET /api/v1/events. It cannot be stopped or started
+// (profiles with `fakemta.api` lack the fakemta-control capability): Start
+// installs the policy and begins the event stream, Stop ends the stream.
 type remoteFakeMTA struct {
 	ref    *profile.FakeMTARef
 	client *http.Client
+	policy []byte // the policy YAML for the API
 	cancel context.CancelFunc
 	done   chan struct{}
 }
 
-func newRemoteFakeMTA(ref *profile.FakeMTARef) *remoteFakeMTA {
-	return &remoteFakeMTA{ref: ref, client: &http.Client{Timeout: 30 * time.Second}}
+func newRemoteFakeMTA(ref *profile.FakeMTARef, policy *yaml.Node) *remoteFakeMTA {
+	return &remoteFakeMTA{ref: ref, client: &http.Client{Timeout: 30 * time.Second}, policy: policyYAML(policy)}
 }
+
+// policyYAML renders a policy node for the remote fake MTA's API.
+func policyYAML(n *yaml.Node) []byte {
+	if n == nil || n.Kind == 0 || n.Kind == yaml.ScalarNode && n.Tag == "!!null" {
+		// "policy: ~" is the empty policy; the API refuses a null document.
+		return []byte("{}")
+	}
+	b, err := yaml.Marshal(n)
+	if err != nil {
+		return []byte("{}")
+	}
+	return b
+}
+
+// apiTimeout bounds one API call beyond the caller's ctx.
+const apiTimeout = 30 * time.Second
 
 func (m *remoteFakeMTA) do(ctx context.Context, method, path string, body []byte, out any) error {
 	req, err := http.NewRequestWithContext(ctx, method, strings.TrimRight(m.ref.API, "/")+path, bytes.NewReader(body))
@@ -55,11 +75,68 @@ func (m *remoteFakeMTA) do(ctx context.Context, method, path string, body []byte
 	return nil
 }
 
-// open streams the journal's events from now on into sink.
-func (m *remoteFakeMTA) open(sink func(fakemta.Event)) error {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+// Start installs the policy, wipes greylist state and streams events from
+// the wipe on into sink.
+func (m *remoteFakeMTA) Start(ctx context.Context, sink func(fakemta.Event)) error {
+	if m.cancel != nil {
+		return fmt.Errorf("fake MTA API %s: already streaming events", m.ref.API)
+	}
+	ctx, cancel := context.WithTimeout(ctx, apiTimeout)
 	defer cancel()
-	sctx, scancel := context.WithCancel(context.Background())
+	policy := m.policy
+	if len(bytes.TrimSpace(policy)) == 0 {
+		policy = []byte("{}")
+	}
+	if err := m.do(ctx, http.MethodPut, "/api/v1/policy", policy, nil); err != nil {
+		return err
+	}
+	var reset struct {
+		Seq uint64 `json:"seq"`
+	}
+	if err := m.do(ctx, http.MethodPost, "/api/v1/reset", nil, &reset); err != nil {
+		return err
+	}
+	// The stream outlives this call (it runs until Stop), not its values.
+	sctx, scancel := context.WithCancel(context.WithoutCancel(ctx))
+	m.cancel, m.done = scancel, make(chan struct{})
+	ready := make(chan error, 1)
+	go m.stream(sctx, reset.Seq, sink, ready)
+	select {
+	case err := <-ready:
+		if err != nil {
+			scancel()
+			<-m.done
+			m.cancel = nil
+			return err
+		}
+	case <-ctx.Done():
+		scancel()
+		<-m.done
+		m.cancel = nil
+		return ctx.Err()
+	}
+	return nil
+}
+
+func (m *remoteFakeMTA) SetPolicy(ctx context.Context, _ *fakemta.Policy, node *yaml.Node) error {
+	m.policy = policyYAML(node)
+	ctx, cancel := context.WithTimeout(ctx, apiTimeout)
+	defer cancel()
+	return m.do(ctx, http.MethodPut, "/api/v1/policy", m.policy, nil)
+}
+
+func (m *remoteFakeMTA) WipeGreylist(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, apiTimeout)
+	defer cancel()
+	return m.do(ctx, http.MethodPost, "/api/v1/reset", nil, nil)
+}
+
+// open streams the journal's events from now on into sink (a hub's one
+// stream for every tenant).
+func (m *remoteFakeMTA) open(ctx context.Context, sink func(fakemta.Event)) error {
+	ctx, cancel := context.WithTimeout(ctx, apiTimeout)
+	defer cancel()
+	sctx, scancel := context.WithCancel(context.WithoutCancel(ctx))
 	m.cancel, m.done = scancel, make(chan struct{})
 	ready := make(chan error, 1)
 	go m.stream(sctx, 0, sink, ready)
@@ -68,24 +145,26 @@ func (m *remoteFakeMTA) open(sink func(fakemta.Event)) error {
 		if err != nil {
 			scancel()
 			<-m.done
+			m.cancel = nil
 			return err
 		}
 	case <-ctx.Done():
 		scancel()
 		<-m.done
+		m.cancel = nil
 		return ctx.Err()
 	}
 	return nil
 }
 
-func (m *remoteFakeMTA) call(method, path string, body []byte) error {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+func (m *remoteFakeMTA) call(ctx context.Context, method, path string, body []byte) error {
+	ctx, cancel := context.WithTimeout(ctx, apiTimeout)
 	defer cancel()
 	return m.do(ctx, method, path, body, nil)
 }
 
 // putTenant registers a tenant or swaps its policy.
-func (m *remoteFakeMTA) putTenant(name string, policyYAML []byte, connections bool) error {
+func (m *remoteFakeMTA) putTenant(ctx context.Context, name string, policyYAML []byte, connections bool) error {
 	if len(bytes.TrimSpace(policyYAML)) == 0 {
 		policyYAML = []byte("{}")
 	}
@@ -93,24 +172,25 @@ func (m *remoteFakeMTA) putTenant(name string, policyYAML []byte, connections bo
 	if connections {
 		path += "?connections=true"
 	}
-	return m.call(http.MethodPut, path, policyYAML)
+	return m.call(ctx, http.MethodPut, path, policyYAML)
 }
 
-func (m *remoteFakeMTA) deleteTenant(name string) error {
-	return m.call(http.MethodDelete, "/api/v1/tenants/"+name, nil)
+func (m *remoteFakeMTA) deleteTenant(ctx context.Context, name string) error {
+	return m.call(ctx, http.MethodDelete, "/api/v1/tenants/"+name, nil)
 }
 
-func (m *remoteFakeMTA) wipeTenant(name string) error {
-	return m.call(http.MethodPost, "/api/v1/tenants/"+name+"/wipe", nil)
+func (m *remoteFakeMTA) wipeTenant(ctx context.Context, name string) error {
+	return m.call(ctx, http.MethodPost, "/api/v1/tenants/"+name+"/wipe", nil)
 }
 
-// end stops the event stream.
-func (m *remoteFakeMTA) end() {
+// Stop ends the event stream; the remote fake MTA keeps running.
+func (m *remoteFakeMTA) Stop(context.Context) error {
 	if m.cancel != nil {
 		m.cancel()
 		<-m.done
 		m.cancel = nil
 	}
+	return nil
 }
 
 // stream reads server-sent events, reconnecting with Last-Event-ID so no

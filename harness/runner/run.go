@@ -3,27 +3,24 @@
 // samples the relay's queue, waits on journal events, and hands the
 // recorded history to the ledger. Traffic, faults, history and validation
 // stay apart: this package records, the ledger judges.
+//
+// The files split by concern: run.go (the Run and its steps), lifecycle.go
+// (Begin, Finish, drain, Close), fakemta.go and remote.go (the fake MTA,
+// in-process or by its API), env.go (what a step may do), queue.go (queue
+// sampling), wait.go (waits and their deadlines), save.go (results).
 package runner
 
 import (
 	"context"
 	"crypto/tls"
-	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
-	"os"
-	"path/filepath"
-	"sort"
-	"strings"
 	"sync"
 	"time"
 
 	"github.com/greyharness/greyharness/fakemta"
 	"github.com/greyharness/greyharness/harness/history"
-	"github.com/greyharness/greyharness/harness/ledger"
 	"github.com/greyharness/greyharness/harness/profile"
-	"github.com/greyharness/greyharness/harness/report"
 	"github.com/greyharness/greyharness/harness/traffic"
 	"github.com/greyharness/greyharness/scenarios"
 	"go.yaml.in/yaml/v3"
@@ -59,148 +56,31 @@ type Options struct {
 
 // Run is one scenario in progress.
 type Run struct {
-	opt        *Options
-	sc         *scenarios.Scenario
-	policy     *fakemta.Policy
-	policyNode *yaml.Node
-	timing     history.Timing
+	opt      *Options
+	sc       *scenarios.Scenario
+	base     context.Context // Begin's ctx without its end, for Close
+	timing   history.Timing
 
 	hub    *Hub
 	ownHub bool   // made by Begin, closed by Close
 	tenant string // the scenario's tenant in the shared fake MTA
 	// iso says who may run beside the scenario, why says why; an Alone
 	// one owns the fake MTA's connection-level stages.
-	iso        Isolation
-	why        string
-	held       bool // holds its share of the hub (guarded by mu)
-	owner      bool // owns the fake MTA's connection-level stages (guarded by mu)
-	registered bool // its tenant is registered (guarded by mu)
+	iso Isolation
+	why string
 
-	mu sync.Mutex
-	h  history.History
+	mu         sync.Mutex
+	h          history.History
+	policy     *fakemta.Policy // in force (guarded by mu)
+	policyNode *yaml.Node
+	held       bool // holds its share of the hub
+	owner      bool // owns the fake MTA's connection-level stages
+	registered bool // its tenant is registered
+	polling    bool // takes the hub's queue listings
 
-	track   *tracker
-	polling bool            // takes the hub's queue listings (guarded by mu)
-	sent    map[string]bool // Message-IDs already used, for resubmissions
-	lastSub []*traffic.Message
-}
-
-// Begin waits until the scenario may run (alone, or beside others), makes
-// it a tenant of the hub's fake MTA with its policy, and starts the queue
-// sampler. Without opt.Hub the scenario gets a hub of its own.
-func Begin(ctx context.Context, opt *Options, sc *scenarios.Scenario) (*Run, error) {
-	return begin(ctx, opt, sc, false)
-}
-
-// begin is Begin; held says the scenario's share of opt.Hub is taken
-// already (Schedule takes it, in order).
-func begin(ctx context.Context, opt *Options, sc *scenarios.Scenario, held bool) (*Run, error) {
-	iso, why := Isolate(sc)
-	pol := &fakemta.Policy{}
-	if sc.Policy.Kind != 0 {
-		p, err := fakemta.ParsePolicyNode(sc.File, &sc.Policy)
-		if err != nil {
-			if held {
-				opt.Hub.release(iso)
-			}
-			return nil, err
-		}
-		pol = p
-	}
-	hub, own := opt.Hub, false
-	if hub == nil {
-		var err error
-		if hub, err = NewHub(opt); err != nil {
-			return nil, err
-		}
-		own = true
-	}
-	r := &Run{opt: opt, sc: sc, policy: pol, policyNode: &sc.Policy, timing: opt.Profile.Timing, track: newTracker(), sent: map[string]bool{},
-		hub: hub, ownHub: own, tenant: hub.newTenant(), iso: iso, why: why}
-	if !held {
-		if err := hub.acquire(ctx, iso); err != nil {
-			if own {
-				hub.Close()
-			}
-			return nil, fmt.Errorf("waiting for its turn: %w", err)
-		}
-	}
-	r.held, r.owner = true, iso == Alone
-	r.h = history.History{Scenario: sc.Name, Relay: opt.Profile.Name, Timing: r.timing, Started: time.Now(), Expect: expectOf(sc)}
-	if pol.Greylist != nil {
-		r.h.GreylistDelay = history.Duration(pol.Greylist.Delay)
-	}
-	if err := hub.register(r); err != nil {
-		r.Close()
-		return nil, err
-	}
-	r.mu.Lock()
-	r.registered = true
-	r.mu.Unlock()
-	if iso != Shared {
-		r.progress("%s (%s); tenant %s", map[Isolation]string{Alone: "runs alone", Disruptive: "runs beside shared scenarios only, its faults in their histories"}[iso], why, r.tenant)
-	} else {
-		r.progress("tenant %s", r.tenant)
-	}
-	if opt.Profile.Commands.Queue != "" && opt.Profile.QueueFormat != profile.QueueNone {
-		r.mu.Lock()
-		r.polling = true // the hub samples the queue for every scenario
-		r.mu.Unlock()
-	}
-	return r, nil
-}
-
-// Tenant is the scenario's tenant in the fake MTA (the label in its
-// addresses' domains).
-func (r *Run) Tenant() string { return r.tenant }
-
-// policyNow returns the policy in force for the scenario.
-func (r *Run) policyNow() (*fakemta.Policy, *yaml.Node) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.policy, r.policyNode
-}
-
-// releaseWorld lets the scenarios waiting for their turn go on: after the
-// drain, the late-duplicate watch runs beside them.
-func (r *Run) releaseWorld() {
-	r.mu.Lock()
-	held, owner, reg := r.held, r.owner, r.registered
-	r.held, r.owner = false, false
-	p, node := r.policy, r.policyNode
-	r.mu.Unlock()
-	if owner && reg {
-		// The next scenario that runs alone takes the connection-level stages.
-		if err := r.hub.setPolicy(r, p, node); err != nil {
-			r.progress("giving the fake MTA's connection-level stages up: %v", err)
-		}
-	}
-	if held {
-		r.hub.release(r.iso)
-	}
-}
-
-// owns reports whether the scenario owns the fake MTA's connection-level stages.
-func (r *Run) owns() bool {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.owner
-}
-
-func (r *Run) unregister() {
-	r.mu.Lock()
-	reg := r.registered
-	r.registered = false
-	r.mu.Unlock()
-	if reg {
-		r.hub.unregister(r)
-	}
-}
-
-func (r *Run) addFault(fl history.Fault) {
-	r.mu.Lock()
-	r.h.Faults = append(r.h.Faults, fl)
-	r.mu.Unlock()
+	track    *tracker
+	sent     map[string]bool // Message-IDs already used, for resubmissions
+	lastSub  []*traffic.Message
 }
 
 func expectOf(sc *scenarios.Scenario) history.Expect {
@@ -228,53 +108,13 @@ func (r *Run) record(ev fakemta.Event) {
 	r.track.observe(ev)
 }
 
-// policyYAML renders a policy node for the remote fake MTA's API.
-func policyYAML(n *yaml.Node) []byte {
-	if n == nil || n.Kind == 0 || n.Kind == yaml.ScalarNode && n.Tag == "!!null" {
-		// "policy: ~" is the empty policy; the API refuses a null document.
-		return []byte("{}")
-	}
-	b, err := yaml.Marshal(n)
-	if err != nil {
-		return []byte("{}")
-	}
-	return b
-}
-
-// addSnapshot keeps a queue listing the hub took, while the scenario runs.
-func (r *Run) addSnapshot(snap history.QueueSnapshot) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.polling {
-		r.h.Queue = append(r.h.Queue, snap)
-	}
-}
-
-func (r *Run) stopPolling() bool {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	was := r.polling
-	r.polling = false
-	return was
-}
-
-func (r *Run) snapshot(ctx context.Context) {
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	s := r.opt.Relay.Queue(ctx)
-	s.End = time.Now()
-	r.mu.Lock()
-	r.h.Queue = append(r.h.Queue, s)
-	r.mu.Unlock()
-}
-
 func (r *Run) progress(format string, args ...any) {
 	if r.opt.Progress != nil {
 		fmt.Fprintf(r.opt.Progress, "[%s +%s] %s\n", r.sc.Name, time.Since(r.h.Started).Round(100*time.Millisecond), fmt.Sprintf(format, args...))
 	}
 }
 
-// fault carries out a fault that touches this scenario only.
+// fault runs f and records it as a fault of kind in the history.
 func (r *Run) fault(kind history.FaultKind, detail string, f func() error) error {
 	start := time.Now()
 	err := f()
@@ -282,7 +122,9 @@ func (r *Run) fault(kind history.FaultKind, detail string, f func() error) error
 	if err != nil {
 		fl.Err = err.Error()
 	}
-	r.addFault(fl)
+	r.mu.Lock()
+	r.h.Faults = append(r.h.Faults, fl)
+	r.mu.Unlock()
 	return err
 }
 
@@ -294,8 +136,12 @@ func (r *Run) fault(kind history.FaultKind, detail string, f func() error) error
 // A step error is recorded in the history (the first one wins) as
 // "step N (file:line): error"; the error returned says the same.
 func (r *Run) Step(ctx context.Context, i int, st *scenarios.Step) error {
-	r.progress("step %d/%d: %s", i+1, len(r.sc.Steps), Describe(st))
-	if err := r.step(ctx, st); err != nil {
+	r.progress("step %d/%d: %s", i+1, len(r.sc.Steps), st.Describe())
+	err := fmt.Errorf("step has no action")
+	if a := st.Action(); a != nil {
+		err = a.Run(ctx, env{r})
+	}
+	if err != nil {
 		err = fmt.Errorf("step %d (%s:%d): %w", i+1, r.sc.File, st.Line, err)
 		r.StepFailed(err.Error())
 		return err
@@ -321,611 +167,5 @@ func (r *Run) StepError() string {
 	return r.h.StepError
 }
 
-func (r *Run) step(ctx context.Context, st *scenarios.Step) error {
-	switch {
-	case st.Send != nil:
-		return r.send(ctx, st.Send)
-	case st.Wait != nil:
-		r.wait(ctx, st.Wait)
-		return nil
-	case st.Restart != nil:
-		return r.restart(ctx, st.Restart)
-	case st.FakeMTA != "":
-		return r.fakemtaStep(st.FakeMTA)
-	case st.Policy != nil:
-		p, err := fakemta.ParsePolicyNode(r.sc.File, st.Policy)
-		if err != nil {
-			return err
-		}
-		return r.fault(history.FaultPolicySwap, fmt.Sprintf("line %d", st.Line), func() error {
-			r.mu.Lock()
-			r.policy, r.policyNode = p, st.Policy
-			if p.Greylist != nil {
-				r.h.GreylistDelay = history.Duration(p.Greylist.Delay)
-			}
-			r.mu.Unlock()
-			return r.hub.setPolicy(r, p, st.Policy)
-		})
-	case st.Flush:
-		return r.flush(ctx, "")
-	case st.Checkpoint != nil:
-		// Mark the checkpoint before its listing, which is stamped with its
-		// start: the ledger judges a checkpoint on the first listing at or
-		// after it, and that must be this one, not a later poll.
-		var at time.Time
-		r.hub.withRelay(ctx, func() error {
-			at = time.Now()
-			r.snapshot(ctx)
-			return nil
-		})
-		r.mu.Lock()
-		r.h.Checkpoints = append(r.h.Checkpoints, history.Checkpoint{Name: st.Checkpoint.Name, At: at})
-		r.mu.Unlock()
-		return nil
-	}
-	return errors.New("step has no action")
-}
-
 // Describe says what a step does, for spec names and progress lines.
-func Describe(st *scenarios.Step) string {
-	switch {
-	case st.Send != nil:
-		s := st.Send
-		n := max(s.Count, 1)
-		extra := ""
-		if s.EHLOTwice {
-			extra += ", EHLO twice"
-		}
-		if s.RsetBeforeMail {
-			extra += ", RSET before MAIL"
-		}
-		if s.ResubmitSameMessageID {
-			extra += ", same Message-ID again"
-		}
-		return fmt.Sprintf("send %d message(s) to %s%s", n, strings.Join(s.To, ", "), extra)
-	case st.Wait != nil:
-		w := st.Wait
-		what := w.For
-		switch w.For {
-		case "attempts":
-			what = fmt.Sprintf("%d attempts", w.Attempts)
-		case "dsn":
-			what = "DSN Action: " + w.Action
-		}
-		if w.Group != "" {
-			what += " (" + w.Group + ")"
-		}
-		return "wait for " + what
-	case st.Restart != nil:
-		t := max(st.Restart.Times, 1)
-		s := "restart the relay"
-		if t > 1 {
-			s = fmt.Sprintf("restart the relay %d times in a row", t)
-		}
-		if st.Restart.When != "" && st.Restart.When != "now" {
-			s += " " + st.Restart.When
-		}
-		return s
-	case st.FakeMTA != "":
-		return "fake MTA: " + st.FakeMTA
-	case st.Policy != nil:
-		return "swap the fake MTA policy"
-	case st.Flush:
-		return "flush the relay's queue"
-	case st.Checkpoint != nil:
-		return "checkpoint " + st.Checkpoint.Name
-	}
-	return "?"
-}
-
-func (r *Run) send(ctx context.Context, s *scenarios.Send) error {
-	count := max(s.Count, 1)
-	from := s.From
-	if from == "" {
-		from = "sender@client.greyharness.test"
-	}
-	group := s.Name
-	if group == "" {
-		group = "default"
-	}
-	tag := s.TagSender == nil || *s.TagSender
-	// The tenant's label goes into every address's domain: the shared
-	// fake MTA tells the scenario's traffic (and DSNs to its senders) by it.
-	to := make([]string, len(s.To))
-	for i, a := range s.To {
-		to[i] = tenantAddr(r.tenant, a)
-	}
-	label := func(a string) string { return tenantAddr(r.tenant, a) }
-	var msgs []*traffic.Message
-	if s.ResubmitSameMessageID && len(r.lastSub) > 0 {
-		// Hand the relay the same messages again: same Message-ID, a new
-		// harness id, as a client that did not see the first 250 would.
-		for _, prev := range r.lastSub {
-			m := *prev
-			m.HarnessID = traffic.NewID()
-			if tag {
-				m.From = label(traffic.TagSender(from, m.HarnessID))
-			}
-			msgs = append(msgs, &m)
-		}
-	} else {
-		for range count {
-			id := traffic.NewID()
-			m := &traffic.Message{HarnessID: id, MessageID: id + "@harness.greyharness.test", Group: group, From: label(from),
-				To: to, Size: s.Size, Headers: s.Headers, EHLOTwice: s.EHLOTwice, RsetBeforeMail: s.RsetBeforeMail}
-			if tag {
-				m.From = label(traffic.TagSender(from, id))
-			}
-			msgs = append(msgs, m)
-		}
-	}
-	sub := &traffic.Submitter{Submit: r.opt.Profile.Submit}
-	// Register envelopes before sending so attempts racing the 250 are followed.
-	for _, m := range msgs {
-		r.track.expect(history.Submission{HarnessID: m.HarnessID, MessageID: m.MessageID, Group: m.Group, MailFrom: m.From, RcptTo: m.To})
-	}
-	var results []history.Submission
-	// Not while a neighbour restarts the relay: it would refuse them.
-	if err := r.hub.withRelay(ctx, func() error { results = sub.SendAll(msgs, s.Concurrency); return nil }); err != nil {
-		return err
-	}
-	accepted, unknown, refusedRcpts := 0, 0, 0
-	for _, res := range results {
-		res.Resubmission = r.sent[res.MessageID]
-		r.sent[res.MessageID] = true
-		r.mu.Lock()
-		r.h.Submissions = append(r.h.Submissions, res)
-		r.mu.Unlock()
-		r.track.submitted(res)
-		switch {
-		case res.Accepted:
-			accepted++
-			refusedRcpts += len(res.RcptTo) - len(res.AcceptedRcpts())
-		case res.Unknown:
-			unknown++
-		}
-	}
-	r.lastSub = msgs
-	line := fmt.Sprintf("submitted %d, relay accepted %d", len(results), accepted)
-	if refusedRcpts > 0 {
-		line += fmt.Sprintf(" (refusing %d recipient(s))", refusedRcpts)
-	}
-	if unknown > 0 {
-		line += fmt.Sprintf(", %d with no reply to the final dot (outcome unknown)", unknown)
-	}
-	r.progress("%s", line)
-	if accepted == 0 {
-		first := results[0].Reply
-		return fmt.Errorf("the relay accepted none of %d submissions (first reply: %s)", len(results), replyText(first))
-	}
-	return nil
-}
-
-func replyText(r fakemta.Reply) string {
-	s := strings.TrimSpace(fmt.Sprintf("%d %s %s", r.Code, r.Enhanced, r.Text))
-	if r.Dropped {
-		s = "line dropped without a reply: " + r.Text
-	}
-	return s
-}
-
-// deadline derives a wait's timeout from the profile's timing.
-func (r *Run) deadline(w *scenarios.Wait) time.Duration {
-	t := r.timing
-	grace := t.RestartGrace.D()
-	if w.Timeout > 0 {
-		return w.Timeout.D()
-	}
-	gl := r.h.GreylistDelay.D()
-	factor := w.Factor
-	if factor == 0 {
-		factor = 3
-	}
-	if w.TimeoutFrom != "" {
-		var base time.Duration
-		switch w.TimeoutFrom {
-		case "retry_max":
-			base = t.RetryMax.D()
-		case "queue_lifetime":
-			base = t.QueueLifetime.D()
-		case "delay_warning":
-			base = t.DelayWarning.D()
-		}
-		return time.Duration(float64(base)*factor) + grace
-	}
-	left, _ := r.track.pending(w.Group, func(*msgState) bool { return false })
-	load := time.Duration(left) * 20 * time.Millisecond
-	retries := time.Duration(float64(t.RetryMax.D()) * factor)
-	switch w.For {
-	case "deferred":
-		return retries + grace + load
-	case "attempts":
-		return time.Duration(w.Attempts)*t.RetryMax.D()*2 + gl + grace + load
-	case "dsn":
-		if w.Action == "delayed" {
-			return t.DelayWarning.D() + retries + grace + load
-		}
-		return t.QueueLifetime.D() + retries + grace + load
-	default: // delivered, drained
-		return gl + retries + grace + load
-	}
-}
-
-func waitCond(w *scenarios.Wait) cond {
-	switch w.For {
-	case "deferred":
-		return anyRcpt(func(rs *rcptState) bool { return rs.deferred })
-	case "delivered":
-		return everyRcpt(func(rs *rcptState) bool { return rs.delivered > 0 })
-	case "attempts":
-		return everyRcpt(func(rs *rcptState) bool { return rs.attempts >= w.Attempts })
-	case "dsn":
-		return func(m *msgState) bool { return m.dsn[w.Action] }
-	default: // drained
-		return everyRcpt(func(rs *rcptState) bool { return rs.delivered > 0 || rs.bounced })
-	}
-}
-
-// wait blocks until the condition holds or its deadline passes.
-func (r *Run) wait(ctx context.Context, w *scenarios.Wait) bool {
-	d := r.deadline(w)
-	c := waitCond(w)
-	until := time.Now().Add(d)
-	r.progress("waiting for %s until %s (%s)", Describe(&scenarios.Step{Wait: w})[len("wait for "):], until.Format("15:04:05"), d.Round(100*time.Millisecond))
-	ok := r.until(ctx, until, func() bool { return r.track.all(w.Group, c) })
-	if ok && w.For == "drained" {
-		ok = r.dequeued(ctx, w.Group, until)
-	}
-	if !ok {
-		left, total := r.track.pending(w.Group, c)
-		r.progress("wait timed out: %d of %d message(s) not there yet (the ledger will say why)", left, total)
-	}
-	return ok
-}
-
-// dequeued waits until the relay's queue listing no longer shows any
-// message of group: the relay, not only the fake MTA, is done with them
-// (the 250 after the final dot has been recorded by the relay). The relay
-// sends no events, so this polls its listing, with the wait's deadline.
-func (r *Run) dequeued(ctx context.Context, group string, until time.Time) bool {
-	p := r.opt.Profile
-	if !p.Has(profile.CapQueue) {
-		return true
-	}
-	senders, ids := r.track.identities(group)
-	every := min(max(r.timing.RetryMax.D()/8, 100*time.Millisecond), time.Second)
-	for {
-		qctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		snap := r.opt.Relay.Queue(qctx)
-		snap.End = time.Now()
-		cancel()
-		r.mu.Lock()
-		r.h.Queue = append(r.h.Queue, snap)
-		r.mu.Unlock()
-		listed := snap.Err != ""
-		for _, e := range snap.Entries {
-			if ids[e.HarnessID] || ids[e.MessageID] || senders[strings.ToLower(e.Sender)] {
-				listed = true
-				break
-			}
-		}
-		if !listed {
-			return true
-		}
-		if !time.Now().Before(until) {
-			return false
-		}
-		t := time.NewTimer(min(every, time.Until(until)))
-		select {
-		case <-t.C:
-		case <-ctx.Done():
-			t.Stop()
-			return false
-		}
-	}
-}
-
-// until waits on tracker changes until f holds, the deadline, or ctx ends.
-func (r *Run) until(ctx context.Context, deadline time.Time, f func() bool) bool {
-	start := time.Now()
-	timer := time.NewTimer(time.Until(deadline))
-	defer timer.Stop()
-	for {
-		changed := r.track.wait()
-		if f() {
-			return true
-		}
-		select {
-		case <-changed:
-		case <-timer.C:
-			if f() {
-				return true
-			}
-			// A neighbour's outage is not this scenario's time: the
-			// deadline stretches by it (and never passes during one).
-			if up := r.hub.downByOther(r); up != nil {
-				select {
-				case <-up:
-				case <-ctx.Done():
-					return false
-				}
-			}
-			if d := deadline.Add(r.neighbourOutage(start, time.Now())); time.Now().Before(d) {
-				timer.Reset(time.Until(d))
-				continue
-			}
-			return f()
-		case <-ctx.Done():
-			return false
-		}
-	}
-}
-
-// neighbourOutage is how much of [from, to) neighbours kept the relay or
-// the fake MTA down (restarts, stops until the start), overlaps once.
-func (r *Run) neighbourOutage(from, to time.Time) time.Duration {
-	r.mu.Lock()
-	faults := append([]history.Fault(nil), r.h.Faults...)
-	r.mu.Unlock()
-	type span struct{ s, e time.Time }
-	var spans []span
-	var open map[history.FaultKind]time.Time
-	for _, f := range faults {
-		if !strings.HasPrefix(f.Detail, "by neighbour ") {
-			continue
-		}
-		switch f.Kind {
-		case history.FaultRelayRestart, history.FaultFakeMTARestart:
-			spans = append(spans, span{f.Start, f.End})
-		case history.FaultRelayStop, history.FaultFakeMTAStop:
-			if open == nil {
-				open = map[history.FaultKind]time.Time{}
-			}
-			open[f.Kind] = f.Start
-		case history.FaultRelayStart, history.FaultFakeMTAStart:
-			stop := history.FaultRelayStop
-			if f.Kind == history.FaultFakeMTAStart {
-				stop = history.FaultFakeMTAStop
-			}
-			if st, ok := open[stop]; ok {
-				spans = append(spans, span{st, f.End})
-				delete(open, stop)
-			}
-		}
-	}
-	var total time.Duration
-	cur := from
-	sort.Slice(spans, func(i, j int) bool { return spans[i].s.Before(spans[j].s) })
-	for _, sp := range spans {
-		s, e := sp.s, sp.e
-		if s.Before(cur) {
-			s = cur
-		}
-		if e.After(to) {
-			e = to
-		}
-		if e.After(s) {
-			total += e.Sub(s)
-			cur = e
-		}
-	}
-	return total
-}
-
-func (r *Run) restart(ctx context.Context, rs *scenarios.Restart) error {
-	t := r.timing
-	switch rs.When {
-	case "after-deferral":
-		until := time.Now().Add(t.RetryMax.D()*3 + t.RestartGrace.D())
-		if !r.until(ctx, until, func() bool {
-			r.track.mu.Lock()
-			defer r.track.mu.Unlock()
-			return r.track.anyDefer
-		}) {
-			r.progress("no deferral seen before the restart")
-		}
-	case "during-data":
-		until := time.Now().Add(t.RetryMax.D()*3 + t.RestartGrace.D())
-		if !r.until(ctx, until, func() bool {
-			r.track.mu.Lock()
-			defer r.track.mu.Unlock()
-			return r.track.tarpits > 0
-		}) {
-			r.progress("the fake MTA held no DATA phase open before the restart")
-		}
-	}
-	times := max(rs.Times, 1)
-	for i := range times {
-		err := r.hub.relayDown(ctx, func() error {
-			return r.hub.fault(r, history.FaultRelayRestart, fmt.Sprintf("%d of %d", i+1, times), func() error {
-				ctx, cancel := context.WithTimeout(ctx, 2*t.RestartGrace.D()+10*time.Second)
-				defer cancel()
-				return r.opt.Relay.Restart(ctx)
-			})
-		})
-		if err != nil {
-			return fmt.Errorf("restart %d of %d: %w", i+1, times, err) // (the relay's log is in the results folder)
-		}
-	}
-	return nil
-}
-
-func (r *Run) fakemtaStep(what string) error {
-	h := r.hub
-	switch what {
-	case "stop":
-		return h.fault(r, history.FaultFakeMTAStop, "", h.stopFake)
-	case "start":
-		return h.fault(r, history.FaultFakeMTAStart, "", h.startFake)
-	case "restart":
-		return h.fault(r, history.FaultFakeMTARestart, "", func() error {
-			if err := h.stopFake(); err != nil {
-				return err
-			}
-			return h.startFake()
-		})
-	case "wipe-state":
-		// The scenario's own greylist state only: its tenant's.
-		return r.fault(history.FaultFakeMTAWipe, "", func() error { return h.wipe(r) })
-	}
-	return fmt.Errorf("unknown fakemta action %q", what)
-}
-
-// Finish lets the scenario drain, takes a last queue listing, stops the
-// fake MTA and judges the history.
-//
-// With ctx already done (the run was interrupted), or nothing accepted, it
-// does not drain: it judges what was recorded at once.
-func (r *Run) Finish(ctx context.Context) (*history.History, ledger.Result) {
-	running := r.hub.running()
-	// Nothing accepted (every submission refused): nothing to wait for.
-	_, accepted := r.track.pending("", func(*msgState) bool { return true })
-	if running && ctx.Err() == nil && accepted > 0 {
-		r.drain(ctx)
-		// Drained: the scenarios waiting for their turn go on, and this
-		// watch overlaps them (its tenant stays registered, so what the
-		// relay sends late is still this scenario's).
-		r.releaseWorld()
-		// Watch one more retry interval: a relay that sends a delivered
-		// message again (a duplicate) or retries too soon does it now.
-		settle := r.timing.RetryMax.D()
-		r.progress("drained; watching %s more for late duplicates", settle)
-		r.until(ctx, time.Now().Add(settle), func() bool { return false })
-	}
-	r.releaseWorld()
-	if r.stopPolling() {
-		r.snapshot(ctx)
-	}
-	r.unregister()
-	r.mu.Lock()
-	r.h.Ended = time.Now()
-	h := r.h
-	r.mu.Unlock()
-	res := ledger.Judge(&h)
-	return &h, res
-}
-
-// drain waits until every message is delivered or bounced. A relay that
-// has not settled gets every chance before anything is called lost: a
-// flush, then a restart (when the profile can do them), each followed by
-// another wait. Correct relays settle in the first wait and pay nothing.
-func (r *Run) drain(ctx context.Context) {
-	drained := &scenarios.Wait{For: "drained"}
-	if r.wait(ctx, drained) {
-		return
-	}
-	p := r.opt.Profile
-	if p.Has(profile.CapFlush) {
-		r.progress("not drained: flushing the relay's queue")
-		if err := r.flush(ctx, "drain"); err == nil && r.wait(ctx, drained) {
-			return
-		}
-	}
-	if p.Has(profile.CapRestart) {
-		r.progress("not drained: restarting the relay")
-		err := r.hub.relayDown(ctx, func() error {
-			return r.hub.fault(r, history.FaultRelayRestart, "drain", func() error {
-				rctx, cancel := context.WithTimeout(ctx, 2*r.timing.RestartGrace.D()+10*time.Second)
-				defer cancel()
-				return r.opt.Relay.Restart(rctx)
-			})
-		})
-		if err == nil {
-			r.wait(ctx, drained)
-		}
-	}
-}
-
-// flush flushes the relay's queue (not while a neighbour restarts it); it
-// touches every scenario's messages, so it is in every running history.
-func (r *Run) flush(ctx context.Context, detail string) error {
-	return r.hub.withRelay(ctx, func() error {
-		return r.hub.fault(r, history.FaultFlush, detail, func() error { return r.opt.Relay.Flush(ctx) })
-	})
-}
-
-// Close ends the scenario's share of the hub (the history is kept by the
-// caller) and closes a hub of its own.
-func (r *Run) Close() {
-	r.stopPolling()
-	r.releaseWorld()
-	r.unregister()
-	if r.ownHub {
-		r.hub.Close()
-	}
-}
-
-// Save writes the history, the result and the report to dir/<scenario>/
-// so `greyharness judge` can re-check it offline. It returns the folder.
-func Save(dir string, h *history.History, res ledger.Result, relayLogs string) (string, error) {
-	if h.Submissions == nil {
-		// [] not null: LoadHistory refuses a history without its submissions.
-		c := *h
-		c.Submissions = []history.Submission{}
-		h = &c
-	}
-	out := filepath.Join(dir, safeName(h.Scenario))
-	if err := os.MkdirAll(out, 0o755); err != nil {
-		return "", err
-	}
-	write := func(name string, f func(io.Writer) error) error {
-		fh, err := os.Create(filepath.Join(out, name))
-		if err != nil {
-			return err
-		}
-		if err := f(fh); err != nil {
-			fh.Close()
-			return err
-		}
-		return fh.Close()
-	}
-	if err := write("history.json", func(w io.Writer) error {
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ")
-		return enc.Encode(h)
-	}); err != nil {
-		return "", err
-	}
-	if err := write("result.json", func(w io.Writer) error { return report.JSON(w, res) }); err != nil {
-		return "", err
-	}
-	if err := write("report.txt", func(w io.Writer) error { report.Text(w, res, h, true); return nil }); err != nil {
-		return "", err
-	}
-	if relayLogs != "" {
-		os.WriteFile(filepath.Join(out, "relay.log"), []byte(relayLogs), 0o644)
-	}
-	return out, nil
-}
-
-// LoadHistory reads a history.json written by Save; see history.Load.
-func LoadHistory(path string) (*history.History, error) { return history.Load(path) }
-
-func safeName(s string) string {
-	return strings.Map(func(r rune) rune {
-		if r == '/' || r == '\\' || r == ' ' || r == ':' {
-			return '_'
-		}
-		return r
-	}, s)
-}
-
-// RunScenario runs a whole scenario outside Ginkgo (the bug-zoo matrix,
-// tools): Begin, every step, Finish. A step error stops the steps; the
-// history so far is still judged.
-func RunScenario(ctx context.Context, opt *Options, sc *scenarios.Scenario) (*history.History, ledger.Result, error) {
-	r, err := Begin(ctx, opt, sc)
-	if err != nil {
-		return nil, ledger.Result{}, err
-	}
-	defer r.Close()
-	var stepErr error
-	for i := range sc.Steps {
-		if err := r.Step(ctx, i, &sc.Steps[i]); err != nil {
-			stepErr = err
-			break
-		}
-	}
-	h, res := r.Finish(ctx)
-	return h, res, stepErr
-}
+func Describe(st *scenarios.Step) string { return st.Describe() }

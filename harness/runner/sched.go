@@ -222,7 +222,7 @@ func (j *Job) do(ctx context.Context, opt *Options) {
 func RunScenarios(ctx context.Context, opt *Options, scs []*scenarios.Scenario, parallel int) ([]*history.History, []ledger.Result, []error) {
 	o := *opt
 	if o.Hub == nil {
-		hub, err := NewHub(&o)
+		hub, err := NewHub(ctx, &o)
 		if err != nil {
 			errs := make([]error, len(scs))
 			for i := range errs {

@@ -6,6 +6,7 @@ package traffic
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
 	"crypto/tls"
 	"encoding/hex"
@@ -103,14 +104,18 @@ func (m *Message) Build(now time.Time) []byte {
 // recipients the relay accepted; it is accepted when the final dot gets 2xx,
 // whatever QUIT does afterwards (RFC 5321 §6.1). A line that drops after
 // the final dot without a reply leaves the outcome unknown (RFC 1047).
-func (s *Submitter) Send(m *Message) history.Submission {
+//
+// When ctx ends the conversation is cut (the connection is closed), so a
+// relay that never answers cannot hold a spec past its timeout; the
+// submission then records the network error, or Unknown after the dot.
+func (s *Submitter) Send(ctx context.Context, m *Message) history.Submission {
 	now := time.Now
 	if s.Now != nil {
 		now = s.Now
 	}
 	sub := history.Submission{HarnessID: m.HarnessID, MessageID: m.MessageID, Group: m.Group, MailFrom: m.From,
 		RcptTo: append([]string(nil), m.To...), SubmittedAt: now()}
-	if err := s.send(m, now, &sub); err != nil {
+	if err := s.send(ctx, m, now, &sub); err != nil {
 		sub.Reply = replyOf(err)
 	}
 	return sub
@@ -204,15 +209,22 @@ func (t *replyTap) reply() (fakemta.Reply, bool) {
 // send runs the conversation and fills sub. It returns the error that
 // ended a submission that was not accepted (sub.Reply is then its reply);
 // an accepted or unknown outcome has sub.Reply set and returns nil.
-func (s *Submitter) send(m *Message, now func() time.Time, sub *history.Submission) error {
+func (s *Submitter) send(ctx context.Context, m *Message, now func() time.Time, sub *history.Submission) (err error) {
 	timeout := s.Timeout
 	if timeout == 0 {
 		timeout = 30 * time.Second
 	}
-	nc, err := net.DialTimeout("tcp", s.Submit.Addr, timeout)
+	defer func() {
+		if err != nil && !isReply(err) && ctx.Err() != nil {
+			err = fmt.Errorf("submission aborted (%w): %w", context.Cause(ctx), err)
+		}
+	}()
+	nc, err := (&net.Dialer{Timeout: timeout}).DialContext(ctx, "tcp", s.Submit.Addr)
 	if err != nil {
 		return err
 	}
+	// Closing the connection unblocks whatever go-smtp waits on.
+	defer context.AfterFunc(ctx, func() { nc.Close() })()
 	nc.SetDeadline(time.Now().Add(timeout))
 	if m.EHLOTwice {
 		nc = &doubleEHLOConn{Conn: nc}
@@ -299,6 +311,9 @@ func (s *Submitter) send(m *Message, now func() time.Time, sub *history.Submissi
 	default:
 		// The body went out but no reply to the final dot came back: the
 		// relay may or may not own the message. Record that, never guess.
+		if ctx.Err() != nil {
+			err = fmt.Errorf("submission aborted (%w): %w", context.Cause(ctx), err)
+		}
 		sub.Unknown = true
 		sub.Reply = fakemta.Reply{Dropped: true, Text: "no reply to the final dot: " + err.Error()}
 		var pe textproto.ProtocolError
@@ -323,7 +338,9 @@ func (s *Submitter) send(m *Message, now func() time.Time, sub *history.Submissi
 
 // SendAll submits msgs with up to concurrency conversations at once, in
 // order of msgs within each worker; results come back in msgs' order.
-func (s *Submitter) SendAll(msgs []*Message, concurrency int) []history.Submission {
+// A ctx that ends aborts the conversations under way and the ones not
+// yet begun fail at once, each recorded with its error.
+func (s *Submitter) SendAll(ctx context.Context, msgs []*Message, concurrency int) []history.Submission {
 	if concurrency < 1 {
 		concurrency = 1
 	}
@@ -335,7 +352,7 @@ func (s *Submitter) SendAll(msgs []*Message, concurrency int) []history.Submissi
 		go func() {
 			defer wg.Done()
 			for i := range next {
-				out[i] = s.Send(msgs[i])
+				out[i] = s.Send(ctx, msgs[i])
 			}
 		}()
 	}

@@ -2,6 +2,7 @@ package traffic
 
 import (
 	"bufio"
+	"context"
 	"net"
 	"strings"
 	"sync"
@@ -158,7 +159,7 @@ func TestAcceptedThenQuitFails(t *testing.T) {
 			addr, s := scriptedRelay(t, script{dot: "250 2.0.0 Ok: queued as 4Xyz123", quit: tc.quit})
 			sub := submitter(addr)
 			m := testMessage("alice@rcpt.test")
-			got := sub.Send(m)
+			got := sub.Send(context.Background(), m)
 			<-s.done
 			if !got.Accepted || got.Unknown {
 				t.Fatalf("accepted=%v unknown=%v reply %+v: a 250 to the final dot is acceptance whatever QUIT does", got.Accepted, got.Unknown, got.Reply)
@@ -178,7 +179,7 @@ func TestAcceptedThenQuitFails(t *testing.T) {
 // invented one, and no QUIT note.
 func TestAcceptedRecordsRealReply(t *testing.T) {
 	addr, s := scriptedRelay(t, script{dot: "250 Message accepted for delivery id=AB12", quit: "221 2.0.0 Bye"})
-	got := submitter(addr).Send(testMessage("alice@rcpt.test"))
+	got := submitter(addr).Send(context.Background(), testMessage("alice@rcpt.test"))
 	<-s.done
 	if !got.Accepted || got.Quit != "" {
 		t.Fatalf("accepted=%v quit=%q", got.Accepted, got.Quit)
@@ -191,7 +192,7 @@ func TestAcceptedRecordsRealReply(t *testing.T) {
 // its outcome is recorded as unknown, never guessed.
 func TestDroppedAfterDotIsUnknown(t *testing.T) {
 	addr, s := scriptedRelay(t, script{dot: ""})
-	got := submitter(addr).Send(testMessage("alice@rcpt.test"))
+	got := submitter(addr).Send(context.Background(), testMessage("alice@rcpt.test"))
 	<-s.done
 	if got.Accepted || !got.Unknown {
 		t.Fatalf("accepted=%v unknown=%v: want the unknown outcome", got.Accepted, got.Unknown)
@@ -207,7 +208,7 @@ func TestDroppedAfterDotIsUnknown(t *testing.T) {
 // A reply to the final dot that is no SMTP reply: unknown too.
 func TestGarbageAfterDotIsUnknown(t *testing.T) {
 	addr, s := scriptedRelay(t, script{dot: "Ok thanks", quit: "221 bye"})
-	got := submitter(addr).Send(testMessage("alice@rcpt.test"))
+	got := submitter(addr).Send(context.Background(), testMessage("alice@rcpt.test"))
 	<-s.done
 	if got.Accepted || !got.Unknown || got.Reply.Dropped || !strings.Contains(got.Reply.Text, "Ok thanks") {
 		t.Fatalf("accepted=%v unknown=%v reply %+v: want unknown, with what came", got.Accepted, got.Unknown, got.Reply)
@@ -220,7 +221,7 @@ func TestPartialAcceptance(t *testing.T) {
 	const alice, bob = "alice@rcpt.test", "bob@rcpt.test"
 	addr, s := scriptedRelay(t, script{rcpt: map[string]string{bob: "550 5.1.1 <bob@rcpt.test>: Recipient address rejected"},
 		dot: "250 2.0.0 Ok: queued as Q1", quit: "221 2.0.0 Bye"})
-	got := submitter(addr).Send(testMessage(alice, bob))
+	got := submitter(addr).Send(context.Background(), testMessage(alice, bob))
 	<-s.done
 	if !got.Accepted {
 		t.Fatalf("not accepted: %+v", got.Reply)
@@ -249,7 +250,7 @@ func TestPartialAcceptance(t *testing.T) {
 func TestAllRecipientsRefused(t *testing.T) {
 	addr, s := scriptedRelay(t, script{rcpt: map[string]string{"alice@rcpt.test": "450 4.2.0 greylisted", "bob@rcpt.test": "550 5.1.1 no"},
 		dot: "250 ok", quit: "221 bye"})
-	got := submitter(addr).Send(testMessage("alice@rcpt.test", "bob@rcpt.test"))
+	got := submitter(addr).Send(context.Background(), testMessage("alice@rcpt.test", "bob@rcpt.test"))
 	<-s.done
 	if got.Accepted || got.Unknown {
 		t.Fatalf("accepted=%v unknown=%v", got.Accepted, got.Unknown)
@@ -269,7 +270,7 @@ func TestEHLOTwiceWaitsForTheFirstReply(t *testing.T) {
 	addr, s := scriptedRelay(t, script{dot: "250 2.0.0 Ok: queued as Q2", quit: "221 bye"})
 	m := testMessage("alice@rcpt.test")
 	m.EHLOTwice = true // (RSET before MAIL would add a third: go-smtp says EHLO again after RSET)
-	got := submitter(addr).Send(m)
+	got := submitter(addr).Send(context.Background(), m)
 	<-s.done
 	if !got.Accepted {
 		t.Fatalf("not accepted: %+v", got.Reply)
@@ -323,7 +324,7 @@ func TestEHLOTwiceFirstRefused(t *testing.T) {
 	}()
 	m := testMessage("alice@rcpt.test")
 	m.EHLOTwice = true
-	got := submitter(ln.Addr().String()).Send(m)
+	got := submitter(ln.Addr().String()).Send(context.Background(), m)
 	if got.Accepted || got.Reply.Code != 554 {
 		t.Errorf("reply %+v, want the 554 to the first EHLO", got.Reply)
 	}
@@ -358,7 +359,7 @@ func TestRepliesOverSTARTTLS(t *testing.T) {
 	defer srv.Close()
 	sub := submitter(srv.Addr())
 	sub.Submit.StartTLS = true
-	got := sub.Send(testMessage("alice@rcpt.test", "bob@rcpt.test"))
+	got := sub.Send(context.Background(), testMessage("alice@rcpt.test", "bob@rcpt.test"))
 	if !got.Accepted || got.Reply.Code != 250 || got.Reply.Text == "" {
 		t.Fatalf("accepted %v reply %+v", got.Accepted, got.Reply)
 	}
@@ -368,4 +369,99 @@ func TestRepliesOverSTARTTLS(t *testing.T) {
 		t.Errorf("alice %+v bob %+v", a, b)
 	}
 	t.Logf("alice %+v, dot %+v", a, got.Reply)
+}
+
+// silentServer accepts connections and never says a word: a relay stuck
+// before its greeting. It counts the connections that were closed by the
+// client.
+func silentServer(t *testing.T) (addr string, closed <-chan struct{}) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	ch := make(chan struct{}, 16)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				var b [64]byte
+				for {
+					if _, err := c.Read(b[:]); err != nil {
+						ch <- struct{}{} // the client hung up
+						return
+					}
+				}
+			}()
+		}
+	}()
+	return ln.Addr().String(), ch
+}
+
+// TestSendCtxCancelAbortsStuckSubmission: a relay that accepts and never
+// answers cannot hold Send past its ctx (the conversation timeout is long).
+func TestSendCtxCancelAbortsStuckSubmission(t *testing.T) {
+	addr, closed := silentServer(t)
+	sub := submitter(addr)
+	sub.Timeout = time.Hour
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	var got struct {
+		accepted, unknown bool
+		code              int
+		text              string
+	}
+	go func() {
+		defer close(done)
+		s := sub.Send(ctx, testMessage("alice@rcpt.test"))
+		got.accepted, got.unknown, got.code, got.text = s.Accepted, s.Unknown, s.Reply.Code, s.Reply.Text
+	}()
+	select {
+	case <-done:
+		t.Fatal("Send returned before ctx ended, against a server that never answers")
+	case <-time.After(50 * time.Millisecond):
+	}
+	cancel()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Send still blocked 10s after its ctx ended")
+	}
+	select {
+	case <-closed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the connection was not closed")
+	}
+	if got.accepted || got.unknown || got.code != 0 || !strings.Contains(got.text, "submission aborted (context canceled)") {
+		t.Errorf("got accepted=%v unknown=%v code=%d text=%q; want a not-accepted submission saying it was aborted", got.accepted, got.unknown, got.code, got.text)
+	}
+}
+
+// TestSendAllCtxDeadline: SendAll returns at its ctx's deadline with every
+// message recorded (none accepted), not after the conversation timeout.
+func TestSendAllCtxDeadline(t *testing.T) {
+	addr, _ := silentServer(t)
+	sub := submitter(addr)
+	sub.Timeout = time.Hour
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	msgs := []*Message{testMessage("a@rcpt.test"), testMessage("b@rcpt.test"), testMessage("c@rcpt.test")}
+	start := time.Now()
+	res := sub.SendAll(ctx, msgs, 2)
+	if d := time.Since(start); d > 10*time.Second {
+		t.Fatalf("SendAll took %s with a 200ms ctx", d)
+	}
+	if len(res) != len(msgs) {
+		t.Fatalf("%d results for %d messages", len(res), len(msgs))
+	}
+	for i, s := range res {
+		if s.HarnessID != msgs[i].HarnessID || s.Accepted || s.Reply.Code != 0 || !strings.Contains(s.Reply.Text, "deadline exceeded") {
+			t.Errorf("result %d: id %s accepted=%v reply %+v; want %s not accepted, deadline exceeded", i, s.HarnessID, s.Accepted, s.Reply, msgs[i].HarnessID)
+		}
+	}
 }

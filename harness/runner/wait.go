@@ -1,0 +1,144 @@
+package runner
+
+import (
+	"context"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/greyharness/greyharness/harness/history"
+	"github.com/greyharness/greyharness/scenarios"
+)
+
+// deadline derives a wait's timeout from the profile's timing (see
+// WaitDeadline, which the suite's spec timeouts use too).
+func (r *Run) deadline(w *scenarios.Wait) time.Duration {
+	left, _ := r.track.pending(w.Group, func(*msgState) bool { return false })
+	return WaitDeadline(r.timing, w, r.h.GreylistDelay.D(), left)
+}
+
+func waitCond(w *scenarios.Wait) cond {
+	switch w.For {
+	case "deferred":
+		return anyRcpt(func(rs *rcptState) bool { return rs.deferred })
+	case "delivered":
+		return everyRcpt(func(rs *rcptState) bool { return rs.delivered > 0 })
+	case "attempts":
+		return everyRcpt(func(rs *rcptState) bool { return rs.attempts >= w.Attempts })
+	case "dsn":
+		return func(m *msgState) bool { return m.dsn[w.Action] }
+	default: // drained
+		return everyRcpt(func(rs *rcptState) bool { return rs.delivered > 0 || rs.bounced })
+	}
+}
+
+// wait blocks until the condition holds or its deadline passes.
+func (r *Run) wait(ctx context.Context, w *scenarios.Wait) bool {
+	d := r.deadline(w)
+	c := waitCond(w)
+	until := time.Now().Add(d)
+	r.progress("waiting for %s until %s (%s)", w.Describe()[len("wait for "):], until.Format("15:04:05"), d.Round(100*time.Millisecond))
+	ok := r.until(ctx, until, func() bool { return r.track.all(w.Group, c) })
+	if ok && w.For == "drained" {
+		ok = r.dequeued(ctx, w.Group, until)
+	}
+	if !ok {
+		left, total := r.track.pending(w.Group, c)
+		r.progress("wait timed out: %d of %d message(s) not there yet (the ledger will say why)", left, total)
+	}
+	return ok
+}
+
+// until waits on tracker changes until f holds, the deadline, or ctx
+// ends. A neighbour's outage is not this scenario's time: the deadline
+// stretches by it (and never passes during one).
+func (r *Run) until(ctx context.Context, deadline time.Time, f func() bool) bool {
+	start := time.Now()
+	timer := time.NewTimer(time.Until(deadline))
+	defer timer.Stop()
+	for {
+		changed := r.track.wait()
+		if f() {
+			return true
+		}
+		select {
+		case <-changed:
+		case <-timer.C:
+			if f() {
+				return true
+			}
+			if up := r.hub.downByOther(r); up != nil {
+				select {
+				case <-up:
+				case <-ctx.Done():
+					return false
+				}
+			}
+			if d := deadline.Add(r.neighbourOutage(start, time.Now())); time.Now().Before(d) {
+				timer.Reset(time.Until(d))
+				continue
+			}
+			return f()
+		case <-ctx.Done():
+			return false
+		}
+	}
+}
+
+// neighbourOutage is how much of [from, to) neighbours kept the relay or
+// the fake MTA down (restarts, stops until the start), overlaps once.
+func (r *Run) neighbourOutage(from, to time.Time) time.Duration {
+	r.mu.Lock()
+	faults := append([]history.Fault(nil), r.h.Faults...)
+	r.mu.Unlock()
+	type span struct{ s, e time.Time }
+	var spans []span
+	open := map[history.FaultKind]time.Time{}
+	for _, f := range faults {
+		if !strings.HasPrefix(f.Detail, "by neighbour ") {
+			continue
+		}
+		switch f.Kind {
+		case history.FaultRelayRestart, history.FaultFakeMTARestart:
+			spans = append(spans, span{f.Start, f.End})
+		case history.FaultRelayStop, history.FaultFakeMTAStop:
+			open[f.Kind] = f.Start
+		case history.FaultRelayStart, history.FaultFakeMTAStart:
+			stop := history.FaultRelayStop
+			if f.Kind == history.FaultFakeMTAStart {
+				stop = history.FaultFakeMTAStop
+			}
+			if st, ok := open[stop]; ok {
+				spans = append(spans, span{st, f.End})
+				delete(open, stop)
+			}
+		}
+	}
+	sort.Slice(spans, func(i, j int) bool { return spans[i].s.Before(spans[j].s) })
+	var total time.Duration
+	cur := from
+	for _, sp := range spans {
+		s, e := sp.s, sp.e
+		if s.Before(cur) {
+			s = cur
+		}
+		if e.After(to) {
+			e = to
+		}
+		if e.After(s) {
+			total += e.Sub(s)
+			cur = e
+		}
+	}
+	return total
+}
+
+// awaitTracker waits until f holds over the tracker's counters (under
+// its lock), the deadline, or ctx ends.
+func (r *Run) awaitTracker(ctx context.Context, until time.Time, f func(t *tracker) bool) bool {
+	return r.until(ctx, until, func() bool {
+		r.track.mu.Lock()
+		defer r.track.mu.Unlock()
+		return f(r.track)
+	})
+}

@@ -1,0 +1,111 @@
+package harness
+
+import (
+	"testing"
+	"time"
+
+	"github.com/greyharness/greyharness/harness/profile"
+	"github.com/greyharness/greyharness/scenarios"
+)
+
+// realTimers is ci/postfix-realtimers: Debian's Postfix timers, retry_max
+// 10m, queue_lifetime 5d, no delay warning, restart_grace 30s.
+func realTimers(t *testing.T) (*Suite, map[string]*scenarios.Scenario) {
+	t.Helper()
+	p, err := profile.Load("../ci/postfix-realtimers/relay.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Timing.RetryMax.D() != 10*time.Minute || p.Timing.QueueLifetime.D() != 5*24*time.Hour {
+		t.Fatalf("ci/postfix-realtimers timing = %+v; this test assumes retry_max 10m, queue_lifetime 5d", p.Timing)
+	}
+	scs, err := scenarios.Default()
+	if err != nil {
+		t.Fatal(err)
+	}
+	byName := map[string]*scenarios.Scenario{}
+	for i := range scs {
+		byName[scs[i].Name] = &scs[i]
+	}
+	return &Suite{Profile: p, Scenarios: scs}, byName
+}
+
+// A step spec's timeout is a bound for a stuck step. At real timers it
+// must cover the step's own deadline, and no more than that: a scenario
+// that never waits for the queue lifetime must not hang for 5 days.
+func TestStepTimeoutAtRealTimers(t *testing.T) {
+	s, sc := realTimers(t)
+	tm := s.Profile.Timing
+	rm, grace, ql := tm.RetryMax.D(), tm.RestartGrace.D(), tm.QueueLifetime.D()
+	for _, tc := range []struct {
+		scenario string
+		atLeast  time.Duration // the longest wait deadline its steps derive
+		atMost   time.Duration
+	}{
+		// wait delivered: greylist delay 1s + 3 x retry_max + restart_grace
+		{"greylist-once", time.Second + 3*rm + grace, 2 * time.Hour},
+		{"plain-delivery", 3*rm + grace, 2 * time.Hour},
+		// wait delivered with factor 6 and 500 messages (20ms each)
+		{"load-500", time.Second + 6*rm + grace + 500*20*time.Millisecond, 2 * time.Hour},
+		// wait dsn failed, timeout_from queue_lifetime, factor 1.5
+		{"expiry-bounce", time.Duration(1.5*float64(ql)) + grace, 8 * 24 * time.Hour},
+	} {
+		got := s.stepTimeout(sc[tc.scenario])
+		if got < tc.atLeast || got > tc.atMost {
+			t.Errorf("%s: step timeout %s; want between %s (its longest wait deadline) and %s", tc.scenario, got, tc.atLeast, tc.atMost)
+		}
+	}
+}
+
+// The judging spec drains: up to three drained waits (each greylist delay +
+// 3 x retry_max + restart_grace + 20ms a message), with a flush and a
+// restart (2 x restart_grace + 10s) between them, then the late-duplicate
+// watch (retry_max). Its timeout must let all of that run, so a relay that
+// needs the last chance is judged, not cut off by Ginkgo.
+func TestJudgeTimeoutCoversDrainAtRealTimers(t *testing.T) {
+	s, sc := realTimers(t)
+	tm := s.Profile.Timing
+	rm, grace := tm.RetryMax.D(), tm.RestartGrace.D()
+	for _, name := range []string{"greylist-once", "load-500", "restart-between-deferral-and-retry"} {
+		msgs := time.Duration(countMessages(sc[name])) * 20 * time.Millisecond
+		drain := 3*(time.Second+3*rm+grace+msgs) + 2*grace + 10*time.Second + rm
+		got := s.judgeTimeout(sc[name])
+		if got < drain || got > 3*time.Hour {
+			t.Errorf("%s: judging timeout %s; want between %s (drain with flush and restart, then the watch) and 3h", name, got, drain)
+		}
+	}
+}
+
+// greyharness run gives Ginkgo a suite timeout no shorter than the sum of
+// its specs' own timeouts: Ginkgo's default (1h) would abort a real-timer
+// pack that every spec lets run.
+func TestRunTimeoutOutlastsTheSpecs(t *testing.T) {
+	s, _ := realTimers(t)
+	var sum time.Duration
+	for i := range s.Scenarios {
+		sc := &s.Scenarios[i]
+		if s.Profile.Scenarios[sc.Name].Skip != "" || len(s.Missing(sc)) > 0 {
+			continue
+		}
+		sum += time.Duration(len(sc.Steps))*s.stepTimeout(sc) + s.judgeTimeout(sc)
+	}
+	cfg, _ := s.ginkgoConfig()
+	if cfg.Timeout < sum || cfg.Timeout < time.Hour {
+		t.Errorf("suite timeout %s; want at least the specs' %s (and Ginkgo's 1h default)", cfg.Timeout, sum)
+	}
+	// expiry-bounce (5 days) is skipped by the profile: it must not stretch
+	// the bound of a run that never waits for it.
+	if cfg.Timeout > 2*sum {
+		t.Errorf("suite timeout %s; want about the %s of the scenarios that run", cfg.Timeout, sum)
+	}
+}
+
+func countMessages(sc *scenarios.Scenario) int {
+	n := 0
+	for _, st := range sc.Steps {
+		if st.Send != nil {
+			n += max(st.Send.Count, 1)
+		}
+	}
+	return n
+}
