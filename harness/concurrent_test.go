@@ -221,7 +221,7 @@ func TestIsolateThePack(t *testing.T) {
 	}
 	want := map[string]runner.Isolation{
 		"421-after-ehlo": runner.Alone, "starttls-failure": runner.Alone, "load-500": runner.Alone,
-		"double-restart-then-greylist": runner.Disruptive, "fakemta-outage": runner.Disruptive,
+		"double-restart-then-greylist": runner.Disruptive, "fakemta-outage": runner.Alone,
 		"restart-after-delivery": runner.Disruptive, "restart-between-deferral-and-retry": runner.Disruptive,
 		"restart-during-delivery": runner.Disruptive,
 		"greylist-once":           runner.Shared, "plain-delivery": runner.Shared, "expiry-bounce": runner.Shared,

@@ -24,6 +24,7 @@ type attempt struct {
 	n        int
 	data     *record.Reply // eod reply, nil when no body
 	body     bool          // the body was received in full
+	received time.Time     // when it was (the reply to the final dot follows at once)
 	aborted  string
 	connOnly bool   // a failed connection without any transaction (not attributable)
 	detail   string // connOnly: what went wrong
@@ -423,6 +424,9 @@ func (j *judge) mkAttempt(ev record.Event, ra *record.RcptAttempt) attempt {
 	a := attempt{
 		at: ev.Time, start: ev.Time, conn: ev.Conn, client: ev.Client, mailFrom: t.MailFrom, mail: t.Mail,
 		data: t.Data, body: t.Message != nil, aborted: t.Aborted,
+	}
+	if t.Message != nil {
+		a.received = t.Message.ReceivedAt
 	}
 	if ra != nil {
 		r := ra.Reply

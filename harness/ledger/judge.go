@@ -329,7 +329,9 @@ func (j *judge) activities(c *trackCase) {
 		}
 		if a.body && a.rcpt != nil && is2xx(a.rcpt.Code) && !a.rcpt.Dropped && a.data != nil && (a.data.Dropped || is2xx(a.data.Code)) {
 			c.bodies++
-			if j.relayDown(a.at) {
+			// When the final dot was answered, not when the session ended
+			// (a cached connection may end much later, in a restart).
+			if at := a.received; !at.IsZero() && j.relayDown(at) || at.IsZero() && j.relayDown(a.at) {
 				c.gapBodies++
 			}
 			what := fmtReply(a.data)

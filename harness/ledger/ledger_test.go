@@ -634,4 +634,13 @@ func TestDuplicateAcrossRestartGap(t *testing.T) {
 	b2.fault(history.FaultRelayRestart, 1, 3)
 	b2.deliver(5, s2, bob)
 	want(t, find(t, Judge(b2.h), "m1", bob), Duplicate, true, Delivered, Duplicate)
+	// The final dot answered before the restart, its session (a cached
+	// connection) ending in it: the relay had the 250, a failing duplicate.
+	b3 := newH(30)
+	s3 := b3.submit("m1", 0, bob)
+	b3.fault(history.FaultRelayRestart, 1, 3)
+	d := fakemta.Reply{Code: 250, Enhanced: "2.0.0", Text: "accepted"}
+	b3.txn(2, s3.MailFrom, []fakemta.RcptAttempt{{Addr: bob, Attempt: 1, Reply: ok250()}}, &d, body(s3, 0.5, bob))
+	b3.deliver(5, s3, bob)
+	want(t, find(t, Judge(b3.h), "m1", bob), Duplicate, true, Delivered, Duplicate)
 }

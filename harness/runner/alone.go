@@ -14,15 +14,17 @@ const (
 	// state, all of which the fake MTA keeps to their tenant (a flush is
 	// recorded in every running scenario's history).
 	Shared Isolation = iota
-	// Disruptive scenarios restart or stop the relay or the fake MTA: they
-	// run beside Shared ones, one at a time, and each such fault is
-	// recorded in the history of every scenario running, where the ledger
-	// judges it as its own outage.
+	// Disruptive scenarios restart the relay: they run beside Shared ones,
+	// one at a time; a restart waits until no submission is under way and
+	// is recorded in the history of every scenario running, where the
+	// ledger judges it as an outage of its own.
 	Disruptive
 	// Alone scenarios run with no other beside them: they say so
-	// (`exclusive: true`), or their policy acts where the fake MTA cannot
-	// tell scenarios apart — at connect, helo, starttls or quit (before any
-	// address is known), or on connection numbers.
+	// (`exclusive: true`), they stop the fake MTA (an outage as long as
+	// their steps make it, which outlasts a short queue lifetime: a
+	// neighbour's message would bounce), or their policy acts where the
+	// fake MTA cannot tell scenarios apart — at connect, helo, starttls or
+	// quit (before any address is known), or on connection numbers.
 	Alone
 )
 
@@ -54,12 +56,13 @@ func Isolate(sc *scenarios.Scenario) (Isolation, string) {
 		}
 	}
 	for i := range sc.Steps {
-		st := &sc.Steps[i]
-		switch {
-		case st.Restart != nil:
+		if f := sc.Steps[i].FakeMTA; f == "stop" || f == "start" || f == "restart" {
+			return Alone, "it stops or restarts the fake MTA"
+		}
+	}
+	for i := range sc.Steps {
+		if sc.Steps[i].Restart != nil {
 			return Disruptive, "it restarts the relay"
-		case st.FakeMTA == "stop" || st.FakeMTA == "start" || st.FakeMTA == "restart":
-			return Disruptive, "it stops or restarts the fake MTA"
 		}
 	}
 	return Shared, ""
