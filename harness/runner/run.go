@@ -56,10 +56,10 @@ type Options struct {
 
 // Run is one scenario in progress.
 type Run struct {
-	opt      *Options
-	sc       *scenarios.Scenario
-	base     context.Context // Begin's ctx without its end, for Close
-	timing   history.Timing
+	opt    *Options
+	sc     *scenarios.Scenario
+	base   context.Context // Begin's ctx without its end, for Close
+	timing history.Timing
 
 	hub    *Hub
 	ownHub bool   // made by Begin, closed by Close
@@ -78,9 +78,9 @@ type Run struct {
 	registered bool // its tenant is registered
 	polling    bool // takes the hub's queue listings
 
-	track    *tracker
-	sent     map[string]bool // Message-IDs already used, for resubmissions
-	lastSub  []*traffic.Message
+	track   *tracker
+	sent    map[string]bool // Message-IDs already used, for resubmissions
+	lastSub []*traffic.Message
 }
 
 func expectOf(sc *scenarios.Scenario) history.Expect {
