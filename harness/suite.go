@@ -68,6 +68,7 @@ type Suite struct {
 	hub    *runner.Hub
 	jobs   map[string]*runner.Job
 	cancel context.CancelFunc
+	done   map[string]bool // scenarios reported (guarded by mu)
 
 	mu       sync.Mutex
 	Outcomes []Outcome
@@ -264,6 +265,12 @@ func (s *Suite) start(ctx context.Context) error {
 	return nil
 }
 
+func (s *Suite) reported(name string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.done[name]
+}
+
 // stop ends every scenario still running (each is judged on what was
 // recorded) and the fake MTA.
 func (s *Suite) stop(ctx context.Context) {
@@ -282,6 +289,17 @@ func (s *Suite) stop(ctx context.Context) {
 		select {
 		case <-j.Done():
 		case <-ctx.Done():
+			continue
+		}
+		// A scenario Ginkgo never judged (interrupted between its specs,
+		// where no AfterAll runs) still ends with its outcome.
+		if h, res, _ := j.Wait(ctx); h != nil && !s.reported(h.Scenario) {
+			if h.StepError == "" {
+				h.StepError = "judging did not run (the run was interrupted): judged at once, without draining"
+			}
+			if msg := s.report(h, res); msg != "" {
+				GinkgoWriter.Println(msg)
+			}
 		}
 	}
 	s.hub.Close()
@@ -427,6 +445,12 @@ func (s *Suite) report(h *history.History, res ledger.Result) string {
 		}
 	}
 	s.record(o)
+	s.mu.Lock()
+	if s.done == nil {
+		s.done = map[string]bool{}
+	}
+	s.done[h.Scenario] = true
+	s.mu.Unlock()
 	if failed {
 		return b.String()
 	}

@@ -214,7 +214,7 @@ type trackCase struct {
 	acts        []activity // moments from which the relay gets a fresh retry_max
 	lastAttempt time.Time
 	bodies      int // times the body reached this recipient
-	gapBodies   int // ... of them while the relay was being restarted or stopped
+	inGap       []bool // each body: its final dot answered while the relay was being restarted or stopped
 	bodyNotes   []string
 
 	openVerdict Verdict  // the verdict of a window still open at the end
@@ -331,9 +331,11 @@ func (j *judge) activities(c *trackCase) {
 			c.bodies++
 			// When the final dot was answered, not when the session ended
 			// (a cached connection may end much later, in a restart).
-			if at := a.received; !at.IsZero() && j.relayDown(at) || at.IsZero() && j.relayDown(a.at) {
-				c.gapBodies++
+			at := a.received
+			if at.IsZero() {
+				at = a.at
 			}
+			c.inGap = append(c.inGap, j.relayDown(at))
 			what := fmtReply(a.data)
 			if a.data.Dropped {
 				what = "line dropped after the body, no reply"
@@ -415,7 +417,12 @@ func (j *judge) ruleDuplicate(c *trackCase) {
 		return
 	}
 	why := fmt.Sprintf("its body reached %s %d times: %s", c.tr.rcpt, c.bodies, strings.Join(c.bodyNotes, ", "))
-	if c.bodies-c.gapBodies <= 1 && c.gapBodies > 0 {
+	earlier := c.inGap[:len(c.inGap)-1] // (bodies ≥ 2: each appended one)
+	gap := len(earlier) > 0
+	for _, g := range earlier {
+		gap = gap && g
+	}
+	if gap {
 		// A copy accepted while the relay went down is one it may not have recorded.
 		c.v.gapDuplicate = true
 		why += "; the earlier copies were accepted while the relay was being restarted or stopped, so it could not record them (RFC 1047): a warning"

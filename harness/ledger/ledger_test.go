@@ -643,4 +643,13 @@ func TestDuplicateAcrossRestartGap(t *testing.T) {
 	b3.txn(2, s3.MailFrom, []fakemta.RcptAttempt{{Addr: bob, Attempt: 1, Reply: ok250()}}, &d, body(s3, 0.5, bob))
 	b3.deliver(5, s3, bob)
 	want(t, find(t, Judge(b3.h), "m1", bob), Duplicate, true, Delivered, Duplicate)
+	// Delivered before the restart, sent again while it starts (the
+	// sample relay's redeliver-after-restart): the later copy in the gap
+	// excuses nothing.
+	b4 := newH(30)
+	s4 := b4.submit("m1", 0, bob)
+	b4.deliver(0.5, s4, bob)
+	b4.fault(history.FaultRelayRestart, 1, 3)
+	b4.deliver(2, s4, bob)
+	want(t, find(t, Judge(b4.h), "m1", bob), Duplicate, true, Delivered, Duplicate)
 }
