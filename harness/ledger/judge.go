@@ -213,7 +213,7 @@ type trackCase struct {
 
 	acts        []activity // moments from which the relay gets a fresh retry_max
 	lastAttempt time.Time
-	bodies      int // times the body reached this recipient
+	bodies      int    // times the body reached this recipient
 	inGap       []bool // each body: its final dot answered while the relay was being restarted or stopped
 	bodyNotes   []string
 
