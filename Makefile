@@ -7,7 +7,7 @@ GO      ?= go
 BIN     := bin/greyharness
 RESULTS ?= results
 
-.PHONY: all build demo deps test unit short e2e-sample e2e-cli lint vet e2e e2e-postfix e2e-exim e2e-opensmtpd e2e-haraka e2e-postfix-realtimers e2e-sendmail e2e-nullmailer e2e-maddy bench bench-fakemta fuzz clean
+.PHONY: all build demo deps test unit short e2e-sample e2e-cli lint vet e2e e2e-postfix e2e-exim e2e-opensmtpd e2e-haraka e2e-postfix-realtimers e2e-sendmail e2e-nullmailer e2e-maddy bench bench-fakemta bench-pack fuzz clean
 
 all: build
 
@@ -104,6 +104,11 @@ e2e-maddy: build
 
 bench: bench-fakemta
 	$(GO) test -run '^$$' -bench . -benchmem ./fakemta/...
+
+## bench-pack: the default pack against the sample relay, Postfix and Exim at
+## full concurrency: wall time, the longest scenario's own time, their ratio.
+bench-pack: build
+	BIN=$(BIN) ci/bench-pack.sh
 
 ## bench-fakemta: the fake MTA against smtp-sink (BENCH_FLAGS="-pin -rounds 5" and so on).
 BENCH_FLAGS ?=

@@ -13,7 +13,6 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -36,7 +35,7 @@ type api struct {
 	s        *Server
 	token    [sha256.Size]byte
 	hasToken bool
-	routes   map[string]map[string]http.HandlerFunc
+	mux      *http.ServeMux
 	quit     chan struct{}
 	quitOnce sync.Once
 }
@@ -50,9 +49,16 @@ type api struct {
 //	GET  /api/v1/greylist       greylist triplets
 //	GET  /api/v1/policy         the policy in force
 //	PUT  /api/v1/policy         swap the policy (YAML or JSON body)
-//	POST /api/v1/reset          wipe greylist state
+//	POST /api/v1/reset          wipe greylist state (the server's and every tenant's)
+//	GET  /api/v1/tenants        registered tenants
+//	GET  /api/v1/tenants/{name}/policy    a tenant's policy
+//	PUT  /api/v1/tenants/{name}/policy    register a tenant, or swap its policy (?connections=true: it owns connect, helo, starttls)
+//	DELETE /api/v1/tenants/{name}         forget a tenant and its state
+//	POST /api/v1/tenants/{name}/wipe      wipe a tenant's greylist state
+//	GET  /api/v1/tenants/{name}/greylist  a tenant's greylist records
 //	GET  /metrics               Prometheus metrics
 //
+// Wrong methods get 405 with an Allow header (HEAD wherever GET is).
 // With a non-empty token every endpoint but /healthz needs the header
 // "Authorization: Bearer TOKEN". Errors are JSON {"error": "..."}.
 func (s *Server) APIHandler(token string) http.Handler {
@@ -65,16 +71,24 @@ func (s *Server) newAPI(token string) *api {
 	if token != "" {
 		a.token, a.hasToken = sha256.Sum256([]byte(token)), true
 	}
-	a.routes = map[string]map[string]http.HandlerFunc{
-		"/healthz":         {http.MethodGet: a.healthz},
-		"/api/v1/messages": {http.MethodGet: a.messages},
-		"/api/v1/journal":  {http.MethodGet: a.journal},
-		"/api/v1/events":   {http.MethodGet: a.events},
-		"/api/v1/greylist": {http.MethodGet: a.greylist},
-		"/api/v1/policy":   {http.MethodGet: a.getPolicy, http.MethodPut: a.putPolicy},
-		"/api/v1/reset":    {http.MethodPost: a.reset},
-		"/metrics":         {http.MethodGet: a.metrics},
-	}
+	m := http.NewServeMux()
+	// "GET" patterns answer HEAD too (net/http drops the body).
+	m.HandleFunc("GET /healthz", a.healthz)
+	m.HandleFunc("GET /api/v1/messages", a.messages)
+	m.HandleFunc("GET /api/v1/journal", a.journal)
+	m.HandleFunc("GET /api/v1/events", a.events)
+	m.HandleFunc("GET /api/v1/greylist", a.greylist)
+	m.HandleFunc("GET /api/v1/policy", a.getPolicy)
+	m.HandleFunc("PUT /api/v1/policy", a.putPolicy)
+	m.HandleFunc("POST /api/v1/reset", a.reset)
+	m.HandleFunc("GET /api/v1/tenants", a.listTenants)
+	m.HandleFunc("GET /api/v1/tenants/{name}/policy", a.getTenantPolicy)
+	m.HandleFunc("PUT /api/v1/tenants/{name}/policy", a.putTenantPolicy)
+	m.HandleFunc("DELETE /api/v1/tenants/{name}", a.deleteTenant)
+	m.HandleFunc("POST /api/v1/tenants/{name}/wipe", a.wipeTenant)
+	m.HandleFunc("GET /api/v1/tenants/{name}/greylist", a.tenantGreylist)
+	m.HandleFunc("GET /metrics", a.metrics)
+	a.mux = m
 	return a
 }
 
@@ -123,41 +137,53 @@ func (a *api) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			writeError(w, http.StatusInternalServerError, "internal error")
 		}
 	}()
-	methods, ok := a.routes[r.URL.Path]
 	if r.URL.Path != "/healthz" && !a.authorized(r) {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="greyharness fakemta"`)
 		writeError(w, http.StatusUnauthorized, "missing or bad bearer token (Authorization: Bearer TOKEN)")
 		return
 	}
-	if !ok {
-		writeError(w, http.StatusNotFound, "no such endpoint: "+r.URL.Path)
+	h, pattern := a.mux.Handler(r)
+	if pattern == "" {
+		// No route: the mux's own 404 or 405 (with Allow), said in JSON.
+		rec := &statusRecorder{h: http.Header{}}
+		h.ServeHTTP(rec, r)
+		switch rec.code {
+		case http.StatusMethodNotAllowed:
+			allow := rec.h.Get("Allow")
+			w.Header().Set("Allow", allow)
+			writeError(w, http.StatusMethodNotAllowed, fmt.Sprintf("method %s not allowed on %s (allowed: %s)", r.Method, r.URL.Path, allow))
+		default:
+			writeError(w, http.StatusNotFound, "no such endpoint: "+r.URL.Path)
+		}
 		return
 	}
-	h, ok := methods[r.Method]
-	if !ok && r.Method == http.MethodHead {
-		if get, has := methods[http.MethodGet]; has {
-			// RFC 9110 9.3.2: HEAD is GET without the body (net/http drops
-			// what the handler writes). A stream ends once its headers are out.
-			ctx, cancel := context.WithCancel(r.Context())
-			defer cancel()
-			get(&headWriter{w: w, done: cancel}, r.WithContext(ctx))
-			return
-		}
-	}
-	if !ok {
-		allow := make([]string, 0, len(methods)+1)
-		for m := range methods {
-			allow = append(allow, m)
-			if m == http.MethodGet {
-				allow = append(allow, http.MethodHead)
-			}
-		}
-		sort.Strings(allow)
-		w.Header().Set("Allow", strings.Join(allow, ", "))
-		writeError(w, http.StatusMethodNotAllowed, fmt.Sprintf("method %s not allowed on %s (allowed: %s)", r.Method, r.URL.Path, strings.Join(allow, ", ")))
+	if r.Method == http.MethodHead {
+		// RFC 9110 9.3.2: HEAD is GET without the body. A stream ends
+		// once its headers are out.
+		ctx, cancel := context.WithCancel(r.Context())
+		defer cancel()
+		a.mux.ServeHTTP(&headWriter{w: w, done: cancel}, r.WithContext(ctx))
 		return
 	}
-	h(w, r)
+	a.mux.ServeHTTP(w, r)
+}
+
+// statusRecorder keeps what the mux's not-found and method-not-allowed
+// handlers write, so the API answers them in its own JSON.
+type statusRecorder struct {
+	h    http.Header
+	code int
+}
+
+func (s *statusRecorder) Header() http.Header { return s.h }
+func (s *statusRecorder) WriteHeader(code int) {
+	if s.code == 0 {
+		s.code = code
+	}
+}
+func (s *statusRecorder) Write(b []byte) (int, error) {
+	s.WriteHeader(http.StatusOK)
+	return len(b), nil
 }
 
 // headWriter answers a HEAD request with a GET handler: it cancels the
@@ -501,15 +527,25 @@ func (a *api) putPolicy(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}
+	pol, ok := a.readPolicy(w, r)
+	if !ok {
+		return
+	}
+	a.s.SetPolicy(pol)
+	writeJSON(w, http.StatusOK, PolicyDocument(pol))
+}
+
+// readPolicy reads and parses a policy body; on failure it has answered.
+func (a *api) readPolicy(w http.ResponseWriter, r *http.Request) (*Policy, bool) {
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxAPIBodyBytes))
 	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
 			writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("body larger than %d bytes", MaxAPIBodyBytes))
-			return
+			return nil, false
 		}
 		writeError(w, http.StatusBadRequest, "reading the body: "+err.Error())
-		return
+		return nil, false
 	}
 	// ParsePolicy refuses an empty body, null, a second document and
 	// trailing text with their position: the policy stays as it is.
@@ -528,10 +564,9 @@ func (a *api) putPolicy(w http.ResponseWriter, r *http.Request) {
 			msg += fmt.Sprintf(" (and %d more)", len(list)-1)
 		}
 		writeJSON(w, http.StatusBadRequest, apiError{Error: msg, Errors: list})
-		return
+		return nil, false
 	}
-	a.s.SetPolicy(pol)
-	writeJSON(w, http.StatusOK, PolicyDocument(pol))
+	return pol, true
 }
 
 // resetResult is the answer to POST /api/v1/reset.

@@ -38,6 +38,10 @@ func appendEventTail(dst []byte, ev *Event) ([]byte, bool) {
 	if ev.TLS {
 		dst = append(dst, `,"tls":true`...)
 	}
+	if ev.Tenant != "" {
+		dst = append(dst, `,"tenant":`...)
+		dst = appendJSONString(dst, ev.Tenant)
+	}
 	if ev.Command != "" {
 		dst = append(dst, `,"command":`...)
 		dst = appendJSONString(dst, ev.Command)

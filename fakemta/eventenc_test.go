@@ -63,7 +63,7 @@ func representativeEvents() []Event {
 			Event{Seq: 4, Time: t, Kind: EventConnect, Conn: 3, Client: "[::1]:25", Local: s},
 			Event{Seq: 5, Time: t, Kind: EventClose, Conn: 3, Client: s, Note: s},
 			Event{Seq: 6, Time: t, Kind: EventKind(s)},
-			Event{Seq: 7, Time: t, Kind: EventControl, Note: s},
+			Event{Seq: 7, Time: t, Kind: EventControl, Note: s, Tenant: s},
 			Event{Seq: 8, Time: t, Kind: EventTLS, TLS: true, Note: s},
 		)
 	}

@@ -9,6 +9,8 @@ import (
 
 // matchCtx is what a rule can look at when the fake MTA decides.
 type matchCtx struct {
+	// scope is the tenant (or the server's own scope) whose policy decides.
+	scope  *tenant
 	stage  Stage
 	conn   uint64
 	client string // ip:port
@@ -23,7 +25,7 @@ type matchCtx struct {
 
 // decide returns the first rule matching m, or nil.
 func (s *Server) decide(m *matchCtx) *Rule {
-	pol := s.Policy()
+	pol := s.scope(m.scope).policy.Load()
 	for i := range pol.Rules {
 		if ruleMatches(&pol.Rules[i].Match, m) {
 			return &pol.Rules[i]

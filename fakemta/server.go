@@ -51,6 +51,10 @@ type Config struct {
 	GreylistStore string
 	// WipeState starts with no greylist memory (the journal is kept: it is history).
 	WipeState bool
+	// Tenants are registered before the journal is read, so their greylist
+	// memory is rebuilt in the same pass (a fake MTA restarted under the
+	// scenarios sharing it); SetTenant registers one later.
+	Tenants []TenantSpec
 	// KeepBodies writes every received body to this folder.
 	KeepBodies string
 	// TLS enables STARTTLS.
@@ -81,8 +85,13 @@ type Server struct {
 	connSeq atomic.Uint64
 	msgSeq  atomic.Uint64
 	metrics *Metrics
+	// def is the server's own scope (traffic of no tenant); ten the tenants.
+	def *tenant
+	ten tenants
 
 	mu        sync.Mutex
+	serving   bool            // Start has run: tenants' MX hosts are listened on at once
+	listening map[string]bool // configured addresses listened on
 	listeners []net.Listener
 	conns     map[*conn]struct{}
 	closed    bool
@@ -131,7 +140,8 @@ func New(cfg Config) (*Server, error) {
 			return nil, err
 		}
 	}
-	s := &Server{cfg: cfg, grey: newGreylistState(), conns: map[*conn]struct{}{}, metrics: NewMetrics()}
+	s := &Server{cfg: cfg, grey: newGreylistState(), conns: map[*conn]struct{}{}, metrics: NewMetrics(), listening: map[string]bool{}}
+	s.ten = tenants{byName: map[string]*tenant{}, replayed: map[string]bool{}}
 	s.store = memStore{s.grey}
 	if cfg.GreylistStore != "" {
 		rs, err := openRedisStore(cfg.GreylistStore)
@@ -141,6 +151,28 @@ func New(cfg Config) (*Server, error) {
 		s.store = rs
 	}
 	s.policy.Store(cfg.Policy)
+	s.def = &tenant{policy: &s.policy, grey: s.grey, store: s.store}
+	for _, ts := range cfg.Tenants {
+		if err := CheckTenantName(ts.Name); err != nil {
+			s.store.close()
+			return nil, fmt.Errorf("fakemta: %w", err)
+		}
+		p := ts.Policy
+		if p == nil {
+			p = &Policy{}
+		}
+		g := newGreylistState()
+		t := &tenant{name: ts.Name, policy: new(atomic.Pointer[Policy]), grey: g, store: memStore{g}, started: cfg.Now(), owner: ts.Options.Connections}
+		t.policy.Store(p)
+		if t.owner {
+			if s.ten.owner != nil {
+				s.store.close()
+				return nil, fmt.Errorf("%w (%s and %s)", ErrTenantConflict, s.ten.owner.name, t.name)
+			}
+			s.ten.owner = t
+		}
+		s.ten.byName[ts.Name] = t
+	}
 	var maxConn uint64
 	syncEvery := cfg.JournalSync
 	if cfg.scratch {
@@ -170,6 +202,7 @@ func New(cfg Config) (*Server, error) {
 		s.record(Event{Kind: EventControl, Note: "wipe-state"}, false)
 	}
 	s.started = cfg.Now()
+	s.def.started = s.started
 	s.record(Event{Kind: EventControl, Note: "start"}, false)
 
 	be := smtp.BackendFunc(s.newSession)
@@ -194,10 +227,18 @@ func (l logfLogger) Println(v ...any)               { l("%s", fmt.Sprintln(v...)
 // Start listens on every configured address and serves in the background.
 func (s *Server) Start() error {
 	addrs := append([]string(nil), s.cfg.Listen...)
-	if m := s.Policy().MX; m != nil {
-		for _, h := range m.Hosts {
-			if !contains(addrs, h) {
-				addrs = append(addrs, h)
+	pols := []*Policy{s.Policy()}
+	s.ten.mu.RLock()
+	for _, t := range s.ten.byName {
+		pols = append(pols, t.policy.Load())
+	}
+	s.ten.mu.RUnlock()
+	for _, p := range pols {
+		if m := p.MX; m != nil {
+			for _, h := range m.Hosts {
+				if !contains(addrs, h) {
+					addrs = append(addrs, h)
+				}
 			}
 		}
 	}
@@ -205,23 +246,57 @@ func (s *Server) Start() error {
 		return errors.New("fakemta: no listen address")
 	}
 	var ls []net.Listener
-	// No TCP keepalive on accepted connections: idle clients are cut by
-	// the read timeout, and the four setsockopt calls per connection cost
-	// about as much as one SMTP reply.
-	lc := net.ListenConfig{KeepAlive: -1}
 	for _, addr := range addrs {
-		l, err := lc.Listen(context.Background(), "tcp", addr)
+		l, err := listenTCP(addr)
 		if err != nil {
 			for _, l := range ls {
 				l.Close()
 			}
-			return fmt.Errorf("fakemta: listen %s: %w", addr, err)
+			return err
 		}
 		ls = append(ls, l)
 	}
+	s.mu.Lock()
+	s.serving = true
+	for _, a := range addrs {
+		s.listening[a] = true
+	}
+	s.mu.Unlock()
 	for _, l := range ls {
 		s.Serve(l)
 	}
+	return nil
+}
+
+// listenTCP listens on addr. No TCP keepalive on accepted connections:
+// idle clients are cut by the read timeout, and the four setsockopt calls
+// per connection cost about as much as one SMTP reply.
+func listenTCP(addr string) (net.Listener, error) {
+	lc := net.ListenConfig{KeepAlive: -1}
+	l, err := lc.Listen(context.Background(), "tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("fakemta: listen %s: %w", addr, err)
+	}
+	return l, nil
+}
+
+// listen adds a listener on addr to a started server (a tenant's MX host).
+func (s *Server) listen(addr string) error {
+	s.mu.Lock()
+	if s.listening[addr] {
+		s.mu.Unlock()
+		return nil
+	}
+	s.listening[addr] = true
+	s.mu.Unlock()
+	l, err := listenTCP(addr)
+	if err != nil {
+		s.mu.Lock()
+		delete(s.listening, addr)
+		s.mu.Unlock()
+		return err
+	}
+	s.Serve(l)
 	return nil
 }
 
@@ -279,12 +354,18 @@ func (s *Server) SetPolicy(p *Policy) {
 	s.record(Event{Kind: EventControl, Note: "policy"}, false)
 }
 
-// WipeGreylist forgets every greylist triplet and whitelisted client.
+// WipeGreylist forgets every greylist triplet and whitelisted client,
+// the server's own and every tenant's (WipeTenant wipes one tenant).
 func (s *Server) WipeGreylist() {
 	s.grey.wipe()
 	if err := s.store.wipe(context.Background()); err != nil {
 		s.cfg.Logf("greylist store: wipe: %v", err)
 	}
+	s.ten.mu.RLock()
+	for _, t := range s.ten.byName {
+		t.grey.wipe()
+	}
+	s.ten.mu.RUnlock()
 	s.record(Event{Kind: EventControl, Note: "wipe-state"}, false)
 }
 
@@ -359,40 +440,72 @@ func (s *Server) record(ev Event, durable bool) (Event, error) {
 	return ev, err
 }
 
-// replay rebuilds greylist state from one journaled event.
+// replay rebuilds greylist state from one journaled event, at start.
+// A tenant's events are replayed when it registers again (replayTenant):
+// only then is its policy known.
 func (s *Server) replay(ev Event) {
+	if t := s.ten.byName[ev.Tenant]; ev.Tenant != "" && t != nil {
+		if ev.Kind == EventControl && ev.Note == "tenant-remove" {
+			t.grey.wipe() // what it knew went with it
+		} else {
+			s.replayInto(t, ev)
+		}
+		return
+	}
+	if ev.Tenant != "" {
+		if ev.Kind == EventControl && ev.Note == "tenant-remove" {
+			delete(s.ten.replayed, ev.Tenant)
+		} else {
+			s.ten.replayed[ev.Tenant] = true
+		}
+		return
+	}
+	if ev.Kind == EventControl && ev.Note == "wipe-state" {
+		// A wipe of everything: tenants' state before it is gone too.
+		clear(s.ten.replayed)
+		for _, t := range s.ten.byName {
+			t.grey.wipe()
+		}
+	}
+	s.replayInto(s.def, ev)
+}
+
+// replayInto rebuilds t's greylist state from one journaled event.
+func (s *Server) replayInto(t *tenant, ev Event) {
 	switch ev.Kind {
 	case EventControl:
 		if ev.Note == "wipe-state" {
-			s.grey.wipe()
+			t.grey.wipe()
 		}
 	case EventTransaction:
 		tx := ev.Transaction
 		if tx == nil {
 			return
 		}
-		gl := s.Policy().Greylist
+		gl := t.policy.Load().Greylist
 		v4, v6 := 24, 64
 		if gl != nil {
 			v4, v6 = gl.SubnetV4, gl.SubnetV6
 		}
 		subnet := subnetOf(ev.Client, v4, v6)
+		from := lower(strip(t, tx.MailFrom))
 		done := map[string]bool{} // a whole-message key counts once
 		for _, r := range tx.Rcpts {
-			k := tripletKey{subnet, lower(tx.MailFrom), lower(r.Addr)}
-			s.grey.setCount(k, StageRcpt, r.Attempt)
-			if r.Greylist != "" && r.Greylist != greyError && s.store.replays() && !done[r.Key] {
+			rcpt := lower(strip(t, r.Addr))
+			k := tripletKey{subnet, from, rcpt}
+			t.grey.setCount(k, StageRcpt, r.Attempt)
+			if r.Greylist != "" && r.Greylist != greyError && t.store.replays() && !done[r.Key] {
 				done[r.Key] = true
-				gk := greyKey{ID: r.Key, Body: r.BodyKey, Whitelist: r.WhitelistKey, Subnet: subnet, Sender: lower(tx.MailFrom), Recipient: lower(r.Addr)}
+				gk := greyKey{ID: r.Key, Body: r.BodyKey, Whitelist: r.WhitelistKey, Subnet: subnet, Sender: from, Recipient: rcpt}
 				if gk.ID == "" {
 					// A journal from before keys were journaled: the generic triplet.
 					gk.ID, gk.Whitelist = subnet+"|"+gk.Sender+"|"+gk.Recipient, subnet
 				}
-				s.grey.replay(gl, gk, r.Greylist, ev.Time)
+				t.grey.replay(gl, gk, r.Greylist, ev.Time)
 			}
 			if tx.Data != nil && r.Reply.Code/100 == 2 {
-				s.grey.count(k, StageData, ev.Time)
-				s.grey.count(k, StageEOD, ev.Time)
+				t.grey.count(k, StageData, ev.Time)
+				t.grey.count(k, StageEOD, ev.Time)
 			}
 		}
 	}

@@ -33,6 +33,9 @@ type session struct {
 	// pipe, so Data ends soon and they wait for it.
 	mu sync.Mutex
 	tx *Transaction
+	// scope is the open transaction's tenant: its sender's, else its first
+	// tenant recipient's; nil for none (the server's own policy).
+	scope *tenant
 	// bodyHead is the start of the last body after its header, as much as
 	// a greylist body key hashes (rspamd's max_data_len).
 	bodyHead []byte
@@ -66,7 +69,7 @@ func smtpError(r *Reply) *smtp.SMTPError {
 
 // act carries out a rule at a backend stage: it returns the reply to give
 // (nil: go on with the default) and the error go-smtp should answer with.
-func (se *session) act(rule *Rule) (*Reply, error) {
+func (se *session) act(rule *Rule, t *tenant) (*Reply, error) {
 	if rule == nil {
 		return nil, nil
 	}
@@ -86,7 +89,7 @@ func (se *session) act(rule *Rule) (*Reply, error) {
 		r := &Reply{Dropped: true}
 		return r, smtpError(&Reply{Code: 421, Enhanced: "4.4.2", Text: "dropped"})
 	case ActionDelay:
-		se.srv.record(Event{Kind: EventControl, Conn: se.c.id, Client: se.c.client, Note: "tarpit " + rule.Delay.String() + " at " + string(rule.Match.Stage)}, false)
+		se.srv.record(Event{Kind: EventControl, Conn: se.c.id, Client: se.c.client, Tenant: t.name, Note: "tarpit " + rule.Delay.String() + " at " + string(rule.Match.Stage)}, false)
 		t := time.NewTimer(rule.Delay)
 		select {
 		case <-t.C:
@@ -98,25 +101,27 @@ func (se *session) act(rule *Rule) (*Reply, error) {
 	return nil, nil
 }
 
-func (se *session) greylist() *Greylist { return se.srv.Policy().Greylist }
+func (se *session) greylist(t *tenant) *Greylist { return t.policy.Load().Greylist }
 
-func (se *session) key(rcpt string) tripletKey {
+// key is rcpt's attempt-counter triplet in t (addresses without t's label).
+func (se *session) key(t *tenant, rcpt string) tripletKey {
 	v4, v6 := 24, 64
-	if gl := se.greylist(); gl != nil {
+	if gl := se.greylist(t); gl != nil {
 		v4, v6 = gl.SubnetV4, gl.SubnetV6
 	}
 	from := ""
 	if se.tx != nil {
-		from = se.tx.MailFrom
+		from = strip(t, se.tx.MailFrom)
 	}
-	return tripletKey{subnetOf(se.c.client, v4, v6), lower(from), lower(rcpt)}
+	return tripletKey{subnetOf(se.c.client, v4, v6), lower(from), lower(strip(t, rcpt))}
 }
 
 // mx is the MX host the session's greylist keys belong to: its listener
-// address when MX hosts keep split state, else "" (one greylist).
-func (se *session) mx() string {
+// address when MX hosts keep split state (t's policy says, unless the
+// server's configuration does), else "" (one greylist).
+func (se *session) mx(t *tenant) string {
 	state := se.srv.cfg.MXState
-	if m := se.srv.Policy().MX; state == "" && m != nil {
+	if m := t.policy.Load().MX; state == "" && m != nil {
 		state = m.State
 	}
 	if state == MXSplit {
@@ -126,10 +131,10 @@ func (se *session) mx() string {
 }
 
 // greyInput is the key input of the open transaction.
-func (se *session) greyInput() greyInput {
-	in := greyInput{mx: se.mx(), client: se.c.client, helo: se.c.helo}
+func (se *session) greyInput(t *tenant) greyInput {
+	in := greyInput{mx: se.mx(t), client: se.c.client, helo: se.c.helo}
 	if se.tx != nil {
-		in.sender = se.tx.MailFrom
+		in.sender = strip(t, se.tx.MailFrom)
 	}
 	return in
 }
@@ -140,12 +145,12 @@ var storeFailReply = Reply{Code: 451, Enhanced: "4.3.0", Text: "Greylist store u
 
 // greyCheck asks the store; a store failure is journaled (a control event
 // "greylist-store: ERR") and comes back as the outcome "error".
-func (se *session) greyCheck(gl *Greylist, k greyKey, now time.Time) (string, time.Duration, error) {
+func (se *session) greyCheck(t *tenant, gl *Greylist, k greyKey, now time.Time) (string, time.Duration, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), greyStoreTimeout)
 	defer cancel()
-	outcome, left, err := se.srv.store.check(ctx, gl, k, now)
+	outcome, left, err := t.store.check(ctx, gl, k, now)
 	if err != nil {
-		se.srv.record(Event{Kind: EventControl, Conn: se.c.id, Client: se.c.client, Note: "greylist-store: " + err.Error()}, false)
+		se.srv.record(Event{Kind: EventControl, Conn: se.c.id, Client: se.c.client, Tenant: t.name, Note: "greylist-store: " + err.Error()}, false)
 		return greyError, 0, err
 	}
 	return outcome, left, nil
@@ -157,11 +162,11 @@ func setGrey(ra *RcptAttempt, outcome string, k greyKey) {
 }
 
 // countStage bumps and returns the per-recipient counters for stage.
-func (se *session) countStage(stage Stage, rcpts []string) []int {
+func (se *session) countStage(t *tenant, stage Stage, rcpts []string) []int {
 	now := se.srv.cfg.Now()
 	out := make([]int, len(rcpts))
 	for i, r := range rcpts {
-		out[i] = se.srv.grey.count(se.key(r), stage, now)
+		out[i] = t.grey.count(se.key(t, r), stage, now)
 	}
 	return out
 }
@@ -172,9 +177,11 @@ func (se *session) Mail(from string, _ *smtp.MailOptions) error {
 	defer se.mu.Unlock()
 	se.finish("rset")
 	se.tx = &Transaction{Helo: se.c.helo, MailFrom: from, MX: se.c.local}
-	m := se.c.matchCtx(StageMail)
-	m.sender = from
-	reply, err := se.act(se.srv.decide(&m))
+	se.scope = se.srv.tenantOf(from)
+	t := se.srv.scope(se.scope)
+	m := se.c.matchCtx(StageMail, t)
+	m.sender = strip(t, from)
+	reply, err := se.act(se.srv.decide(&m), t)
 	if reply == nil {
 		reply = &Reply{Code: 250, Enhanced: "2.1.0", Text: "Sender OK"}
 	}
@@ -203,19 +210,28 @@ func (se *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 		return &smtp.SMTPError{Code: 503, EnhancedCode: smtp.EnhancedCode{5, 5, 1}, Message: "MAIL first"}
 	}
 	now := se.srv.cfg.Now()
-	k := se.key(to)
-	attempt := se.srv.grey.count(k, StageRcpt, now)
-	m := se.c.matchCtx(StageRcpt)
-	m.rcpts, m.attempts = []string{to}, []int{attempt}
+	// Each recipient is decided by its own tenant; the transaction is
+	// its sender's tenant's, else its first tenant recipient's.
+	rt := se.srv.tenantOf(to)
+	if rt == nil {
+		rt = se.scope
+	} else if se.scope == nil {
+		se.scope = rt
+	}
+	t := se.srv.scope(rt)
+	k := se.key(t, to)
+	attempt := t.grey.count(k, StageRcpt, now)
+	m := se.c.matchCtx(StageRcpt, t)
+	m.rcpts, m.attempts = []string{strip(t, to)}, []int{attempt}
 	ra := RcptAttempt{Addr: to, Attempt: attempt}
 	rule := se.srv.decide(&m)
-	reply, err := se.act(rule)
+	reply, err := se.act(rule, t)
 	if reply == nil && (rule == nil || rule.Action == ActionDelay) {
-		if gl := se.greylist(); gl != nil && gl.Stage != StageEOD {
-			in := se.greyInput()
-			in.rcpt = to
+		if gl := se.greylist(t); gl != nil && gl.Stage != StageEOD {
+			in := se.greyInput(t)
+			in.rcpt = strip(t, to)
 			gk := gl.buildKey(in)
-			outcome, left, serr := se.greyCheck(gl, gk, now)
+			outcome, left, serr := se.greyCheck(t, gl, gk, now)
 			setGrey(&ra, outcome, gk)
 			switch {
 			case serr != nil:
@@ -282,12 +298,13 @@ func (se *session) Data(r io.Reader) error {
 		se.finish("")
 		return e
 	}
-	m := se.c.matchCtx(StageEOD)
-	m.rcpts, m.attempts = rcpts, se.countStage(StageEOD, rcpts)
+	t := se.srv.scope(se.scope)
+	m := se.c.matchCtx(StageEOD, t)
+	m.rcpts, m.attempts = stripAll(t, rcpts), se.countStage(t, StageEOD, rcpts)
 	rule := se.srv.decide(&m)
-	reply, err := se.act(rule)
+	reply, err := se.act(rule, t)
 	if reply == nil && (rule == nil || rule.Action == ActionDelay) {
-		if gl := se.greylist(); gl != nil && gl.Stage == StageEOD && len(rcpts) > 0 {
+		if gl := se.greylist(t); gl != nil && gl.Stage == StageEOD && len(rcpts) > 0 {
 			var worst time.Duration
 			deferredRcpt, failed := "", false
 			apply := func(rcpt string, outcome string, k greyKey, left time.Duration) {
@@ -300,21 +317,21 @@ func (se *session) Data(r io.Reader) error {
 					deferredRcpt, worst = rcpt, max(worst, left)
 				}
 			}
-			in := se.greyInput()
+			in := se.greyInput(t)
 			if gl.perMessage() {
 				// One record for the whole message (rspamd, Exim).
-				in.rcpts, in.messageID, in.body = rcpts, msg.MessageID, se.bodyHead
+				in.rcpts, in.messageID, in.body = stripAll(t, rcpts), msg.MessageID, se.bodyHead
 				k := gl.buildKey(in)
-				outcome, left, serr := se.greyCheck(gl, k, now())
+				outcome, left, serr := se.greyCheck(t, gl, k, now())
 				failed = failed || serr != nil
 				for _, rc := range rcpts {
 					apply(rc, outcome, k, left)
 				}
 			} else {
 				for _, rc := range rcpts {
-					in.rcpt = rc
+					in.rcpt = strip(t, rc)
 					k := gl.buildKey(in)
-					outcome, left, serr := se.greyCheck(gl, k, now())
+					outcome, left, serr := se.greyCheck(t, gl, k, now())
 					failed = failed || serr != nil
 					apply(rc, outcome, k, left)
 				}
@@ -400,7 +417,7 @@ func (se *session) receive(r io.Reader) (msg *Message, bodyErr error, readErr er
 	msg.BodyPath = path
 	// The body key (rspamd) hashes the start of the body after the header.
 	bodyWant := 0
-	if gl := se.greylist(); gl != nil {
+	if gl := se.greylist(se.srv.scope(se.scope)); gl != nil {
 		bodyWant = gl.BodyKey
 	}
 	bh := bodyHead{want: bodyWant}
@@ -555,11 +572,12 @@ func (se *session) end(aborted string, durable bool) error {
 	if tx == nil {
 		return nil
 	}
-	se.tx = nil
+	t := se.srv.scope(se.scope)
+	se.tx, se.scope = nil, nil
 	if tx.Data == nil && aborted != "" {
 		tx.Aborted = aborted
 	}
-	ev := Event{Kind: EventTransaction, Conn: se.c.id, Client: se.c.client, TLS: se.c.tls, Transaction: tx}
+	ev := Event{Kind: EventTransaction, Conn: se.c.id, Client: se.c.client, TLS: se.c.tls, Tenant: t.name, Transaction: tx}
 	if tx.Message != nil {
 		se.c.budget.reset() // a message: the connection's bounds start again
 	}

@@ -67,6 +67,10 @@ type conn struct {
 	next     *override // set by the session for the reply it is producing
 	quitSeen bool
 
+	// nums are the connection's numbers for the tenants it served.
+	numMu sync.Mutex
+	nums  map[*tenant]uint64
+
 	closeOnce sync.Once
 	closed    chan struct{}
 	budget    connBudget // journal_limits.go
@@ -98,7 +102,7 @@ func (s *Server) newConn(nc net.Conn, local string) *conn {
 		return nil
 	}
 	s.record(Event{Kind: EventConnect, Conn: c.id, Client: c.client, Local: local}, false)
-	mc := c.matchCtx(StageConnect)
+	mc := c.matchCtx(StageConnect, s.connScope())
 	act := s.decide(&mc)
 	if act != nil {
 		switch act.Action {
@@ -166,17 +170,40 @@ func (c *conn) readMore() (int, error) {
 	return n, err
 }
 
-func (c *conn) matchCtx(stage Stage) matchCtx {
-	m := matchCtx{stage: stage, conn: c.id, client: c.client, helo: c.helo, elapsed: c.srv.cfg.Now().Sub(c.srv.started)}
+// matchCtx is what a rule of scope t sees at stage: addresses without
+// t's label, t's connection number and t's clock.
+func (c *conn) matchCtx(stage Stage, t *tenant) matchCtx {
+	t = c.srv.scope(t)
+	m := matchCtx{scope: t, stage: stage, conn: c.number(t), client: c.client, helo: c.helo, elapsed: c.srv.cfg.Now().Sub(t.started)}
 	if c.sess != nil && c.sess.tx != nil {
-		m.sender = c.sess.tx.MailFrom
+		m.sender = strip(t, c.sess.tx.MailFrom)
 		for _, r := range c.sess.tx.Rcpts {
 			if r.Reply.Code/100 == 2 {
-				m.rcpts = append(m.rcpts, r.Addr)
+				m.rcpts = append(m.rcpts, strip(t, r.Addr))
 			}
 		}
 	}
 	return m
+}
+
+// number is the connection's number for t: the server's for its own
+// scope, else the count of connections t has been seen on, this one
+// included (the owner of connection-level stages sees every one).
+func (c *conn) number(t *tenant) uint64 {
+	if t == c.srv.def {
+		return c.id
+	}
+	c.numMu.Lock()
+	defer c.numMu.Unlock()
+	n, ok := c.nums[t]
+	if !ok {
+		if c.nums == nil {
+			c.nums = map[*tenant]uint64{}
+		}
+		n = t.conns.Add(1)
+		c.nums[t] = n
+	}
+	return n
 }
 
 // Read hands go-smtp processed input, reading from the wire when needed.
@@ -434,9 +461,15 @@ func (c *conn) command(line []byte) {
 		c.out = append(c.out, line...)
 		return
 	}
-	mc := c.matchCtx(stage)
-	if stage == StageData && c.sess != nil {
-		mc.attempts = c.sess.countStage(StageData, mc.rcpts)
+	// A stage inside a transaction is its tenant's; the others are the
+	// connection's (see tenant.go).
+	scope := c.srv.connScope()
+	if c.sess != nil && c.sess.tx != nil && (stage == StageData || stage == StageQuit) {
+		scope = c.srv.scope(c.sess.scope)
+	}
+	mc := c.matchCtx(stage, scope)
+	if stage == StageData && c.sess != nil && c.sess.tx != nil {
+		mc.attempts = c.sess.countStage(scope, StageData, c.sess.accepted())
 	}
 	act := c.srv.decide(&mc)
 	noop := []byte("NOOP\r\n")

@@ -17,6 +17,7 @@ import (
 	. "github.com/onsi/ginkgo/v2"
 	"github.com/onsi/ginkgo/v2/types"
 
+	"github.com/greyharness/greyharness/harness/history"
 	"github.com/greyharness/greyharness/harness/ledger"
 	"github.com/greyharness/greyharness/harness/profile"
 	"github.com/greyharness/greyharness/harness/relay"
@@ -49,6 +50,9 @@ type RunOptions struct {
 	HTML        string
 	Results     string
 	Verbose     bool
+	// Parallel caps the scenarios running at the same time (0: as many as
+	// isolation allows; 1: one after another).
+	Parallel int
 	// Bin is the greyharness binary the sample relay runs as (default: this executable).
 	Bin string
 	Env map[string]string
@@ -70,8 +74,12 @@ func ParseRunFlags(args []string, stderr io.Writer) (*RunOptions, error) {
 	fs.StringVar(&o.HTML, "html", "", "write a self-contained HTML report here (failing messages drawn with their timelines, passes summed up)")
 	fs.StringVar(&o.Results, "results", "results", "folder for the history of failed scenarios (re-judge with greyharness judge)")
 	fs.BoolVar(&o.Verbose, "v", false, "print every message's timeline, not only failing ones")
+	fs.IntVar(&o.Parallel, "parallel", 0, "most scenarios running at the same time (0: as many as isolation allows; 1: one after another)")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
+	}
+	if o.Parallel < 0 {
+		return nil, fmt.Errorf("--parallel %d: want 0 (as many as isolation allows) or more", o.Parallel)
 	}
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
@@ -112,7 +120,7 @@ func Run(o *RunOptions, stdout, stderr io.Writer) int {
 	if results != "" {
 		results, _ = filepath.Abs(results)
 	}
-	s := &Suite{Profile: prof, Relay: relay.New(prof, logDir), Scenarios: scs, ResultsDir: results, Progress: stderr, Verbose: o.Verbose}
+	s := &Suite{Profile: prof, Relay: relay.New(prof, logDir), Scenarios: scs, ResultsDir: results, Progress: stderr, Verbose: o.Verbose, Parallel: o.Parallel}
 	DefineSpecs(s)
 	// Select chose the scenarios: Ginkgo runs every spec defined.
 	suiteCfg, repCfg := s.ginkgoConfig()
@@ -257,12 +265,37 @@ func LoadRelay(spec, bin string, env map[string]string) (*profile.Profile, func(
 }
 
 type outcomeJSON struct {
-	Scenario string          `json:"scenario"`
-	Status   string          `json:"status"` // passed, failed, skipped, error
-	Skipped  string          `json:"skipped,omitempty"`
-	Error    string          `json:"error,omitempty"`
-	Saved    string          `json:"saved,omitempty"`
-	Result   json.RawMessage `json:"result,omitempty"`
+	Scenario string `json:"scenario"`
+	Status   string `json:"status"` // passed, failed, skipped, error
+	Skipped  string `json:"skipped,omitempty"`
+	Error    string `json:"error,omitempty"`
+	Saved    string `json:"saved,omitempty"`
+	// Span is the scenario's own time: from its first submission to the
+	// last delivery or DSN the fake MTA accepted for it.
+	Span   float64         `json:"span_seconds,omitempty"`
+	Result json.RawMessage `json:"result,omitempty"`
+}
+
+// span is a history's first submission to its last accepted delivery or DSN.
+func span(h *history.History) time.Duration {
+	if h == nil {
+		return 0
+	}
+	var first, last time.Time
+	for _, s := range h.Submissions {
+		if first.IsZero() || s.SubmittedAt.Before(first) {
+			first = s.SubmittedAt
+		}
+	}
+	for _, ev := range h.Journal {
+		if t := ev.Transaction; t != nil && t.Message != nil && t.Message.Accepted && ev.Time.After(last) {
+			last = ev.Time
+		}
+	}
+	if first.IsZero() || last.Before(first) {
+		return 0
+	}
+	return last.Sub(first)
 }
 
 func status(o Outcome) string {
@@ -280,7 +313,7 @@ func status(o Outcome) string {
 func writeOutcomes(path string, outs []Outcome) error {
 	var arr []outcomeJSON
 	for _, o := range outs {
-		j := outcomeJSON{Scenario: o.Scenario, Status: status(o), Skipped: o.Skipped, Error: o.Err, Saved: o.Saved}
+		j := outcomeJSON{Scenario: o.Scenario, Status: status(o), Skipped: o.Skipped, Error: o.Err, Saved: o.Saved, Span: span(o.History).Seconds()}
 		if o.Result != nil {
 			var b strings.Builder
 			if err := report.JSON(&b, *o.Result); err == nil {
@@ -335,6 +368,11 @@ func scenarioReports(outs []Outcome, specs Report) []report.ScenarioReport {
 			if sc.end.After(sc.start) {
 				reps[i].Wall = sc.end.Sub(sc.start)
 			}
+		}
+		// Scenarios run at the same time and their specs only report:
+		// the scenario's own wall time is its history's.
+		if h := o.History; h != nil && h.Ended.After(h.Started) {
+			reps[i].Wall = h.Ended.Sub(h.Started)
 		}
 	}
 	return reps

@@ -22,6 +22,7 @@ var (
 	relayFlag     = flag.String("relay", "sample", "relay profile file, or sample[:BUG,...]")
 	scenariosFlag = flag.String("scenarios", "", "comma-separated scenario files or folders (default: the embedded pack)")
 	resultsFlag   = flag.String("results", "", "folder for failed scenarios' histories (default: a temp folder)")
+	parallelFlag  = flag.Int("parallel", 0, "most scenarios running at the same time (0: as many as isolation allows; 1: one after another)")
 )
 
 // TestMain lets the test binary stand in for the greyharness binary when
@@ -122,7 +123,7 @@ func TestHarness(t *testing.T) {
 	if results == "" {
 		results = t.TempDir()
 	}
-	s := &harness.Suite{Profile: prof, Relay: relay.New(prof, t.TempDir()), Scenarios: scs, ResultsDir: results, Progress: GinkgoWriter}
+	s := &harness.Suite{Profile: prof, Relay: relay.New(prof, t.TempDir()), Scenarios: scs, ResultsDir: results, Progress: GinkgoWriter, Parallel: *parallelFlag}
 	harness.DefineSpecs(s)
 	RunSpecs(t, "greyharness: "+prof.Name)
 }

@@ -104,12 +104,25 @@ func TestStagingFakeMTAOverAPI(t *testing.T) {
 	}
 	// The scenario's policy is in force on the deployed fake MTA; without
 	// the token its API refuses.
-	var doc fakemta.PolicyDoc
-	if code := getJSON(t, apiURL+"/api/v1/policy", token, &doc); code != http.StatusOK {
-		t.Fatalf("GET /api/v1/policy: HTTP %d", code)
+	// The scenario's policy went to its tenant (registered, then deleted
+	// at its end), and every transaction the history holds is the tenant's.
+	tenant := ""
+	for _, ev := range h.Journal {
+		if ev.Kind == fakemta.EventControl && ev.Note == "tenant" {
+			tenant = ev.Tenant
+		}
 	}
-	if doc.Greylist == nil || doc.Greylist.Delay != "1s" {
-		t.Fatalf("the deployed fake MTA's policy was not set from the scenario: %+v", doc.Greylist)
+	if tenant == "" {
+		t.Fatalf("no tenant registration in the journal streamed back (%d events)", len(h.Journal))
+	}
+	for _, ev := range h.Journal {
+		if ev.Kind == fakemta.EventTransaction && ev.Tenant != tenant {
+			t.Errorf("transaction of tenant %q in the history of tenant %s", ev.Tenant, tenant)
+		}
+	}
+	var ts []fakemta.TenantInfo
+	if code := getJSON(t, apiURL+"/api/v1/tenants", token, &ts); code != http.StatusOK || len(ts) != 0 {
+		t.Fatalf("GET /api/v1/tenants after the run: HTTP %d %+v, want no tenant left", code, ts)
 	}
 	if code := getJSON(t, apiURL+"/api/v1/policy", "", nil); code != http.StatusUnauthorized {
 		t.Fatalf("GET /api/v1/policy without the token: HTTP %d, want 401", code)

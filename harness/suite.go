@@ -2,13 +2,21 @@
 // Ginkgo: one Ordered container per scenario, one spec per step, and a
 // last spec that judges every message with the ledger. The same specs run
 // under `go test`/`ginkgo run ./harness` and inside `greyharness run`.
+//
+// Ginkgo runs specs one after another in one process, so the scenarios do
+// not run inside their specs: BeforeSuite starts every selected scenario on
+// one shared fake MTA (runner.Schedule: at the same time as far as
+// --parallel and isolation allow), and each step spec waits for its own
+// step's result and reports it; the judging spec reports the verdicts.
 package harness
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
+	"regexp"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -53,6 +61,14 @@ type Suite struct {
 	ResultsDir string
 	Progress   io.Writer
 	Verbose    bool
+	// Parallel caps how many scenarios run at the same time (0: as many as
+	// isolation allows; 1: one after another).
+	Parallel int
+
+	hub    *runner.Hub
+	jobs   map[string]*runner.Job
+	cancel context.CancelFunc
+	done   map[string]bool // scenarios reported (guarded by mu)
 
 	mu       sync.Mutex
 	Outcomes []Outcome
@@ -97,6 +113,12 @@ func (s *Suite) stepTimeout(sc *scenarios.Scenario) time.Duration {
 		}
 	}
 	return longest + specMargin
+}
+
+// scenarioTimeout bounds one scenario from its beginning: what its specs
+// would take one after another.
+func (s *Suite) scenarioTimeout(sc *scenarios.Scenario) time.Duration {
+	return beginTimeout + time.Duration(len(sc.Steps))*s.stepTimeout(sc) + s.judgeTimeout(sc)
 }
 
 // judgeTimeout bounds the spec that drains and judges sc (runner.Finish):
@@ -173,103 +195,246 @@ func messages(sc *scenarios.Scenario) int {
 
 // DefineSpecs declares the suite's specs; call it before RunSpecs.
 func DefineSpecs(s *Suite) {
+	// Specs wait for what the scheduler does, their turn included: each
+	// may take as long as the whole run.
+	total := s.runTimeout()
 	BeforeSuite(func(ctx SpecContext) {
+		if cfg, _ := GinkgoConfiguration(); cfg.ParallelTotal > 1 {
+			Fail(fmt.Sprintf("ginkgo -p (%d processes) would start a relay and a fake MTA per process on the same ports: run without -p; the scenarios run at the same time anyway (-- --parallel=N caps them)", cfg.ParallelTotal))
+		}
 		if err := s.Relay.Setup(ctx); err != nil {
 			Fail(fmt.Sprintf("relay %s setup: %v\n%s", s.Profile.Name, err, s.Relay.Logs()))
 		}
 		if err := s.Relay.Start(ctx); err != nil {
 			Fail(fmt.Sprintf("relay %s start: %v\n%s", s.Profile.Name, err, s.Relay.Logs()))
 		}
+		if err := s.start(ctx); err != nil {
+			Fail(fmt.Sprintf("fake MTA: %v", err))
+		}
 	}, NodeTimeout(s.Profile.Timing.RestartGrace.D()*2+5*time.Minute))
 	AfterSuite(func(ctx SpecContext) {
+		s.stop(ctx)
 		s.Relay.Stop(ctx)
 		if err := s.Relay.Teardown(ctx); err != nil {
 			GinkgoWriter.Printf("relay teardown: %v\n", err)
 		}
-	}, NodeTimeout(s.Profile.Timing.RestartGrace.D()*2+time.Minute))
+	}, NodeTimeout(s.Profile.Timing.RestartGrace.D()*2+2*time.Minute))
 
 	for i := range s.Scenarios {
 		sc := &s.Scenarios[i]
-		describeScenario(s, sc)
+		describeScenario(s, sc, total)
 	}
 }
 
-// describeScenario declares one scenario: an Ordered container with one
-// spec per step and a last spec that judges every message. Every scenario
-// that began ends with an outcome: the container continues on failure, a
-// failed step (or a step spec that timed out) skips the steps after it but
-// not the judging, which judges what was recorded and shows the step error
-// beside the verdicts; when judging never started (an interrupt, fail-fast)
-// AfterAll judges at once.
-func describeScenario(s *Suite, sc *scenarios.Scenario) {
+// skipReason says why the profile cannot run sc ("" when it can).
+func (s *Suite) skipReason(sc *scenarios.Scenario) string {
+	if o, ok := s.Profile.Scenarios[sc.Name]; ok && o.Skip != "" {
+		return fmt.Sprintf("the %s profile skips %s: %s", s.Profile.Name, sc.Name, o.Skip)
+	}
+	if missing := s.Missing(sc); len(missing) > 0 {
+		return fmt.Sprintf("needs %s, which the %s profile does not provide", strings.Join(missing, ", "), s.Profile.Name)
+	}
+	return ""
+}
+
+// start starts the shared fake MTA and schedules every scenario Ginkgo
+// will run (its focus, skip and label filter select them), skipped ones aside.
+func (s *Suite) start(ctx context.Context) error {
 	opt := &runner.Options{Profile: s.Profile, Relay: s.Relay, ResultsDir: s.ResultsDir, Progress: s.Progress, Verbose: s.Verbose}
-	timeout, judgeTimeout := s.stepTimeout(sc), s.judgeTimeout(sc)
-	Describe(sc.Name, Label(sc.Labels...), Ordered, ContinueOnFailure, func() {
-		var run *runner.Run
-		var judging atomic.Bool
-		BeforeAll(func(ctx SpecContext) {
-			if o, ok := s.Profile.Scenarios[sc.Name]; ok && o.Skip != "" {
-				s.record(Outcome{Scenario: sc.Name, Skipped: o.Skip})
-				Skip(fmt.Sprintf("the %s profile skips %s: %s", s.Profile.Name, sc.Name, o.Skip))
+	hub, err := runner.NewHub(ctx, opt)
+	if err != nil {
+		return err
+	}
+	opt.Hub = hub
+	s.hub = hub
+	s.jobs = map[string]*runner.Job{}
+	sel := ginkgoSelection()
+	var jobs []*runner.Job
+	for i := range s.Scenarios {
+		sc := &s.Scenarios[i]
+		if s.skipReason(sc) != "" || !sel(sc) {
+			continue
+		}
+		j := runner.NewJob(sc, s.scenarioTimeout(sc))
+		s.jobs[sc.Name] = j
+		jobs = append(jobs, j)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s.cancel = cancel
+	runner.Schedule(ctx, opt, jobs, s.Parallel)
+	return nil
+}
+
+func (s *Suite) reported(name string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.done[name]
+}
+
+// stop ends every scenario still running (each is judged on what was
+// recorded) and the fake MTA.
+func (s *Suite) stop(ctx context.Context) {
+	if s.cancel == nil {
+		return
+	}
+	for _, j := range s.jobs {
+		select {
+		case <-j.Done():
+		default:
+			j.Cancel()
+		}
+	}
+	s.cancel()
+	for _, j := range s.jobs {
+		select {
+		case <-j.Done():
+		case <-ctx.Done():
+			continue
+		}
+		// A scenario Ginkgo never judged (interrupted between its specs,
+		// where no AfterAll runs) still ends with its outcome.
+		if h, res, _ := j.Wait(ctx); h != nil && !s.reported(h.Scenario) {
+			if h.StepError == "" {
+				h.StepError = "judging did not run (the run was interrupted): judged at once, without draining"
 			}
-			if missing := s.Missing(sc); len(missing) > 0 {
-				why := fmt.Sprintf("needs %s, which the %s profile does not provide", strings.Join(missing, ", "), s.Profile.Name)
+			if msg := s.report(h, res); msg != "" {
+				GinkgoWriter.Println(msg)
+			}
+		}
+	}
+	s.hub.Close()
+}
+
+// ginkgoSelection tells whether Ginkgo will run any spec of a scenario,
+// from its focus, skip and label filter (the CLI selects before defining
+// specs and sets none of them).
+func ginkgoSelection() func(*scenarios.Scenario) bool {
+	cfg, _ := GinkgoConfiguration()
+	var focus, skip []*regexp.Regexp
+	for _, f := range cfg.FocusStrings {
+		if re, err := regexp.Compile(f); err == nil {
+			focus = append(focus, re)
+		}
+	}
+	for _, f := range cfg.SkipStrings {
+		if re, err := regexp.Compile(f); err == nil {
+			skip = append(skip, re)
+		}
+	}
+	labels := func([]string) bool { return true }
+	if cfg.LabelFilter != "" {
+		if lf, err := types.ParseLabelFilter(cfg.LabelFilter); err == nil {
+			labels = lf
+		}
+	}
+	return func(sc *scenarios.Scenario) bool {
+		if !labels(sc.Labels) {
+			return false
+		}
+		texts := []string{sc.Name + " judges every message (ledger)"}
+		for i := range sc.Steps {
+			texts = append(texts, sc.Name+" "+stepText(i, &sc.Steps[i]))
+		}
+		for _, t := range texts {
+			if matchesAny(skip, t) {
+				continue
+			}
+			if len(focus) == 0 || matchesAny(focus, t) {
+				return true
+			}
+		}
+		return false
+	}
+}
+
+func matchesAny(res []*regexp.Regexp, s string) bool {
+	for _, re := range res {
+		if re.MatchString(s) {
+			return true
+		}
+	}
+	return false
+}
+
+func stepText(i int, st *scenarios.Step) string {
+	return fmt.Sprintf("step %d: %s", i+1, runner.Describe(st))
+}
+
+// describeScenario declares one scenario: an Ordered container with one
+// spec per step and a last spec that judges every message. The scenario
+// itself runs in the scheduler; each spec waits for its part. Every
+// scenario that began ends with an outcome: a failed step skips the steps
+// after it but not the judging, which judges what was recorded and shows
+// the step error beside the verdicts; when judging never ran (an
+// interrupt, fail-fast, a focus on some steps) AfterAll ends the scenario
+// at once and judges it without draining.
+func describeScenario(s *Suite, sc *scenarios.Scenario, total time.Duration) {
+	Describe(sc.Name, Label(sc.Labels...), Ordered, ContinueOnFailure, func() {
+		var job *runner.Job
+		var run *runner.Run
+		var judged atomic.Bool
+		BeforeAll(func(ctx SpecContext) {
+			if why := s.skipReason(sc); why != "" {
 				s.record(Outcome{Scenario: sc.Name, Skipped: why})
 				Skip(why)
 			}
+			if job = s.jobs[sc.Name]; job == nil {
+				Fail(fmt.Sprintf("%s: not scheduled (the selection of the scheduler and Ginkgo's differ)", sc.Name))
+			}
 			var err error
-			run, err = runner.Begin(ctx, opt, sc)
-			if err != nil {
+			if run, err = job.Begun(ctx); err != nil {
 				msg := fmt.Sprintf("%s: the scenario could not begin: %v", sc.File, err)
+				judged.Store(true)
 				s.record(Outcome{Scenario: sc.Name, Err: msg})
 				Fail(msg)
 			}
-			DeferCleanup(run.Close)
-		}, NodeTimeout(beginTimeout))
-		// A step spec that failed without a step error (timed out, panicked)
-		// is a step error too: the steps after it must not run.
-		AfterEach(func() {
-			if rep := CurrentSpecReport(); run != nil && !judging.Load() && rep.Failed() {
-				run.StepFailed(fmt.Sprintf("%s: %s: %s", rep.LeafNodeText, rep.State, rep.Failure.Message))
-			}
-		})
+		}, NodeTimeout(total+time.Minute))
 		for i := range sc.Steps {
-			st := &sc.Steps[i]
-			It(fmt.Sprintf("step %d: %s", i+1, runner.Describe(st)), func(ctx SpecContext) {
-				if e := run.StepError(); e != "" {
-					Skip("not run: an earlier step failed: " + e)
-				}
-				if err := run.Step(ctx, i, st); err != nil {
+			It(stepText(i, &sc.Steps[i]), func(ctx SpecContext) {
+				err := job.Step(ctx, i)
+				switch {
+				case errors.Is(err, runner.ErrNotRun):
+					Skip("not run: an earlier step failed: " + run.StepError())
+				case ctx.Err() != nil:
+					// Interrupted or timed out while the step ran: that is
+					// the step error; the scenario ends and is judged at once.
+					run.StepFailed(fmt.Sprintf("%s: interrupted: %v", stepText(i, &sc.Steps[i]), context.Cause(ctx)))
+					job.Cancel()
+					Fail(fmt.Sprintf("%s: %v", stepText(i, &sc.Steps[i]), context.Cause(ctx)))
+				case err != nil:
 					Fail(fmt.Sprintf("%v\n%s", err, s.Relay.Logs()))
 				}
-			}, SpecTimeout(timeout))
+			}, SpecTimeout(total))
 		}
 		It("judges every message (ledger)", func(ctx SpecContext) {
-			judging.Store(true)
-			if msg := s.judge(ctx, sc, run); msg != "" {
+			h, res, _ := job.Wait(ctx)
+			if h == nil {
+				Fail(fmt.Sprintf("%s: no history: %v", sc.Name, ctx.Err()))
+			}
+			judged.Store(true)
+			if msg := s.report(h, res); msg != "" {
 				Fail(msg) // Ginkgo prints it, timelines and all
 			}
-		}, SpecTimeout(judgeTimeout))
+		}, SpecTimeout(total))
 		AfterAll(func() {
-			if run == nil || judging.Swap(true) {
+			if job == nil || run == nil || judged.Swap(true) {
 				return
 			}
-			// Judging never started: judge what was recorded, without draining.
-			ctx, cancel := context.WithCancel(context.Background())
-			cancel()
+			// Judging never ran: end the scenario and judge what was recorded.
 			run.StepFailed("judging did not run (the run was interrupted, or the spec was not selected): judged at once, without draining")
-			if msg := s.judge(ctx, sc, run); msg != "" {
+			job.Cancel()
+			h, res, _ := job.Wait(context.Background())
+			if msg := s.report(h, res); msg != "" {
 				GinkgoWriter.Println(msg)
 			}
 		})
 	})
 }
 
-// judge finishes run, records the scenario's outcome, saves the history
-// of a failed scenario, and returns the report when the scenario failed.
-func (s *Suite) judge(ctx context.Context, sc *scenarios.Scenario, run *runner.Run) string {
-	h, res := run.Finish(ctx)
-	o := Outcome{Scenario: sc.Name, History: h, Result: &res, Err: h.StepError}
+// report records the scenario's outcome, saves the history of a failed
+// scenario, and returns the report when the scenario failed.
+func (s *Suite) report(h *history.History, res ledger.Result) string {
+	o := Outcome{Scenario: h.Scenario, History: h, Result: &res, Err: h.StepError}
 	var b strings.Builder
 	report.Text(&b, res, h, s.Verbose)
 	failed := !res.Passed || h.StepError != ""
@@ -280,6 +445,12 @@ func (s *Suite) judge(ctx context.Context, sc *scenarios.Scenario, run *runner.R
 		}
 	}
 	s.record(o)
+	s.mu.Lock()
+	if s.done == nil {
+		s.done = map[string]bool{}
+	}
+	s.done[h.Scenario] = true
+	s.mu.Unlock()
 	if failed {
 		return b.String()
 	}

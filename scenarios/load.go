@@ -405,7 +405,7 @@ type scenarioState struct {
 	policyOK     bool
 }
 
-var scenarioKeys = []string{"name", "description", "labels", "policy", "needs", "steps", "expect"}
+var scenarioKeys = []string{"name", "description", "labels", "exclusive", "policy", "needs", "steps", "expect"}
 
 // scenario loads one scenario mapping; ok is false when it has errors.
 func (l *loader) scenario(n *yaml.Node) (Scenario, bool) {
@@ -434,6 +434,9 @@ func (l *loader) scenario(n *yaml.Node) (Scenario, bool) {
 				sc.Labels = append(sc.Labels, s)
 			}
 		}
+	}
+	if kv, ok := byKey["exclusive"]; ok {
+		sc.Exclusive, _ = l.boolean(kv.v, "exclusive")
 	}
 	if kv, ok := byKey["needs"]; ok {
 		for _, it := range l.list(kv.v, "needs") {

@@ -72,6 +72,7 @@ expect:
   no_duplicates: false
   duplicates: tolerate
   retry_too_soon: fail
+exclusive: true
 `
 	scs, err := LoadBytes("full.yaml", []byte(src))
 	if err != nil {
@@ -84,8 +85,8 @@ expect:
 	if sc.Name != "full" || sc.Description != "every key once" || sc.File != "full.yaml" || sc.Line != 2 || sc.Col != 1 {
 		t.Errorf("header fields: %+v", sc)
 	}
-	if !reflect.DeepEqual(sc.Labels, []string{"greylist", "seed"}) || !reflect.DeepEqual(sc.DeclaredNeeds, []string{"stop"}) {
-		t.Errorf("labels %v needs %v", sc.Labels, sc.DeclaredNeeds)
+	if !reflect.DeepEqual(sc.Labels, []string{"greylist", "seed"}) || !reflect.DeepEqual(sc.DeclaredNeeds, []string{"stop"}) || !sc.Exclusive {
+		t.Errorf("labels %v needs %v exclusive %v", sc.Labels, sc.DeclaredNeeds, sc.Exclusive)
 	}
 	if sc.Policy.Kind != yaml.MappingNode || sc.Policy.Line != 7 {
 		t.Errorf("policy node kind %v line %d", sc.Policy.Kind, sc.Policy.Line)
@@ -230,7 +231,8 @@ func TestLoadErrors(t *testing.T) {
 		{"empty file", "# nothing\n", []at{{1, "", "no scenario in file"}}},
 		{"not a mapping", "- a\n- b\n", []at{{1, "", "scenario must be a mapping of keys, got a list"}}},
 		{"unknown top key", "name: x\nstep: []\n" + okSteps, []at{{2, "step",
-			`unknown key "step" in scenario (known: name, description, labels, policy, needs, steps, expect)`}}},
+			`unknown key "step" in scenario (known: name, description, labels, exclusive, policy, needs, steps, expect)`}}},
+		{"exclusive not a bool", "name: x\nexclusive: yes please\n" + okSteps, []at{{2, "yes", "exclusive must be true or false, got the string \"yes please\""}}},
 		{"duplicate key", "name: x\nname: y\n" + okSteps, []at{{2, "name", `duplicate key "name" in scenario (first at line 1)`}}},
 		{"no name", okSteps, []at{{1, "", "scenario has no name"}}},
 		{"bad name", "name: 'has space'\n" + okSteps, []at{{1, "'has",

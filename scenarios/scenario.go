@@ -13,6 +13,10 @@ type Scenario struct {
 	Name        string   `yaml:"name"`
 	Description string   `yaml:"description,omitempty"`
 	Labels      []string `yaml:"labels,omitempty"`
+	// Exclusive is the YAML key `exclusive`: the scenario runs alone, with
+	// no other scenario beside it on the relay and the fake MTA. Scenarios
+	// whose steps or policy touch everyone run alone without it.
+	Exclusive bool `yaml:"exclusive,omitempty"`
 	// Policy is the fake MTA policy, in the fakemta policy format. It is kept
 	// as a YAML node so the fakemta parser reports its own errors with the
 	// scenario file's positions.

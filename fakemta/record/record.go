@@ -45,6 +45,10 @@ type Event struct {
 	Client string    `json:"client,omitempty"` // remote address ip:port
 	Local  string    `json:"local,omitempty"`  // listener address
 	TLS    bool      `json:"tls,omitempty"`
+	// Tenant names the tenant (the scenario sharing the fake MTA) whose
+	// traffic or control action this is; "" for none or unknown yet
+	// (connect, helo, starttls come before any address).
+	Tenant string `json:"tenant,omitempty"`
 
 	Command string `json:"command,omitempty"` // command line as received (EventCommand)
 	Reply   *Reply `json:"reply,omitempty"`   // EventReply

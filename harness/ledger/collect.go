@@ -24,6 +24,7 @@ type attempt struct {
 	n        int
 	data     *record.Reply // eod reply, nil when no body
 	body     bool          // the body was received in full
+	received time.Time     // when it was (the reply to the final dot follows at once)
 	aborted  string
 	connOnly bool   // a failed connection without any transaction (not attributable)
 	detail   string // connOnly: what went wrong
@@ -228,6 +229,38 @@ func (j *judge) collectFaults() {
 	sort.SliceStable(j.outages, func(a, b int) bool { return j.outages[a].start.Before(j.outages[b].start) })
 }
 
+// outageTime is how much of [from, to) an outage covers (overlapping
+// outages counted once).
+func (j *judge) outageTime(from, to time.Time) time.Duration {
+	var total time.Duration
+	cur := from
+	for _, o := range j.outages { // sorted by start
+		s, e := o.start, o.end
+		if s.Before(cur) {
+			s = cur
+		}
+		if e.After(to) {
+			e = to
+		}
+		if e.After(s) {
+			total += e.Sub(s)
+			cur = e
+		}
+	}
+	return total
+}
+
+// relayDown reports whether the relay under test was being restarted or
+// stopped at t.
+func (j *judge) relayDown(t time.Time) bool {
+	for _, o := range j.outages {
+		if o.relay && o.contains(t) {
+			return true
+		}
+	}
+	return false
+}
+
 func (j *judge) inOutage(t time.Time) bool {
 	for _, o := range j.outages {
 		if o.contains(t) {
@@ -391,6 +424,9 @@ func (j *judge) mkAttempt(ev record.Event, ra *record.RcptAttempt) attempt {
 	a := attempt{
 		at: ev.Time, start: ev.Time, conn: ev.Conn, client: ev.Client, mailFrom: t.MailFrom, mail: t.Mail,
 		data: t.Data, body: t.Message != nil, aborted: t.Aborted,
+	}
+	if t.Message != nil {
+		a.received = t.Message.ReceivedAt
 	}
 	if ra != nil {
 		r := ra.Reply

@@ -23,19 +23,48 @@ func (e env) Timing() history.Timing { return e.r.timing }
 
 func (e env) Progress(format string, args ...any) { e.r.progress(format, args...) }
 
+// Fault runs f as a fault. One that touches every scenario on the relay
+// and the fake MTA is recorded in every running scenario's history; a
+// relay restart, stop or start waits until no submission or listing is
+// under way, a flush until no restart is.
 func (e env) Fault(kind history.FaultKind, detail string, f func() error) error {
-	return e.r.fault(kind, detail, f)
+	r := e.r
+	everyone := func() error { return r.hub.fault(r, kind, detail, f) }
+	switch kind {
+	case history.FaultRelayRestart, history.FaultRelayStop, history.FaultRelayStart:
+		return r.hub.relayDown(r.base, everyone)
+	case history.FaultFlush:
+		return r.hub.withRelay(r.base, everyone)
+	case history.FaultFakeMTAStop, history.FaultFakeMTAStart, history.FaultFakeMTARestart:
+		return everyone()
+	}
+	return r.fault(kind, detail, f)
 }
 
 // Submit registers the envelopes with the tracker before sending, so
 // attempts racing the 250 are followed, then records every submission.
+//
+// The tenant's label goes into every address's domain first: the shared
+// fake MTA tells the scenario's traffic (and DSNs to its senders) by it.
 func (e env) Submit(ctx context.Context, msgs []*traffic.Message, concurrency int) []history.Submission {
 	r := e.r
 	sub := &traffic.Submitter{Submit: r.opt.Profile.Submit}
 	for _, m := range msgs {
+		m.From = tenantAddr(r.tenant, m.From)
+		to := make([]string, len(m.To))
+		for i, a := range m.To {
+			to[i] = tenantAddr(r.tenant, a)
+		}
+		m.To = to
+	}
+	for _, m := range msgs {
 		r.track.expect(history.Submission{HarnessID: m.HarnessID, MessageID: m.MessageID, Group: m.Group, MailFrom: m.From, RcptTo: m.To})
 	}
-	results := sub.SendAll(ctx, msgs, concurrency)
+	var results []history.Submission
+	// Not while a neighbour restarts the relay: it would refuse them.
+	if err := r.hub.withRelay(ctx, func() error { results = sub.SendAll(ctx, msgs, concurrency); return nil }); err != nil {
+		results = sub.SendAll(ctx, msgs, concurrency) // ctx is done: each is recorded as not sent
+	}
 	for i := range results {
 		res := &results[i]
 		res.Resubmission = r.sent[res.MessageID]
@@ -65,8 +94,16 @@ func (e env) AwaitDataHeld(ctx context.Context, until time.Time) bool {
 // its start: the ledger judges a checkpoint on the first listing at or
 // after it, and that must be this one, not a later poll.
 func (e env) Checkpoint(ctx context.Context, name string) {
-	at := time.Now()
-	e.r.snapshot(ctx)
+	var at time.Time
+	// Not during a neighbour's restart: the listing would fail.
+	e.r.hub.withRelay(ctx, func() error {
+		at = time.Now()
+		e.r.snapshot(ctx)
+		return nil
+	})
+	if at.IsZero() {
+		at = time.Now()
+	}
 	e.r.mu.Lock()
 	e.r.h.Checkpoints = append(e.r.h.Checkpoints, history.Checkpoint{Name: name, At: at})
 	e.r.mu.Unlock()
@@ -75,16 +112,20 @@ func (e env) Checkpoint(ctx context.Context, name string) {
 func (e env) RestartRelay(ctx context.Context) error { return e.r.restartRelay(ctx) }
 func (e env) FlushRelay(ctx context.Context) error   { return e.r.opt.Relay.Flush(ctx) }
 
-func (e env) StartFakeMTA(ctx context.Context) error { return e.r.startFake(ctx) }
-func (e env) StopFakeMTA(ctx context.Context) error  { return e.r.stopFake(ctx) }
-func (e env) WipeGreylist(ctx context.Context) error { return e.r.fake.WipeGreylist(ctx) }
+// StartFakeMTA and StopFakeMTA start and stop the fake MTA every scenario
+// shares (such a scenario is Disruptive); WipeGreylist wipes the
+// scenario's own tenant's greylist state.
+func (e env) StartFakeMTA(ctx context.Context) error { return e.r.hub.startFake(ctx) }
+func (e env) StopFakeMTA(ctx context.Context) error  { return e.r.hub.stopFake() }
+func (e env) WipeGreylist(ctx context.Context) error { return e.r.hub.wipe(ctx, e.r) }
 
 // SetPolicy swaps the policy and the greylist delay the deadlines use.
 func (e env) SetPolicy(ctx context.Context, p *fakemta.Policy, node *yaml.Node) error {
 	e.r.mu.Lock()
+	e.r.policy, e.r.policyNode = p, node
 	if p.Greylist != nil {
 		e.r.h.GreylistDelay = history.Duration(p.Greylist.Delay)
 	}
 	e.r.mu.Unlock()
-	return e.r.fake.SetPolicy(ctx, p, node)
+	return e.r.hub.setPolicy(ctx, e.r, p, node)
 }

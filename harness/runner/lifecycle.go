@@ -2,8 +2,10 @@ package runner
 
 import (
 	"context"
-	"os"
+	"fmt"
 	"time"
+
+	"go.yaml.in/yaml/v3"
 
 	"github.com/greyharness/greyharness/fakemta"
 	"github.com/greyharness/greyharness/harness/history"
@@ -12,81 +14,149 @@ import (
 	"github.com/greyharness/greyharness/scenarios"
 )
 
-// Begin starts the fake MTA with the scenario's policy and the queue sampler.
+// Begin waits until the scenario may run (alone, or beside others), makes
+// it a tenant of the hub's fake MTA with its policy, and joins the hub's
+// queue sampling. Without opt.Hub the scenario gets a hub of its own.
 func Begin(ctx context.Context, opt *Options, sc *scenarios.Scenario) (*Run, error) {
+	return begin(ctx, opt, sc, false)
+}
+
+// begin is Begin; held says the scenario's share of opt.Hub is taken
+// already (Schedule takes it, in order).
+func begin(ctx context.Context, opt *Options, sc *scenarios.Scenario, held bool) (*Run, error) {
+	iso, why := Isolate(sc)
 	pol := &fakemta.Policy{}
 	if sc.Policy.Kind != 0 {
 		p, err := fakemta.ParsePolicyNode(sc.File, &sc.Policy)
 		if err != nil {
+			if held {
+				opt.Hub.release(iso)
+			}
 			return nil, err
 		}
 		pol = p
 	}
-	dir, err := os.MkdirTemp("", "greyharness-fakemta-")
-	if err != nil {
-		return nil, err
-	}
-	if opt.TLS == nil {
-		if opt.TLS, err = fakemta.SelfSignedTLS(); err != nil {
+	hub, own := opt.Hub, false
+	if hub == nil {
+		var err error
+		if hub, err = NewHub(ctx, opt); err != nil {
 			return nil, err
 		}
+		own = true
 	}
-	r := &Run{opt: opt, sc: sc, base: context.WithoutCancel(ctx), stateDir: dir, timing: opt.Profile.Timing, track: newTracker(), sent: map[string]bool{}}
-	r.fake = newFakeMTA(opt.Profile, pol, &sc.Policy, dir, opt.TLS)
+	r := &Run{opt: opt, sc: sc, base: context.WithoutCancel(ctx), policy: pol, policyNode: &sc.Policy, timing: opt.Profile.Timing,
+		track: newTracker(), sent: map[string]bool{}, hub: hub, ownHub: own, tenant: hub.newTenant(), iso: iso, why: why}
+	if !held {
+		if err := hub.acquire(ctx, iso); err != nil {
+			if own {
+				hub.Close()
+			}
+			return nil, fmt.Errorf("waiting for its turn: %w", err)
+		}
+	}
+	r.held, r.owner = true, iso == Alone
 	r.h = history.History{Scenario: sc.Name, Relay: opt.Profile.Name, Timing: r.timing, Started: time.Now(), Expect: expectOf(sc)}
 	if pol.Greylist != nil {
 		r.h.GreylistDelay = history.Duration(pol.Greylist.Delay)
 	}
-	if err := r.startFake(ctx); err != nil {
-		os.RemoveAll(dir)
+	if err := hub.register(ctx, r); err != nil {
+		r.Close()
 		return nil, err
 	}
-	r.startPolling(ctx)
+	r.mu.Lock()
+	r.registered = true
+	r.polling = opt.Profile.Commands.Queue != "" && opt.Profile.QueueFormat != profile.QueueNone
+	r.mu.Unlock()
+	switch iso {
+	case Alone:
+		r.progress("runs alone (%s); tenant %s", why, r.tenant)
+	case Disruptive:
+		r.progress("runs beside shared scenarios only, its faults in their histories (%s); tenant %s", why, r.tenant)
+	default:
+		r.progress("tenant %s", r.tenant)
+	}
 	return r, nil
 }
 
-// startFake starts the fake MTA, its journal flowing into the history.
-func (r *Run) startFake(ctx context.Context) error {
-	if err := r.fake.Start(ctx, r.record); err != nil {
-		return err
+// Tenant is the scenario's tenant in the fake MTA (the label in its
+// addresses' domains).
+func (r *Run) Tenant() string { return r.tenant }
+
+// policyNow returns the policy in force for the scenario.
+func (r *Run) policyNow() (*fakemta.Policy, *yaml.Node) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.policy, r.policyNode
+}
+
+// owns reports whether the scenario owns the fake MTA's connection-level stages.
+func (r *Run) owns() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.owner
+}
+
+// releaseWorld lets the scenarios waiting for their turn go on: after the
+// drain, the late-duplicate watch runs beside them.
+func (r *Run) releaseWorld() {
+	r.mu.Lock()
+	held, owner, reg := r.held, r.owner, r.registered
+	r.held, r.owner = false, false
+	p, node := r.policy, r.policyNode
+	r.mu.Unlock()
+	if owner && reg {
+		// The next scenario that runs alone takes the connection-level stages.
+		if err := r.hub.setPolicy(r.base, r, p, node); err != nil {
+			r.progress("giving the fake MTA's connection-level stages up: %v", err)
+		}
 	}
-	r.mu.Lock()
-	r.fakeUp = true
-	r.mu.Unlock()
-	return nil
+	if held {
+		r.hub.release(r.iso)
+	}
 }
 
-// stopFake stops the fake MTA; its journal is all recorded when it returns.
-func (r *Run) stopFake(ctx context.Context) error {
+func (r *Run) unregister() {
 	r.mu.Lock()
-	r.fakeUp = false
+	reg := r.registered
+	r.registered = false
 	r.mu.Unlock()
-	return r.fake.Stop(ctx)
+	if reg {
+		r.hub.unregister(r.base, r)
+	}
 }
 
-// Finish lets the scenario drain, takes a last queue listing, stops the
-// fake MTA and judges the history.
+func (r *Run) addFault(fl history.Fault) {
+	r.mu.Lock()
+	r.h.Faults = append(r.h.Faults, fl)
+	r.mu.Unlock()
+}
+
+// Finish lets the scenario drain, takes a last queue listing, ends its
+// tenant and judges the history.
 //
 // With ctx already done (the run was interrupted), or nothing accepted, it
 // does not drain: it judges what was recorded at once.
 func (r *Run) Finish(ctx context.Context) (*history.History, ledger.Result) {
-	r.mu.Lock()
-	running := r.fakeUp
-	r.mu.Unlock()
+	running := r.hub.running()
 	// Nothing accepted (every submission refused): nothing to wait for.
 	_, accepted := r.track.pending("", func(*msgState) bool { return true })
 	if running && ctx.Err() == nil && accepted > 0 {
 		r.drain(ctx)
+		// Drained: the scenarios waiting for their turn go on, and this
+		// watch overlaps them (its tenant stays registered, so what the
+		// relay sends late is still this scenario's).
+		r.releaseWorld()
 		// Watch one more retry interval: a relay that sends a delivered
 		// message again (a duplicate) or retries too soon does it now.
 		settle := r.timing.RetryMax.D()
 		r.progress("drained; watching %s more for late duplicates", settle)
 		r.until(ctx, time.Now().Add(settle), func() bool { return false })
 	}
+	r.releaseWorld()
 	if r.stopPolling() {
 		r.snapshot(ctx)
 	}
-	r.stopFake(ctx)
+	r.unregister()
 	r.mu.Lock()
 	r.h.Ended = time.Now()
 	h := r.h
@@ -99,6 +169,7 @@ func (r *Run) Finish(ctx context.Context) (*history.History, ledger.Result) {
 // has not settled gets every chance before anything is called lost: a
 // flush, then a restart (when the profile can do them), each followed by
 // another wait. Correct relays settle in the first wait and pay nothing.
+// Both touch every scenario, so both are in every running history.
 func (r *Run) drain(ctx context.Context) {
 	drained := &scenarios.Wait{For: "drained"}
 	if r.wait(ctx, drained) {
@@ -107,13 +178,13 @@ func (r *Run) drain(ctx context.Context) {
 	p := r.opt.Profile
 	if p.Has(profile.CapFlush) {
 		r.progress("not drained: flushing the relay's queue")
-		if err := r.fault(history.FaultFlush, "drain", func() error { return r.opt.Relay.Flush(ctx) }); err == nil && r.wait(ctx, drained) {
+		if err := (env{r}).Fault(history.FaultFlush, "drain", func() error { return r.opt.Relay.Flush(ctx) }); err == nil && r.wait(ctx, drained) {
 			return
 		}
 	}
 	if p.Has(profile.CapRestart) {
 		r.progress("not drained: restarting the relay")
-		err := r.fault(history.FaultRelayRestart, "drain", func() error { return r.restartRelay(ctx) })
+		err := (env{r}).Fault(history.FaultRelayRestart, "drain", func() error { return r.restartRelay(ctx) })
 		if err == nil {
 			r.wait(ctx, drained)
 		}
@@ -128,16 +199,20 @@ func (r *Run) restartRelay(ctx context.Context) error {
 	return r.opt.Relay.Restart(ctx)
 }
 
-// Close removes the fake MTA's state (the history is kept by the caller).
+// Close ends the scenario's share of the hub (the history is kept by the
+// caller) and closes a hub of its own.
 func (r *Run) Close() {
 	r.stopPolling()
-	r.stopFake(r.base)
-	os.RemoveAll(r.stateDir)
+	r.releaseWorld()
+	r.unregister()
+	if r.ownHub {
+		r.hub.Close()
+	}
 }
 
-// RunScenario runs a whole scenario outside Ginkgo (the bug-zoo matrix,
-// tools): Begin, every step, Finish. A step error stops the steps; the
-// history so far is still judged.
+// RunScenario runs a whole scenario outside Ginkgo (tools, tests): Begin,
+// every step, Finish. A step error stops the steps; the history so far is
+// still judged.
 func RunScenario(ctx context.Context, opt *Options, sc *scenarios.Scenario) (*history.History, ledger.Result, error) {
 	r, err := Begin(ctx, opt, sc)
 	if err != nil {

@@ -5,55 +5,30 @@ import (
 	"strings"
 	"time"
 
+	"github.com/greyharness/greyharness/harness/history"
 	"github.com/greyharness/greyharness/harness/profile"
 )
 
 // queueTimeout bounds one queue listing.
 const queueTimeout = 10 * time.Second
 
-// startPolling samples the relay's queue listing in the background until
-// stopPolling, when the profile can list it. ctx gives the sampler its
-// values; its lifetime is the run's, not ctx's.
-func (r *Run) startPolling(ctx context.Context) {
-	p := r.opt.Profile
-	if p.Commands.Queue == "" || p.QueueFormat == profile.QueueNone {
-		return
+// addSnapshot keeps a queue listing the hub took, while the scenario runs.
+func (r *Run) addSnapshot(snap history.QueueSnapshot) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.polling {
+		r.h.Queue = append(r.h.Queue, snap)
 	}
-	pctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	r.pollStop, r.pollDone = cancel, make(chan struct{})
-	go r.pollQueue(pctx)
 }
 
-// stopPolling stops the sampler and waits for it; it reports whether it
-// was running.
+// stopPolling ends the scenario's share of the hub's queue sampling; it
+// reports whether it had one.
 func (r *Run) stopPolling() bool {
-	if r.pollStop == nil {
-		return false
-	}
-	r.pollStop()
-	<-r.pollDone
-	r.pollStop = nil
-	return true
-}
-
-// pollQueue samples the relay's queue listing. Sampling is how the ledger
-// learns whether a late message is visible; waits never depend on it.
-func (r *Run) pollQueue(ctx context.Context) {
-	defer close(r.pollDone)
-	every := r.timing.RetryMax.D() / 2
-	every = min(max(every, 250*time.Millisecond), 5*time.Second)
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			// A listing under way completes (bounded by queueTimeout): a
-			// listing cut short would read as a queue that cannot be seen.
-			r.snapshot(context.WithoutCancel(ctx))
-		}
-	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	was := r.polling
+	r.polling = false
+	return was
 }
 
 // snapshot takes one queue listing into the history.

@@ -131,6 +131,58 @@ func (m *remoteFakeMTA) WipeGreylist(ctx context.Context) error {
 	return m.do(ctx, http.MethodPost, "/api/v1/reset", nil, nil)
 }
 
+// open streams the journal's events from now on into sink (a hub's one
+// stream for every tenant).
+func (m *remoteFakeMTA) open(ctx context.Context, sink func(fakemta.Event)) error {
+	ctx, cancel := context.WithTimeout(ctx, apiTimeout)
+	defer cancel()
+	sctx, scancel := context.WithCancel(context.WithoutCancel(ctx))
+	m.cancel, m.done = scancel, make(chan struct{})
+	ready := make(chan error, 1)
+	go m.stream(sctx, 0, sink, ready)
+	select {
+	case err := <-ready:
+		if err != nil {
+			scancel()
+			<-m.done
+			m.cancel = nil
+			return err
+		}
+	case <-ctx.Done():
+		scancel()
+		<-m.done
+		m.cancel = nil
+		return ctx.Err()
+	}
+	return nil
+}
+
+func (m *remoteFakeMTA) call(ctx context.Context, method, path string, body []byte) error {
+	ctx, cancel := context.WithTimeout(ctx, apiTimeout)
+	defer cancel()
+	return m.do(ctx, method, path, body, nil)
+}
+
+// putTenant registers a tenant or swaps its policy.
+func (m *remoteFakeMTA) putTenant(ctx context.Context, name string, policyYAML []byte, connections bool) error {
+	if len(bytes.TrimSpace(policyYAML)) == 0 {
+		policyYAML = []byte("{}")
+	}
+	path := "/api/v1/tenants/" + name + "/policy"
+	if connections {
+		path += "?connections=true"
+	}
+	return m.call(ctx, http.MethodPut, path, policyYAML)
+}
+
+func (m *remoteFakeMTA) deleteTenant(ctx context.Context, name string) error {
+	return m.call(ctx, http.MethodDelete, "/api/v1/tenants/"+name, nil)
+}
+
+func (m *remoteFakeMTA) wipeTenant(ctx context.Context, name string) error {
+	return m.call(ctx, http.MethodPost, "/api/v1/tenants/"+name+"/wipe", nil)
+}
+
 // Stop ends the event stream; the remote fake MTA keeps running.
 func (m *remoteFakeMTA) Stop(context.Context) error {
 	if m.cancel != nil {
@@ -153,7 +205,11 @@ func (m *remoteFakeMTA) stream(ctx context.Context, since uint64, sink func(fake
 			ready <- err
 			return
 		}
-		req.Header.Set("Last-Event-ID", strconv.FormatUint(last, 10))
+		if last > 0 {
+			// (Before the first event: live only; a resume from 0 would
+			// replay the fake MTA's whole journal.)
+			req.Header.Set("Last-Event-ID", strconv.FormatUint(last, 10))
+		}
 		req.Header.Set("Accept", "text/event-stream")
 		if m.ref.Token != "" {
 			req.Header.Set("Authorization", "Bearer "+m.ref.Token)

@@ -23,6 +23,7 @@ import (
 	"github.com/greyharness/greyharness/harness/profile"
 	"github.com/greyharness/greyharness/harness/traffic"
 	"github.com/greyharness/greyharness/scenarios"
+	"go.yaml.in/yaml/v3"
 )
 
 // Relay controls the relay under test (harness/relay implements it).
@@ -48,26 +49,38 @@ type Options struct {
 	TLS *tls.Config
 	// Verbose prints every finding's timeline, not only failures'.
 	Verbose bool
+	// Hub is the fake MTA and the relay the scenarios of a run share; nil
+	// gives each scenario a hub of its own.
+	Hub *Hub
 }
 
 // Run is one scenario in progress.
 type Run struct {
-	opt      *Options
-	sc       *scenarios.Scenario
-	base     context.Context // Begin's ctx without its end, for Close
-	stateDir string
-	timing   history.Timing
+	opt    *Options
+	sc     *scenarios.Scenario
+	base   context.Context // Begin's ctx without its end, for Close
+	timing history.Timing
 
-	mu     sync.Mutex
-	h      history.History
-	fake   FakeMTA
-	fakeUp bool // the fake MTA is running
+	hub    *Hub
+	ownHub bool   // made by Begin, closed by Close
+	tenant string // the scenario's tenant in the shared fake MTA
+	// iso says who may run beside the scenario, why says why; an Alone
+	// one owns the fake MTA's connection-level stages.
+	iso Isolation
+	why string
 
-	track    *tracker
-	pollStop context.CancelFunc // stops the queue sampler
-	pollDone chan struct{}
-	sent     map[string]bool // Message-IDs already used, for resubmissions
-	lastSub  []*traffic.Message
+	mu         sync.Mutex
+	h          history.History
+	policy     *fakemta.Policy // in force (guarded by mu)
+	policyNode *yaml.Node
+	held       bool // holds its share of the hub
+	owner      bool // owns the fake MTA's connection-level stages
+	registered bool // its tenant is registered
+	polling    bool // takes the hub's queue listings
+
+	track   *tracker
+	sent    map[string]bool // Message-IDs already used, for resubmissions
+	lastSub []*traffic.Message
 }
 
 func expectOf(sc *scenarios.Scenario) history.Expect {

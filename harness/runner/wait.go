@@ -2,8 +2,11 @@ package runner
 
 import (
 	"context"
+	"sort"
+	"strings"
 	"time"
 
+	"github.com/greyharness/greyharness/harness/history"
 	"github.com/greyharness/greyharness/scenarios"
 )
 
@@ -46,8 +49,11 @@ func (r *Run) wait(ctx context.Context, w *scenarios.Wait) bool {
 	return ok
 }
 
-// until waits on tracker changes until f holds, the deadline, or ctx ends.
+// until waits on tracker changes until f holds, the deadline, or ctx
+// ends. A neighbour's outage is not this scenario's time: the deadline
+// stretches by it (and never passes during one).
 func (r *Run) until(ctx context.Context, deadline time.Time, f func() bool) bool {
+	start := time.Now()
 	timer := time.NewTimer(time.Until(deadline))
 	defer timer.Stop()
 	for {
@@ -58,11 +64,73 @@ func (r *Run) until(ctx context.Context, deadline time.Time, f func() bool) bool
 		select {
 		case <-changed:
 		case <-timer.C:
+			if f() {
+				return true
+			}
+			if up := r.hub.downByOther(r); up != nil {
+				select {
+				case <-up:
+				case <-ctx.Done():
+					return false
+				}
+			}
+			if d := deadline.Add(r.neighbourOutage(start, time.Now())); time.Now().Before(d) {
+				timer.Reset(time.Until(d))
+				continue
+			}
 			return f()
 		case <-ctx.Done():
 			return false
 		}
 	}
+}
+
+// neighbourOutage is how much of [from, to) neighbours kept the relay or
+// the fake MTA down (restarts, stops until the start), overlaps once.
+func (r *Run) neighbourOutage(from, to time.Time) time.Duration {
+	r.mu.Lock()
+	faults := append([]history.Fault(nil), r.h.Faults...)
+	r.mu.Unlock()
+	type span struct{ s, e time.Time }
+	var spans []span
+	open := map[history.FaultKind]time.Time{}
+	for _, f := range faults {
+		if !strings.HasPrefix(f.Detail, "by neighbour ") {
+			continue
+		}
+		switch f.Kind {
+		case history.FaultRelayRestart, history.FaultFakeMTARestart:
+			spans = append(spans, span{f.Start, f.End})
+		case history.FaultRelayStop, history.FaultFakeMTAStop:
+			open[f.Kind] = f.Start
+		case history.FaultRelayStart, history.FaultFakeMTAStart:
+			stop := history.FaultRelayStop
+			if f.Kind == history.FaultFakeMTAStart {
+				stop = history.FaultFakeMTAStop
+			}
+			if st, ok := open[stop]; ok {
+				spans = append(spans, span{st, f.End})
+				delete(open, stop)
+			}
+		}
+	}
+	sort.Slice(spans, func(i, j int) bool { return spans[i].s.Before(spans[j].s) })
+	var total time.Duration
+	cur := from
+	for _, sp := range spans {
+		s, e := sp.s, sp.e
+		if s.Before(cur) {
+			s = cur
+		}
+		if e.After(to) {
+			e = to
+		}
+		if e.After(s) {
+			total += e.Sub(s)
+			cur = e
+		}
+	}
+	return total
 }
 
 // awaitTracker waits until f holds over the tracker's counters (under

@@ -1,0 +1,84 @@
+package runner
+
+import (
+	"github.com/greyharness/greyharness/fakemta"
+	"github.com/greyharness/greyharness/scenarios"
+)
+
+// Isolation is how a scenario shares the relay and the fake MTA.
+type Isolation int
+
+const (
+	// Shared scenarios run beside any other but an Alone one: they send,
+	// wait, flush, checkpoint, swap their policy and wipe their greylist
+	// state, all of which the fake MTA keeps to their tenant (a flush is
+	// recorded in every running scenario's history).
+	Shared Isolation = iota
+	// Disruptive scenarios restart the relay: they run beside Shared ones,
+	// one at a time; a restart waits until no submission is under way and
+	// is recorded in the history of every scenario running, where the
+	// ledger judges it as an outage of its own.
+	Disruptive
+	// Alone scenarios run with no other beside them: they say so
+	// (`exclusive: true`), they stop the fake MTA (an outage as long as
+	// their steps make it, which outlasts a short queue lifetime: a
+	// neighbour's message would bounce), or their policy acts where the
+	// fake MTA cannot tell scenarios apart — at connect, helo, starttls or
+	// quit (before any address is known), or on connection numbers.
+	Alone
+)
+
+func (i Isolation) String() string {
+	switch i {
+	case Disruptive:
+		return "disruptive"
+	case Alone:
+		return "alone"
+	}
+	return "shared"
+}
+
+// Isolate says how a scenario shares the relay and the fake MTA, and why.
+func Isolate(sc *scenarios.Scenario) (Isolation, string) {
+	if sc.Exclusive {
+		return Alone, "exclusive: true"
+	}
+	if sc.Policy.Kind != 0 {
+		if p, err := fakemta.ParsePolicyNode(sc.File, &sc.Policy); err == nil && connectionLevel(p) {
+			return Alone, "its policy acts before any address is known or on connection numbers"
+		}
+	}
+	for i := range sc.Steps {
+		if n := sc.Steps[i].Policy; n != nil {
+			if p, err := fakemta.ParsePolicyNode(sc.File, n); err == nil && connectionLevel(p) {
+				return Alone, "a policy it swaps in acts before any address is known or on connection numbers"
+			}
+		}
+	}
+	for i := range sc.Steps {
+		if f := sc.Steps[i].FakeMTA; f == "stop" || f == "start" || f == "restart" {
+			return Alone, "it stops or restarts the fake MTA"
+		}
+	}
+	for i := range sc.Steps {
+		if sc.Steps[i].Restart != nil {
+			return Disruptive, "it restarts the relay"
+		}
+	}
+	return Shared, ""
+}
+
+// connectionLevel reports whether a rule of p acts where the fake MTA
+// cannot attribute traffic to a tenant.
+func connectionLevel(p *fakemta.Policy) bool {
+	for _, r := range p.Rules {
+		switch r.Match.Stage {
+		case fakemta.StageConnect, fakemta.StageHelo, fakemta.StageStartTLS, fakemta.StageQuit:
+			return true
+		}
+		if r.Match.Connection != nil {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,519 @@
+package runner
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+	"golang.org/x/sync/semaphore"
+
+	"github.com/greyharness/greyharness/fakemta"
+	"github.com/greyharness/greyharness/harness/history"
+	"github.com/greyharness/greyharness/harness/profile"
+)
+
+// Hub is what the scenarios of one run share: one fake MTA (in-process on
+// the profile's next hop, or the profile's remote one through its API) in
+// which each scenario is a tenant, one relay, and the rule of who may run
+// beside whom. It routes every journal event to the scenario it belongs
+// to, and records a fault that touches everyone (a relay restart, a fake
+// MTA outage, a flush) in every scenario running at the time.
+type Hub struct {
+	opt      *Options
+	stateDir string
+	// world is taken with weight 1 by a scenario that may run beside
+	// others, and whole by one that must run alone. It is fair: a waiting
+	// exclusive scenario holds back the ones queued after it.
+	world *semaphore.Weighted
+	// disrupt is held by the one Disruptive scenario running.
+	disrupt *semaphore.Weighted
+	// relayUp is taken with weight 1 by whatever needs the relay up for a
+	// moment (a submission, a checkpoint's listing), and whole while the
+	// relay restarts: a neighbour's restart never refuses a submission.
+	relayUp *semaphore.Weighted
+
+	mu     sync.Mutex
+	fake   *fakemta.Server
+	sub    func()
+	subD   chan struct{}
+	remote *remoteFakeMTA
+	runs   map[string]*Run // by tenant
+	conns  map[uint64]*connRoute
+	made   int
+
+	pollStop, pollDone chan struct{}
+
+	// down is the scenario whose fault keeps the relay or the fake MTA
+	// down now (nil when up); up is closed when it ends.
+	down *Run
+	up   chan struct{}
+}
+
+const worldWeight = 1 << 20
+
+// connRoute holds one connection's events that are no tenant's (connect,
+// commands, replies, TLS, close) until a transaction shows whose they are.
+type connRoute struct {
+	pending []fakemta.Event
+	seen    map[string]bool // tenants this connection carried transactions of
+}
+
+// NewHub starts the run's fake MTA: in-process on the profile's next hop,
+// or, with a `fakemta.api` in the profile, the event stream of the remote one.
+func NewHub(ctx context.Context, opt *Options) (*Hub, error) {
+	if opt.TLS == nil {
+		var err error
+		if opt.TLS, err = fakemta.SelfSignedTLS(); err != nil {
+			return nil, err
+		}
+	}
+	h := &Hub{opt: opt, world: semaphore.NewWeighted(worldWeight), disrupt: semaphore.NewWeighted(1), relayUp: semaphore.NewWeighted(worldWeight), runs: map[string]*Run{}, conns: map[uint64]*connRoute{}}
+	if opt.Profile.FakeMTA == nil {
+		dir, err := os.MkdirTemp("", "greyharness-fakemta-")
+		if err != nil {
+			return nil, err
+		}
+		h.stateDir = dir
+	}
+	if err := h.startFake(ctx); err != nil {
+		h.Close()
+		return nil, err
+	}
+	if opt.Profile.Commands.Queue != "" && opt.Profile.QueueFormat != profile.QueueNone {
+		h.pollStop, h.pollDone = make(chan struct{}), make(chan struct{})
+		go h.pollQueue()
+	}
+	return h, nil
+}
+
+// pollQueue samples the relay's queue listing for every scenario running
+// (one listing serves them all). Sampling is how the ledger learns whether
+// a late message is visible; waits never depend on it.
+func (h *Hub) pollQueue() {
+	defer close(h.pollDone)
+	every := h.opt.Profile.Timing.RetryMax.D() / 2
+	every = min(max(every, 250*time.Millisecond), 5*time.Second)
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-h.pollStop:
+			return
+		case <-t.C:
+		}
+		h.mu.Lock()
+		idle := len(h.runs) == 0
+		h.mu.Unlock()
+		if idle {
+			continue
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), queueTimeout)
+		snap := h.opt.Relay.Queue(ctx)
+		cancel()
+		snap.End = time.Now()
+		h.mu.Lock()
+		runs := h.all()
+		h.mu.Unlock()
+		for _, r := range runs {
+			r.addSnapshot(snap)
+		}
+	}
+}
+
+// Close stops the fake MTA and removes its state.
+func (h *Hub) Close() {
+	if h.pollStop != nil {
+		close(h.pollStop)
+		<-h.pollDone
+		h.pollStop = nil
+	}
+	h.stopFake()
+	if h.stateDir != "" {
+		os.RemoveAll(h.stateDir)
+	}
+}
+
+// newTenant names a scenario's tenant: a DNS label, random so that runs
+// sharing a remote fake MTA cannot collide.
+func (h *Hub) newTenant() string {
+	h.mu.Lock()
+	h.made++
+	n := h.made
+	h.mu.Unlock()
+	b := make([]byte, 3)
+	rand.Read(b)
+	return fmt.Sprintf("t%d-%s", n, hex.EncodeToString(b))
+}
+
+// acquire waits until a scenario of this isolation may run.
+func (h *Hub) acquire(ctx context.Context, iso Isolation) error {
+	if iso == Alone {
+		return h.world.Acquire(ctx, worldWeight)
+	}
+	if err := h.world.Acquire(ctx, 1); err != nil {
+		return err
+	}
+	if iso == Disruptive {
+		if err := h.disrupt.Acquire(ctx, 1); err != nil {
+			h.world.Release(1)
+			return err
+		}
+	}
+	return nil
+}
+
+func (h *Hub) release(iso Isolation) {
+	switch iso {
+	case Alone:
+		h.world.Release(worldWeight)
+	case Disruptive:
+		h.disrupt.Release(1)
+		h.world.Release(1)
+	default:
+		h.world.Release(1)
+	}
+}
+
+// withRelay runs f while the relay is up: no restart begins meanwhile.
+func (h *Hub) withRelay(ctx context.Context, f func() error) error {
+	if err := h.relayUp.Acquire(ctx, 1); err != nil {
+		return err
+	}
+	defer h.relayUp.Release(1)
+	return f()
+}
+
+// relayDown runs f (a restart) once no submission or listing is under way.
+func (h *Hub) relayDown(ctx context.Context, f func() error) error {
+	if err := h.relayUp.Acquire(ctx, worldWeight); err != nil {
+		return err
+	}
+	defer h.relayUp.Release(worldWeight)
+	return f()
+}
+
+// startFake starts the in-process fake MTA on the state of the run, or
+// opens the remote one's event stream; the tenants registered before are
+// registered again (a fake MTA restart forgets them; its journal keeps
+// their greylist memory).
+func (h *Hub) startFake(ctx context.Context) error {
+	if ref := h.opt.Profile.FakeMTA; ref != nil {
+		rm := newRemoteFakeMTA(ref, nil)
+		if err := rm.open(ctx, h.route); err != nil {
+			return err
+		}
+		h.mu.Lock()
+		h.remote = rm
+		h.mu.Unlock()
+		return nil
+	}
+	// The scenarios running are tenants from the start: their greylist
+	// memory comes back in the one pass over the journal.
+	h.mu.Lock()
+	runs := h.all()
+	h.mu.Unlock()
+	var ts []fakemta.TenantSpec
+	for _, r := range runs {
+		p, _ := r.policyNow()
+		ts = append(ts, fakemta.TenantSpec{Name: r.tenant, Policy: p, Options: fakemta.TenantOptions{Connections: r.owns()}})
+	}
+	srv, err := fakemta.New(fakemta.Config{
+		Listen: h.opt.Profile.NextHop, StateDir: h.stateDir, Tenants: ts,
+		TLS: h.opt.TLS, ReadTimeout: 2 * time.Minute, Logf: func(string, ...any) {},
+	})
+	if err != nil {
+		return err
+	}
+	ch, cancel := srv.Journal().Subscribe()
+	if err := srv.Start(); err != nil {
+		cancel()
+		srv.Close()
+		return err
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for ev := range ch {
+			h.route(ev)
+		}
+	}()
+	h.mu.Lock()
+	h.fake, h.sub, h.subD = srv, cancel, done
+	h.mu.Unlock()
+	return nil
+}
+
+// stopFake stops the fake MTA and waits until its journal is all routed.
+func (h *Hub) stopFake() error {
+	h.mu.Lock()
+	srv, cancel, done, rm := h.fake, h.sub, h.subD, h.remote
+	h.fake, h.remote = nil, nil
+	h.mu.Unlock()
+	if rm != nil {
+		return rm.Stop(context.Background())
+	}
+	if srv == nil {
+		return nil
+	}
+	err := srv.Close()
+	<-done // Close closed the subscription after the last event
+	cancel()
+	return err
+}
+
+// addr is where the in-process fake MTA listens ("" when stopped), for tests.
+func (h *Hub) addr() string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.fake == nil {
+		return ""
+	}
+	return h.fake.Addr()
+}
+
+func (h *Hub) running() bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.fake != nil || h.remote != nil
+}
+
+// register makes r a tenant with its policy.
+func (h *Hub) register(ctx context.Context, r *Run) error {
+	h.mu.Lock()
+	h.runs[r.tenant] = r
+	srv, rm := h.fake, h.remote
+	h.mu.Unlock()
+	p, node := r.policyNow()
+	var err error
+	switch {
+	case rm != nil:
+		err = rm.putTenant(ctx, r.tenant, policyYAML(node), r.owns())
+	case srv != nil:
+		err = srv.SetTenant(r.tenant, p, fakemta.TenantOptions{Connections: r.owns()})
+	}
+	if err != nil {
+		h.mu.Lock()
+		delete(h.runs, r.tenant)
+		h.mu.Unlock()
+	}
+	return err
+}
+
+// unregister forgets r's tenant; its late traffic is nobody's. A scenario
+// that ends with the fake MTA stopped (a step failed before its start)
+// does not leave it stopped for the others.
+func (h *Hub) unregister(ctx context.Context, r *Run) {
+	h.mu.Lock()
+	srv, rm := h.fake, h.remote
+	if h.down == r {
+		close(h.up)
+		h.down, h.up = nil, nil
+	}
+	h.mu.Unlock()
+	if srv == nil && rm == nil {
+		if err := h.startFake(ctx); err != nil {
+			r.progress("starting the fake MTA again for the others: %v", err)
+		}
+		h.mu.Lock()
+		srv, rm = h.fake, h.remote
+		h.mu.Unlock()
+	}
+	switch {
+	case rm != nil:
+		rm.deleteTenant(ctx, r.tenant)
+	case srv != nil:
+		srv.RemoveTenant(r.tenant)
+	}
+	h.mu.Lock()
+	delete(h.runs, r.tenant)
+	h.mu.Unlock()
+}
+
+// setPolicy swaps r's policy (its tenant's only).
+func (h *Hub) setPolicy(ctx context.Context, r *Run, p *fakemta.Policy, node *yaml.Node) error {
+	h.mu.Lock()
+	srv, rm := h.fake, h.remote
+	h.mu.Unlock()
+	switch {
+	case rm != nil:
+		return rm.putTenant(ctx, r.tenant, policyYAML(node), r.owns())
+	case srv != nil:
+		return srv.SetTenant(r.tenant, p, fakemta.TenantOptions{Connections: r.owns()})
+	}
+	return nil // stopped: the policy is set when it starts again
+}
+
+// wipe forgets r's greylist state (its tenant's only).
+func (h *Hub) wipe(ctx context.Context, r *Run) error {
+	h.mu.Lock()
+	srv, rm := h.fake, h.remote
+	h.mu.Unlock()
+	switch {
+	case rm != nil:
+		return rm.wipeTenant(ctx, r.tenant)
+	case srv != nil:
+		return srv.WipeTenant(r.tenant)
+	}
+	return errors.New("the fake MTA is stopped")
+}
+
+// fault carries out a fault that touches everyone and records it in the
+// history of every scenario running: by's own, and its neighbours' with
+// the scenario that caused it named.
+func (h *Hub) fault(by *Run, kind history.FaultKind, detail string, f func() error) error {
+	switch kind {
+	case history.FaultRelayRestart, history.FaultRelayStop, history.FaultFakeMTAStop, history.FaultFakeMTARestart:
+		h.mu.Lock()
+		if h.down == nil {
+			h.down, h.up = by, make(chan struct{})
+		}
+		h.mu.Unlock()
+	}
+	start := time.Now()
+	err := f()
+	switch kind {
+	case history.FaultRelayRestart, history.FaultRelayStart, history.FaultFakeMTAStart, history.FaultFakeMTARestart:
+		h.mu.Lock()
+		if h.down != nil {
+			close(h.up)
+			h.down, h.up = nil, nil
+		}
+		h.mu.Unlock()
+	}
+	fl := history.Fault{Kind: kind, Start: start, End: time.Now(), Detail: detail}
+	if err != nil {
+		fl.Err = err.Error()
+	}
+	h.mu.Lock()
+	runs := make([]*Run, 0, len(h.runs)+1)
+	for _, r := range h.runs {
+		runs = append(runs, r)
+	}
+	h.mu.Unlock()
+	if !containsRun(runs, by) {
+		runs = append(runs, by)
+	}
+	for _, r := range runs {
+		x := fl
+		if r != by {
+			x.Detail = strings.TrimSpace("by neighbour " + by.sc.Name + " " + detail)
+		}
+		r.addFault(x)
+	}
+	return err
+}
+
+// downByOther returns a channel closed when the outage a neighbour of r
+// is causing ends, or nil when there is none.
+func (h *Hub) downByOther(r *Run) <-chan struct{} {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.down != nil && h.down != r {
+		return h.up
+	}
+	return nil
+}
+
+func containsRun(rs []*Run, r *Run) bool {
+	for _, x := range rs {
+		if x == r {
+			return true
+		}
+	}
+	return false
+}
+
+// route hands a journal event to the scenario it belongs to. Events of a
+// tenant go to its scenario. A connection's events that name no tenant
+// (connect, commands, replies, TLS, close) wait until a transaction on it
+// shows whose they are, and go to that scenario; a connection that carried
+// no transaction (refused at HELO, a failed TLS handshake) is every
+// scenario's, as the fake MTA could not tell, and so are transactions and
+// control events of no tenant: the ledger of each names them foreign or
+// counts them as an attempt of every message in flight.
+func (h *Hub) route(ev fakemta.Event) {
+	h.mu.Lock()
+	var to []*Run
+	switch {
+	case ev.Tenant != "":
+		if r := h.runs[ev.Tenant]; r != nil {
+			to = append(to, r)
+		}
+		if ev.Kind == fakemta.EventTransaction && ev.Conn != 0 {
+			cr := h.conn(ev.Conn)
+			if r := h.runs[ev.Tenant]; r != nil {
+				for _, p := range cr.pending {
+					r.record(p)
+				}
+			}
+			cr.pending = cr.pending[:0]
+			cr.seen[ev.Tenant] = true
+		}
+	case ev.Kind == fakemta.EventTransaction || ev.Conn == 0:
+		to = h.all()
+	case ev.Kind == fakemta.EventClose:
+		cr := h.conn(ev.Conn)
+		delete(h.conns, ev.Conn)
+		cr.pending = append(cr.pending, ev)
+		var rs []*Run
+		for t := range cr.seen {
+			if r := h.runs[t]; r != nil {
+				rs = append(rs, r)
+			}
+		}
+		if len(cr.seen) == 0 {
+			rs = h.all()
+		}
+		h.mu.Unlock()
+		for _, r := range rs {
+			for _, p := range cr.pending {
+				r.record(p)
+			}
+		}
+		return
+	default:
+		cr := h.conn(ev.Conn)
+		cr.pending = append(cr.pending, ev)
+	}
+	h.mu.Unlock()
+	for _, r := range to {
+		r.record(ev)
+	}
+}
+
+// conn returns a connection's route, made on first sight. Called with mu held.
+func (h *Hub) conn(id uint64) *connRoute {
+	cr := h.conns[id]
+	if cr == nil {
+		cr = &connRoute{seen: map[string]bool{}}
+		h.conns[id] = cr
+	}
+	return cr
+}
+
+// all returns every registered scenario. Called with mu held.
+func (h *Hub) all() []*Run {
+	out := make([]*Run, 0, len(h.runs))
+	for _, r := range h.runs {
+		out = append(out, r)
+	}
+	return out
+}
+
+// tenantAddr puts the tenant's label in front of an address's domain:
+// carol@rcpt.test → carol@TENANT.rcpt.test. The fake MTA strips it again
+// before its policy looks, so the scenario's rules match as written.
+func tenantAddr(tenant, addr string) string {
+	at := strings.LastIndexByte(addr, '@')
+	if at < 0 || tenant == "" {
+		return addr
+	}
+	return addr[:at+1] + tenant + "." + addr[at+1:]
+}

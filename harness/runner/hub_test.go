@@ -1,0 +1,98 @@
+package runner
+
+import (
+	"testing"
+	"time"
+
+	"github.com/greyharness/greyharness/fakemta"
+	"github.com/greyharness/greyharness/harness/history"
+)
+
+// The hub routes each journal event to the scenario it belongs to: a
+// tenant's transactions and the connection events before them to the
+// tenant's scenario, a connection that carried no transaction (and traffic
+// of no tenant) to every scenario, and nothing of one tenant to another.
+func TestHubRoutesEventsToTheirScenario(t *testing.T) {
+	h := &Hub{runs: map[string]*Run{}, conns: map[uint64]*connRoute{}}
+	a, b := &Run{track: newTracker(), tenant: "ta"}, &Run{track: newTracker(), tenant: "tb"}
+	h.runs["ta"], h.runs["tb"] = a, b
+	tx := func(seq, conn uint64, tenant string) fakemta.Event {
+		return fakemta.Event{Seq: seq, Conn: conn, Kind: fakemta.EventTransaction, Tenant: tenant, Transaction: &fakemta.Transaction{MailFrom: "s@" + tenant + ".client.test"}}
+	}
+	evs := []fakemta.Event{
+		{Seq: 1, Conn: 1, Kind: fakemta.EventConnect},
+		{Seq: 2, Conn: 1, Kind: fakemta.EventCommand, Command: "EHLO relay"},
+		{Seq: 3, Conn: 2, Kind: fakemta.EventConnect},
+		tx(4, 1, "ta"),
+		{Seq: 5, Conn: 2, Kind: fakemta.EventReply, Reply: &fakemta.Reply{Code: 421}},
+		{Seq: 6, Conn: 2, Kind: fakemta.EventClose}, // no transaction: everyone's
+		{Seq: 7, Conn: 1, Kind: fakemta.EventCommand, Command: "MAIL FROM:<>"},
+		tx(8, 1, "tb"), // the same connection carries tb's next
+		{Seq: 9, Conn: 1, Kind: fakemta.EventClose},
+		tx(10, 3, ""), // no tenant: everyone's (their ledgers call it foreign)
+		{Seq: 11, Kind: fakemta.EventControl, Note: "policy", Tenant: "tb"},
+		tx(12, 4, "gone"), // a tenant no longer registered: nobody's
+		{Seq: 13, Conn: 4, Kind: fakemta.EventClose},
+	}
+	for _, ev := range evs {
+		h.route(ev)
+	}
+	seqs := func(r *Run) []uint64 {
+		var out []uint64
+		for _, ev := range r.h.Journal {
+			out = append(out, ev.Seq)
+		}
+		return out
+	}
+	want := map[*Run][]uint64{a: {1, 2, 4, 3, 5, 6, 9, 10}, b: {3, 5, 6, 7, 8, 9, 10, 11}}
+	// (a's 9: the close of a connection a's transaction was on)
+	for r, w := range want {
+		got := seqs(r)
+		if len(got) != len(w) {
+			t.Errorf("tenant %s got events %v, want %v", r.tenant, got, w)
+			continue
+		}
+		for i := range w {
+			if got[i] != w[i] {
+				t.Errorf("tenant %s got events %v, want %v", r.tenant, got, w)
+				break
+			}
+		}
+	}
+	if len(h.conns) != 0 {
+		t.Errorf("connection routes left after their close: %v", h.conns)
+	}
+}
+
+func TestTenantAddr(t *testing.T) {
+	for in, want := range map[string]string{
+		"carol@rcpt.test":     "carol@t1-ab.rcpt.test",
+		"a+gh-1@client.test":  "a+gh-1@t1-ab.client.test",
+		"no-domain":           "no-domain",
+		"\"odd@x\"@rcpt.test": "\"odd@x\"@t1-ab.rcpt.test",
+	} {
+		if got := tenantAddr("t1-ab", in); got != want {
+			t.Errorf("tenantAddr(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+// A wait stretches by the time neighbours kept the relay or the fake MTA
+// down, not by the scenario's own faults.
+func TestNeighbourOutage(t *testing.T) {
+	t0 := time.Now()
+	at := func(s float64) time.Time { return t0.Add(time.Duration(s * float64(time.Second))) }
+	r := &Run{}
+	r.h.Faults = []history.Fault{
+		{Kind: history.FaultRelayRestart, Start: at(1), End: at(3), Detail: "by neighbour x 1 of 1"},
+		{Kind: history.FaultRelayRestart, Start: at(2), End: at(4), Detail: "1 of 1"}, // its own
+		{Kind: history.FaultFakeMTAStop, Start: at(5), End: at(5.1), Detail: "by neighbour y"},
+		{Kind: history.FaultFakeMTAStart, Start: at(8), End: at(9), Detail: "by neighbour y"},
+	}
+	if got := r.neighbourOutage(at(0), at(20)); got != 6*time.Second {
+		t.Errorf("neighbour outage %s, want 6s (2s restart + 4s fake MTA down)", got)
+	}
+	if got := r.neighbourOutage(at(2), at(6)); got != 2*time.Second {
+		t.Errorf("neighbour outage in [2s, 6s) %s, want 2s", got)
+	}
+}

@@ -1,0 +1,247 @@
+package runner
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/greyharness/greyharness/harness/history"
+	"github.com/greyharness/greyharness/harness/ledger"
+	"github.com/greyharness/greyharness/scenarios"
+)
+
+// Job is one scenario run by Schedule. Its results come as they happen:
+// whether it began, each step's outcome, and the judged history.
+type Job struct {
+	Scenario *scenarios.Scenario
+	// Timeout bounds the scenario from its beginning (0: none).
+	Timeout time.Duration
+
+	begun    chan struct{}
+	cancel   chan struct{} // closed by Cancel
+	once     sync.Once
+	run      *Run
+	beginErr error
+	steps    []chan error // each gets one value: nil, the step's error, or errNotRun
+	done     chan struct{}
+	hist     *history.History
+	res      ledger.Result
+	stepErr  error
+}
+
+// ErrNotRun is a step's result when an earlier step failed or the
+// scenario could not begin.
+var ErrNotRun = errors.New("not run")
+
+// NewJob makes a job for sc.
+func NewJob(sc *scenarios.Scenario, timeout time.Duration) *Job {
+	j := &Job{Scenario: sc, Timeout: timeout, begun: make(chan struct{}), done: make(chan struct{}), cancel: make(chan struct{})}
+	for range sc.Steps {
+		j.steps = append(j.steps, make(chan error, 1))
+	}
+	return j
+}
+
+// Begun waits until the scenario began (or could not): its run, or the error.
+func (j *Job) Begun(ctx context.Context) (*Run, error) {
+	select {
+	case <-j.begun:
+		return j.run, j.beginErr
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// Step waits for step i's result: nil when it was carried out, ErrNotRun
+// when it was not (an earlier step failed), else the step's error.
+func (j *Job) Step(ctx context.Context, i int) error {
+	select {
+	case err := <-j.steps[i]:
+		j.steps[i] <- err // others may ask again
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Wait waits for the judged history; err is the first step error.
+func (j *Job) Wait(ctx context.Context) (*history.History, ledger.Result, error) {
+	select {
+	case <-j.done:
+		return j.hist, j.res, j.stepErr
+	case <-ctx.Done():
+		return nil, ledger.Result{}, ctx.Err()
+	}
+}
+
+// Cancel ends the job: the steps left do not run, and the scenario is
+// judged at once on what was recorded, without draining.
+func (j *Job) Cancel() { j.once.Do(func() { close(j.cancel) }) }
+
+// Done is closed when the job's history is judged.
+func (j *Job) Done() <-chan struct{} { return j.done }
+
+// Schedule runs jobs on one hub at the same time, as far as parallel
+// allows (0: no limit; 1: one after another, as a serial run) and
+// isolation lets (Isolate): Alone scenarios first, one at a time with no
+// other beside them, then the Shared ones at once and the Disruptive ones
+// beside them, one at a time; in the order given within each. A scenario's turn ends
+// when it has drained, so its late-duplicate watch overlaps the next ones. Schedule returns at once;
+// each job reports on its own. Cancelling ctx ends every job: each is
+// judged on what was recorded.
+func Schedule(ctx context.Context, opt *Options, jobs []*Job, parallel int) {
+	if parallel <= 0 {
+		parallel = len(jobs)
+	}
+	var shared, disruptive, alone []*Job
+	for _, j := range jobs {
+		switch iso, _ := Isolate(j.Scenario); iso {
+		case Alone:
+			alone = append(alone, j)
+		case Disruptive:
+			disruptive = append(disruptive, j)
+		default:
+			shared = append(shared, j)
+		}
+	}
+	// Shared ones before disruptive ones: their first submissions go in
+	// before the first restart holds submissions back.
+	order := append(append(alone, shared...), disruptive...)
+	slots := make(chan struct{}, max(parallel, 1))
+	go func() {
+		for i, j := range order {
+			select {
+			case slots <- struct{}{}:
+			case <-ctx.Done():
+				for _, j := range order[i:] {
+					j.fail(fmt.Errorf("the run ended before its turn: %w", ctx.Err()))
+				}
+				return
+			}
+			// Take the scenario's share of the hub here, in order, so a
+			// scenario that runs alone is not overtaken by later ones.
+			iso, _ := Isolate(j.Scenario)
+			if iso == Disruptive {
+				// Disruptive ones queue for their turn among themselves
+				// in their own goroutine: shared ones after them go on.
+				if err := opt.Hub.acquire(ctx, Shared); err != nil {
+					<-slots
+					for _, j := range order[i:] {
+						j.fail(fmt.Errorf("the run ended before its turn: %w", err))
+					}
+					return
+				}
+				go func() {
+					defer func() { <-slots }()
+					if err := opt.Hub.disrupt.Acquire(ctx, 1); err != nil {
+						opt.Hub.release(Shared)
+						j.fail(fmt.Errorf("the run ended before its turn: %w", err))
+						return
+					}
+					j.do(ctx, opt)
+				}()
+				continue
+			}
+			if err := opt.Hub.acquire(ctx, iso); err != nil {
+				<-slots
+				for _, j := range order[i:] {
+					j.fail(fmt.Errorf("the run ended before its turn: %w", err))
+				}
+				return
+			}
+			go func() {
+				defer func() { <-slots }()
+				j.do(ctx, opt)
+			}()
+		}
+	}()
+}
+
+// fail ends a job that never began.
+func (j *Job) fail(err error) {
+	j.beginErr = err
+	close(j.begun)
+	for _, c := range j.steps {
+		c <- ErrNotRun
+	}
+	j.stepErr = err
+	close(j.done)
+}
+
+// do runs the job, its share of the hub already held.
+func (j *Job) do(ctx context.Context, opt *Options) {
+	if j.Timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, j.Timeout)
+		defer cancel()
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-j.cancel:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	r, err := begin(ctx, opt, j.Scenario, true)
+	if err != nil {
+		j.fail(err)
+		return
+	}
+	defer r.Close()
+	j.run = r
+	close(j.begun)
+	var stepErr error
+	for i := range j.Scenario.Steps {
+		if stepErr == nil && ctx.Err() != nil {
+			stepErr = fmt.Errorf("step %d and after not run: %w", i+1, context.Cause(ctx))
+			r.StepFailed(stepErr.Error())
+		}
+		if stepErr != nil {
+			j.steps[i] <- ErrNotRun
+			continue
+		}
+		if err := r.Step(ctx, i, &j.Scenario.Steps[i]); err != nil {
+			stepErr = err
+			j.steps[i] <- err
+			continue
+		}
+		j.steps[i] <- nil
+	}
+	j.hist, j.res = r.Finish(ctx)
+	j.stepErr = stepErr
+	close(j.done)
+}
+
+// RunScenarios runs scenarios on one hub made for them, at the same time
+// as far as parallel and isolation allow (see Schedule), and returns each
+// one's judged history in the order given.
+func RunScenarios(ctx context.Context, opt *Options, scs []*scenarios.Scenario, parallel int) ([]*history.History, []ledger.Result, []error) {
+	o := *opt
+	if o.Hub == nil {
+		hub, err := NewHub(ctx, &o)
+		if err != nil {
+			errs := make([]error, len(scs))
+			for i := range errs {
+				errs[i] = err
+			}
+			return make([]*history.History, len(scs)), make([]ledger.Result, len(scs)), errs
+		}
+		defer hub.Close()
+		o.Hub = hub
+	}
+	jobs := make([]*Job, len(scs))
+	for i, sc := range scs {
+		jobs[i] = NewJob(sc, 0)
+	}
+	Schedule(ctx, &o, jobs, parallel)
+	hs, res, errs := make([]*history.History, len(scs)), make([]ledger.Result, len(scs)), make([]error, len(scs))
+	for i, j := range jobs {
+		<-j.Done()
+		hs[i], res[i], errs[i] = j.hist, j.res, j.stepErr
+	}
+	return hs, res, errs
+}
