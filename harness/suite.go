@@ -39,6 +39,9 @@ type Outcome struct {
 	History  *history.History
 	Result   *ledger.Result
 	Saved    string // results folder, on failure
+	// Expect is the profile's override when it expects this scenario to
+	// fail (scenarios.NAME.expect), nil otherwise.
+	Expect *profile.ScenarioOverride
 }
 
 // Suite is what DefineSpecs needs: a loaded profile, its relay, the scenarios.
@@ -175,7 +178,22 @@ func describeScenario(s *Suite, sc *scenarios.Scenario) {
 func (s *Suite) judge(ctx context.Context, sc *scenarios.Scenario, run *runner.Run) string {
 	h, res := run.Finish(ctx)
 	o := Outcome{Scenario: sc.Name, History: h, Result: &res, Err: h.StepError}
+	if ov, ok := s.Profile.Scenarios[sc.Name]; ok && ov.Expect != nil {
+		o.Expect = &ov
+	}
+	st := status(o)
 	var b strings.Builder
+	switch st {
+	case report.StatusExpectedFailure:
+		fmt.Fprintf(&b, "EXPECTED FAILURE %s: the %s profile expects it to fail with %s: %s\n", sc.Name, s.Profile.Name, expectedVerdicts(o.Expect), o.Expect.Why)
+	case report.StatusUnexpectedPass:
+		fmt.Fprintf(&b, "UNEXPECTED PASS %s: the %s profile expects it to fail with %s (%s), and it passed: the relay's behaviour changed; "+
+			"update or remove scenarios.%s.expect in the profile\n", sc.Name, s.Profile.Name, expectedVerdicts(o.Expect), o.Expect.Why, sc.Name)
+	case "failed":
+		if o.Expect != nil {
+			fmt.Fprintf(&b, "the %s profile expects %s to fail with %s only (%s); it failed otherwise:\n", s.Profile.Name, sc.Name, expectedVerdicts(o.Expect), o.Expect.Why)
+		}
+	}
 	report.Text(&b, res, h, s.Verbose)
 	failed := !res.Passed || h.StepError != ""
 	if failed && s.ResultsDir != "" {
@@ -185,13 +203,22 @@ func (s *Suite) judge(ctx context.Context, sc *scenarios.Scenario, run *runner.R
 		}
 	}
 	s.record(o)
-	if failed {
+	if st != "passed" && st != report.StatusExpectedFailure {
 		return b.String()
 	}
 	if s.Progress != nil {
 		fmt.Fprint(s.Progress, b.String())
 	}
 	return ""
+}
+
+// expectedVerdicts is "bad-dsn" or "stalled or lost".
+func expectedVerdicts(o *profile.ScenarioOverride) string {
+	vs := make([]string, len(o.Expect.Verdict))
+	for i, v := range o.Expect.Verdict {
+		vs[i] = string(v)
+	}
+	return strings.Join(vs, " or ")
 }
 
 // ProgressWriter is where live progress goes: stderr, so it is seen live
