@@ -240,10 +240,16 @@ func (j *judge) judgeTrack(tr *track) Finding {
 	if resolved.IsZero() {
 		giveUp = j.gaveUp(tr)
 	}
+	var expired *dsnSeen // unresolved, and the relay gave up saying "delayed"
+	if resolved.IsZero() && giveUp == nil {
+		expired = j.expiryNotice(tr)
+	}
 	end, endWhy := resolved, "resolution"
 	switch {
 	case giveUp != nil:
 		end, endWhy = giveUp.at, "the relay gave up"
+	case expired != nil:
+		end, endWhy = expired.at, "the relay gave up"
 	case end.IsZero():
 		end, endWhy = j.h.Ended, "the end of the scenario"
 	}
@@ -412,6 +418,9 @@ func (j *judge) judgeTrack(tr *track) Finding {
 		outcome = BadDSN
 	case giveUp != nil:
 		outcome = Lost
+	case expired != nil:
+		outcome = BadDSN
+		v.add(BadDSN, j.expiryWhy(tr, expired))
 	default:
 		if final := j.finalSnap(); final != nil && !final.At.Before(j.lastFaultEnd) && !final.At.Before(lastAttempt) &&
 			!final.At.Before(s.SubmittedAt) && !visible(*final, tr) {
