@@ -80,6 +80,7 @@ conformance: build
 		eval "$(BIN) run --relay $$prof --json $(CONFORMANCE)/$$relay.json --junit $(CONFORMANCE)/$$relay-junit.xml --html $(CONFORMANCE)/$$relay.html --results $(CONFORMANCE)/$$relay $$args" \
 			|| echo "== conformance: $$relay failed (exit $$?): see docs/conformance.md"; \
 		echo $$(( $$(date +%s) - start )) >$(CONFORMANCE)/$$relay.wall; \
+		[ -s $(CONFORMANCE)/$$relay.json ] || echo '[]' >$(CONFORMANCE)/$$relay.json; \
 	done
 	$(BIN) conformance --out docs/conformance.md $(CONFORMANCE)/*.json
 	@echo "docs/conformance.md written"

@@ -192,6 +192,10 @@ func (r RelayRun) tally() string {
 			parts = append(parts, fmt.Sprintf("%d %s", c[k.status], k.label))
 		}
 	}
+	if len(r.Scenarios) == 0 {
+		// A relay that never started writes no outcome: it keeps its column.
+		parts = append(parts, "**no scenario ran** (the relay did not start: see its run's JUnit report)")
+	}
 	if r.Wall > 0 {
 		parts = append(parts, short(r.Wall))
 	}
