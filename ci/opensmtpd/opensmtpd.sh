@@ -12,7 +12,7 @@
 #   opensmtpd.sh start     smtpd -d (foreground) in the private namespace, its log through the retry forcer
 #   opensmtpd.sh ready     exit 0 when the daemon's port answers 220
 #   opensmtpd.sh flush     smtpctl schedule all (every envelope now)
-#   opensmtpd.sh queue     smtpctl show queue
+#   opensmtpd.sh queue     smtpctl show queue (in a session of its own: see below)
 #   opensmtpd.sh teardown  remove the work dir (the extracted OpenSMTPD stays cached)
 #
 # Retries. OpenSMTPD's backoff is compiled in: the n-th retry is due at
@@ -245,7 +245,27 @@ start)
 	;;
 ready) ready 2>/dev/null ;;
 flush) in_ns "$SMTPCTL" schedule all ;;
-queue) in_ns "$SMTPCTL" show queue ;;
+queue)
+	# `smtpctl show queue` reads every envelope: with hundreds queued on a
+	# loaded machine it outlasts the harness's 10s listing timeout, and
+	# smtpd's control process dies ("control -> client: imsg_read:
+	# Connection reset by peer", "control: exiting": the whole smtpd exits)
+	# when smtpctl is killed mid-reply. So smtpctl runs in a session of its
+	# own, out of reach of the kill, one listing at a time (flock); a
+	# listing whose caller is gone is not started.
+	mkdir -p "$WORK/listings"
+	out=$WORK/listings/$$
+	setsid flock "$WORK/listings/lock" "$SELF" __queue "$out" $$ </dev/null &
+	if wait $!; then cat "$out"; rc=0; else rc=$?; cat "$out" 2>/dev/null || true; fi
+	rm -f "$out"
+	exit $rc
+	;;
+__queue) # OUT CALLER: list into OUT unless CALLER has gone
+	kill -0 "$3" 2>/dev/null || { rm -f "$2"; exit 0; }
+	out=$2
+	(in_ns "$SMTPCTL" show queue) >"$out.tmp" 2>&1 && mv "$out.tmp" "$out" || { rc=$?; mv "$out.tmp" "$out"; exit $rc; }
+	kill -0 "$3" 2>/dev/null || rm -f "$out"
+	;;
 teardown)
 	case "$WORK" in /|/tmp|/tmp/|"") die "refusing work dir '$WORK'" ;; esac
 	rm -rf "$WORK"
