@@ -251,11 +251,12 @@ queue)
 	# smtpd's control process dies ("control -> client: imsg_read:
 	# Connection reset by peer", "control: exiting": the whole smtpd exits)
 	# when smtpctl is killed mid-reply. So smtpctl runs in a session of its
-	# own, out of reach of the kill, one listing at a time (flock); a
-	# listing whose caller is gone is not started.
+	# own, out of reach of the kill, one listing at a time (flock, waiting
+	# at most 60s); a listing whose caller is gone is not started, and one
+	# that hangs is ended after 120s.
 	mkdir -p "$WORK/listings"
 	out=$WORK/listings/$$
-	setsid flock "$WORK/listings/lock" "$SELF" __queue "$out" $$ </dev/null &
+	setsid flock -w 60 "$WORK/listings/lock" "$SELF" __queue "$out" $$ </dev/null &
 	if wait $!; then cat "$out"; rc=0; else rc=$?; cat "$out" 2>/dev/null || true; fi
 	rm -f "$out"
 	exit $rc
@@ -263,7 +264,8 @@ queue)
 __queue) # OUT CALLER: list into OUT unless CALLER has gone
 	kill -0 "$3" 2>/dev/null || { rm -f "$2"; exit 0; }
 	out=$2
-	(in_ns "$SMTPCTL" show queue) >"$out.tmp" 2>&1 && mv "$out.tmp" "$out" || { rc=$?; mv "$out.tmp" "$out"; exit $rc; }
+	# a listing that hangs (smtpd gone mid-reply) must not hold the lock forever
+	(in_ns timeout 120 "$SMTPCTL" show queue) >"$out.tmp" 2>&1 && mv "$out.tmp" "$out" || { rc=$?; mv "$out.tmp" "$out"; exit $rc; }
 	kill -0 "$3" 2>/dev/null || rm -f "$out"
 	;;
 teardown)
