@@ -172,8 +172,9 @@ now_ms() { local t=${EPOCHREALTIME/./}; echo $((t / 1000)); }
 # when more than FORCE_BULK are due in one pass (a load scenario), one
 # `smtpctl schedule all` forces the whole queue. Envelopes a restarted smtpd
 # loads from its spool get one `schedule all` RETRY_AFTER seconds after start.
-# It follows the log, not `smtpctl show queue`: listing 500 envelopes every
-# poll starved smtpd's queue process (load-500 then expired 400 of 500).
+# It follows the log, not `smtpctl show queue`: listing every poll (with one
+# smtpctl per envelope: retry gaps up to 99s in load-500; with one `schedule
+# all` when many were due: 403 of 500 still undelivered) did not keep up.
 forcer() {
 	local line evp now next=0 code
 	local -A due=()
