@@ -19,12 +19,13 @@ const module = "github.com/greyharness/greyharness/"
 // relays. A new package must be given a layer here.
 var layers = [][]string{
 	{"internal/inputfile", "internal/yamlcheck", "fakemta/dsn", "queuelist"}, // leaf data and helpers
-	{"fakemta/record"},                    // journal records
-	{"fakemta", "samplerelay"},            // the fake MTA; the system under test
-	{"harness/history"},                   // what happened in a run
-	{"harness/ledger", "harness/profile"}, // verdicts; relay profiles
-	{"harness/report", "harness/queue"},   // reports; queue listings
-	{"harness/relay", "harness/traffic"},  // relays; traffic and faults
+	{"fakemta/record"},                   // journal records
+	{"fakemta", "samplerelay"},           // the fake MTA; the system under test
+	{"harness/history"},                  // what happened in a run
+	{"harness/ledger"},                   // verdicts
+	{"harness/profile"},                  // relay profiles (their expected outcomes name verdicts)
+	{"harness/report", "harness/queue"},  // reports; queue listings
+	{"harness/relay", "harness/traffic"}, // relays; traffic and faults
 	{"scenarios"},
 	{"harness/runner"},
 	{"harness"},

@@ -266,14 +266,24 @@ func LoadRelay(spec, bin string, env map[string]string) (*profile.Profile, func(
 
 type outcomeJSON struct {
 	Scenario string `json:"scenario"`
-	Status   string `json:"status"` // passed, failed, skipped, error
-	Skipped  string `json:"skipped,omitempty"`
-	Error    string `json:"error,omitempty"`
-	Saved    string `json:"saved,omitempty"`
+	// Status is passed, failed, skipped, error, expected-failure (the
+	// failure the profile expects: the run passes) or unexpected-pass (it
+	// passed although the profile expects a failure: the run fails).
+	Status   string        `json:"status"`
+	Skipped  string        `json:"skipped,omitempty"`
+	Expected *expectedJSON `json:"expected,omitempty"`
+	Error    string        `json:"error,omitempty"`
+	Saved    string        `json:"saved,omitempty"`
 	// Span is the scenario's own time: from its first submission to the
 	// last delivery or DSN the fake MTA accepted for it.
 	Span   float64         `json:"span_seconds,omitempty"`
 	Result json.RawMessage `json:"result,omitempty"`
+}
+
+// expectedJSON is the profile's expected failure of a scenario.
+type expectedJSON struct {
+	Verdict []ledger.Verdict `json:"verdict"`
+	Why     string           `json:"why"`
 }
 
 // span is a history's first submission to its last accepted delivery or DSN.
@@ -304,16 +314,32 @@ func status(o Outcome) string {
 		return "skipped"
 	case o.Result == nil:
 		return "error"
+	case o.Result.Passed && o.Err == "" && o.Expect != nil:
+		return report.StatusUnexpectedPass
 	case o.Result.Passed && o.Err == "":
 		return "passed"
+	case o.Expect != nil && o.Expect.Explains(*o.Result, o.Err):
+		return report.StatusExpectedFailure
 	}
 	return "failed"
+}
+
+// expectedText is the profile's expectation as the reports show it,
+// "bad-dsn: why" ("" without one).
+func expectedText(o Outcome) string {
+	if o.Expect == nil {
+		return ""
+	}
+	return expectedVerdicts(o.Expect) + ": " + o.Expect.Why
 }
 
 func writeOutcomes(path string, outs []Outcome) error {
 	var arr []outcomeJSON
 	for _, o := range outs {
 		j := outcomeJSON{Scenario: o.Scenario, Status: status(o), Skipped: o.Skipped, Error: o.Err, Saved: o.Saved, Span: span(o.History).Seconds()}
+		if o.Expect != nil {
+			j.Expected = &expectedJSON{Verdict: o.Expect.Expect.Verdict, Why: o.Expect.Why}
+		}
 		if o.Result != nil {
 			var b strings.Builder
 			if err := report.JSON(&b, *o.Result); err == nil {
@@ -361,7 +387,7 @@ func scenarioReports(outs []Outcome, specs Report) []report.ScenarioReport {
 	}
 	reps := make([]report.ScenarioReport, len(outs))
 	for i, o := range outs {
-		reps[i] = report.ScenarioReport{Name: o.Scenario, Status: status(o), Skipped: o.Skipped,
+		reps[i] = report.ScenarioReport{Name: o.Scenario, Status: status(o), Skipped: o.Skipped, Expected: expectedText(o),
 			Error: o.Err, Saved: o.Saved, Result: o.Result, History: o.History}
 		if sc := by[o.Scenario]; sc != nil {
 			reps[i].Steps = sc.steps
@@ -434,6 +460,12 @@ func summary(w io.Writer, relay string, outs []Outcome) {
 	}
 	sort.Strings(vs)
 	fmt.Fprintf(w, "greyharness: relay %s: %d scenario(s) passed, %d failed, %d skipped", relay, counts["passed"], counts["failed"]+counts["error"], counts["skipped"])
+	if n := counts[report.StatusExpectedFailure]; n > 0 {
+		fmt.Fprintf(w, ", %d expected failure(s) (the relay's documented behaviour)", n)
+	}
+	if n := counts[report.StatusUnexpectedPass]; n > 0 {
+		fmt.Fprintf(w, ", %d UNEXPECTED PASS(ES) (the profile expects a failure: update it)", n)
+	}
 	if len(vs) > 0 {
 		fmt.Fprintf(w, " — verdicts: %s", strings.Join(vs, ", "))
 	}

@@ -51,6 +51,9 @@ type Outcome struct {
 	History  *history.History
 	Result   *ledger.Result
 	Saved    string // results folder, on failure
+	// Expect is the profile's override when it expects this scenario to
+	// fail (scenarios.NAME.expect), nil otherwise.
+	Expect *profile.ScenarioOverride
 }
 
 // Suite is what DefineSpecs needs: a loaded profile, its relay, the scenarios.
@@ -432,10 +435,27 @@ func describeScenario(s *Suite, sc *scenarios.Scenario, total time.Duration) {
 }
 
 // report records the scenario's outcome, saves the history of a failed
-// scenario, and returns the report when the scenario failed.
+// scenario, and returns the report when the scenario failed (or passed
+// although the profile expects it to fail).
 func (s *Suite) report(h *history.History, res ledger.Result) string {
-	o := Outcome{Scenario: h.Scenario, History: h, Result: &res, Err: h.StepError}
+	name := h.Scenario
+	o := Outcome{Scenario: name, History: h, Result: &res, Err: h.StepError}
+	if ov, ok := s.Profile.Scenarios[name]; ok && ov.Expect != nil {
+		o.Expect = &ov
+	}
+	st := status(o)
 	var b strings.Builder
+	switch st {
+	case report.StatusExpectedFailure:
+		fmt.Fprintf(&b, "EXPECTED FAILURE %s: the %s profile expects it to fail with %s: %s\n", name, s.Profile.Name, expectedVerdicts(o.Expect), o.Expect.Why)
+	case report.StatusUnexpectedPass:
+		fmt.Fprintf(&b, "UNEXPECTED PASS %s: the %s profile expects it to fail with %s (%s), and it passed: the relay's behaviour changed; "+
+			"update or remove scenarios.%s.expect in the profile\n", name, s.Profile.Name, expectedVerdicts(o.Expect), o.Expect.Why, name)
+	case "failed":
+		if o.Expect != nil {
+			fmt.Fprintf(&b, "the %s profile expects %s to fail with %s only (%s); it failed otherwise:\n", s.Profile.Name, name, expectedVerdicts(o.Expect), o.Expect.Why)
+		}
+	}
 	report.Text(&b, res, h, s.Verbose)
 	failed := !res.Passed || h.StepError != ""
 	if failed && s.ResultsDir != "" {
@@ -449,15 +469,24 @@ func (s *Suite) report(h *history.History, res ledger.Result) string {
 	if s.done == nil {
 		s.done = map[string]bool{}
 	}
-	s.done[h.Scenario] = true
+	s.done[name] = true
 	s.mu.Unlock()
-	if failed {
+	if st != "passed" && st != report.StatusExpectedFailure {
 		return b.String()
 	}
 	if s.Progress != nil {
 		fmt.Fprint(s.Progress, b.String())
 	}
 	return ""
+}
+
+// expectedVerdicts is "bad-dsn" or "stalled or lost".
+func expectedVerdicts(o *profile.ScenarioOverride) string {
+	vs := make([]string, len(o.Expect.Verdict))
+	for i, v := range o.Expect.Verdict {
+		vs[i] = string(v)
+	}
+	return strings.Join(vs, " or ")
 }
 
 // ProgressWriter is where live progress goes: stderr, so it is seen live

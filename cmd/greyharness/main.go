@@ -28,6 +28,8 @@ Usage:
   greyharness fakemta [flags]           run the fake remote MTA (greyharness fakemta -h)
   greyharness sample-relay serve|queue|flush [flags]
                                         the built-in sample relay with switchable bugs
+  greyharness conformance [--out FILE] RELAY.json...
+                                        the conformance matrix (markdown) of relays' run --json files
   greyharness probe ADDR                exit 0 when an SMTP server greets on ADDR
 
 Exit codes: 0 all passed, 1 a verdict failed, 2 bad input.
@@ -88,6 +90,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 			}
 		}
 		return harness.Judge(paths, stdout, stderr, verbose, htmlPath)
+	case "conformance":
+		return harness.Conformance(args[1:], stdout, stderr)
 	case "fakemta":
 		return fakemta.Main(args[1:], stdout, stderr)
 	case "sample-relay":

@@ -207,7 +207,8 @@ type trackCase struct {
 	// first failed DSN that is bad; resolved is the earliest of them.
 	delivered, bounced, badResolved, resolved time.Time
 	bounce                                    *dsnSeen
-	giveUp                                    *dsnTry // unresolved, and the relay gave up: its DSN never got through
+	giveUp                                    *dsnTry  // unresolved, and the relay gave up: its DSN never got through
+	expired                                   *dsnSeen // unresolved, and the relay gave up saying "delayed" (expiry.go)
 	end                                       time.Time
 	endWhy                                    string
 
@@ -302,10 +303,15 @@ func (j *judge) resolve(c *trackCase) {
 	if c.resolved.IsZero() {
 		c.giveUp = j.gaveUp(tr)
 	}
+	if c.resolved.IsZero() && c.giveUp == nil {
+		c.expired = j.expiryNotice(tr)
+	}
 	c.end, c.endWhy = c.resolved, "resolution"
 	switch {
 	case c.giveUp != nil:
 		c.end, c.endWhy = c.giveUp.at, "the relay gave up"
+	case c.expired != nil:
+		c.end, c.endWhy = c.expired.at, "the relay gave up"
 	case c.end.IsZero():
 		c.end, c.endWhy = j.h.Ended, "the end of the scenario"
 	}
@@ -556,7 +562,8 @@ func (j *judge) ruleGaveUp(c *trackCase) {
 }
 
 // ruleOutcome decides how the message ended: delivered, bounced, bad-dsn,
-// lost (gave up), or, unresolved, by ruleLostFromListing,
+// lost (gave up), bad-dsn (it gave up at the queue lifetime with an
+// Action: delayed DSN: expiry.go), or, unresolved, by ruleLostFromListing,
 // ruleHeldSilently, the open window's verdict, or rulePending, in that
 // order.
 func (j *judge) ruleOutcome(c *trackCase) {
@@ -569,6 +576,9 @@ func (j *judge) ruleOutcome(c *trackCase) {
 		c.outcome = BadDSN
 	case c.giveUp != nil:
 		c.outcome = Lost
+	case c.expired != nil:
+		c.outcome = BadDSN
+		c.v.add(BadDSN, j.expiryWhy(c.tr, c.expired))
 	case j.ruleLostFromListing(c):
 		c.outcome = Lost
 	case j.ruleHeldSilently(c):

@@ -382,6 +382,9 @@ func (l *loader) finish(p *Profile, base string) error {
 			return l.errPath(fmt.Sprintf("next_hop[%d]", i), "next_hop %q: %v", h, err)
 		}
 	}
+	if err := l.checkOverrides(p); err != nil {
+		return err
+	}
 	if c.StartForeground && c.Start == "" {
 		return l.errPath("commands.start_foreground", "commands.start_foreground needs commands.start")
 	}
@@ -407,6 +410,42 @@ func (l *loader) finish(p *Profile, base string) error {
 	if c.Start == "" && c.Stop != "" {
 		return l.errPath("commands.stop", "commands.stop needs commands.start: the harness stops the relay at the end "+
 			"of the run and must be able to start it again")
+	}
+	return nil
+}
+
+// checkOverrides validates scenarios: skip or expect, an expect with its why
+// and failing verdicts only.
+func (l *loader) checkOverrides(p *Profile) error {
+	names := make([]string, 0, len(p.Scenarios))
+	for n := range p.Scenarios {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	for _, n := range names {
+		o, path := p.Scenarios[n], "scenarios."+n
+		switch {
+		case o.Expect != nil && o.Skip != "":
+			return l.errPath(path+".expect", "%s: skip and expect exclude each other", path)
+		case o.Expect == nil && o.Why != "":
+			return l.errPath(path+".why", "%s.why explains an expect; this override has none (a skip gives its reason in skip)", path)
+		case o.Expect == nil:
+			continue
+		case strings.TrimSpace(o.Why) == "":
+			return l.errPath(path+".expect", "%s.expect needs why: the relay's real behaviour, with its evidence (a log line, its documentation)", path)
+		case len(o.Expect.Verdict) == 0:
+			return l.errPath(path+".expect.verdict", "%s.expect.verdict is required: the failing verdict(s) the relay's behaviour gets", path)
+		}
+		ok := ExpectableVerdicts()
+		for i, v := range o.Expect.Verdict {
+			if !slices.Contains(ok, v) {
+				names := make([]string, len(ok))
+				for j, x := range ok {
+					names[j] = string(x)
+				}
+				return l.errPath(fmt.Sprintf("%s.expect.verdict[%d]", path, i), "%s.expect.verdict: %q is not a failing verdict (one of %s)", path, v, strings.Join(names, ", "))
+			}
+		}
 	}
 	return nil
 }

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/greyharness/greyharness/harness/ledger"
 )
 
 const good = `
@@ -179,12 +181,20 @@ func TestFakeMTAWithoutNextHop(t *testing.T) {
 	}
 }
 
-// The shipped profiles must load.
+// The shipped profiles must load (every ci/*/relay.yaml); Postfix and Exim
+// offer every capability.
 func TestShippedProfiles(t *testing.T) {
-	for _, f := range []string{"../../ci/postfix/relay.yaml", "../../ci/exim/relay.yaml"} {
+	files, err := filepath.Glob("../../ci/*/relay.yaml")
+	if err != nil || len(files) < 4 {
+		t.Fatalf("ci/*/relay.yaml: %v %v", files, err)
+	}
+	for _, f := range files {
 		p, err := Load(f)
 		if err != nil {
 			t.Errorf("%s: %v", f, err)
+			continue
+		}
+		if p.Name != "postfix" && p.Name != "exim" {
 			continue
 		}
 		if m := p.Missing([]Capability{CapRestart, CapStop, CapQueue, CapFlush, CapDelayWarning}); m != nil {
@@ -228,5 +238,70 @@ func TestShippedZooProfiles(t *testing.T) {
 		if !strings.Contains(o.Skip, "15 minutes") {
 			t.Errorf("maddy's %s: skip reason %q does not name the backoff", name, o.Skip)
 		}
+	}
+}
+
+func TestExpectedOutcomes(t *testing.T) {
+	base := "submit:\n  addr: 127.0.0.1:25\nnext_hop: [127.0.0.1:26]\ntiming:\n  retry_max: 3s\n  queue_lifetime: 40s\ncommands:\n  start: ./relay\n"
+	p, err := Parse("relay.yaml", []byte(base+"scenarios:\n  expiry-bounce:\n    expect: {verdict: bad-dsn}\n    why: sends Action delayed at expiry\n  load-500:\n    expect:\n      verdict: [stalled, lost]\n    why: slow\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := p.Scenarios["expiry-bounce"]
+	if o.Expect == nil || !slices.Equal(o.Expect.Verdict, []ledger.Verdict{ledger.BadDSN}) || o.Why != "sends Action delayed at expiry" {
+		t.Errorf("expiry-bounce override = %+v", o)
+	}
+	if e := p.Scenarios["load-500"].Expect; e == nil || !slices.Equal(e.Verdict, []ledger.Verdict{ledger.Stalled, ledger.Lost}) {
+		t.Errorf("load-500 expect = %+v", e)
+	}
+	cases := []struct{ name, body, want string }{
+		{"expect without why", "scenarios:\n  s:\n    expect: {verdict: lost}\n", `:11:13: scenarios.s.expect needs why: the relay's real behaviour, with its evidence`},
+		{"why without expect", "scenarios:\n  s:\n    why: because\n", `:11:10: scenarios.s.why explains an expect; this override has none`},
+		{"skip and expect", "scenarios:\n  s:\n    skip: no\n    expect: {verdict: lost}\n    why: w\n", `:12:13: scenarios.s: skip and expect exclude each other`},
+		{"no verdict", "scenarios:\n  s:\n    expect: {}\n    why: w\n", `:11:5: scenarios.s.expect.verdict is required`},
+		{"unknown verdict", "scenarios:\n  s:\n    expect: {verdict: [lost, gone]}\n    why: w\n", `:11:30: scenarios.s.expect.verdict: "gone" is not a failing verdict (one of lost, held-silently, bad-dsn`},
+		{"passing verdict", "scenarios:\n  s:\n    expect: {verdict: delivered}\n    why: w\n", `:11:23: scenarios.s.expect.verdict: "delivered" is not a failing verdict`},
+		{"unknown expect key", "scenarios:\n  s:\n    expect: {verdicts: lost}\n    why: w\n", `:11:14: unknown key "verdicts" in scenarios.s.expect`},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Parse("relay.yaml", []byte(base+tc.body))
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("error %v\nwant it to contain %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestExplains(t *testing.T) {
+	o := ScenarioOverride{Expect: &Expect{Verdict: []ledger.Verdict{ledger.BadDSN}}, Why: "w"}
+	failing := func(vs ...ledger.Verdict) ledger.Result {
+		r := ledger.Result{Passed: len(vs) == 0}
+		r.Findings = append(r.Findings, ledger.Finding{Primary: ledger.Delivered, Verdicts: []ledger.Verdict{ledger.Delivered}})
+		for _, v := range vs {
+			r.Findings = append(r.Findings, ledger.Finding{Primary: v, Verdicts: []ledger.Verdict{v}, Failed: true})
+		}
+		return r
+	}
+	for _, tc := range []struct {
+		name    string
+		r       ledger.Result
+		stepErr string
+		want    bool
+	}{
+		{"the expected verdict", failing(ledger.BadDSN), "", true},
+		{"twice", failing(ledger.BadDSN, ledger.BadDSN), "", true},
+		{"another verdict too", failing(ledger.BadDSN, ledger.Lost), "", false},
+		{"another verdict", failing(ledger.Lost), "", false},
+		{"passed", failing(), "", false},
+		{"step error", failing(ledger.BadDSN), "step 2: restart failed", false},
+		{"failed without a failing finding", ledger.Result{Passed: false}, "", false},
+	} {
+		if got := o.Explains(tc.r, tc.stepErr); got != tc.want {
+			t.Errorf("%s: Explains = %v, want %v", tc.name, got, tc.want)
+		}
+	}
+	if (ScenarioOverride{Skip: "x"}).Explains(failing(ledger.BadDSN), "") {
+		t.Error("an override without expect explains nothing")
 	}
 }

@@ -2,7 +2,12 @@
 // inspects and times a relay under test.
 package profile
 
-import "github.com/greyharness/greyharness/harness/history"
+import (
+	"slices"
+
+	"github.com/greyharness/greyharness/harness/history"
+	"github.com/greyharness/greyharness/harness/ledger"
+)
 
 // QueueFormat names a relay's queue listing format.
 type QueueFormat string
@@ -70,14 +75,65 @@ type Profile struct {
 	Env map[string]string `yaml:"env,omitempty" json:"env,omitempty"`
 	// Dir is the profile file's folder; commands run there. Set by Load.
 	Dir string `yaml:"-" json:"dir"`
-	// Expectations overrides per scenario name, for behaviour a relay truly has
-	// (explained in README), e.g. {"delay-warning": {skip: "exim sends ..."}}.
+	// Scenarios are overrides per scenario name, for behaviour a relay truly
+	// has (with its evidence): skip it, or expect it to fail with named
+	// verdicts (docs/relays.md, "Expected outcomes").
 	Scenarios map[string]ScenarioOverride `yaml:"scenarios,omitempty" json:"scenarios,omitempty"`
 }
 
 // ScenarioOverride adjusts one scenario for one relay, with the reason.
 type ScenarioOverride struct {
 	Skip string `yaml:"skip,omitempty" json:"skip,omitempty"` // skip with this reason
+	// Expect is a documented expected failure: the scenario fails, and only
+	// with these verdicts. The verdicts themselves are never loosened.
+	Expect *Expect `yaml:"expect,omitempty" json:"expect,omitempty"`
+	// Why is the relay's real behaviour behind Expect, with its evidence (a
+	// log line, its documentation); required with Expect.
+	Why string `yaml:"why,omitempty" json:"why,omitempty"`
+}
+
+// Expect is what an expected failure looks like.
+type Expect struct {
+	// Verdict lists the failing verdicts expected: every failing finding's
+	// primary verdict must be one of them.
+	Verdict []ledger.Verdict `yaml:"verdict" json:"verdict"`
+}
+
+// Explains reports whether o expects a scenario that ended with r (and
+// stepError, "" when every step ran) to fail as it did: it failed, no step
+// failed, at least one finding failed, and every failing finding's primary
+// verdict is one Expect names. Any other failure is a failure, and a pass
+// is an unexpected pass.
+func (o ScenarioOverride) Explains(r ledger.Result, stepError string) bool {
+	if o.Expect == nil || r.Passed || stepError != "" {
+		return false
+	}
+	n := 0
+	for _, f := range r.Findings {
+		if !f.Failed {
+			continue
+		}
+		if !slices.Contains(o.Expect.Verdict, f.Primary) {
+			return false
+		}
+		n++
+	}
+	return n > 0
+}
+
+// ExpectableVerdicts are the verdicts an expected failure may name: those
+// that can fail a finding (not delivered, bounced, delayed-notice, nor the
+// harness's own harness-error).
+func ExpectableVerdicts() []ledger.Verdict {
+	var out []ledger.Verdict
+	for _, v := range ledger.AllVerdicts() {
+		switch v {
+		case ledger.Delivered, ledger.Bounced, ledger.DelayedNotice, ledger.HarnessError:
+			continue
+		}
+		out = append(out, v)
+	}
+	return out
 }
 
 // Capability is something a scenario may need from a profile.

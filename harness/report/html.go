@@ -12,15 +12,27 @@ import (
 	"github.com/greyharness/greyharness/harness/ledger"
 )
 
+// Scenario statuses beside passed, failed, skipped and error: a documented
+// expected failure of the relay (its profile's scenarios.NAME.expect), which
+// does not fail the run, and a scenario that passed although its profile
+// expects it to fail, which does.
+const (
+	StatusExpectedFailure = "expected-failure"
+	StatusUnexpectedPass  = "unexpected-pass"
+)
+
 // ScenarioReport is one scenario as the HTML and JUnit reports show it.
 type ScenarioReport struct {
 	Name    string
-	Status  string // passed, failed, skipped, error
+	Status  string // passed, failed, skipped, error, expected-failure, unexpected-pass
 	Skipped string // reason, when skipped
-	Error   string // a step the harness could not run
-	Saved   string // results folder with the history, on failure
-	Result  *ledger.Result
-	History *history.History
+	// Expected is the profile's expected failure, "verdict(s): why", when it
+	// has one for this scenario.
+	Expected string
+	Error    string // a step the harness could not run
+	Saved    string // results folder with the history, on failure
+	Result   *ledger.Result
+	History  *history.History
 	// Wall is the scenario's wall time (0: unknown, History.Ended-Started is used).
 	Wall time.Duration
 	// Steps are the scenario's steps as the test runner saw them, for JUnit's system-out.
@@ -58,6 +70,7 @@ var htmlTemplate = template.Must(template.New("html.tmpl").Funcs(template.FuncMa
 	"verdicts": joinVerdicts,
 	"tag":      findingTag,
 	"subject":  subject,
+	"expected": expectedNote,
 }).ParseFS(htmlFiles, "html.tmpl"))
 
 type pageView struct {
@@ -124,6 +137,9 @@ func HTML(w io.Writer, title string, scs []ScenarioReport) error {
 		if s.Error != "" {
 			row.Note = s.Error
 		}
+		if s.Expected != "" {
+			row.Note = expectedNote(s)
+		}
 		if d := s.wall(); d > 0 {
 			row.Wall = short(d)
 		}
@@ -179,6 +195,18 @@ func newStatsView(st passStats) *statsView {
 		}
 	}
 	return v
+}
+
+// expectedNote says what the profile expects of the scenario, and how it
+// turned out.
+func expectedNote(s ScenarioReport) string {
+	switch s.Status {
+	case StatusExpectedFailure:
+		return "expected failure (" + s.Expected + ")"
+	case StatusUnexpectedPass:
+		return "UNEXPECTED PASS: the profile expects a failure (" + s.Expected + "); the relay's behaviour changed: update the profile"
+	}
+	return "the profile expects a failure (" + s.Expected + "), and it failed otherwise"
 }
 
 func timingLine(t history.Timing) string {

@@ -77,11 +77,23 @@ func JUnit(w io.Writer, suite, classname string, started time.Time, scs []Scenar
 		case sc.Status == "skipped":
 			c.Skipped = &junitMsg{Message: sc.Skipped}
 			s.Skipped++
+		case sc.Status == StatusExpectedFailure:
+			// JUnit has no expected failure: a skip that says so (as pytest's xfail).
+			var b strings.Builder
+			Text(&b, *sc.Result, sc.History, false)
+			c.Skipped = &junitMsg{Message: "expected failure (" + sc.Expected + ")", Text: b.String()}
+			s.Skipped++
+		case sc.Status == StatusUnexpectedPass:
+			c.Failure = &junitMsg{Message: expectedNote(sc), Type: StatusUnexpectedPass, Text: Summary(*sc.Result, sc.History)}
+			s.Failures++
 		case sc.Result == nil && sc.Status != "passed":
 			c.Error = &junitMsg{Message: sc.Error, Type: "error", Text: sc.Error}
 			s.Errors++
 		case sc.Status != "passed":
 			var b strings.Builder
+			if sc.Expected != "" {
+				b.WriteString(expectedNote(sc) + "\n")
+			}
 			Text(&b, *sc.Result, sc.History, false)
 			c.Failure = &junitMsg{Message: Summary(*sc.Result, sc.History), Type: failureType(sc), Text: b.String()}
 			s.Failures++

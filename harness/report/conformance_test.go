@@ -1,0 +1,76 @@
+package report
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestConformanceMatrix(t *testing.T) {
+	var runs []RelayRun
+	for _, f := range []string{"beta.json", "alpha.json", "gamma.json"} {
+		r, err := LoadRelayRun(filepath.Join("testdata", "conformance", f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		runs = append(runs, r)
+	}
+	if runs[1].Wall != 1164200*time.Millisecond || runs[0].Args == "" {
+		t.Fatalf("wall %v, args %q: RELAY.wall and RELAY.args not read", runs[1].Wall, runs[0].Args)
+	}
+	var b strings.Builder
+	if err := Conformance(&b, runs, time.Date(2026, 12, 2, 9, 0, 0, 0, time.UTC)); err != nil {
+		t.Fatal(err)
+	}
+	md := b.String()
+	for _, want := range []string{
+		// relays and scenarios in name order
+		"| scenario | alpha | beta | gamma |\n|---|---|---|---|\n| delay-warning |",
+		"| greylist-once | pass | pass | — |\n",
+		"| delay-warning | pass | skipped | — |\n",
+		"| expiry-bounce | expected: bad-dsn | pass | — |\n",
+		"| drop-after-final-dot | pass (warn: duplicate) | — | — |\n",
+		"| load-500 | **FAIL: lost** | — | — |\n",
+		"| plain-delivery | — | **UNEXPECTED PASS** | — |\n",
+		"| **run** | 3 pass · 1 expected · 1 FAIL · 19m24s | 2 pass · 1 skipped · 1 UNEXPECTED PASS · reduced set | **no scenario ran** (the relay did not start: see its run's JUnit report) |\n",
+		"| gamma | — | — | — | — | — |\n",
+		// behaviour: first retry range, longest gap and where, DSNs, duplicates
+		"| alpha | 2.5s–3.4s (2 messages) | 19.9s (delay-warning) | Action: delayed, Status 4.4.7, 15.2s after submission | **none**: last DSN Action: delayed, Status 4.4.7, 1m00s after submission (expected: bad-dsn) | yes: 1 of 1 delivered twice (RFC 1047) |\n",
+		"| beta | 5.4s | 5.4s (greylist-once) | none (needs delay-warning, which the beta profile does not provide) | Action: failed, Status 4.3.0, 45.7s after submission | — |\n",
+		// every cell that is not a pass, explained
+		"- **expiry-bounce** — expected failure (bad-dsn): at queue ttl it sends Action: delayed, Status 4.4.7 (\"Envelope expired\"). Seen: the relay gave up",
+		"- **load-500** — failed (lost): undelivered \\| gone",
+		"- **plain-delivery** — UNEXPECTED PASS (the profile expects a failure; the relay's behaviour changed) (stale): slow",
+		"- **delay-warning** — skipped: needs delay-warning",
+		"Reduced set, labelled: run with `--focus ^(greylist-once|delay-warning|expiry-bounce|plain-delivery)$`.",
+		"on 2026-12-02 09:00 UTC",
+	} {
+		if !strings.Contains(md, want) {
+			t.Errorf("matrix lacks %q", want)
+		}
+	}
+	if t.Failed() {
+		t.Logf("matrix:\n%s", md)
+	}
+}
+
+func TestLoadRelayRunErrors(t *testing.T) {
+	dir := t.TempDir()
+	for name, body := range map[string]string{"notjson.json": "{", "noname.json": `[{"status": "passed"}]`} {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := LoadRelayRun(p); err == nil || !strings.Contains(err.Error(), p) {
+			t.Errorf("%s: error %v, want one naming the file", name, err)
+		}
+	}
+	p := filepath.Join(dir, "x.json")
+	os.WriteFile(p, []byte(`[]`), 0o644)
+	os.WriteFile(filepath.Join(dir, "x.wall"), []byte("soon"), 0o644)
+	if _, err := LoadRelayRun(p); err == nil || !strings.Contains(err.Error(), "x.wall") {
+		t.Errorf("bad .wall: error %v", err)
+	}
+}
