@@ -130,3 +130,40 @@ func TestCLIListensOnThePolicysMXHosts(t *testing.T) {
 		}
 	}
 }
+
+// TestRuleMatchesMX: `match.mx` picks the listener by its ordinal, so a
+// scenario can make the first MX defer while the second answers, whatever
+// addresses the relay profile gives them.
+func TestRuleMatchesMX(t *testing.T) {
+	pol := parseTestPolicy(t, "rules:\n  - match: {stage: rcpt, mx: 1}\n    reply: \"451 4.3.2 Primary MX busy\"\n  - match: {stage: rcpt, mx: \"3-\"}\n    reply: \"550 5.7.1 no\"\n")
+	s, err := New(Config{Policy: pol, Logf: t.Logf, ReadTimeout: 10 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var addrs []string
+	for _, host := range []string{"127.0.0.2:0", "127.0.0.3:0", "127.0.0.4:0"} {
+		l, err := net.Listen("tcp", host)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.Serve(l)
+		addrs = append(addrs, l.Addr().String())
+	}
+	t.Cleanup(func() { s.Close() })
+	for i, want := range []int{451, 0, 550} {
+		if code, err := deliver(t, addrs[i], flavorBase); code != want {
+			t.Errorf("MX %d (%s): got %d %v, want %d", i+1, addrs[i], code, err, want)
+		}
+	}
+	doc := PolicyDocument(s.Policy())
+	if doc.Rules[0].Match.MX != "1" || doc.Rules[1].Match.MX != "3-" {
+		t.Errorf("policy document's mx: %+v", doc.Rules)
+	}
+}
+
+func TestRuleMXBadValue(t *testing.T) {
+	_, err := ParsePolicy("p.yaml", []byte("rules:\n  - match: {mx: zero}\n    accept: true\n"))
+	if err == nil || !strings.Contains(err.Error(), "p.yaml:2:17: mx:") {
+		t.Fatalf("got %v, want a p.yaml:2:17 mx error", err)
+	}
+}

@@ -58,6 +58,9 @@ type Match struct {
 	Stage      Stage         `json:"stage,omitempty"`
 	Attempt    *IntRange     `json:"attempt,omitempty"`    // this recipient's attempt number
 	Connection *IntRange     `json:"connection,omitempty"` // server connection number
+	// MX is the listener's ordinal (from 1, in listen order): which MX
+	// host the client reached, whatever its address and port.
+	MX *IntRange `json:"mx,omitempty"`
 	Client     string        `json:"client,omitempty"`     // address or CIDR
 	Helo       string        `json:"helo,omitempty"`       // glob
 	Sender     string        `json:"sender,omitempty"`     // glob

@@ -11,6 +11,7 @@ import (
 type matchCtx struct {
 	stage  Stage
 	conn   uint64
+	mx     int    // the listener's ordinal, from 1
 	client string // ip:port
 	helo   string
 	sender string
@@ -50,6 +51,9 @@ func ruleMatches(mt *Match, m *matchCtx) bool {
 		return false
 	}
 	if mt.Connection != nil && !mt.Connection.Contains(int(m.conn)) {
+		return false
+	}
+	if mt.MX != nil && !mt.MX.Contains(m.mx) {
 		return false
 	}
 	if mt.Client != "" && !clientMatches(mt.Client, m.client) {

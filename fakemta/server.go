@@ -234,11 +234,12 @@ func (s *Server) Serve(l net.Listener) {
 		return
 	}
 	s.listeners = append(s.listeners, l)
+	mx := len(s.listeners)
 	s.serveWG.Add(1) // under mu, so Close's Wait cannot start before it
 	s.mu.Unlock()
 	go func() {
 		defer s.serveWG.Done()
-		s.smtp.Serve(&tapListener{Listener: l, srv: s})
+		s.smtp.Serve(&tapListener{Listener: l, srv: s, mx: mx})
 	}()
 }
 
@@ -426,6 +427,7 @@ func (s *Server) track(c *conn, on bool) bool {
 type tapListener struct {
 	net.Listener
 	srv *Server
+	mx  int // ordinal among the server's listeners, from 1
 }
 
 func (l *tapListener) Accept() (net.Conn, error) {
@@ -434,7 +436,7 @@ func (l *tapListener) Accept() (net.Conn, error) {
 		if err != nil {
 			return nil, err
 		}
-		c := l.srv.newConn(nc, l.Listener.Addr().String())
+		c := l.srv.newConn(nc, l.Listener.Addr().String(), l.mx)
 		if c == nil {
 			continue // dropped at connect by policy
 		}

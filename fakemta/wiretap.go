@@ -31,6 +31,7 @@ type conn struct {
 	cur    net.Conn // raw, or the TLS connection after STARTTLS
 	client string
 	local  string
+	mx     int // the listener's ordinal, from 1 (match key mx)
 	tls    bool
 	helo   string
 	sess   *session
@@ -90,8 +91,8 @@ type override struct {
 	tlsFail    bool // ... and make it fail
 }
 
-func (s *Server) newConn(nc net.Conn, local string) *conn {
-	c := &conn{srv: s, id: s.connSeq.Add(1), raw: nc, cur: nc, client: nc.RemoteAddr().String(), local: local,
+func (s *Server) newConn(nc net.Conn, local string, mx int) *conn {
+	c := &conn{srv: s, id: s.connSeq.Add(1), raw: nc, cur: nc, client: nc.RemoteAddr().String(), local: local, mx: mx,
 		closed: make(chan struct{})}
 	if !s.track(c, true) {
 		nc.Close()
@@ -167,7 +168,7 @@ func (c *conn) readMore() (int, error) {
 }
 
 func (c *conn) matchCtx(stage Stage) matchCtx {
-	m := matchCtx{stage: stage, conn: c.id, client: c.client, helo: c.helo, elapsed: c.srv.cfg.Now().Sub(c.srv.started)}
+	m := matchCtx{stage: stage, conn: c.id, mx: c.mx, client: c.client, helo: c.helo, elapsed: c.srv.cfg.Now().Sub(c.srv.started)}
 	if c.sess != nil && c.sess.tx != nil {
 		m.sender = c.sess.tx.MailFrom
 		for _, r := range c.sess.tx.Rcpts {
