@@ -969,6 +969,9 @@ func (j *judge) attemptEntries(tr *track, a attempt) []TimelineEntry {
 	if a.client != "" {
 		d += " from " + a.client
 	}
+	if a.mx != "" && j.multiMX() {
+		d += " at MX " + a.mx
+	}
 	if a.rcpt == nil {
 		d += fmt.Sprintf(": MAIL FROM:<%s> got %s, no RCPT", a.mailFrom, fmtReply(&a.mail))
 	} else {

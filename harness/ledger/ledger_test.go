@@ -588,3 +588,34 @@ func TestNormalizeVerdict(t *testing.T) {
 		}
 	}
 }
+
+// TestMXFailoverIsNotRetryTooSoon: trying the next MX host right after the
+// first one's greylist deferral is what RFC 5321 §5.1 asks of a relay, not
+// a retry too soon; coming back to an MX host already tried inside the
+// delay is. The timeline names the MX host of each attempt.
+func TestMXFailoverIsNotRetryTooSoon(t *testing.T) {
+	b := newH(100)
+	b.h.GreylistDelay = dur(60)
+	b.h.Timing.RetryMax = dur(60)
+	s := b.submit("m1", 0, bob)
+	mx1, mx2 := "127.0.0.2:2526", "127.0.0.3:2526"
+	b.greylist(1, s, bob)
+	b.h.Journal[len(b.h.Journal)-1].Transaction.MX = mx1
+	b.greylist(1.1, s, bob) // the next MX, same attempt
+	b.h.Journal[len(b.h.Journal)-1].Transaction.MX = mx2
+	b.deliver(62, s, bob)
+	b.h.Journal[len(b.h.Journal)-1].Transaction.MX = mx1
+	f := find(t, Judge(b.h), "m1", bob)
+	want(t, f, Delivered, false, Delivered)
+	for _, mx := range []string{mx1, mx2} {
+		if !hasEntry(f, WhatAttempt, "at MX "+mx) {
+			t.Errorf("no attempt at MX %s on the timeline:\n%s", mx, dumpTimeline(f))
+		}
+	}
+	// Back at MX 1 inside the delay: too soon.
+	b.h.Journal = b.h.Journal[:2]
+	b.greylist(5, s, bob)
+	b.h.Journal[len(b.h.Journal)-1].Transaction.MX = mx1
+	b.deliver(62, s, bob)
+	want(t, find(t, Judge(b.h), "m1", bob), RetryTooSoon, false, Delivered, RetryTooSoon)
+}
