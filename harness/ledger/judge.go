@@ -319,8 +319,15 @@ func (j *judge) judgeTrack(tr *track) Finding {
 	}
 	tl = append(tl, tr.notes...)
 	for _, d := range tr.tries {
-		tl = append(tl, TimelineEntry{At: d.at, What: WhatDSN, Detail: fmt.Sprintf("conn %d: a DSN to the sender %s at %s: %s; it never got through",
-			d.conn, d.verb(), d.stage, fmtReply(&d.reply))})
+		fate := "it never got through"
+		for _, x := range tr.dsns {
+			if x.accepted && x.at.After(d.at) {
+				fate = "a later try got through at " + j.rel(x.at)
+				break
+			}
+		}
+		tl = append(tl, TimelineEntry{At: d.at, What: WhatDSN, Detail: fmt.Sprintf("conn %d: a DSN to the sender %s at %s: %s; %s",
+			d.conn, d.verb(), d.stage, fmtReply(&d.reply), fate)})
 	}
 	tl = append(tl, j.queueEntries(tr, end, resolved.IsZero())...)
 

@@ -619,3 +619,21 @@ func TestMXFailoverIsNotRetryTooSoon(t *testing.T) {
 	b.deliver(62, s, bob)
 	want(t, find(t, Judge(b.h), "m1", bob), RetryTooSoon, false, Delivered, RetryTooSoon)
 }
+
+// TestGreylistedDSNTimeline: a DSN deferred once and then delivered is a
+// bounce; the timeline says the deferred try was followed by one that got
+// through, not that it never did.
+func TestGreylistedDSNTimeline(t *testing.T) {
+	b := newH(100)
+	b.h.Timing.RetryMax = dur(60)
+	b.h.Expect.Messages = []history.Expectation{{Verdict: "bounced"}}
+	s := b.submit("m1", 0, bob)
+	b.reject(1, s, bob, fakemta.Reply{Code: 550, Enhanced: "5.1.1", Text: "No such user"})
+	b.txn(2, "", []fakemta.RcptAttempt{{Addr: s.MailFrom, Attempt: 1, Reply: grey(), Greylist: "deferred"}}, nil, nil)
+	b.bounce(4, s, bob, "failed", "5.1.1")
+	f := find(t, Judge(b.h), "m1", bob)
+	want(t, f, Bounced, false, Bounced)
+	if !hasEntry(f, WhatDSN, "deferred at RCPT") || !hasEntry(f, WhatDSN, "a later try got through at +4.000s") || hasEntry(f, WhatDSN, "never got through") {
+		t.Errorf("timeline of a greylisted DSN:%s", dumpTimeline(f))
+	}
+}
