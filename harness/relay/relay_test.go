@@ -235,17 +235,21 @@ type sink struct {
 	delivered map[string]int // X-Greyharness-Id -> deliveries
 }
 
-func startSink(t *testing.T, addr string) *sink {
+// startSink listens on every addr (a profile's next_hop list: all its MX
+// hosts answer alike).
+func startSink(t *testing.T, addrs ...string) *sink {
 	s := &sink{deferred: map[string]int{}, delivered: map[string]int{}}
 	s.srv = smtp.NewServer(smtp.BackendFunc(func(c *smtp.Conn) (smtp.Session, error) { return &sinkSession{s: s}, nil }))
 	s.srv.Domain = "sink.greyharness.test"
 	s.srv.ReadTimeout = 30 * time.Second
 	s.srv.WriteTimeout = 30 * time.Second
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
+	for _, addr := range addrs {
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		go s.srv.Serve(ln)
 	}
-	go s.srv.Serve(ln)
 	t.Cleanup(func() { s.srv.Close() })
 	return s
 }
@@ -384,7 +388,7 @@ func testRealRelay(t *testing.T, name string) {
 		}
 	}()
 
-	sk := startSink(t, p.NextHop[0])
+	sk := startSink(t, p.NextHop...)
 
 	step := time.Now()
 	if err := c.Setup(ctx); err != nil {
