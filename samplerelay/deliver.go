@@ -71,7 +71,8 @@ func (r *relay) deliver(env *envelope, due []string) {
 
 // transact makes one delivery attempt: the MX hosts in order, each with
 // the recipients the ones before it deferred (4xx or no answer); a 2xx or
-// 5xx is final. A recipient's outcome is the last MX's.
+// 5xx is final. A recipient's outcome is the last reply an MX gave it (a
+// later MX that does not answer leaves an earlier 4xx in place).
 func (r *relay) transact(sender string, rcpts []string, body []byte) map[string]outcome {
 	res := map[string]outcome{}
 	todo := rcpts
@@ -86,6 +87,9 @@ func (r *relay) transact(sender string, rcpts []string, body []byte) map[string]
 			o, ok := out[a]
 			if !ok || contains(again, a) {
 				continue
+			}
+			if prev, tried := res[a]; tried && o.class == 0 && prev.class == 4 {
+				o = prev // an MX's reply says more than the next one's silence
 			}
 			res[a] = o
 			if o.class == 4 || o.class == 0 {

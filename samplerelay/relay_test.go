@@ -650,3 +650,22 @@ func TestNextHopFlagList(t *testing.T) {
 		t.Fatalf("--next-hop list %q", h.String())
 	}
 }
+
+// TestMXFailoverKeepsTheReply: when the next MX does not answer, the
+// recipient keeps the last reply an MX gave (451 4.7.1), not the
+// connection error: a greylisting stays a greylisting.
+func TestMXFailoverKeepsTheReply(t *testing.T) {
+	t.Parallel()
+	s := newSink(t)
+	s.script(tempfailAlways, nil)
+	cfg := fastCfg(s, t.TempDir())
+	cfg.NextHop = []string{s.addr, deadAddr(t)}
+	cfg.MinBackoff, cfg.MaxBackoff = 20*time.Second, 20*time.Second
+	r := startRelay(t, cfg)
+	m := submit(t, r.addr, "alice@sender.test", "bob@rcpt.test")
+	waitRcpt(t, s.rcpts, 3*time.Second, func(e rcptEvent) bool { return e.Code == 451 })
+	eventually(t, 3*time.Second, "listed as greylisted", func() bool {
+		e := findEntry(listing(t, cfg.QueueDir), m)
+		return e != nil && strings.HasPrefix(e.Reason, "451 4.7.1")
+	})
+}

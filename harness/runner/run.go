@@ -14,6 +14,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -163,7 +164,7 @@ func (r *Run) startFake(wipe bool) error {
 		return nil
 	}
 	srv, err := fakemta.New(fakemta.Config{
-		Listen: r.opt.Profile.NextHop, Policy: r.currentPolicy(), StateDir: r.stateDir, WipeState: wipe,
+		Listen: mxListeners(r.opt.Profile, r.sc, r.policy), Policy: r.currentPolicy(), StateDir: r.stateDir, WipeState: wipe,
 		TLS: r.opt.TLS, ReadTimeout: 2 * time.Minute, Logf: func(string, ...any) {},
 	})
 	if err != nil {
@@ -186,6 +187,20 @@ func (r *Run) startFake(wipe bool) error {
 	r.fake, r.sub, r.subD = srv, cancel, done
 	r.mu.Unlock()
 	return nil
+}
+
+// mxListeners is where the in-process fake MTA listens: every next hop of
+// the profile (MX 1, 2, …) when the scenario works with several MX hosts
+// (its policy has mx, or it needs multi-mx), else the first only. A relay
+// that tries its next MX after a 4xx then meets a closed port and must
+// retry later, as with one next hop: each scenario keeps the meaning it
+// was written with (a fault on attempt 1 is not undone by attempt 2 at
+// the backup MX a moment later).
+func mxListeners(p *profile.Profile, sc *scenarios.Scenario, pol *fakemta.Policy) []string {
+	if len(p.NextHop) <= 1 || (pol != nil && pol.MX != nil) || slices.Contains(sc.Needs(), profile.CapMultiMX) {
+		return p.NextHop
+	}
+	return p.NextHop[:1]
 }
 
 func (r *Run) currentPolicy() *fakemta.Policy {
