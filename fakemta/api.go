@@ -639,6 +639,7 @@ type MatchDoc struct {
 	Stage      Stage  `json:"stage,omitempty"`
 	Attempt    string `json:"attempt,omitempty"`
 	Connection string `json:"connection,omitempty"`
+	MX         string `json:"mx,omitempty"`
 	Client     string `json:"client,omitempty"`
 	Helo       string `json:"helo,omitempty"`
 	Sender     string `json:"sender,omitempty"`
@@ -667,7 +668,7 @@ func PolicyDocument(p *Policy) PolicyDoc {
 	for _, r := range p.Rules {
 		m := r.Match
 		rd := RuleDoc{Match: MatchDoc{Stage: m.Stage, Client: m.Client, Helo: m.Helo, Sender: m.Sender, Rcpt: m.Rcpt,
-			Attempt: rangeString(m.Attempt), Connection: rangeString(m.Connection)}}
+			Attempt: rangeString(m.Attempt), Connection: rangeString(m.Connection), MX: rangeString(m.MX)}}
 		if m.After > 0 {
 			rd.Match.After = m.After.String()
 		}

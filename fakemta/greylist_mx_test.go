@@ -130,3 +130,76 @@ func TestCLIListensOnThePolicysMXHosts(t *testing.T) {
 		}
 	}
 }
+
+// TestRuleMatchesMX: `match.mx` picks the listener by its ordinal, so a
+// scenario can make the first MX defer while the second answers, whatever
+// addresses the relay profile gives them.
+func TestRuleMatchesMX(t *testing.T) {
+	pol := parseTestPolicy(t, "rules:\n  - match: {stage: rcpt, mx: 1}\n    reply: \"451 4.3.2 Primary MX busy\"\n  - match: {stage: rcpt, mx: \"3-\"}\n    reply: \"550 5.7.1 no\"\n")
+	s, err := New(Config{Policy: pol, Logf: t.Logf, ReadTimeout: 10 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var addrs []string
+	for _, host := range []string{"127.0.0.2:0", "127.0.0.3:0", "127.0.0.4:0"} {
+		l, err := net.Listen("tcp", host)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.Serve(l)
+		addrs = append(addrs, l.Addr().String())
+	}
+	t.Cleanup(func() { s.Close() })
+	for i, want := range []int{451, 0, 550} {
+		if code, err := deliver(t, addrs[i], flavorBase); code != want {
+			t.Errorf("MX %d (%s): got %d %v, want %d", i+1, addrs[i], code, err, want)
+		}
+	}
+	doc := PolicyDocument(s.Policy())
+	if doc.Rules[0].Match.MX != "1" || doc.Rules[1].Match.MX != "3-" {
+		t.Errorf("policy document's mx: %+v", doc.Rules)
+	}
+}
+
+func TestRuleMXBadValue(t *testing.T) {
+	_, err := ParsePolicy("p.yaml", []byte("rules:\n  - match: {mx: zero}\n    accept: true\n"))
+	if err == nil || !strings.Contains(err.Error(), "p.yaml:2:17: mx:") {
+		t.Fatalf("got %v, want a p.yaml:2:17 mx error", err)
+	}
+}
+
+// TestUnlistenClosesAnMXHost: an MX host added after Start (ListenMore)
+// and taken away again (Unlisten) refuses connections, and listened on
+// again it is MX 2 once more, its rules with it.
+func TestUnlistenClosesAnMXHost(t *testing.T) {
+	pol := parseTestPolicy(t, "rules:\n  - match: {stage: rcpt, mx: 2}\n    reply: \"451 4.3.2 Backup MX busy\"\n")
+	s, err := New(Config{Listen: []string{"127.0.0.2:0"}, Policy: pol, Logf: t.Logf, ReadTimeout: 10 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	for round := range 2 {
+		if err := s.ListenMore([]string{"127.0.0.3:0"}); err != nil {
+			t.Fatal(err)
+		}
+		as := s.Addrs()
+		if len(as) != 2 {
+			t.Fatalf("round %d: listeners %v, want two", round, as)
+		}
+		mx2 := as[1].String()
+		if code, err := deliver(t, mx2, flavorBase); code != 451 {
+			t.Fatalf("round %d: at MX 2 %s: %d %v, want the mx: 2 rule's 451", round, mx2, code, err)
+		}
+		s.Unlisten([]string{"127.0.0.3:0", "127.0.0.2:0"}) // MX 1 was configured: it stays
+		if c, err := net.Dial("tcp", mx2); err == nil {
+			c.Close()
+			t.Fatalf("round %d: %s still answers after Unlisten", round, mx2)
+		}
+		if code, err := deliver(t, s.Addr(), flavorBase); code != 0 {
+			t.Fatalf("round %d: MX 1: %d %v", round, code, err)
+		}
+	}
+}

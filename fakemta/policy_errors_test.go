@@ -12,7 +12,7 @@ func TestPolicyErrorsArePositioned(t *testing.T) {
 		{"unknown key", "rules:\n  - match: {stage: rcpt}\n    reply: \"451 4.7.1 x\"\n    colour: red\n",
 			`p.yaml:4:5: unknown key "colour" in rule (known: match, reply, drop, close, delay, tls, accept)`},
 		{"unknown match key", "rules:\n  - match: {stage: rcpt, recipient: x}\n    drop: true\n",
-			`p.yaml:2:26: unknown key "recipient" in match (known: stage, attempt, connection, client, helo, sender, rcpt, after, before)`},
+			`p.yaml:2:26: unknown key "recipient" in match (known: stage, attempt, connection, mx, client, helo, sender, rcpt, after, before)`},
 		{"bad stage", "rules:\n  - match: {stage: rcpts}\n    reply: \"451 x\"\n",
 			`p.yaml:2:20: unknown stage "rcpts" (connect, helo, starttls, mail, rcpt, data, eod, quit)`},
 		{"bad reply code", "rules:\n  - match: {stage: rcpt}\n    reply: \"651 x\"\n",

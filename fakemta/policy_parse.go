@@ -360,7 +360,7 @@ func (p *policyParser) rule(n *yaml.Node) (Rule, bool) {
 
 func (p *policyParser) match(n *yaml.Node) Match {
 	var m Match
-	p.mapping(n, "match", []string{"stage", "attempt", "connection", "client", "helo", "sender", "rcpt", "after", "before"}, func(key string, k, v *yaml.Node) {
+	p.mapping(n, "match", []string{"stage", "attempt", "connection", "mx", "client", "helo", "sender", "rcpt", "after", "before"}, func(key string, k, v *yaml.Node) {
 		switch key {
 		case "stage":
 			switch s := Stage(v.Value); s {
@@ -369,16 +369,19 @@ func (p *policyParser) match(n *yaml.Node) Match {
 			default:
 				p.errorf(v, "unknown stage %q (connect, helo, starttls, mail, rcpt, data, eod, quit)", v.Value)
 			}
-		case "attempt", "connection":
+		case "attempt", "connection", "mx":
 			r, err := ParseIntRange(v.Value)
 			if err != nil {
 				p.errorf(v, "%s: %v", key, err)
 				return
 			}
-			if key == "attempt" {
+			switch key {
+			case "attempt":
 				m.Attempt = &r
-			} else {
+			case "connection":
 				m.Connection = &r
+			default:
+				m.MX = &r
 			}
 		case "client":
 			if _, err := parseClientMatch(v.Value); err != nil {

@@ -55,15 +55,18 @@ type Greylist struct {
 
 // Match selects when a rule applies; every set field must match.
 type Match struct {
-	Stage      Stage         `json:"stage,omitempty"`
-	Attempt    *IntRange     `json:"attempt,omitempty"`    // this recipient's attempt number
-	Connection *IntRange     `json:"connection,omitempty"` // server connection number
-	Client     string        `json:"client,omitempty"`     // address or CIDR
-	Helo       string        `json:"helo,omitempty"`       // glob
-	Sender     string        `json:"sender,omitempty"`     // glob
-	Rcpt       string        `json:"rcpt,omitempty"`       // glob
-	After      time.Duration `json:"after,omitempty"`      // time since the fake MTA started
-	Before     time.Duration `json:"before,omitempty"`
+	Stage      Stage     `json:"stage,omitempty"`
+	Attempt    *IntRange `json:"attempt,omitempty"`    // this recipient's attempt number
+	Connection *IntRange `json:"connection,omitempty"` // server connection number
+	// MX is the listener's ordinal (from 1, in listen order): which MX
+	// host the client reached, whatever its address and port.
+	MX     *IntRange     `json:"mx,omitempty"`
+	Client string        `json:"client,omitempty"` // address or CIDR
+	Helo   string        `json:"helo,omitempty"`   // glob
+	Sender string        `json:"sender,omitempty"` // glob
+	Rcpt   string        `json:"rcpt,omitempty"`   // glob
+	After  time.Duration `json:"after,omitempty"`  // time since the fake MTA started
+	Before time.Duration `json:"before,omitempty"`
 }
 
 // IntRange is an inclusive range "3", "1-3" or "4-" (open end: Max 0).

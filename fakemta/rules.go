@@ -13,6 +13,7 @@ type matchCtx struct {
 	scope  *tenant
 	stage  Stage
 	conn   uint64
+	mx     int    // the listener's ordinal, from 1
 	client string // ip:port
 	helo   string
 	sender string
@@ -52,6 +53,9 @@ func ruleMatches(mt *Match, m *matchCtx) bool {
 		return false
 	}
 	if mt.Connection != nil && !mt.Connection.Contains(int(m.conn)) {
+		return false
+	}
+	if mt.MX != nil && !mt.MX.Contains(m.mx) {
 		return false
 	}
 	if mt.Client != "" && !clientMatches(mt.Client, m.client) {

@@ -14,6 +14,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -93,6 +94,7 @@ type Server struct {
 	serving   bool            // Start has run: tenants' MX hosts are listened on at once
 	listening map[string]bool // configured addresses listened on
 	listeners []net.Listener
+	added     map[string]net.Listener // listened on after Start (ListenMore, a tenant's MX hosts)
 	conns     map[*conn]struct{}
 	closed    bool
 	serveWG   sync.WaitGroup
@@ -140,7 +142,7 @@ func New(cfg Config) (*Server, error) {
 			return nil, err
 		}
 	}
-	s := &Server{cfg: cfg, grey: newGreylistState(), conns: map[*conn]struct{}{}, metrics: NewMetrics(), listening: map[string]bool{}}
+	s := &Server{cfg: cfg, grey: newGreylistState(), conns: map[*conn]struct{}{}, metrics: NewMetrics(), listening: map[string]bool{}, added: map[string]net.Listener{}}
 	s.ten = tenants{byName: map[string]*tenant{}, replayed: map[string]bool{}}
 	s.store = memStore{s.grey}
 	if cfg.GreylistStore != "" {
@@ -296,8 +298,48 @@ func (s *Server) listen(addr string) error {
 		s.mu.Unlock()
 		return err
 	}
+	s.mu.Lock()
+	s.added[addr] = l
+	s.mu.Unlock()
 	s.Serve(l)
 	return nil
+}
+
+// ListenMore listens on the addresses of addrs not listened on yet, once
+// the server has started: more MX hosts, each the next ordinal (match
+// key mx). Before Start it does nothing.
+func (s *Server) ListenMore(addrs []string) error { return s.listenMore(addrs) }
+
+// Unlisten stops listening on addrs (added by ListenMore or a tenant's MX
+// hosts; others are left alone) and cuts the connections accepted there:
+// those MX hosts go away, and a client meets a closed port. The next
+// address listened on takes the ordinal after the last listener left.
+func (s *Server) Unlisten(addrs []string) {
+	s.mu.Lock()
+	gone := map[string]net.Listener{}
+	for _, a := range addrs {
+		l := s.added[a]
+		if l == nil {
+			continue
+		}
+		delete(s.added, a)
+		delete(s.listening, a)
+		s.listeners = slices.DeleteFunc(s.listeners, func(x net.Listener) bool { return x == l })
+		gone[l.Addr().String()] = l
+	}
+	var cut []*conn
+	for c := range s.conns {
+		if gone[c.local] != nil {
+			cut = append(cut, c)
+		}
+	}
+	s.mu.Unlock()
+	for _, l := range gone {
+		l.Close()
+	}
+	for _, c := range cut {
+		c.Close()
+	}
 }
 
 // Serve serves l in the background (tests pass a 127.0.0.1:0 listener).
@@ -309,11 +351,12 @@ func (s *Server) Serve(l net.Listener) {
 		return
 	}
 	s.listeners = append(s.listeners, l)
+	mx := len(s.listeners)
 	s.serveWG.Add(1) // under mu, so Close's Wait cannot start before it
 	s.mu.Unlock()
 	go func() {
 		defer s.serveWG.Done()
-		s.smtp.Serve(&tapListener{Listener: l, srv: s})
+		s.smtp.Serve(&tapListener{Listener: l, srv: s, mx: mx})
 	}()
 }
 
@@ -539,6 +582,7 @@ func (s *Server) track(c *conn, on bool) bool {
 type tapListener struct {
 	net.Listener
 	srv *Server
+	mx  int // ordinal among the server's listeners, from 1
 }
 
 func (l *tapListener) Accept() (net.Conn, error) {
@@ -547,7 +591,7 @@ func (l *tapListener) Accept() (net.Conn, error) {
 		if err != nil {
 			return nil, err
 		}
-		c := l.srv.newConn(nc, l.Listener.Addr().String())
+		c := l.srv.newConn(nc, l.Listener.Addr().String(), l.mx)
 		if c == nil {
 			continue // dropped at connect by policy
 		}

@@ -31,6 +31,7 @@ type conn struct {
 	cur    net.Conn // raw, or the TLS connection after STARTTLS
 	client string
 	local  string
+	mx     int // the listener's ordinal, from 1 (match key mx)
 	tls    bool
 	helo   string
 	sess   *session
@@ -94,8 +95,8 @@ type override struct {
 	tlsFail    bool // ... and make it fail
 }
 
-func (s *Server) newConn(nc net.Conn, local string) *conn {
-	c := &conn{srv: s, id: s.connSeq.Add(1), raw: nc, cur: nc, client: nc.RemoteAddr().String(), local: local,
+func (s *Server) newConn(nc net.Conn, local string, mx int) *conn {
+	c := &conn{srv: s, id: s.connSeq.Add(1), raw: nc, cur: nc, client: nc.RemoteAddr().String(), local: local, mx: mx,
 		closed: make(chan struct{})}
 	if !s.track(c, true) {
 		nc.Close()
@@ -174,7 +175,7 @@ func (c *conn) readMore() (int, error) {
 // t's label, t's connection number and t's clock.
 func (c *conn) matchCtx(stage Stage, t *tenant) matchCtx {
 	t = c.srv.scope(t)
-	m := matchCtx{scope: t, stage: stage, conn: c.number(t), client: c.client, helo: c.helo, elapsed: c.srv.cfg.Now().Sub(t.started)}
+	m := matchCtx{scope: t, stage: stage, conn: c.number(t), mx: c.mx, client: c.client, helo: c.helo, elapsed: c.srv.cfg.Now().Sub(t.started)}
 	if c.sess != nil && c.sess.tx != nil {
 		m.sender = strip(t, c.sess.tx.MailFrom)
 		for _, r := range c.sess.tx.Rcpts {

@@ -45,6 +45,9 @@ var bugZoo = []bugCase{
 	{samplerelay.BugResendAcceptedRcpts, "greylist-multi-recipient", ledger.Duplicate, true},
 	{samplerelay.BugNoDSNOnExpiry, "expiry-bounce", ledger.Lost, true},
 	{samplerelay.BugDSNToNullSender, "expiry-bounce", ledger.BadDSN, true},
+	// The primary MX defers every retry and the bug never tries the backup:
+	// neither the message nor, at the queue lifetime, its DSN gets through.
+	{samplerelay.BugNoMXFailover, "multi-mx-split-state", ledger.Lost, true},
 }
 
 // quietScenario must pass whatever the bug: a relay bug that makes the

@@ -45,11 +45,17 @@ func SampleProfile(bin, spec, workDir string, env map[string]string) (*profile.P
 	if err != nil {
 		return nil, err
 	}
-	ports, err := freePorts(2)
+	ports, err := freePorts(1)
 	if err != nil {
 		return nil, err
 	}
-	submit, next := fmt.Sprintf("127.0.0.1:%d", ports[0]), fmt.Sprintf("127.0.0.1:%d", ports[1])
+	submit := fmt.Sprintf("127.0.0.1:%d", ports[0])
+	// Two MX hosts on one port, as a site's MX records would list them:
+	// the fake MTA listens on both (MX 1 and 2), the relay tries them in order.
+	next, err := freeMXPair(sampleMXHosts)
+	if err != nil {
+		return nil, err
+	}
 	queue := filepath.Join(workDir, "queue")
 	if err := os.MkdirAll(queue, 0o755); err != nil {
 		return nil, err
@@ -70,10 +76,10 @@ func SampleProfile(bin, spec, workDir string, env map[string]string) (*profile.P
 		Name:        name,
 		Submit:      profile.Submit{Addr: submit, Helo: "harness.greyharness.test"},
 		QueueFormat: profile.QueueSample,
-		NextHop:     []string{next},
+		NextHop:     next,
 		Commands: profile.Commands{
 			Start: fmt.Sprintf(`exec "$GREYHARNESS_BIN" sample-relay serve --listen %s --next-hop %s --queue %s --min-backoff %s --max-backoff %s --queue-lifetime %s --delay-warning %s --double-restart-window %s %s`,
-				submit, next, queue, sampleMinBackoff, sampleMaxBackoff, sampleQueueLifetime, sampleDelayWarning, sampleDoubleRestartWindow, strings.Join(bugFlags, " ")),
+				submit, strings.Join(next, ","), queue, sampleMinBackoff, sampleMaxBackoff, sampleQueueLifetime, sampleDelayWarning, sampleDoubleRestartWindow, strings.Join(bugFlags, " ")),
 			StartForeground: true,
 			Ready:           fmt.Sprintf(`"$GREYHARNESS_BIN" probe %s`, submit),
 			Queue:           fmt.Sprintf(`"$GREYHARNESS_BIN" sample-relay queue --queue %s`, queue),
@@ -89,6 +95,39 @@ func SampleProfile(bin, spec, workDir string, env map[string]string) (*profile.P
 		Dir: workDir,
 	}
 	return p, nil
+}
+
+// sampleMXHosts are the sample profile's MX hosts (all of 127.0.0.0/8 is loopback).
+var sampleMXHosts = []string{"127.0.0.2", "127.0.0.3"}
+
+// freeMXPair finds one port free on every host and returns host:port for each.
+func freeMXPair(hosts []string) ([]string, error) {
+	var lastErr error
+	for range 20 {
+		first, err := net.Listen("tcp", net.JoinHostPort(hosts[0], "0"))
+		if err != nil {
+			return nil, err
+		}
+		port := fmt.Sprint(first.Addr().(*net.TCPAddr).Port)
+		ls := []net.Listener{first}
+		out := []string{first.Addr().String()}
+		for _, h := range hosts[1:] {
+			l, err := net.Listen("tcp", net.JoinHostPort(h, port))
+			if err != nil {
+				lastErr = err
+				break
+			}
+			ls = append(ls, l)
+			out = append(out, l.Addr().String())
+		}
+		for _, l := range ls {
+			l.Close()
+		}
+		if len(out) == len(hosts) {
+			return out, nil
+		}
+	}
+	return nil, fmt.Errorf("no port free on all of %v: %w", hosts, lastErr)
 }
 
 // freePorts asks the kernel for n free loopback ports.

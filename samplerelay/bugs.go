@@ -44,13 +44,17 @@ const (
 	// BugDSNToNullSender writes DSNs about null-sender messages (to <>) and
 	// leaves the original headers out of failure DSNs.
 	BugDSNToNullSender Bug = "dsn-to-null-sender"
+	// BugNoMXFailover stops at the first MX host: a 4xx there defers the
+	// recipients without trying the next MX, so a primary MX that keeps
+	// deferring keeps the mail from a backup MX that would take it.
+	BugNoMXFailover Bug = "no-mx-failover"
 )
 
 // AllBugs lists every bug, in documentation order.
 var AllBugs = []Bug{
 	BugKB950757, BugDropOn4xx, BugBounceOn4xx, BugNoRetry, BugStallVisible,
 	BugHammer, BugLoseQueueOnRestart, BugRedeliverAfterRestart,
-	BugResendAcceptedRcpts, BugNoDSNOnExpiry, BugDSNToNullSender,
+	BugResendAcceptedRcpts, BugNoDSNOnExpiry, BugDSNToNullSender, BugNoMXFailover,
 }
 
 func validBugNames() string {

@@ -295,3 +295,19 @@ func TestBugDSNToNullSender(t *testing.T) {
 		t.Fatalf("DSN still names the original message:\n%s", body)
 	}
 }
+
+func TestBugNoMXFailover(t *testing.T) {
+	t.Parallel()
+	s1, s2 := newSink(t), newSink(t)
+	s1.script(tempfailAlways, nil)
+	cfg := fastCfg(s1, t.TempDir())
+	cfg.NextHop = []string{s1.addr, s2.addr}
+	cfg.Bugs = []Bug{BugNoMXFailover}
+	r := startRelay(t, cfg)
+	submit(t, r.addr, "alice@sender.test", "bob@rcpt.test")
+	// Several attempts at the first MX, each stopping there.
+	for range 3 {
+		waitRcpt(t, s1.rcpts, 3*time.Second, func(e rcptEvent) bool { return e.Code == 451 })
+	}
+	expectNoRcpt(t, s2.rcpts, 200*time.Millisecond, "the second MX")
+}

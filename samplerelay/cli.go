@@ -89,7 +89,7 @@ func mainServe(args []string, stdout, stderr io.Writer) int {
 	fs := newFlagSet("serve", stderr)
 	var cfg Config
 	fs.StringVar(&cfg.Listen, "listen", "", "SMTP listen address (host:port)")
-	fs.StringVar(&cfg.NextHop, "next-hop", "", "next hop address (host:port) for all mail and DSNs")
+	fs.Var((*hopList)(&cfg.NextHop), "next-hop", "next hop address (host:port) for all mail and DSNs; repeatable, or a comma list: MX hosts tried in order")
 	fs.StringVar(&cfg.QueueDir, "queue", "", "queue directory")
 	fs.StringVar(&cfg.Hostname, "hostname", DefaultHostname, "host name (EHLO, Reporting-MTA)")
 	fs.DurationVar(&cfg.MinBackoff, "min-backoff", DefaultMinBackoff, "first retry delay")
@@ -121,7 +121,7 @@ func mainServe(args []string, stdout, stderr io.Writer) int {
 	if cfg.DelayWarning == 0 {
 		cfg.DelayWarning = -1 // explicit 0 on the command line: disabled
 	}
-	for _, a := range []string{cfg.Listen, cfg.NextHop} {
+	for _, a := range append([]string{cfg.Listen}, cfg.NextHop...) {
 		if _, _, err := net.SplitHostPort(a); err != nil {
 			fmt.Fprintf(stderr, "%s: bad address %q: %v\n", fs.Name(), a, err)
 			return 2
@@ -212,4 +212,18 @@ func Flush(dir string, timeout time.Duration) error {
 		}
 		<-t.C
 	}
+}
+
+// hopList is --next-hop: repeatable, each a host:port or a comma list.
+type hopList []string
+
+func (h *hopList) String() string { return strings.Join(*h, ",") }
+
+func (h *hopList) Set(v string) error {
+	for _, a := range strings.Split(v, ",") {
+		if a = strings.TrimSpace(a); a != "" {
+			*h = append(*h, a)
+		}
+	}
+	return nil
 }

@@ -69,8 +69,46 @@ func (r *relay) deliver(env *envelope, due []string) {
 	r.apply(env.ID, res, time.Now())
 }
 
-// transact runs one SMTP transaction to the next hop with all rcpts.
+// transact makes one delivery attempt: the MX hosts in order, each with
+// the recipients the ones before it deferred (4xx or no answer); a 2xx or
+// 5xx is final. A recipient's outcome is the last reply an MX gave it (a
+// later MX that does not answer leaves an earlier 4xx in place).
 func (r *relay) transact(sender string, rcpts []string, body []byte) map[string]outcome {
+	res := map[string]outcome{}
+	todo := rcpts
+	hops := r.cfg.NextHop
+	if r.bugs[BugNoMXFailover] {
+		hops = hops[:1] // the bug: the first MX's 4xx is the attempt's end
+	}
+	for i, hop := range hops {
+		out := r.transactHop(hop, sender, todo, body)
+		var again []string
+		for _, a := range todo {
+			o, ok := out[a]
+			if !ok || contains(again, a) {
+				continue
+			}
+			if prev, tried := res[a]; tried && o.class == 0 && prev.class == 4 {
+				o = prev // an MX's reply says more than the next one's silence
+			}
+			res[a] = o
+			if o.class == 4 || o.class == 0 {
+				again = append(again, a)
+			}
+		}
+		if len(again) == 0 {
+			break
+		}
+		if i+1 < len(hops) {
+			r.logf("MX %s deferred %v (%s): trying %s", hop, again, out[again[0]].text(), hops[i+1])
+		}
+		todo = again
+	}
+	return res
+}
+
+// transactHop runs one SMTP transaction to the MX host hop with all rcpts.
+func (r *relay) transactHop(hop, sender string, rcpts []string, body []byte) map[string]outcome {
 	res := map[string]outcome{}
 	all := func(o outcome, addrs []string) map[string]outcome {
 		for _, a := range addrs {
@@ -81,9 +119,9 @@ func (r *relay) transact(sender string, rcpts []string, body []byte) map[string]
 		return res
 	}
 	d := net.Dialer{Timeout: 10 * time.Second}
-	conn, err := d.DialContext(r.ctx, "tcp", r.cfg.NextHop)
+	conn, err := d.DialContext(r.ctx, "tcp", hop)
 	if err != nil {
-		return all(errOutcome(err, "connect to "+r.cfg.NextHop), rcpts)
+		return all(errOutcome(err, "connect to "+hop), rcpts)
 	}
 	stop := context.AfterFunc(r.ctx, func() { conn.Close() })
 	defer stop()

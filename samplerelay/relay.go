@@ -39,8 +39,11 @@ const (
 
 // Config configures a sample relay.
 type Config struct {
-	Listen   string // SMTP listen address, host:port (port 0 picks one; see Ready)
-	NextHop  string // host:port every message (and every DSN) is relayed to
+	Listen string // SMTP listen address, host:port (port 0 picks one; see Ready)
+	// NextHop lists the MX hosts (host:port) every message and every DSN
+	// is relayed to, in order: a 4xx or a connection failure at one sends
+	// the recipients on to the next in the same attempt (RFC 5321 §5.1).
+	NextHop  []string
 	QueueDir string // the disk queue; created if missing
 	Hostname string // EHLO name, Reporting-MTA; default DefaultHostname
 	Bugs     []Bug  // deliberate defects; none by default
@@ -64,7 +67,7 @@ func (c *Config) setDefaults() error {
 	if c.Listen == "" {
 		return errors.New("samplerelay: Listen is required")
 	}
-	if c.NextHop == "" {
+	if len(c.NextHop) == 0 {
 		return errors.New("samplerelay: NextHop is required")
 	}
 	if c.QueueDir == "" {
@@ -160,7 +163,7 @@ func Run(ctx context.Context, cfg Config) error {
 		defer close(serveDone)
 		_ = srv.Serve(tl)
 	}()
-	r.logf("listening on %s, next hop %s, queue %s, bugs %v", ln.Addr(), cfg.NextHop, cfg.QueueDir, cfg.Bugs)
+	r.logf("listening on %s, next hops %v, queue %s, bugs %v", ln.Addr(), cfg.NextHop, cfg.QueueDir, cfg.Bugs)
 	if cfg.Ready != nil {
 		cfg.Ready(ln.Addr())
 	}

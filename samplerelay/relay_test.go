@@ -262,7 +262,7 @@ func submitDeferred(t *testing.T, s *sink, r *testRelay) sentMsg {
 
 func fastCfg(s *sink, dir string) Config {
 	return Config{
-		NextHop:       s.addr,
+		NextHop:       []string{s.addr},
 		QueueDir:      dir,
 		MinBackoff:    200 * time.Millisecond,
 		MaxBackoff:    400 * time.Millisecond,
@@ -589,4 +589,87 @@ func TestMainUsageErrors(t *testing.T) {
 	if code := Main([]string{"queue", "--queue", dir}, &out, &errb); code != 0 || strings.TrimSpace(out.String()) != "[]" {
 		t.Fatalf("empty queue listing: exit %d, %q %q", code, out.String(), errb.String())
 	}
+}
+
+// TestMXFailover: a 4xx (at RCPT or after the final dot) or a connection
+// failure at one MX sends the recipients to the next MX in the same attempt;
+// a 5xx is final and the next MX is not asked.
+func TestMXFailover(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name string
+		mx1  func(s *sink) string // scripts MX 1, returns its address
+	}{
+		{"4xx at RCPT", func(s *sink) string { s.script(tempfailAlways, nil); return s.addr }},
+		{"4xx after the final dot", func(s *sink) string {
+			s.script(nil, func(string, []string, int) sinkAction { return sinkTempEOD })
+			return s.addr
+		}},
+		{"connection refused", func(*sink) string { return deadAddr(t) }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			s1, s2 := newSink(t), newSink(t)
+			cfg := fastCfg(s1, t.TempDir())
+			cfg.NextHop = []string{tc.mx1(s1), s2.addr}
+			cfg.MinBackoff, cfg.MaxBackoff = 20*time.Second, 20*time.Second // no retry inside the test: only failover can deliver
+			r := startRelay(t, cfg)
+			submit(t, r.addr, "alice@sender.test", "bob@rcpt.test")
+			waitDelivery(t, s2.deliveries, 5*time.Second, "delivery at the second MX", toRcpt("bob@rcpt.test"))
+			eventually(t, 2*time.Second, "queue empty", func() bool { return len(listing(t, cfg.QueueDir)) == 0 })
+		})
+	}
+	t.Run("5xx is final", func(t *testing.T) {
+		t.Parallel()
+		s1, s2 := newSink(t), newSink(t)
+		s1.script(rejectNobody, nil)
+		cfg := fastCfg(s1, t.TempDir())
+		cfg.NextHop = []string{s1.addr, s2.addr}
+		r := startRelay(t, cfg)
+		submit(t, r.addr, "alice@sender.test", "nobody@rcpt.test")
+		waitDelivery(t, s1.deliveries, 5*time.Second, "the failure DSN (at the first MX)", isDSNTo("alice@sender.test"))
+		expectNoRcpt(t, s2.rcpts, 500*time.Millisecond, "the second MX after a 5xx")
+	})
+}
+
+// deadAddr is a loopback address nothing listens on.
+func deadAddr(t *testing.T) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := l.Addr().String()
+	l.Close()
+	return a
+}
+
+func TestNextHopFlagList(t *testing.T) {
+	var h hopList
+	for _, v := range []string{"127.0.0.2:25", "127.0.0.3:25, 127.0.0.4:25"} {
+		if err := h.Set(v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if h.String() != "127.0.0.2:25,127.0.0.3:25,127.0.0.4:25" {
+		t.Fatalf("--next-hop list %q", h.String())
+	}
+}
+
+// TestMXFailoverKeepsTheReply: when the next MX does not answer, the
+// recipient keeps the last reply an MX gave (451 4.7.1), not the
+// connection error: a greylisting stays a greylisting.
+func TestMXFailoverKeepsTheReply(t *testing.T) {
+	t.Parallel()
+	s := newSink(t)
+	s.script(tempfailAlways, nil)
+	cfg := fastCfg(s, t.TempDir())
+	cfg.NextHop = []string{s.addr, deadAddr(t)}
+	cfg.MinBackoff, cfg.MaxBackoff = 20*time.Second, 20*time.Second
+	r := startRelay(t, cfg)
+	m := submit(t, r.addr, "alice@sender.test", "bob@rcpt.test")
+	waitRcpt(t, s.rcpts, 3*time.Second, func(e rcptEvent) bool { return e.Code == 451 })
+	eventually(t, 3*time.Second, "listed as greylisted", func() bool {
+		e := findEntry(listing(t, cfg.QueueDir), m)
+		return e != nil && strings.HasPrefix(e.Reason, "451 4.7.1")
+	})
 }

@@ -52,7 +52,7 @@ var (
 	Verdicts = []string{"delivered", "bounced", "delayed-notice", "held-silently", "stalled", "lost",
 		"duplicate", "stale", "premature-bounce", "retry-too-soon", "bad-dsn"}
 	// Capabilities are the names `needs` accepts (profile.Capability values).
-	Capabilities = []string{"restart", "stop", "queue", "flush", "fakemta-control", "delay-warning"}
+	Capabilities = []string{"restart", "stop", "queue", "flush", "fakemta-control", "delay-warning", "multi-mx"}
 )
 
 var (

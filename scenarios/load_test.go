@@ -242,7 +242,7 @@ func TestLoadErrors(t *testing.T) {
 		{"empty steps", "name: x\nsteps: []\n", []at{{2, "[]", "steps must be a non-empty list, got a list"}}},
 		{"no send", "name: x\nsteps:\n  - flush: true\n", []at{{2, "steps", "scenario has no send step: there is nothing to judge"}}},
 		{"unknown need", "name: x\nneeds: [restart, teleport]\n" + okSteps, []at{{2, "teleport",
-			`needs entry must be one of restart, stop, queue, flush, fakemta-control, delay-warning, got "teleport"`}}},
+			`needs entry must be one of restart, stop, queue, flush, fakemta-control, delay-warning, multi-mx, got "teleport"`}}},
 		{"step without action", "name: x\nsteps:\n  - send: {to: a@x.test}\n  - {}\n", []at{{4, "{}",
 			"step has no action (one of: send, wait, restart, fakemta, policy, flush, checkpoint)"}}},
 		{"step with two actions", "name: x\nsteps:\n  - send: {to: a@x.test}\n    flush: true\n", []at{{3, "send",

@@ -9,7 +9,7 @@ import (
 // capabilityOrder is the order Needs lists capabilities in.
 var capabilityOrder = []profile.Capability{
 	profile.CapRestart, profile.CapStop, profile.CapQueue, profile.CapFlush,
-	profile.CapFakeMTAControl, profile.CapDelayWarning,
+	profile.CapFakeMTAControl, profile.CapDelayWarning, profile.CapMultiMX,
 }
 
 // Needs returns the profile capabilities the scenario requires: those

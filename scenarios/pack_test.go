@@ -40,7 +40,8 @@ func TestDefaultPackLoads(t *testing.T) {
 	}
 	for _, name := range []string{"greylist-once", "greylist-multi-recipient", "restart-between-deferral-and-retry",
 		"double-restart-then-greylist", "restart-during-delivery", "fakemta-outage", "drop-after-final-dot",
-		"421-after-ehlo", "starttls-failure", "expiry-bounce", "delay-warning", "submission-ehlo-twice", "load-500"} {
+		"421-after-ehlo", "starttls-failure", "expiry-bounce", "delay-warning", "submission-ehlo-twice", "load-500",
+		"multi-mx-split-state", "multi-mx-shared-state", "rspamd-greylist-at-eod", "greylisted-dsn"} {
 		if _, ok := byName[name]; !ok {
 			t.Errorf("the pack has no %s scenario", name)
 		}
@@ -142,6 +143,29 @@ func TestDefaultPackLoads(t *testing.T) {
 	sub := byName["submission-ehlo-twice"]
 	if s := sub.Steps[0].Send; s == nil || !s.EHLOTwice || !s.RsetBeforeMail {
 		t.Errorf("submission-ehlo-twice send: %+v", s)
+	}
+
+	for name, state := range map[string]string{"multi-mx-split-state": fakemta.MXSplit, "multi-mx-shared-state": fakemta.MXShared} {
+		sc := byName[name]
+		pol := policyOf(sc)
+		if pol.MX == nil || pol.MX.State != state || pol.Greylist == nil || !slices.Contains(sc.Needs(), profile.CapMultiMX) {
+			t.Errorf("%s: mx %+v, greylist %+v, needs %v: want state %s, a greylist and multi-mx", name, pol.MX, pol.Greylist, sc.Needs(), state)
+		}
+		// The primary MX defers every retry, so only failover delivers.
+		if r := pol.Rules; len(r) != 1 || r[0].Match.MX == nil || r[0].Match.MX.Min != 1 || r[0].Match.MX.Max != 1 ||
+			r[0].Match.Attempt == nil || r[0].Match.Attempt.Max != 0 || r[0].Reply == nil || r[0].Reply.Code/100 != 4 {
+			t.Errorf("%s: rules %+v, want MX 1 to defer every retry", name, r)
+		}
+	}
+	if g := policyOf(byName["rspamd-greylist-at-eod"]).Greylist; g == nil || g.Flavor != fakemta.FlavorRspamd || g.Stage != fakemta.StageEOD {
+		t.Errorf("rspamd-greylist-at-eod must greylist as rspamd does, at eod: %+v", g)
+	}
+	gd := byName["greylisted-dsn"]
+	if pol := policyOf(gd); pol.Greylist == nil || len(pol.Rules) != 1 || pol.Rules[0].Reply == nil || pol.Rules[0].Reply.Code/100 != 5 {
+		t.Errorf("greylisted-dsn must refuse the recipient (5xx) and greylist the DSN: %+v", pol)
+	}
+	if m := gd.Expect.Messages; len(m) != 1 || m[0].Verdict != "bounced" || m[0].DSN == nil || m[0].DSN.Action != "failed" {
+		t.Errorf("greylisted-dsn expectations: %+v", m)
 	}
 
 	outage := byName["fakemta-outage"]

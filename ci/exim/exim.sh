@@ -16,7 +16,9 @@
 #   GREYHARNESS_WORK   work dir (default /tmp/greyharness-exim)
 #   GREYHARNESS_CACHE  where Exim is extracted (default /tmp/greyharness-exim-root)
 #   SUBMIT_PORT        daemon port on 127.0.0.1 (default 2535)
-#   NEXT_HOP_PORT      every non-local domain goes to 127.0.0.1::PORT (default 2536)
+#   NEXT_HOP_PORT      every non-local domain goes to HOST::PORT (default 2536)
+#   NEXT_HOP_HOSTS     the manualroute host list, tried in that order on PORT (default 127.0.0.1;
+#                      relay.yaml sets "127.0.0.2 127.0.0.3": two MX hosts)
 #
 # Run as root (CI: sudo): the daemon starts as root and delivers as Debian-exim.
 set -euo pipefail
@@ -25,6 +27,12 @@ WORK=${GREYHARNESS_WORK:-/tmp/greyharness-exim}
 ROOT=${GREYHARNESS_CACHE:-/tmp/greyharness-exim-root}
 SUBMIT_PORT=${SUBMIT_PORT:-2535}
 NEXT_HOP_PORT=${NEXT_HOP_PORT:-2536}
+NEXT_HOP_HOSTS=${NEXT_HOP_HOSTS:-127.0.0.1}
+# route_list's host list: "h1::PORT : h2::PORT" (a doubled colon is a port
+# inside a colon-separated list); manualroute keeps the order (no randomize).
+ROUTE_HOSTS=
+for h in $NEXT_HOP_HOSTS; do ROUTE_HOSTS="${ROUTE_HOSTS:+$ROUTE_HOSTS : }$h::${NEXT_HOP_PORT}"; done
+[ -n "$ROUTE_HOSTS" ] || ROUTE_HOSTS="127.0.0.1::${NEXT_HOP_PORT}"
 EXIM=$ROOT/usr/sbin/exim4
 CONF=$WORK/exim.conf
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin:$PATH
@@ -97,7 +105,7 @@ setup() {
 	chown Debian-exim:Debian-exim "$WORK/spool" "$WORK/log"
 	chmod 750 "$WORK/spool"
 	cat >"$CONF" <<EOF
-# greyharness private Exim: relay on 127.0.0.1:${SUBMIT_PORT} -> 127.0.0.1:${NEXT_HOP_PORT}
+# greyharness private Exim: relay on 127.0.0.1:${SUBMIT_PORT} -> ${ROUTE_HOSTS}
 exim_path = $EXIM
 exim_user = Debian-exim
 exim_group = Debian-exim
@@ -138,7 +146,7 @@ to_next_hop:
   driver = manualroute
   domains = ! +local_domains
   transport = remote_smtp
-  route_list = * 127.0.0.1::${NEXT_HOP_PORT}
+  route_list = * "${ROUTE_HOSTS}"
   self = send
   no_more
 
@@ -157,7 +165,7 @@ begin rewrite
 EOF
 	chmod 644 "$CONF"
 	"$EXIM" -C "$CONF" -bV >/dev/null || die "config check failed: $EXIM -C $CONF -bV"
-	echo "exim.sh: instance ready in $WORK (daemon 127.0.0.1:${SUBMIT_PORT}, next hop 127.0.0.1:${NEXT_HOP_PORT})" >&2
+	echo "exim.sh: instance ready in $WORK (daemon 127.0.0.1:${SUBMIT_PORT}, next hops ${ROUTE_HOSTS})" >&2
 }
 
 ready() {

@@ -13,7 +13,9 @@
 # Environment:
 #   GREYHARNESS_WORK  work dir (default /tmp/greyharness-postfix)
 #   SUBMIT_PORT       smtpd listener on 127.0.0.1 (default 2525)
-#   NEXT_HOP_PORT     relayhost [127.0.0.1]:PORT, the fake MTA (default 2526)
+#   NEXT_HOP_PORT     relayhost [HOST]:PORT, the fake MTA (default 2526)
+#   NEXT_HOP_HOSTS    the relayhost's MX hosts, tried in that order on PORT (default 127.0.0.1;
+#                     relay.yaml sets "127.0.0.2 127.0.0.3": two MX hosts, Postfix >= 3.5)
 #   POSTFIX_MAIN_CF   optional overlay: a file of main.cf lines (NAME = VALUE;
 #                     # comments and blank lines ignored) set with postconf -e
 #                     after the CI settings below, so it wins (a relative path
@@ -26,6 +28,11 @@ set -euo pipefail
 WORK=${GREYHARNESS_WORK:-/tmp/greyharness-postfix}
 SUBMIT_PORT=${SUBMIT_PORT:-2525}
 NEXT_HOP_PORT=${NEXT_HOP_PORT:-2526}
+NEXT_HOP_HOSTS=${NEXT_HOP_HOSTS:-127.0.0.1}
+# relayhost = [h1]:PORT, [h2]:PORT: Postfix 3.5+ tries a list of next hops in order.
+RELAYHOST=
+for h in $NEXT_HOP_HOSTS; do RELAYHOST="${RELAYHOST:+$RELAYHOST, }[$h]:${NEXT_HOP_PORT}"; done
+[ -n "$RELAYHOST" ] || RELAYHOST="[127.0.0.1]:${NEXT_HOP_PORT}"
 CONF=$WORK/etc
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin:$PATH
 
@@ -106,7 +113,7 @@ setup() {
 		"mynetworks = 127.0.0.0/8" \
 		"smtpd_relay_restrictions = permit_mynetworks, reject" \
 		"smtpd_peername_lookup = no" \
-		"relayhost = [127.0.0.1]:${NEXT_HOP_PORT}" \
+		"relayhost = ${RELAYHOST}" \
 		"smtp_dns_support_level = disabled" \
 		"smtp_tls_security_level = may" \
 		"queue_run_delay = 1s" \
@@ -125,7 +132,7 @@ setup() {
 	# Debian's master.cf chroots most services: the private instance has no chroot.
 	postconf -c "$CONF" -F '*/*/chroot = n'
 	postfix -c "$CONF" check >/dev/null 2>&1 || postfix -c "$CONF" check
-	echo "postfix.sh: instance ready in $WORK (smtpd 127.0.0.1:${SUBMIT_PORT}, relayhost [127.0.0.1]:${NEXT_HOP_PORT})" >&2
+	echo "postfix.sh: instance ready in $WORK (smtpd 127.0.0.1:${SUBMIT_PORT}, relayhost ${RELAYHOST})" >&2
 }
 
 # apply_overlay FILE: set every NAME = VALUE line of FILE in the instance's

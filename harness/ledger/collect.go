@@ -3,6 +3,7 @@ package ledger
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -26,6 +27,7 @@ type attempt struct {
 	body     bool          // the body was received in full
 	received time.Time     // when it was (the reply to the final dot follows at once)
 	aborted  string
+	mx       string // the MX host (fake MTA listener) that answered
 	connOnly bool   // a failed connection without any transaction (not attributable)
 	detail   string // connOnly: what went wrong
 }
@@ -98,6 +100,9 @@ type judge struct {
 	badSeen   map[string]bool // dedupe of scenario-level bad DSNs
 	scenario  []Finding
 	greylists map[string]*greyRun
+	// mxs is how many MX hosts (fake MTA listeners) answered: the timeline
+	// names each attempt's MX only when there were several. -1: not counted yet.
+	mxs int
 
 	// Conservation: how every journal transaction was accounted for.
 	classes map[uint64]string // transaction Seq → attribution class
@@ -108,6 +113,7 @@ type judge struct {
 type greyRun struct {
 	open bool
 	ref  time.Time
+	mxs  []string // MX hosts tried since the run opened
 }
 
 func normAddr(a string) string {
@@ -150,6 +156,7 @@ func newJudge(h *history.History) *judge {
 		classes:   map[uint64]string{},
 		badSeen:   map[string]bool{},
 		greylists: map[string]*greyRun{},
+		mxs:       -1,
 	}
 	j.tracks = make([][]*track, len(h.Submissions))
 	for i := range h.Submissions {
@@ -422,7 +429,7 @@ func (j *judge) finishConn(cs *connState) {
 func (j *judge) mkAttempt(ev record.Event, ra *record.RcptAttempt) attempt {
 	t := ev.Transaction
 	a := attempt{
-		at: ev.Time, start: ev.Time, conn: ev.Conn, client: ev.Client, mailFrom: t.MailFrom, mail: t.Mail,
+		at: ev.Time, start: ev.Time, conn: ev.Conn, client: ev.Client, mx: t.MX, mailFrom: t.MailFrom, mail: t.Mail,
 		data: t.Data, body: t.Message != nil, aborted: t.Aborted,
 	}
 	if t.Message != nil {
@@ -541,13 +548,20 @@ func (j *judge) greylistRetry(ev record.Event, ra *record.RcptAttempt, tr *track
 		g = &greyRun{}
 		j.greylists[key] = g
 	}
-	if g.open && ev.Time.Sub(g.ref) < delay && tr != nil {
+	// Trying the next MX host after a deferral is RFC 5321 §5.1's failover,
+	// not a retry: only a return to an MX host of the run counts.
+	mx := ev.Transaction.MX
+	failover := g.open && mx != "" && !slices.Contains(g.mxs, mx)
+	if g.open && !failover && ev.Time.Sub(g.ref) < delay && tr != nil {
 		tr.tooSoon = append(tr.tooSoon, tooSoon{at: ev.Time, ref: g.ref})
 	}
 	switch {
 	case ra.Greylist == "deferred":
 		if !g.open {
-			g.open, g.ref = true, ev.Time
+			g.open, g.ref, g.mxs = true, ev.Time, nil
+		}
+		if mx != "" && !slices.Contains(g.mxs, mx) {
+			g.mxs = append(g.mxs, mx)
 		}
 	case ra.Greylist == "passed" || ra.Greylist == "whitelisted":
 		g.open = false
@@ -568,4 +582,19 @@ func (j *judge) scenarioBad(ev record.Event, kind, rcpt, why string) {
 		Why:      "bad DSN: " + why,
 		Timeline: []TimelineEntry{{At: ev.Time, What: WhatDSN, Detail: why}},
 	})
+}
+
+// multiMX reports whether more than one MX host (fake MTA listener) took
+// part in the history's transactions.
+func (j *judge) multiMX() bool {
+	if j.mxs < 0 {
+		seen := map[string]bool{}
+		for _, ev := range j.h.Journal {
+			if ev.Transaction != nil && ev.Transaction.MX != "" {
+				seen[ev.Transaction.MX] = true
+			}
+		}
+		j.mxs = len(seen)
+	}
+	return j.mxs > 1
 }

@@ -400,8 +400,15 @@ func (j *judge) evidenceTimeline(c *trackCase) {
 	}
 	c.tl = append(c.tl, tr.notes...)
 	for _, d := range tr.tries {
-		c.tl = append(c.tl, TimelineEntry{At: d.at, What: WhatDSN, Detail: fmt.Sprintf("conn %d: a DSN to the sender %s at %s: %s; it never got through",
-			d.conn, d.verb(), d.stage, fmtReply(&d.reply))})
+		fate := "it never got through"
+		for _, x := range tr.dsns {
+			if x.accepted && x.at.After(d.at) {
+				fate = "a later try got through at " + j.rel(x.at)
+				break
+			}
+		}
+		c.tl = append(c.tl, TimelineEntry{At: d.at, What: WhatDSN, Detail: fmt.Sprintf("conn %d: a DSN to the sender %s at %s: %s; %s",
+			d.conn, d.verb(), d.stage, fmtReply(&d.reply), fate)})
 	}
 	c.tl = append(c.tl, j.queueEntries(tr, c.end, c.resolved.IsZero())...)
 }
@@ -1170,6 +1177,9 @@ func (j *judge) attemptEntries(tr *track, a attempt) []TimelineEntry {
 	d := fmt.Sprintf("conn %d", a.conn)
 	if a.client != "" {
 		d += " from " + a.client
+	}
+	if a.mx != "" && j.multiMX() {
+		d += " at MX " + a.mx
 	}
 	if a.rcpt == nil {
 		d += fmt.Sprintf(": MAIL FROM:<%s> got %s, no RCPT", a.mailFrom, fmtReply(&a.mail))

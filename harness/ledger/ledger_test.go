@@ -653,3 +653,52 @@ func TestDuplicateAcrossRestartGap(t *testing.T) {
 	b4.deliver(2, s4, bob)
 	want(t, find(t, Judge(b4.h), "m1", bob), Duplicate, true, Delivered, Duplicate)
 }
+
+// TestMXFailoverIsNotRetryTooSoon: trying the next MX host right after the
+// first one's greylist deferral is what RFC 5321 §5.1 asks of a relay, not
+// a retry too soon; coming back to an MX host already tried inside the
+// delay is. The timeline names the MX host of each attempt.
+func TestMXFailoverIsNotRetryTooSoon(t *testing.T) {
+	b := newH(100)
+	b.h.GreylistDelay = dur(60)
+	b.h.Timing.RetryMax = dur(60)
+	s := b.submit("m1", 0, bob)
+	mx1, mx2 := "127.0.0.2:2526", "127.0.0.3:2526"
+	b.greylist(1, s, bob)
+	b.h.Journal[len(b.h.Journal)-1].Transaction.MX = mx1
+	b.greylist(1.1, s, bob) // the next MX, same attempt
+	b.h.Journal[len(b.h.Journal)-1].Transaction.MX = mx2
+	b.deliver(62, s, bob)
+	b.h.Journal[len(b.h.Journal)-1].Transaction.MX = mx1
+	f := find(t, Judge(b.h), "m1", bob)
+	want(t, f, Delivered, false, Delivered)
+	for _, mx := range []string{mx1, mx2} {
+		if !hasEntry(f, WhatAttempt, "at MX "+mx) {
+			t.Errorf("no attempt at MX %s on the timeline:\n%s", mx, dumpTimeline(f))
+		}
+	}
+	// Back at MX 1 inside the delay: too soon.
+	b.h.Journal = b.h.Journal[:2]
+	b.greylist(5, s, bob)
+	b.h.Journal[len(b.h.Journal)-1].Transaction.MX = mx1
+	b.deliver(62, s, bob)
+	want(t, find(t, Judge(b.h), "m1", bob), RetryTooSoon, false, Delivered, RetryTooSoon)
+}
+
+// TestGreylistedDSNTimeline: a DSN deferred once and then delivered is a
+// bounce; the timeline says the deferred try was followed by one that got
+// through, not that it never did.
+func TestGreylistedDSNTimeline(t *testing.T) {
+	b := newH(100)
+	b.h.Timing.RetryMax = dur(60)
+	b.h.Expect.Messages = []history.Expectation{{Verdict: "bounced"}}
+	s := b.submit("m1", 0, bob)
+	b.reject(1, s, bob, fakemta.Reply{Code: 550, Enhanced: "5.1.1", Text: "No such user"})
+	b.txn(2, "", []fakemta.RcptAttempt{{Addr: s.MailFrom, Attempt: 1, Reply: grey(), Greylist: "deferred"}}, nil, nil)
+	b.bounce(4, s, bob, "failed", "5.1.1")
+	f := find(t, Judge(b.h), "m1", bob)
+	want(t, f, Bounced, false, Bounced)
+	if !hasEntry(f, WhatDSN, "deferred at RCPT") || !hasEntry(f, WhatDSN, "a later try got through at +4.000s") || hasEntry(f, WhatDSN, "never got through") {
+		t.Errorf("timeline of a greylisted DSN:%s", dumpTimeline(f))
+	}
+}

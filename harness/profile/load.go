@@ -485,6 +485,8 @@ func (p *Profile) Has(c Capability) bool {
 		return p.FakeMTA == nil
 	case CapDelayWarning:
 		return p.Timing.DelayWarning > 0
+	case CapMultiMX:
+		return p.FakeMTA == nil && len(p.NextHop) >= 2
 	}
 	return false
 }

@@ -305,3 +305,31 @@ func TestExplains(t *testing.T) {
 		t.Error("an override without expect explains nothing")
 	}
 }
+
+// TestMultiMXCapability: a next_hop list of two or more MX hosts, for the
+// in-process fake MTA, gives multi-mx; one next hop or a remote fake MTA
+// does not.
+func TestMultiMXCapability(t *testing.T) {
+	for _, tc := range []struct {
+		p    Profile
+		want bool
+	}{
+		{Profile{NextHop: []string{"127.0.0.1:2526"}}, false},
+		{Profile{NextHop: []string{"127.0.0.2:2526", "127.0.0.3:2526"}}, true},
+		{Profile{NextHop: []string{"127.0.0.2:2526", "127.0.0.3:2526"}, FakeMTA: &FakeMTARef{API: "http://x"}}, false},
+	} {
+		if got := tc.p.Has(CapMultiMX); got != tc.want {
+			t.Errorf("%v (remote %v): Has(multi-mx) = %v, want %v", tc.p.NextHop, tc.p.FakeMTA != nil, got, tc.want)
+		}
+	}
+	// The ci profiles list two MX hosts; a single scalar next_hop stays valid.
+	for _, f := range []string{"../../ci/postfix/relay.yaml", "../../ci/exim/relay.yaml"} {
+		p, err := Load(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !p.Has(CapMultiMX) || len(p.NextHop) != 2 || !strings.HasPrefix(p.NextHop[0], "127.0.0.2:") || !strings.HasPrefix(p.NextHop[1], "127.0.0.3:") {
+			t.Errorf("%s: next_hop %v, want MX hosts 127.0.0.2 and 127.0.0.3", f, p.NextHop)
+		}
+	}
+}

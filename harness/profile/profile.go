@@ -147,4 +147,5 @@ const (
 	CapFlush          Capability = "flush"
 	CapFakeMTAControl Capability = "fakemta-control" // stop/start the fake MTA (in-process only)
 	CapDelayWarning   Capability = "delay-warning"   // timing.delay_warning > 0
+	CapMultiMX        Capability = "multi-mx"        // next_hop lists several MX hosts (in-process fake MTA)
 )

@@ -1,7 +1,10 @@
 package runner
 
 import (
+	"slices"
+
 	"github.com/greyharness/greyharness/fakemta"
+	"github.com/greyharness/greyharness/harness/profile"
 	"github.com/greyharness/greyharness/scenarios"
 )
 
@@ -22,9 +25,11 @@ const (
 	// Alone scenarios run with no other beside them: they say so
 	// (`exclusive: true`), they stop the fake MTA (an outage as long as
 	// their steps make it, which outlasts a short queue lifetime: a
-	// neighbour's message would bounce), or their policy acts where the
+	// neighbour's message would bounce), their policy acts where the
 	// fake MTA cannot tell scenarios apart — at connect, helo, starttls or
-	// quit (before any address is known), or on connection numbers.
+	// quit (before any address is known), or on connection numbers — or
+	// they are about several MX hosts (AboutMX): the backup MX hosts
+	// answer only while such a scenario runs.
 	Alone
 )
 
@@ -42,6 +47,9 @@ func (i Isolation) String() string {
 func Isolate(sc *scenarios.Scenario) (Isolation, string) {
 	if sc.Exclusive {
 		return Alone, "exclusive: true"
+	}
+	if AboutMX(sc) {
+		return Alone, "it is about several MX hosts: the fake MTA answers on MX 2 and on only while it runs"
 	}
 	if sc.Policy.Kind != 0 {
 		if p, err := fakemta.ParsePolicyNode(sc.File, &sc.Policy); err == nil && connectionLevel(p) {
@@ -78,6 +86,37 @@ func connectionLevel(p *fakemta.Policy) bool {
 		}
 		if r.Match.Connection != nil {
 			return true
+		}
+	}
+	return false
+}
+
+// AboutMX reports whether a scenario works with several MX hosts: its
+// policy (or one it swaps in) has mx, or it needs multi-mx. Only such a
+// scenario has the fake MTA listening on every next hop of the profile;
+// the others see the first only, so a relay that tries its next MX after
+// a 4xx meets a closed port and must retry later, as with one next hop:
+// each scenario keeps the meaning it was written with (a fault on
+// attempt 1 is not undone by attempt 2 at the backup MX a moment later).
+//
+// A closed port cannot be a tenant's alone (at connect the fake MTA does
+// not know whose traffic it is, and a 4xx from MX 2 would be an attempt
+// of its own, counted and judged), so such a scenario runs alone, and
+// MX 2 and on are open only while it holds the relay and the fake MTA.
+func AboutMX(sc *scenarios.Scenario) bool {
+	if slices.Contains(sc.Needs(), profile.CapMultiMX) {
+		return true
+	}
+	if sc.Policy.Kind != 0 {
+		if p, err := fakemta.ParsePolicyNode(sc.File, &sc.Policy); err == nil && p.MX != nil {
+			return true
+		}
+	}
+	for i := range sc.Steps {
+		if n := sc.Steps[i].Policy; n != nil {
+			if p, err := fakemta.ParsePolicyNode(sc.File, n); err == nil && p.MX != nil {
+				return true
+			}
 		}
 	}
 	return false

@@ -50,6 +50,11 @@ type Hub struct {
 
 	pollStop, pollDone chan struct{}
 
+	// mxRun is the scenario about several MX hosts (AboutMX) holding the
+	// world: while it does, the in-process fake MTA listens on every next
+	// hop, else on the first only.
+	mxRun *Run
+
 	// down is the scenario whose fault keeps the relay or the fake MTA
 	// down now (nil when up); up is closed when it ends.
 	down *Run
@@ -225,7 +230,7 @@ func (h *Hub) startFake(ctx context.Context) error {
 		ts = append(ts, fakemta.TenantSpec{Name: r.tenant, Policy: p, Options: fakemta.TenantOptions{Connections: r.owns()}})
 	}
 	srv, err := fakemta.New(fakemta.Config{
-		Listen: h.opt.Profile.NextHop, StateDir: h.stateDir, Tenants: ts,
+		Listen: h.listenAddrs(), StateDir: h.stateDir, Tenants: ts,
 		TLS: h.opt.TLS, ReadTimeout: 2 * time.Minute, Logf: func(string, ...any) {},
 	})
 	if err != nil {
@@ -248,6 +253,47 @@ func (h *Hub) startFake(ctx context.Context) error {
 	h.fake, h.sub, h.subD = srv, cancel, done
 	h.mu.Unlock()
 	return nil
+}
+
+// listenAddrs is where the in-process fake MTA listens: every next hop of
+// the profile (MX 1, 2, …) while a scenario about MX hosts runs, else the
+// first only (see AboutMX for why).
+func (h *Hub) listenAddrs() []string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.mxRun != nil {
+		return h.opt.Profile.NextHop
+	}
+	return h.opt.Profile.NextHop[:min(1, len(h.opt.Profile.NextHop))]
+}
+
+// openMX makes the backup MX hosts (next hops after the first) answer for
+// r, a scenario about MX hosts that holds the world.
+func (h *Hub) openMX(r *Run) error {
+	h.mu.Lock()
+	h.mxRun = r
+	srv := h.fake
+	h.mu.Unlock()
+	if srv == nil || len(h.opt.Profile.NextHop) < 2 {
+		return nil // stopped: startFake listens on them all; remote: its own
+	}
+	return srv.ListenMore(h.opt.Profile.NextHop[1:])
+}
+
+// closeMX closes the backup MX hosts again when r held them open: a
+// relay's next attempt there meets a closed port.
+func (h *Hub) closeMX(r *Run) {
+	h.mu.Lock()
+	if h.mxRun != r {
+		h.mu.Unlock()
+		return
+	}
+	h.mxRun = nil
+	srv := h.fake
+	h.mu.Unlock()
+	if srv != nil && len(h.opt.Profile.NextHop) > 1 {
+		srv.Unlisten(h.opt.Profile.NextHop[1:])
+	}
 }
 
 // stopFake stops the fake MTA and waits until its journal is all routed.
@@ -284,7 +330,8 @@ func (h *Hub) running() bool {
 	return h.fake != nil || h.remote != nil
 }
 
-// register makes r a tenant with its policy.
+// register makes r a tenant with its policy; for a scenario about MX
+// hosts, the backup MX hosts answer from now on.
 func (h *Hub) register(ctx context.Context, r *Run) error {
 	h.mu.Lock()
 	h.runs[r.tenant] = r
@@ -292,7 +339,11 @@ func (h *Hub) register(ctx context.Context, r *Run) error {
 	h.mu.Unlock()
 	p, node := r.policyNow()
 	var err error
+	if r.mx {
+		err = h.openMX(r)
+	}
 	switch {
+	case err != nil:
 	case rm != nil:
 		err = rm.putTenant(ctx, r.tenant, policyYAML(node), r.owns())
 	case srv != nil:

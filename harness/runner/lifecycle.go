@@ -45,7 +45,7 @@ func begin(ctx context.Context, opt *Options, sc *scenarios.Scenario, held bool)
 		own = true
 	}
 	r := &Run{opt: opt, sc: sc, base: context.WithoutCancel(ctx), policy: pol, policyNode: &sc.Policy, timing: opt.Profile.Timing,
-		track: newTracker(), sent: map[string]bool{}, hub: hub, ownHub: own, tenant: hub.newTenant(), iso: iso, why: why}
+		track: newTracker(), sent: map[string]bool{}, hub: hub, ownHub: own, tenant: hub.newTenant(), iso: iso, why: why, mx: AboutMX(sc)}
 	if !held {
 		if err := hub.acquire(ctx, iso); err != nil {
 			if own {
@@ -111,6 +111,10 @@ func (r *Run) releaseWorld() {
 		}
 	}
 	if held {
+		if r.mx {
+			// The others must meet a closed port at the backup MX hosts again.
+			r.hub.closeMX(r)
+		}
 		r.hub.release(r.iso)
 	}
 }

@@ -68,6 +68,7 @@ type Run struct {
 	// one owns the fake MTA's connection-level stages.
 	iso Isolation
 	why string
+	mx  bool // about several MX hosts (AboutMX): MX 2 and on answer while it holds the world
 
 	mu         sync.Mutex
 	h          history.History

@@ -172,7 +172,7 @@ func beginWithSampleRelay(t *testing.T, sc *scenarios.Scenario, backoff time.Dur
 	}
 	t.Cleanup(r.Close)
 	sr.mu.Lock()
-	sr.cfg.NextHop = r.hub.addr()
+	sr.cfg.NextHop = []string{r.hub.addr()}
 	sr.mu.Unlock()
 	if err := sr.Start(context.Background()); err != nil {
 		t.Fatal(err)
