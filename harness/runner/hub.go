@@ -230,7 +230,7 @@ func (h *Hub) startFake(ctx context.Context) error {
 		ts = append(ts, fakemta.TenantSpec{Name: r.tenant, Policy: p, Options: fakemta.TenantOptions{Connections: r.owns()}})
 	}
 	srv, err := fakemta.New(fakemta.Config{
-		Listen: h.listenAddrs(), StateDir: h.stateDir, Tenants: ts,
+		Listen: h.opt.Profile.NextHop[:min(1, len(h.opt.Profile.NextHop))], StateDir: h.stateDir, Tenants: ts,
 		TLS: h.opt.TLS, ReadTimeout: 2 * time.Minute, Logf: func(string, ...any) {},
 	})
 	if err != nil {
@@ -251,24 +251,19 @@ func (h *Hub) startFake(ctx context.Context) error {
 	}()
 	h.mu.Lock()
 	h.fake, h.sub, h.subD = srv, cancel, done
+	mx := h.mxRun != nil
 	h.mu.Unlock()
+	if mx && len(h.opt.Profile.NextHop) > 1 {
+		// Added after Start, so that closeMX can take them away again.
+		return srv.ListenMore(h.opt.Profile.NextHop[1:])
+	}
 	return nil
 }
 
-// listenAddrs is where the in-process fake MTA listens: every next hop of
-// the profile (MX 1, 2, …) while a scenario about MX hosts runs, else the
-// first only (see AboutMX for why).
-func (h *Hub) listenAddrs() []string {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if h.mxRun != nil {
-		return h.opt.Profile.NextHop
-	}
-	return h.opt.Profile.NextHop[:min(1, len(h.opt.Profile.NextHop))]
-}
-
 // openMX makes the backup MX hosts (next hops after the first) answer for
-// r, a scenario about MX hosts that holds the world.
+// r, a scenario about MX hosts that holds the world. The in-process fake
+// MTA listens on the first next hop only, else (see AboutMX for why); a
+// (re)start while r holds the world opens them again.
 func (h *Hub) openMX(r *Run) error {
 	h.mu.Lock()
 	h.mxRun = r

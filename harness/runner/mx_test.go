@@ -80,6 +80,17 @@ func TestHubOpensBackupMXOnlyForMXScenarios(t *testing.T) {
 		if !answers(hops[0]) || !answers(hops[1]) {
 			t.Errorf("round %d, a scenario about MX hosts: MX 1 answers %v, MX 2 %v; want both", round, answers(hops[0]), answers(hops[1]))
 		}
+		if round == 1 { // a fake MTA restart while it runs: both again
+			if err := hub.stopFake(); err != nil {
+				t.Fatal(err)
+			}
+			if err := hub.startFake(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if !answers(hops[0]) || !answers(hops[1]) {
+				t.Errorf("after a fake MTA restart: MX 1 answers %v, MX 2 %v; want both", answers(hops[0]), answers(hops[1]))
+			}
+		}
 		r.Close()
 		if !answers(hops[0]) || answers(hops[1]) {
 			t.Errorf("round %d, after it: MX 1 answers %v, MX 2 %v; want only MX 1", round, answers(hops[0]), answers(hops[1]))
