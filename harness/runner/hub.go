@@ -261,16 +261,16 @@ func (h *Hub) startFake(ctx context.Context) error {
 }
 
 // openMX makes the backup MX hosts (next hops after the first) answer for
-// r, a scenario about MX hosts that holds the world. The in-process fake
-// MTA listens on the first next hop only, else (see AboutMX for why); a
-// (re)start while r holds the world opens them again.
+// r, a scenario about MX hosts that holds the world. At all other times
+// the in-process fake MTA listens on the first next hop only (AboutMX
+// says why); a (re)start while r holds the world opens them again.
 func (h *Hub) openMX(r *Run) error {
 	h.mu.Lock()
 	h.mxRun = r
 	srv := h.fake
 	h.mu.Unlock()
 	if srv == nil || len(h.opt.Profile.NextHop) < 2 {
-		return nil // stopped: startFake listens on them all; remote: its own
+		return nil // stopped: startFake opens them; one next hop: nothing to open
 	}
 	return srv.ListenMore(h.opt.Profile.NextHop[1:])
 }
