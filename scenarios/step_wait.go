@@ -48,9 +48,12 @@ func (w *Wait) Needs() []profile.Capability {
 }
 
 // Run waits; a wait that times out is noted, not failed (the ledger says
-// why the messages are not there).
+// why the messages are not there). A wait its context ended (an interrupt,
+// a spec timeout) did not time out: the step failed.
 func (w *Wait) Run(ctx context.Context, env Env) error {
-	env.Wait(ctx, w)
+	if !env.Wait(ctx, w) && ctx.Err() != nil {
+		return fmt.Errorf("interrupted while waiting: %w", context.Cause(ctx))
+	}
 	return nil
 }
 

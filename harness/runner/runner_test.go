@@ -407,3 +407,41 @@ steps:
 		t.Errorf("relay calls %q: the second restart must not run", got)
 	}
 }
+
+// TestInterruptedWaitIsTheFailedStep: a wait ended by its context (Ctrl-C,
+// a spec timeout) did not time out: it is the step that failed, named as
+// such, and not "the next step did not run" (seen in CI: the job recorded
+// "step 3 and after not run" while the interrupt hit step 2's wait).
+func TestInterruptedWaitIsTheFailedStep(t *testing.T) {
+	t.Parallel()
+	sc := load(t, `name: interrupted-wait
+policy:
+  rules:
+    - match: {stage: rcpt}
+      reply: "451 4.7.1 not now"
+steps:
+  - send: {to: [alice@rcpt.greyharness.test]}
+  - wait: {for: delivered, timeout: 1h}
+  - send: {to: [bob@rcpt.greyharness.test]}
+`)
+	r, _ := beginWithSampleRelay(t, sc, 200*time.Millisecond)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if err := r.Step(ctx, 0, &sc.Steps[0]); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- r.Step(ctx, 1, &sc.Steps[1]) }()
+	// Cancel once the wait has seen the first deferral: it is waiting.
+	if !r.wait(context.Background(), &scenarios.Wait{For: "deferred", Timeout: seconds(60)}) {
+		t.Fatal("no deferral seen")
+	}
+	cancel()
+	err := <-done
+	if err == nil || !strings.HasPrefix(err.Error(), "step 2 (unit.yaml:8): ") || !strings.Contains(err.Error(), "interrupted") {
+		t.Fatalf("interrupted wait returned %v, want step 2 interrupted", err)
+	}
+	if got := r.StepError(); got != err.Error() {
+		t.Errorf("StepError() = %q, want %q", got, err.Error())
+	}
+}

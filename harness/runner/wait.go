@@ -44,6 +44,10 @@ func (r *Run) wait(ctx context.Context, w *scenarios.Wait) bool {
 	}
 	if !ok {
 		left, total := r.track.pending(w.Group, c)
+		if ctx.Err() != nil {
+			r.progress("wait interrupted (%v): %d of %d message(s) not there yet", context.Cause(ctx), left, total)
+			return false
+		}
 		r.progress("wait timed out: %d of %d message(s) not there yet (the ledger will say why)", left, total)
 	}
 	return ok
