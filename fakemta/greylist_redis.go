@@ -15,11 +15,20 @@ import (
 const redisPrefix = "greyharness:"
 
 // redisStore keeps the greylist in Redis: records as hashes under
-// greyharness:r:KEY, whitelist counters under greyharness:w:KEY. Every
-// check is one Lua script, so concurrent sessions (of one or several fake
-// MTAs) never lose an update.
+// greyharness:r:KEY, whitelist counters under greyharness:w:KEY; a
+// tenant's under greyharness:t:NAME:r:KEY and greyharness:t:NAME:w:KEY, so
+// that tenants stay apart and every fake MTA on the Redis shares each
+// tenant's state. Every check is one Lua script, so concurrent sessions
+// (of one or several fake MTAs) never lose an update.
 type redisStore struct {
-	c *redis.Client
+	c      *redis.Client
+	prefix string // redisPrefix, or a tenant's redisPrefix+"t:NAME:"
+	tenant bool   // a tenant's view: the server owns the client
+}
+
+// forTenant is the store of tenant name, on the same client.
+func (r *redisStore) forTenant(name string) *redisStore {
+	return &redisStore{c: r.c, prefix: redisPrefix + "t:" + name + ":", tenant: true}
 }
 
 // openRedisStore connects to a redis://HOST:PORT/DB URL and pings it.
@@ -39,12 +48,17 @@ func openRedisStore(url string) (*redisStore, error) {
 		c.Close()
 		return nil, fmt.Errorf("greylist store %s: %w", url, err)
 	}
-	return &redisStore{c: c}, nil
+	return &redisStore{c: c, prefix: redisPrefix}, nil
 }
 
 func (r *redisStore) replays() bool { return false }
 
-func (r *redisStore) close() error { return r.c.Close() }
+func (r *redisStore) close() error {
+	if r.tenant {
+		return nil
+	}
+	return r.c.Close()
+}
 
 // greyScript is greylistState.check in Lua (see there for the rules).
 // Times are microseconds: Redis's Lua numbers are doubles.
@@ -149,10 +163,10 @@ func (r *redisStore) check(ctx context.Context, gl *Greylist, k greyKey, now tim
 	if ttl > 0 {
 		ttl += time.Hour
 	}
-	res, err := greyScript.Run(ctx, r.c, []string{redisPrefix + "r:" + k.ID, redisPrefix + "r:" + body},
+	res, err := greyScript.Run(ctx, r.c, []string{r.prefix + "r:" + k.ID, r.prefix + "r:" + body},
 		now.UnixMicro(), us(gl.Delay), us(gl.RetryWindow), us(gl.MaxAge),
 		gl.AutoWhitelistAfter, us(gl.whitelistEvery), b01(gl.whitelistOrigin),
-		b01(k.Body != ""), k.Whitelist, ttl.Milliseconds(), redisPrefix+"w:",
+		b01(k.Body != ""), k.Whitelist, ttl.Milliseconds(), r.prefix+"w:",
 		k.Subnet, k.Sender, k.Recipient, k.Extra, k.Body).Slice()
 	if err != nil {
 		return "", 0, err
@@ -172,7 +186,7 @@ func (r *redisStore) check(ctx context.Context, gl *Greylist, k greyKey, now tim
 
 func (r *redisStore) entries(ctx context.Context) ([]GreylistEntry, error) {
 	var out []GreylistEntry
-	iter := r.c.Scan(ctx, 0, redisPrefix+"r:*", 1000).Iterator()
+	iter := r.c.Scan(ctx, 0, r.prefix+"r:*", 1000).Iterator()
 	for iter.Next(ctx) {
 		key := iter.Val()
 		h, err := r.c.HGetAll(ctx, key).Result()
@@ -190,7 +204,7 @@ func (r *redisStore) entries(ctx context.Context) ([]GreylistEntry, error) {
 			return time.UnixMicro(n).UTC()
 		}
 		passes, _ := strconv.Atoi(h["passes"])
-		out = append(out, GreylistEntry{Key: strings.TrimPrefix(key, redisPrefix+"r:"), Subnet: h["subnet"], Sender: h["sender"],
+		out = append(out, GreylistEntry{Key: strings.TrimPrefix(key, r.prefix+"r:"), Subnet: h["subnet"], Sender: h["sender"],
 			Recipient: h["recipient"], Extra: h["extra"], FirstSeen: t("first"), LastSeen: t("last"), PassedAt: t("passed"), Passes: passes})
 	}
 	if err := iter.Err(); err != nil {
@@ -205,8 +219,11 @@ func (r *redisStore) entries(ctx context.Context) ([]GreylistEntry, error) {
 	return out, nil
 }
 
+// wipe forgets the store's records: a tenant's own, or, for the server's
+// store, every record on the Redis (its own and every tenant's, as
+// WipeGreylist and --wipe-state mean).
 func (r *redisStore) wipe(ctx context.Context) error {
-	iter := r.c.Scan(ctx, 0, redisPrefix+"*", 1000).Iterator()
+	iter := r.c.Scan(ctx, 0, r.prefix+"*", 1000).Iterator()
 	var keys []string
 	for iter.Next(ctx) {
 		keys = append(keys, iter.Val())

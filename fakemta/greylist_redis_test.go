@@ -304,3 +304,53 @@ func BenchmarkGreylistStore(b *testing.B) {
 		})
 	}
 }
+
+// TestRedisStoreTenants: with --greylist-store, a tenant's greylist lives
+// in Redis too, under its own keys: two fake MTAs share each tenant's
+// state (greylisted at one, passed at the other), two tenants with the
+// same triplet (labels stripped) stay apart, and wiping one tenant leaves
+// the other and the server's own records alone.
+func TestRedisStoreTenants(t *testing.T) {
+	r := startRedis(t)
+	clock := newClock()
+	mod := func(c *Config) { c.Now, c.GreylistStore = clock.Now, r.url(2) }
+	a := startServer(t, "greylist: {flavor: postgrey}\n", mod)
+	b := startServer(t, "greylist: {flavor: postgrey}\n", mod)
+	gl := parseTestPolicy(t, "greylist: {flavor: postgrey}\n")
+	for _, s := range []*Server{a, b} {
+		for _, n := range []string{"ta", "tb"} {
+			if err := s.SetTenant(n, gl, TenantOptions{}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if code, err := deliver(t, a.Addr(), flavorBase); code != 450 {
+		t.Fatalf("server's own triplet at a: %d %v", code, err)
+	}
+	if code, err := deliver(t, a.Addr(), tenantMsg("ta", "b@remote.test")); code != 450 {
+		t.Fatalf("tenant ta at a: %d %v", code, err)
+	}
+	clock.Add(300 * time.Second)
+	// tb's triplet is the same once the labels are stripped: a fresh one.
+	if code, err := deliver(t, b.Addr(), tenantMsg("tb", "b@remote.test")); code != 450 {
+		t.Fatalf("tenant tb at b, never seen: %d %v (want 450: tenants apart)", code, err)
+	}
+	if code, err := deliver(t, b.Addr(), tenantMsg("ta", "b@remote.test")); code != 0 {
+		t.Fatalf("tenant ta at b after the delay: %d %v (want passed: shared through Redis)", code, err)
+	}
+	if es, err := a.TenantGreylist("ta"); err != nil || len(es) != 1 || es[0].Passes != 1 {
+		t.Fatalf("a sees b's pass of ta: %+v %v", es, err)
+	}
+	if err := b.WipeTenant("ta"); err != nil {
+		t.Fatal(err)
+	}
+	if es, _ := a.TenantGreylist("ta"); len(es) != 0 {
+		t.Errorf("ta wiped at b, a still lists %+v", es)
+	}
+	if es, _ := a.TenantGreylist("tb"); len(es) != 1 {
+		t.Errorf("wiping ta touched tb: %+v", es)
+	}
+	if es := a.Greylist(); len(es) != 1 {
+		t.Errorf("wiping ta touched the server's own records, or they list a tenant's: %+v", es)
+	}
+}

@@ -164,7 +164,7 @@ func New(cfg Config) (*Server, error) {
 			p = &Policy{}
 		}
 		g := newGreylistState()
-		t := &tenant{name: ts.Name, policy: new(atomic.Pointer[Policy]), grey: g, store: memStore{g}, started: cfg.Now(), owner: ts.Options.Connections}
+		t := &tenant{name: ts.Name, policy: new(atomic.Pointer[Policy]), grey: g, store: s.tenantStore(ts.Name, g), started: cfg.Now(), owner: ts.Options.Connections}
 		t.policy.Store(p)
 		if t.owner {
 			if s.ten.owner != nil {

@@ -175,7 +175,7 @@ func (s *Server) SetTenant(name string, p *Policy, opts TenantOptions) error {
 	created := t == nil
 	if created {
 		g := newGreylistState()
-		t = &tenant{name: name, policy: new(atomic.Pointer[Policy]), grey: g, store: memStore{g}, started: s.cfg.Now()}
+		t = &tenant{name: name, policy: new(atomic.Pointer[Policy]), grey: g, store: s.tenantStore(name, g), started: s.cfg.Now()}
 	}
 	t.policy.Store(p)
 	if created {
@@ -237,6 +237,15 @@ func (s *Server) WipeTenant(name string) error {
 	t.store.wipe(context.Background())
 	s.record(Event{Kind: EventControl, Note: "wipe-state", Tenant: name}, false)
 	return nil
+}
+
+// tenantStore is where tenant name keeps its greylist: its own records in
+// the server's Redis (shared with every fake MTA on it), else in memory.
+func (s *Server) tenantStore(name string, g *greylistState) greyStore {
+	if rs, ok := s.store.(*redisStore); ok {
+		return rs.forTenant(name)
+	}
+	return memStore{g}
 }
 
 func (s *Server) tenant(name string) *tenant {
