@@ -44,8 +44,8 @@ next_hops() {
 	printf '%s\n' "$list"
 }
 
-# need_setup FILE: die unless FILE (the instance's config) exists: start
-# before setup.
+# need_setup FILE: die unless FILE (the instance's config) exists, as when start
+# comes before setup.
 need_setup() {
 	[ -f "$1" ] || die "no instance in $WORK: run setup first"
 }
