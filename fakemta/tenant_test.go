@@ -2,6 +2,7 @@ package fakemta
 
 import (
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"strings"
 	"sync"
@@ -316,5 +317,34 @@ func TestAPITenants(t *testing.T) {
 		if !seen[want] {
 			t.Errorf("no control event %q in the journal (%v)", want, seen)
 		}
+	}
+}
+
+// Every endpoint on one tenant answers a bad name and an unknown query
+// parameter with 400, and a tenant the server does not have with 404 "no
+// such tenant: NAME".
+func TestAPITenantErrors(t *testing.T) {
+	f := newAPIFixture(t, "", "tok", nil)
+	for _, c := range []struct{ method, path string }{
+		{http.MethodGet, "/api/v1/tenants/%s/policy"},
+		{http.MethodDelete, "/api/v1/tenants/%s"},
+		{http.MethodPost, "/api/v1/tenants/%s/wipe"},
+		{http.MethodGet, "/api/v1/tenants/%s/greylist"},
+	} {
+		path := func(name string) string { return fmt.Sprintf(c.path, name) }
+		code, _, b := f.do(t, c.method, path("nobody"), nil)
+		if e := wantError(t, c.method+" "+path("nobody"), code, b, http.StatusNotFound); e.Error != "no such tenant: nobody" {
+			t.Errorf("%s %s: %q, want %q", c.method, path("nobody"), e.Error, "no such tenant: nobody")
+		}
+		code, _, b = f.do(t, c.method, path("Bad_Name"), nil)
+		wantError(t, c.method+" "+path("Bad_Name"), code, b, http.StatusBadRequest)
+		code, _, b = f.do(t, c.method, path("nobody")+"?x=1", nil)
+		if e := wantError(t, c.method+" "+path("nobody")+"?x=1", code, b, http.StatusBadRequest); !strings.Contains(e.Error, `unknown query parameter "x"`) {
+			t.Errorf("%s %s?x=1: %q, want the unknown parameter named", c.method, path("nobody"), e.Error)
+		}
+	}
+	code, _, b := f.do(t, http.MethodPut, "/api/v1/tenants/ta/policy?x=1", strings.NewReader("{}"))
+	if e := wantError(t, "PUT ?x=1", code, b, http.StatusBadRequest); !strings.Contains(e.Error, "allowed: connections") {
+		t.Errorf("PUT ?x=1: %q, want the allowed parameter named", e.Error)
 	}
 }

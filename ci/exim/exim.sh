@@ -22,33 +22,15 @@
 #
 # Run as root (CI: sudo): the daemon starts as root and delivers as Debian-exim.
 set -euo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 
-WORK=${GREYHARNESS_WORK:-/tmp/greyharness-exim}
-ROOT=${GREYHARNESS_CACHE:-/tmp/greyharness-exim-root}
-SUBMIT_PORT=${SUBMIT_PORT:-2535}
-NEXT_HOP_PORT=${NEXT_HOP_PORT:-2536}
-NEXT_HOP_HOSTS=${NEXT_HOP_HOSTS:-127.0.0.1}
+relay_env exim 2535 2536
 # route_list's host list: "h1::PORT : h2::PORT" (a doubled colon is a port
 # inside a colon-separated list); manualroute keeps the order (no randomize).
-ROUTE_HOSTS=
-for h in $NEXT_HOP_HOSTS; do ROUTE_HOSTS="${ROUTE_HOSTS:+$ROUTE_HOSTS : }$h::${NEXT_HOP_PORT}"; done
-[ -n "$ROUTE_HOSTS" ] || ROUTE_HOSTS="127.0.0.1::${NEXT_HOP_PORT}"
+ROUTE_HOSTS=$(next_hops '%s::%s' ' : ')
 EXIM=$ROOT/usr/sbin/exim4
 CONF=$WORK/exim.conf
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin:$PATH
-
-die() { echo "exim.sh: $*" >&2; exit 1; }
-
-as_root() {
-	if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo -n "$@"; else die "need root for: $*"; fi
-}
-
-apt_install() {
-	if ! as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$@"; then
-		as_root apt-get update
-		as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$@"
-	fi
-}
 
 install_exim() {
 	if ! getent group Debian-exim >/dev/null; then as_root groupadd --system Debian-exim; fi
@@ -61,25 +43,15 @@ install_exim() {
 	fi
 	echo "exim.sh: extracting Exim from Debian packages into $ROOT" >&2
 	dpkg -s libidn12 >/dev/null 2>&1 || apt_install libidn12
-	local dl
-	dl=$(mktemp -d)
-	chmod 755 "$dl"
-	local pkgs="exim4-daemon-light exim4-base exim4-config"
-	if ! (cd "$dl" && apt-get download $pkgs); then
-		as_root apt-get update
-		(cd "$dl" && apt-get download $pkgs)
-	fi
-	mkdir -p "$ROOT"
-	for deb in "$dl"/*.deb; do dpkg -x "$deb" "$ROOT"; done
-	rm -rf "$dl"
+	deb_extract "$ROOT" exim4-daemon-light exim4-base exim4-config
 	[ -x "$EXIM" ] || die "no $EXIM after extraction"
 	# Shared libraries the light daemon needs but a minimal system may lack.
 	local missing
-	missing=$(ldd "$EXIM" | awk '/not found/{print $1}')
+	missing=$(missing_libs "$EXIM")
 	if [ -n "$missing" ]; then
 		echo "exim.sh: missing libraries: $missing" >&2
 		apt_install $(for l in $missing; do dpkg -S "$l" 2>/dev/null | cut -d: -f1; done) || true
-		missing=$(ldd "$EXIM" | awk '/not found/{print $1}')
+		missing=$(missing_libs "$EXIM")
 		[ -z "$missing" ] || die "Exim needs libraries that are not installed: $missing"
 	fi
 	"$EXIM" -C /dev/null -bV >/dev/null || die "$EXIM does not run"
@@ -98,7 +70,7 @@ stop_daemon() {
 
 setup() {
 	install_exim
-	case "$WORK" in /|/tmp|/tmp/|"") die "refusing work dir '$WORK'" ;; esac
+	check_work
 	stop_daemon
 	rm -rf "$WORK/spool" "$WORK/log"
 	mkdir -p "$WORK/spool" "$WORK/log"
@@ -172,12 +144,7 @@ ready() {
 	local pid
 	pid=$(pid_of)
 	[ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 1
-	exec 3<>"/dev/tcp/127.0.0.1/${SUBMIT_PORT}" || return 1
-	local line=""
-	read -r -t 2 line <&3 || true
-	printf 'QUIT\r\n' >&3 || true
-	exec 3>&-
-	case "$line" in 220*) return 0 ;; *) return 1 ;; esac
+	smtp_ready
 }
 
 cmd=${1:-}
@@ -185,7 +152,7 @@ case "$cmd" in
 install) install_exim ;;
 setup) setup ;;
 start)
-	[ -f "$CONF" ] || die "no instance in $WORK: run setup first"
+	need_setup "$CONF"
 	exec "$EXIM" -C "$CONF" -bdf -q1s
 	;;
 ready) ready 2>/dev/null ;;
@@ -194,8 +161,7 @@ flush) exec "$EXIM" -C "$CONF" -qff ;;
 queue) exec "$EXIM" -C "$CONF" -bp ;;
 teardown)
 	stop_daemon
-	case "$WORK" in /|/tmp|/tmp/|"") die "refusing work dir '$WORK'" ;; esac
-	rm -rf "$WORK"
+	remove_work
 	;;
 *) die "usage: exim.sh install|setup|start|ready|stop|flush|queue|teardown" ;;
 esac

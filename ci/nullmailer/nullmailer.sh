@@ -39,11 +39,9 @@
 #   PAUSE              pausetime = maxpause in seconds (default 2)
 #   QUEUE_LIFETIME     queuelifetime in seconds (default 120)
 set -euo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 
-WORK=${GREYHARNESS_WORK:-/tmp/greyharness-nullmailer}
-ROOT=${GREYHARNESS_CACHE:-/tmp/greyharness-nullmailer-root}
-SUBMIT_PORT=${SUBMIT_PORT:-2585}
-NEXT_HOP_PORT=${NEXT_HOP_PORT:-2586}
+relay_env nullmailer 2585 2586
 PAUSE=${PAUSE:-2}
 QUEUE_LIFETIME=${QUEUE_LIFETIME:-120}
 P=$WORK/p
@@ -51,33 +49,11 @@ LAYOUT=$ROOT/layout
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin:$PATH
 export NULLMAILER_TEST_PREFIX=$P
 
-die() { echo "nullmailer.sh: $*" >&2; exit 1; }
-
-as_root() {
-	if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo -n "$@"; else die "need root for: $*"; fi
-}
-
-apt_install() {
-	if ! as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$@"; then
-		as_root apt-get update
-		as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$@"
-	fi
-}
-
 install_nullmailer() {
 	command -v socat >/dev/null || apt_install socat
 	if [ ! -x "$LAYOUT/sbin/nullmailer-send" ] || [ ! -x "$LAYOUT/protocols/smtp" ]; then
 		echo "nullmailer.sh: extracting nullmailer from Debian's package into $ROOT" >&2
-		local dl
-		dl=$(mktemp -d)
-		chmod 755 "$dl"
-		if ! (cd "$dl" && apt-get download nullmailer); then
-			as_root apt-get update
-			(cd "$dl" && apt-get download nullmailer)
-		fi
-		mkdir -p "$ROOT/pkg"
-		for deb in "$dl"/*.deb; do dpkg -x "$deb" "$ROOT/pkg"; done
-		rm -rf "$dl"
+		deb_extract "$ROOT/pkg" nullmailer
 		[ -x "$ROOT/pkg/usr/sbin/nullmailer-send" ] || die "no nullmailer-send after extraction"
 		# the layout NULLMAILER_TEST_PREFIX expects; install -m 755 drops
 		# the setuid bit of nullmailer-queue and mailq
@@ -89,19 +65,18 @@ install_nullmailer() {
 		for f in "$ROOT"/pkg/usr/lib/nullmailer/*; do install -m 755 "$f" "$LAYOUT/protocols/"; done
 	fi
 	local missing
-	missing=$(ldd "$LAYOUT"/sbin/* "$LAYOUT"/protocols/smtp | awk '/not found/{print $1}' | sort -u)
+	missing=$(missing_libs "$LAYOUT"/sbin/* "$LAYOUT"/protocols/smtp)
 	if [ -n "$missing" ]; then
 		echo "nullmailer.sh: missing libraries: $missing" >&2
 		apt_install libgnutls30 libstdc++6 libgcc-s1
-		missing=$(ldd "$LAYOUT"/sbin/* "$LAYOUT"/protocols/smtp | awk '/not found/{print $1}' | sort -u)
+		missing=$(missing_libs "$LAYOUT"/sbin/* "$LAYOUT"/protocols/smtp)
 		[ -z "$missing" ] || die "nullmailer needs libraries that are not installed: $missing"
 	fi
 }
 
 setup() {
 	install_nullmailer
-	case "$WORK" in /|/tmp|/tmp/|"") die "refusing work dir '$WORK'" ;; esac
-	rm -rf "$WORK"
+	remove_work
 	mkdir -p "$P/conf" "$P/queue/queue" "$P/queue/tmp" "$P/queue/failed"
 	mkfifo "$P/queue/trigger"
 	ln -s "$LAYOUT/bin" "$P/bin"
@@ -118,21 +93,12 @@ setup() {
 	echo "nullmailer.sh: instance ready in $WORK (listener 127.0.0.1:${SUBMIT_PORT}, next hop 127.0.0.1:${NEXT_HOP_PORT})" >&2
 }
 
-ready() {
-	exec 3<>"/dev/tcp/127.0.0.1/${SUBMIT_PORT}" || return 1
-	local line=""
-	read -r -t 2 line <&3 || true
-	printf 'QUIT\r\n' >&3 || true
-	exec 3>&-
-	case "$line" in 220*) return 0 ;; *) return 1 ;; esac
-}
-
 cmd=${1:-}
 case "$cmd" in
 install) install_nullmailer ;;
 setup) setup ;;
 start)
-	[ -f "$P/conf/remotes" ] || die "no instance in $WORK: run setup first"
+	need_setup "$P/conf/remotes"
 	# The listener and the queue runner share the harness's process group:
 	# its SIGTERM stops both. socat's own children (one nullmailer-smtpd
 	# per connection) inherit the prefix from this environment.
@@ -140,7 +106,7 @@ start)
 	cd "$P/queue"
 	exec "$P/sbin/nullmailer-send"
 	;;
-ready) ready 2>/dev/null ;;
+ready) smtp_ready 2>/dev/null ;;
 flush)
 	# nullmailer-send holds the FIFO open for reading; a write wakes it
 	timeout 5 sh -c 'printf 1 >"$1"' sh "$P/queue/trigger"
@@ -150,13 +116,8 @@ queue)
 	# A file that leaves while tar reads the folder (delivered, or moved to
 	# failed/) is not an error.
 	cd "$P/queue"
-	find queue -maxdepth 1 -type f -printf '%p\0' |
-		tar -cf - --null -T - --ignore-failed-read --warning=no-file-removed \
-			--warning=no-file-changed --warning=no-failed-read || [ $? = 1 ]
+	tar_found queue -maxdepth 1 -type f -printf '%p\0'
 	;;
-teardown)
-	case "$WORK" in /|/tmp|/tmp/|"") die "refusing work dir '$WORK'" ;; esac
-	rm -rf "$WORK"
-	;;
+teardown) remove_work ;;
 *) die "usage: nullmailer.sh install|setup|start|ready|flush|queue|teardown" ;;
 esac

@@ -24,23 +24,13 @@
 #
 # Postfix's master runs as root: run this as root (CI: sudo).
 set -euo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 
-WORK=${GREYHARNESS_WORK:-/tmp/greyharness-postfix}
-SUBMIT_PORT=${SUBMIT_PORT:-2525}
-NEXT_HOP_PORT=${NEXT_HOP_PORT:-2526}
-NEXT_HOP_HOSTS=${NEXT_HOP_HOSTS:-127.0.0.1}
+relay_env postfix 2525 2526
 # relayhost = [h1]:PORT, [h2]:PORT: Postfix 3.5+ tries a list of next hops in order.
-RELAYHOST=
-for h in $NEXT_HOP_HOSTS; do RELAYHOST="${RELAYHOST:+$RELAYHOST, }[$h]:${NEXT_HOP_PORT}"; done
-[ -n "$RELAYHOST" ] || RELAYHOST="[127.0.0.1]:${NEXT_HOP_PORT}"
+RELAYHOST=$(next_hops '[%s]:%s' ', ')
 CONF=$WORK/etc
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin:$PATH
-
-die() { echo "postfix.sh: $*" >&2; exit 1; }
-
-as_root() {
-	if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo -n "$@"; else die "need root for: $*"; fi
-}
 
 install_postfix() {
 	if command -v postfix >/dev/null && command -v postqueue >/dev/null && [ -x /usr/lib/postfix/sbin/master ]; then
@@ -48,10 +38,7 @@ install_postfix() {
 	fi
 	echo "postfix.sh: installing postfix from Debian" >&2
 	echo "postfix postfix/main_mailer_type select No configuration" | as_root debconf-set-selections
-	if ! as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends postfix; then
-		as_root apt-get update
-		as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends postfix
-	fi
+	apt_install postfix
 	command -v postfix >/dev/null || die "postfix still missing after apt-get install"
 }
 
@@ -68,7 +55,7 @@ stop_instance() {
 
 setup() {
 	install_postfix
-	case "$WORK" in /|/tmp|/tmp/|"") die "refusing work dir '$WORK'" ;; esac
+	check_work
 	stop_instance
 	rm -rf "$WORK/spool" "$WORK/data" "$CONF"
 	mkdir -p "$CONF" "$WORK/spool" "$WORK/data"
@@ -165,7 +152,7 @@ case "$cmd" in
 install) install_postfix ;;
 setup) setup ;;
 start)
-	[ -f "$CONF/main.cf" ] || die "no instance in $WORK: run setup first"
+	need_setup "$CONF/main.cf"
 	exec postfix -c "$CONF" start-fg
 	;;
 ready) ready ;;
@@ -174,8 +161,7 @@ flush) exec postqueue -c "$CONF" -f ;;
 queue) exec postqueue -c "$CONF" -j ;;
 teardown)
 	stop_instance
-	case "$WORK" in /|/tmp|/tmp/|"") die "refusing work dir '$WORK'" ;; esac
-	rm -rf "$WORK"
+	remove_work
 	;;
 *) die "usage: postfix.sh install|setup|start|ready|stop|flush|queue|teardown" ;;
 esac

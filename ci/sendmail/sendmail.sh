@@ -41,11 +41,9 @@
 #
 # Run as root (CI: sudo): the daemon binds its port and runs the queue as root.
 set -euo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 
-WORK=${GREYHARNESS_WORK:-/tmp/greyharness-sendmail}
-ROOT=${GREYHARNESS_CACHE:-/tmp/greyharness-sendmail-root}
-SUBMIT_PORT=${SUBMIT_PORT:-2575}
-NEXT_HOP_PORT=${NEXT_HOP_PORT:-2576}
+relay_env sendmail 2575 2576
 MIN_QUEUE_AGE=${MIN_QUEUE_AGE:-2s}
 HOST=relay.greyharness.test
 # a copy of the binary without its setgid bit: the dynamic loader ignores
@@ -54,49 +52,23 @@ SENDMAIL=$ROOT/bin/sendmail
 CONF=$WORK/sendmail.cf
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin:$PATH
 
-die() { echo "sendmail.sh: $*" >&2; exit 1; }
-
-as_root() {
-	if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo -n "$@"; else die "need root for: $*"; fi
-}
-
-apt_install() {
-	if ! as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$@"; then
-		as_root apt-get update
-		as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$@"
-	fi
-}
-
-missing_libs() {
-	ldd "$SENDMAIL" | awk '/not found/{print $1}' | sort -u
-}
-
 install_sendmail() {
 	command -v unshare >/dev/null || die "unshare (util-linux) is missing"
 	command -v m4 >/dev/null || apt_install m4
 	if [ ! -x "$ROOT/usr/libexec/sendmail/sendmail" ] || [ ! -f "$ROOT/usr/share/sendmail/cf/m4/cf.m4" ]; then
 		echo "sendmail.sh: extracting sendmail from Debian's packages into $ROOT" >&2
-		local dl
-		dl=$(mktemp -d)
-		chmod 755 "$dl"
-		if ! (cd "$dl" && apt-get download sendmail-bin sendmail-cf sendmail-base); then
-			as_root apt-get update
-			(cd "$dl" && apt-get download sendmail-bin sendmail-cf sendmail-base)
-		fi
-		mkdir -p "$ROOT"
-		for deb in "$dl"/*.deb; do dpkg -x "$deb" "$ROOT"; done
-		rm -rf "$dl"
+		deb_extract "$ROOT" sendmail-bin sendmail-cf sendmail-base
 		[ -x "$ROOT/usr/libexec/sendmail/sendmail" ] || die "no sendmail after extraction"
 	fi
 	mkdir -p "$ROOT/bin"
 	if [ ! -x "$SENDMAIL" ]; then
 		install -m 755 "$ROOT/usr/libexec/sendmail/sendmail" "$SENDMAIL"
 	fi
-	if [ -n "$(missing_libs)" ]; then
-		echo "sendmail.sh: missing libraries: $(missing_libs | tr '\n' ' ')" >&2
+	if [ -n "$(missing_libs "$SENDMAIL")" ]; then
+		echo "sendmail.sh: missing libraries: $(missing_libs "$SENDMAIL" | tr '\n' ' ')" >&2
 		# the package's library Depends (Debian 12 sendmail-bin)
 		apt_install libdb5.3 libldap-2.5-0 liblockfile1 libnsl2 libsasl2-2 libssl3 libwrap0
-		[ -z "$(missing_libs)" ] || die "sendmail needs libraries that are not installed: $(missing_libs | tr '\n' ' ')"
+		[ -z "$(missing_libs "$SENDMAIL")" ] || die "sendmail needs libraries that are not installed: $(missing_libs "$SENDMAIL" | tr '\n' ' ')"
 	fi
 	local v
 	v=$("$SENDMAIL" -d0.1 -bt </dev/null 2>/dev/null | head -1) || true
@@ -110,8 +82,7 @@ in_uts() {
 
 setup() {
 	install_sendmail
-	case "$WORK" in /|/tmp|/tmp/|"") die "refusing work dir '$WORK'" ;; esac
-	rm -rf "$WORK"
+	remove_work
 	mkdir -p "$WORK/mqueue"
 	chmod 700 "$WORK/mqueue"
 	printf 'hosts\tfiles\naliases\tfiles\n' >"$WORK/service.switch"
@@ -156,30 +127,18 @@ EOF
 	echo "sendmail.sh: instance ready in $WORK (listener 127.0.0.1:${SUBMIT_PORT}, next hop 127.0.0.1:${NEXT_HOP_PORT})" >&2
 }
 
-ready() {
-	exec 3<>"/dev/tcp/127.0.0.1/${SUBMIT_PORT}" || return 1
-	local line=""
-	read -r -t 2 line <&3 || true
-	printf 'QUIT\r\n' >&3 || true
-	exec 3>&-
-	case "$line" in 220*) return 0 ;; *) return 1 ;; esac
-}
-
 cmd=${1:-}
 case "$cmd" in
 install) install_sendmail ;;
 setup) setup ;;
 start)
-	[ -f "$CONF" ] || die "no instance in $WORK: run setup first"
+	need_setup "$CONF"
 	# -bD: daemon in the foreground; -q1s: a queue run every second.
 	in_uts "$SENDMAIL" -C "$CONF" -bD -q1s
 	;;
-ready) ready 2>/dev/null ;;
+ready) smtp_ready 2>/dev/null ;;
 flush) in_uts "$SENDMAIL" -C "$CONF" -q ;;
 queue) in_uts "$SENDMAIL" -C "$CONF" -bp -v ;;
-teardown)
-	case "$WORK" in /|/tmp|/tmp/|"") die "refusing work dir '$WORK'" ;; esac
-	rm -rf "$WORK"
-	;;
+teardown) remove_work ;;
 *) die "usage: sendmail.sh install|setup|start|ready|flush|queue|teardown" ;;
 esac

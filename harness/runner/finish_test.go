@@ -1,9 +1,7 @@
 package runner
 
 import (
-	"bufio"
 	"context"
-	"net"
 	"strings"
 	"testing"
 	"time"
@@ -25,44 +23,6 @@ func (stubRelay) Queue(context.Context) history.QueueSnapshot {
 	return history.QueueSnapshot{At: time.Now(), Err: "no queue"}
 }
 func (stubRelay) Logs() string { return "" }
-
-// refusingRelay answers every RCPT with 550, on 127.0.0.1:0.
-func refusingRelay(t *testing.T) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				r := bufio.NewReader(c)
-				c.Write([]byte("220 refusing\r\n"))
-				for {
-					l, err := r.ReadString('\n')
-					if err != nil {
-						return
-					}
-					switch strings.ToUpper(l[:4]) {
-					case "RCPT":
-						c.Write([]byte("550 5.7.1 relay access denied\r\n"))
-					case "QUIT":
-						c.Write([]byte("221 bye\r\n"))
-						return
-					default:
-						c.Write([]byte("250 ok\r\n"))
-					}
-				}
-			}()
-		}
-	}()
-	return ln.Addr().String()
-}
 
 // A scenario whose send step was refused has nothing in flight: judging it
 // must not wait out the drain deadlines first.

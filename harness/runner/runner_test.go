@@ -1,7 +1,6 @@
 package runner
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"net"
@@ -218,54 +217,6 @@ steps:
 	for _, f := range h.Faults {
 		t.Errorf("a relay that drained needs no drain fault, got %+v", f)
 	}
-}
-
-// blackholeRelay answers 250 to everything and delivers nothing.
-func blackholeRelay(t *testing.T) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				r := bufio.NewReader(c)
-				c.Write([]byte("220 blackhole\r\n"))
-				for {
-					l, err := r.ReadString('\n')
-					if err != nil {
-						return
-					}
-					switch strings.ToUpper(strings.TrimSpace(l)) {
-					case "DATA":
-						c.Write([]byte("354 go on\r\n"))
-						for {
-							l, err := r.ReadString('\n')
-							if err != nil {
-								return
-							}
-							if l == ".\r\n" {
-								break
-							}
-						}
-						c.Write([]byte("250 2.0.0 queued, never delivered\r\n"))
-					case "QUIT":
-						c.Write([]byte("221 bye\r\n"))
-						return
-					default:
-						c.Write([]byte("250 ok\r\n"))
-					}
-				}
-			}()
-		}
-	}()
-	return ln.Addr().String()
 }
 
 // callRelay records the order of the calls made to it.
