@@ -17,6 +17,8 @@ import (
 // recipient, and around EHLO.
 type script struct {
 	rcpt map[string]string // RCPT reply per address (default "250 2.1.5 Ok")
+	// ehlo2 is the reply to a second EHLO (default: the same 250 as the first)
+	ehlo2 string
 	dot  string            // reply to the final dot; "" closes the line without a reply
 	quit string            // reply to QUIT; "" closes the line without a reply
 }
@@ -77,6 +79,10 @@ func scriptedRelay(t *testing.T, sc script) (string, *seen) {
 					s.mu.Lock()
 					s.pipelinedEHLO = true
 					s.mu.Unlock()
+				}
+				if ehlos > 1 && sc.ehlo2 != "" {
+					say(sc.ehlo2)
+					continue
 				}
 				say("250-scripted hello")
 				say("250 8BITMIME")
@@ -286,6 +292,36 @@ func TestEHLOTwiceWaitsForTheFirstReply(t *testing.T) {
 	}
 	if ehlos != 2 {
 		t.Errorf("%d EHLO commands, want 2: %q", ehlos, s.commands)
+	}
+}
+
+// RFC 5321 §4.1.4 lets a server refuse a later EHLO ("if ... the EHLO
+// command is acceptable to the SMTP server"); OpenSMTPD 6.8 answers the
+// second "503 5.5.1 Invalid command: Already identified". The session is
+// then still in the state of the first EHLO: the submission goes on, and the
+// refusal is recorded.
+func TestEHLOTwiceSecondRefused(t *testing.T) {
+	addr, s := scriptedRelay(t, script{ehlo2: "503 5.5.1 Invalid command: Already identified",
+		dot: "250 2.0.0 Ok: queued as Q3", quit: "221 bye"})
+	m := testMessage("alice@rcpt.test")
+	m.EHLOTwice = true
+	got := submitter(addr).Send(context.Background(), m)
+	<-s.done
+	if !got.Accepted {
+		t.Fatalf("not accepted: %+v", got.Reply)
+	}
+	wantReply(t, got.Reply, 250, "2.0.0", "Ok: queued as Q3")
+	if got.SecondEHLO != "503 5.5.1 Invalid command: Already identified" {
+		t.Errorf("second_ehlo %q: want the relay's refusal", got.SecondEHLO)
+	}
+	ehlos := 0
+	for _, c := range s.commands {
+		if strings.HasPrefix(c, "EHLO ") {
+			ehlos++
+		}
+	}
+	if ehlos != 2 || !s.body {
+		t.Errorf("%d EHLO, body %v: %q", ehlos, s.body, s.commands)
 	}
 }
 
