@@ -16,11 +16,10 @@ import (
 // script is how the scripted relay below behaves after the final dot, per
 // recipient, and around EHLO.
 type script struct {
-	rcpt map[string]string // RCPT reply per address (default "250 2.1.5 Ok")
-	// ehlo2 is the reply to a second EHLO (default: the same 250 as the first)
-	ehlo2 string
-	dot  string            // reply to the final dot; "" closes the line without a reply
-	quit string            // reply to QUIT; "" closes the line without a reply
+	rcpt  map[string]string // RCPT reply per address (default "250 2.1.5 Ok")
+	dot   string            // reply to the final dot; "" closes the line without a reply
+	quit  string            // reply to QUIT; "" closes the line without a reply
+	ehlo2 string            // reply to a second EHLO (default: the 250 of the first)
 }
 
 // seen is what the scripted relay received.
