@@ -15,16 +15,31 @@ import (
 // Invalid command: Already identified") leaves the session in the state of
 // the first: the client gets the first reply and goes on, and the refusal is
 // kept in refused.
+//
+// It also keeps go-smtp from saying hello again after RSET (its Reset
+// forgets the hello, so the next MAIL would follow a new EHLO): with twice
+// unset it only does that, for send's rset_before_mail. A later EHLO of the
+// client is answered here with the relay's first reply and never sent:
+// the scenarios' conversations are EHLO [EHLO] RSET MAIL, as they say.
 type doubleEHLOConn struct {
 	net.Conn
-	sent    bool
+	twice   bool   // say the first EHLO twice
+	sent    bool   // the first EHLO went out
+	first   []byte // the relay's accepted reply to it
 	pending []byte // reply bytes read ahead, for the client
 	refused string // the relay's refusal of the second EHLO, one line per reply line
 }
 
 func (d *doubleEHLOConn) Write(p []byte) (int, error) {
-	if d.sent || !(bytes.HasPrefix(p, []byte("EHLO ")) || bytes.HasPrefix(p, []byte("HELO "))) {
+	if !(bytes.HasPrefix(p, []byte("EHLO ")) || bytes.HasPrefix(p, []byte("HELO "))) {
 		return d.Conn.Write(p)
+	}
+	if d.sent {
+		if d.first == nil {
+			return d.Conn.Write(p)
+		}
+		d.pending = append(d.pending, d.first...) // go-smtp's hello again: not sent
+		return len(p), nil
 	}
 	d.sent = true
 	if _, err := d.Conn.Write(p); err != nil {
@@ -37,6 +52,11 @@ func (d *doubleEHLOConn) Write(p []byte) (int, error) {
 	}
 	if len(reply) < 1 || reply[0] != '2' {
 		// Refused: the client sees this reply, and no second EHLO goes out.
+		d.pending = append(reply, rest...)
+		return len(p), nil
+	}
+	d.first = reply
+	if !d.twice {
 		d.pending = append(reply, rest...)
 		return len(p), nil
 	}

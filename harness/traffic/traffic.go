@@ -227,8 +227,8 @@ func (s *Submitter) send(ctx context.Context, m *Message, now func() time.Time, 
 	defer context.AfterFunc(ctx, func() { nc.Close() })()
 	nc.SetDeadline(time.Now().Add(timeout))
 	var double *doubleEHLOConn
-	if m.EHLOTwice {
-		double = &doubleEHLOConn{Conn: nc}
+	if m.EHLOTwice || m.RsetBeforeMail {
+		double = &doubleEHLOConn{Conn: nc, twice: m.EHLOTwice}
 		nc = double
 	}
 	var c *smtp.Client
