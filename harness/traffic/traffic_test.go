@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/greyharness/greyharness/fakemta"
+	"github.com/greyharness/greyharness/harness/history"
 	"github.com/greyharness/greyharness/harness/profile"
 )
 
@@ -272,14 +273,7 @@ func TestAllRecipientsRefused(t *testing.T) {
 // RFC 2920: EHLO may only end a pipelined group, so the second EHLO of the
 // submission-side double handshake goes out after the first reply.
 func TestEHLOTwiceWaitsForTheFirstReply(t *testing.T) {
-	addr, s := scriptedRelay(t, script{dot: "250 2.0.0 Ok: queued as Q2", quit: "221 bye"})
-	m := testMessage("alice@rcpt.test")
-	m.EHLOTwice = true
-	got := submitter(addr).Send(context.Background(), m)
-	<-s.done
-	if !got.Accepted {
-		t.Fatalf("not accepted: %+v", got.Reply)
-	}
+	_, s := sendScripted(t, script{dot: "250 2.0.0 Ok: queued as Q2", quit: "221 bye"}, true, false)
 	if s.pipelinedEHLO {
 		t.Error("the second EHLO was sent before the relay answered the first (pipelined EHLO)")
 	}
@@ -300,15 +294,8 @@ func TestEHLOTwiceWaitsForTheFirstReply(t *testing.T) {
 // then still in the state of the first EHLO: the submission goes on, and the
 // refusal is recorded.
 func TestEHLOTwiceSecondRefused(t *testing.T) {
-	addr, s := scriptedRelay(t, script{ehlo2: "503 5.5.1 Invalid command: Already identified",
-		dot: "250 2.0.0 Ok: queued as Q3", quit: "221 bye"})
-	m := testMessage("alice@rcpt.test")
-	m.EHLOTwice = true
-	got := submitter(addr).Send(context.Background(), m)
-	<-s.done
-	if !got.Accepted {
-		t.Fatalf("not accepted: %+v", got.Reply)
-	}
+	got, s := sendScripted(t, script{ehlo2: "503 5.5.1 Invalid command: Already identified",
+		dot: "250 2.0.0 Ok: queued as Q3", quit: "221 bye"}, true, false)
 	wantReply(t, got.Reply, 250, "2.0.0", "Ok: queued as Q3")
 	if got.SecondEHLO != "503 5.5.1 Invalid command: Already identified" {
 		t.Errorf("second_ehlo %q: want the relay's refusal", got.SecondEHLO)
@@ -329,41 +316,42 @@ func TestEHLOTwiceSecondRefused(t *testing.T) {
 // before MAIL (which OpenSMTPD refuses like the second); the harness does
 // not send it.
 func TestEHLOTwiceRsetBeforeMail(t *testing.T) {
-	addr, s := scriptedRelay(t, script{ehlo2: "503 5.5.1 Invalid command: Already identified",
-		dot: "250 2.0.0 Ok: queued as Q4", quit: "221 bye"})
+	_, s := sendScripted(t, script{ehlo2: "503 5.5.1 Invalid command: Already identified",
+		dot: "250 2.0.0 Ok: queued as Q4", quit: "221 bye"}, true, true)
+	wantVerbs(t, s, "EHLO EHLO RSET MAIL RCPT DATA")
+}
+
+// sendScripted submits one message to alice@rcpt.test through a scripted
+// relay (EHLO twice, RSET before MAIL as asked) and wants it accepted.
+func sendScripted(t *testing.T, sc script, ehloTwice, rsetBeforeMail bool) (history.Submission, *seen) {
+	t.Helper()
+	addr, s := scriptedRelay(t, sc)
 	m := testMessage("alice@rcpt.test")
-	m.EHLOTwice, m.RsetBeforeMail = true, true
+	m.EHLOTwice, m.RsetBeforeMail = ehloTwice, rsetBeforeMail
 	got := submitter(addr).Send(context.Background(), m)
 	<-s.done
 	if !got.Accepted {
 		t.Fatalf("not accepted: %+v", got.Reply)
 	}
+	return got, s
+}
+
+// wantVerbs checks that the relay's conversation began with these verbs.
+func wantVerbs(t *testing.T, s *seen, want string) {
+	t.Helper()
 	var verbs []string
 	for _, c := range s.commands {
 		verbs = append(verbs, strings.SplitN(c, " ", 2)[0])
 	}
-	if got := strings.Join(verbs, " "); !strings.HasPrefix(got, "EHLO EHLO RSET MAIL RCPT DATA") {
-		t.Errorf("commands %q: want EHLO EHLO RSET MAIL RCPT DATA ...", got)
+	if got := strings.Join(verbs, " "); !strings.HasPrefix(got, want) {
+		t.Errorf("commands %q: want %s ...", got, want)
 	}
 }
 
 // RSET before MAIL alone: one EHLO, RSET, MAIL (no second hello).
 func TestRsetBeforeMailSaysEHLOOnce(t *testing.T) {
-	addr, s := scriptedRelay(t, script{dot: "250 2.0.0 Ok: queued as Q5", quit: "221 bye"})
-	m := testMessage("alice@rcpt.test")
-	m.RsetBeforeMail = true
-	got := submitter(addr).Send(context.Background(), m)
-	<-s.done
-	if !got.Accepted {
-		t.Fatalf("not accepted: %+v", got.Reply)
-	}
-	var verbs []string
-	for _, c := range s.commands {
-		verbs = append(verbs, strings.SplitN(c, " ", 2)[0])
-	}
-	if got := strings.Join(verbs, " "); !strings.HasPrefix(got, "EHLO RSET MAIL RCPT DATA") {
-		t.Errorf("commands %q: want EHLO RSET MAIL RCPT DATA ...", got)
-	}
+	_, s := sendScripted(t, script{dot: "250 2.0.0 Ok: queued as Q5", quit: "221 bye"}, false, true)
+	wantVerbs(t, s, "EHLO RSET MAIL RCPT DATA")
 }
 
 // A refused first EHLO reaches the client: the second is not sent blind.
