@@ -237,20 +237,22 @@ flog() {
 }
 
 # start_sweep: envelopes a restarted smtpd loads from its spool are due at
-# OpenSMTPD's own 400s x n^2; one `smtpctl schedule all` RETRY_AFTER seconds
-# after start forces them (retried until smtpd's control socket answers).
-# Their TempFails from then on are the forcer's.
+# OpenSMTPD's own 400s x n^2; `smtpctl schedule all` forces them. smtpd loads
+# its spool in the background after it starts: on a loaded machine a sweep
+# 2.5s after "OpenSMTPD starting" scheduled "0 envelope" while a bounce sat
+# in the spool, which then expired at `queue ttl` untried. So it sweeps every
+# RETRY_AFTER seconds until a sweep schedules something, then once more
+# (envelopes loaded late), 15 sweeps at most. TempFails from then on are the
+# forcer's.
 start_sweep() {
-	local out i
-	sleep "$RETRY_AFTER"
-	for ((i = 0; i < 60; i++)); do
-		if out=$("$SMTPCTL" schedule all 2>&1); then
-			flog "forced all (start): $out"
-			return 0
-		fi
-		sleep 0.5
+	local out i hit=0
+	for ((i = 0; i < 15; i++)); do
+		sleep "$RETRY_AFTER"
+		out=$("$SMTPCTL" schedule all 2>&1) || continue
+		flog "forced all (start): $out"
+		if ((hit)); then return 0; fi
+		case $out in "0 envelope"*) ;; *) hit=1 ;; esac
 	done
-	flog "forced all (start) failed: $out"
 }
 
 ns_start() {
