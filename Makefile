@@ -1,7 +1,7 @@
 # greyharness — make demo runs the default pack against the built-in sample
 # relay; make test runs every test (unit, sample-relay bug matrix, real
-# Postfix, Exim and Haraka end to end); make conformance runs the pack
-# against every relay in ci/ (OpenSMTPD too) and writes docs/conformance.md.
+# Postfix, Exim, Haraka and OpenSMTPD end to end); make conformance runs the
+# pack against every relay in ci/ and writes docs/conformance.md.
 SHELL := /bin/bash
 export PATH := /usr/local/go/bin:$(PATH)
 GO      ?= go
@@ -19,7 +19,7 @@ build:
 demo: build
 	$(BIN) run --relay sample
 
-## test: vet + gofmt, unit tests, sample-relay matrix, Postfix, Exim and Haraka end to end.
+## test: vet + gofmt, unit tests, sample-relay matrix, Postfix, Exim, Haraka and OpenSMTPD end to end.
 test: deps lint build unit e2e
 
 ## deps: install what make test needs on a fresh Debian machine (root; nothing when present).
@@ -58,9 +58,9 @@ vet:
 
 # One real relay after the other: side by side they starve each other's
 # queue runners on a 2-core machine, and their retry timing is what is judged.
-# Not OpenSMTPD: its pack takes about 18 minutes and its load-500 fails on a
-# 2-core machine; make e2e-opensmtpd (or make conformance) runs it.
-e2e: e2e-postfix e2e-exim e2e-haraka
+# OpenSMTPD's retries are forced by its profile (ci/opensmtpd: its own backoff
+# is a compiled-in 400 s x n^2).
+e2e: e2e-postfix e2e-exim e2e-haraka e2e-opensmtpd
 
 e2e-postfix: build
 	@mkdir -p $(RESULTS)

@@ -47,6 +47,12 @@ type Submission struct {
 	// Quit notes what went wrong after an accepted final dot (QUIT refused,
 	// garbage, line dropped). It is information only: acceptance stands.
 	Quit string `json:"quit,omitempty"`
+	// SecondEHLO is the relay's refusal of the second EHLO of a double
+	// handshake (send: ehlo_twice), e.g. OpenSMTPD's "503 5.5.1 Invalid
+	// command: Already identified". RFC 5321 §4.1.4 lets a server refuse a
+	// later EHLO; the session goes on in the state of the first, so it is
+	// information only.
+	SecondEHLO string `json:"second_ehlo,omitempty"`
 	// Resubmission marks a second submission of an already used Message-ID.
 	Resubmission bool `json:"resubmission,omitempty"`
 }

@@ -53,7 +53,7 @@ func (j *judge) notAccepted(tr *track) Finding {
 		Verdicts: []Verdict{NotAccepted}, Primary: NotAccepted,
 	}
 	tl := []TimelineEntry{{At: s.SubmittedAt, What: WhatSubmitted,
-		Detail: fmt.Sprintf("MAIL FROM:<%s> RCPT TO:<%s>, relay replied %s", s.MailFrom, tr.rcpt, fmtReply(&reply))}}
+		Detail: submittedDetail(s, tr.rcpt, &reply)}}
 	why := []string{fmt.Sprintf("not-accepted: the relay refused %s at %s (%s): it never owned the message for %s",
 		what, j.rel(s.SubmittedAt), fmtReply(&reply), tr.rcpt)}
 	for _, a := range tr.attempts {

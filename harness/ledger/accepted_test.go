@@ -121,3 +121,18 @@ func TestUnknownOutcomeEvidenceDecides(t *testing.T) {
 		t.Errorf("listed by the relay then gone: want lost, got %v failed %v: %s", f.Verdicts, f.Failed, f.Why)
 	}
 }
+
+// A relay that refused the second EHLO of a double handshake (RFC 5321
+// §4.1.4 allows it) and accepted the message: the timeline says so, and the
+// delivery is judged as always.
+func TestSecondEHLORefusalInTimeline(t *testing.T) {
+	b := newH(40)
+	s := b.submit("m1", 0, bob)
+	s.SecondEHLO = "503 5.5.1 Invalid command: Already identified"
+	b.deliver(10, s, bob)
+	f := find(t, Judge(b.h), "m1", bob)
+	want(t, f, Delivered, false, Delivered)
+	if !hasEntry(f, WhatSubmitted, "second EHLO refused: 503 5.5.1 Invalid command: Already identified") {
+		t.Errorf("timeline lacks the second EHLO's refusal: %s", dumpTimeline(f))
+	}
+}

@@ -131,6 +131,16 @@ func normID(id string) string {
 
 func is2xx(code int) bool { return code >= 200 && code < 300 }
 
+// submittedDetail is the timeline's "submitted" line for rcpt: the envelope
+// and the relay's reply (and a refused second EHLO of a double handshake).
+func submittedDetail(s *history.Submission, rcpt string, reply *record.Reply) string {
+	d := fmt.Sprintf("MAIL FROM:<%s> RCPT TO:<%s>, relay replied %s", s.MailFrom, rcpt, fmtReply(reply))
+	if s.SecondEHLO != "" {
+		d += "; second EHLO refused: " + s.SecondEHLO
+	}
+	return d
+}
+
 func fmtReply(r *record.Reply) string {
 	if r == nil {
 		return "no reply"

@@ -229,7 +229,7 @@ func (j *judge) judgeTrack(tr *track) Finding {
 	s := tr.sub
 	c := &trackCase{tr: tr, s: s, exp: j.expectFor(s.Group)}
 	c.tl = []TimelineEntry{{At: s.SubmittedAt, What: WhatSubmitted,
-		Detail: fmt.Sprintf("MAIL FROM:<%s> RCPT TO:<%s>, relay replied %s", s.MailFrom, tr.rcpt, fmtReply(&s.Reply))}}
+		Detail: submittedDetail(s, tr.rcpt, &s.Reply)}}
 	if !s.Accepted {
 		return Finding{
 			HarnessID: s.HarnessID, MessageID: s.MessageID, Group: s.Group, Rcpt: tr.rcpt,

@@ -3,6 +3,7 @@ package runner
 import (
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/greyharness/greyharness/fakemta"
 	"github.com/greyharness/greyharness/harness/history"
@@ -29,13 +30,16 @@ type msgState struct {
 	sub   history.Submission
 	rcpts map[string]*rcptState
 	dsn   map[string]bool // DSN actions seen
+	// delayedAt: the last accepted DSN Action: delayed about it
+	delayedAt time.Time
 }
 
 type rcptState struct {
-	attempts  int
-	deferred  bool
-	delivered int
-	bounced   bool
+	attempts    int
+	lastAttempt time.Time
+	deferred    bool
+	delivered   int
+	bounced     bool
 }
 
 func newTracker() *tracker {
@@ -123,6 +127,9 @@ func (t *tracker) observe(ev fakemta.Event) {
 		}
 		m := t.msgs[d.Sub]
 		m.dsn[d.Action] = true
+		if d.Action == "delayed" && ev.Time.After(m.delayedAt) {
+			m.delayedAt = ev.Time
+		}
 		if rs := m.rcpts[strings.ToLower(d.Rcpt)]; rs != nil && d.Action == "failed" {
 			rs.bounced = true
 		}
@@ -133,6 +140,9 @@ func (t *tracker) observe(ev fakemta.Event) {
 			continue
 		}
 		rs.attempts++
+		if ev.Time.After(rs.lastAttempt) {
+			rs.lastAttempt = ev.Time
+		}
 		deferred := tx.Mail.Code/100 == 4
 		if h.RcptIndex >= 0 {
 			r := tx.Rcpts[h.RcptIndex].Reply

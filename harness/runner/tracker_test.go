@@ -162,3 +162,53 @@ func TestTrackerWaitsOnlyForAcceptedRecipients(t *testing.T) {
 		t.Error("bob, the only accepted recipient, is delivered: the wait should be over")
 	}
 }
+
+// A relay that gives up at its queue lifetime with a notice that says
+// Action: delayed (OpenSMTPD 6.8 at `queue ttl`, nullmailer 2.2) has settled
+// the message: the drained wait ends (the dequeued check then still wants it
+// out of the listing) instead of waiting out its deadline three times (wait,
+// flush, restart). A delay notice before the lifetime, or one followed by an
+// attempt, settles nothing.
+func TestDrainedAfterAnExpiryNotice(t *testing.T) {
+	t0 := time.Date(2025, 3, 1, 12, 0, 0, 0, time.UTC)
+	at := func(s float64) time.Time { return t0.Add(time.Duration(s * float64(time.Second))) }
+	const lifetime = 60 * time.Second
+	grey := fakemta.Reply{Code: 451, Enhanced: "4.3.0", Text: "try later"}
+	ok := fakemta.Reply{Code: 250}
+	run := func(events ...fakemta.Event) bool {
+		tr := newTracker()
+		s := history.Submission{HarnessID: "gh-1", MessageID: "gh-1@h", Group: "g", MailFrom: "a+gh-1@s.test",
+			RcptTo: []string{"judy@r.test"}, SubmittedAt: t0, Accepted: true, Reply: ok}
+		tr.expect(s)
+		tr.submitted(s)
+		for _, ev := range events {
+			tr.observe(ev)
+		}
+		return tr.all("g", drainedCond(lifetime))
+	}
+	attempt := func(sec float64) fakemta.Event {
+		return fakemta.Event{Time: at(sec), Kind: fakemta.EventTransaction, Transaction: &fakemta.Transaction{
+			MailFrom: "a+gh-1@s.test", Mail: ok, Rcpts: []fakemta.RcptAttempt{{Addr: "judy@r.test", Reply: grey}}}}
+	}
+	notice := func(sec float64) fakemta.Event {
+		return fakemta.Event{Time: at(sec), Kind: fakemta.EventTransaction, Transaction: &fakemta.Transaction{
+			MailFrom: "", Mail: ok, Rcpts: []fakemta.RcptAttempt{{Addr: "a+gh-1@s.test", Reply: ok}}, Data: &ok,
+			Message: &fakemta.Message{MessageID: "dsn@relay", Accepted: true, DSN: &dsn.Report{OriginalMessageID: "gh-1@h",
+				Recipients: []dsn.Recipient{{FinalRecipient: "judy@r.test", Action: "delayed", Status: "4.4.7"}}}}}}
+	}
+	if run(attempt(1), notice(2)) {
+		t.Error("an early delay notice settles nothing")
+	}
+	if !run(attempt(1), notice(2), attempt(50), notice(61)) {
+		t.Error("a delayed notice at the queue lifetime with no attempt after it: settled")
+	}
+	if run(attempt(1), notice(61), attempt(63)) {
+		t.Error("an attempt after the notice: the relay still tries, not settled")
+	}
+	if run(attempt(1)) {
+		t.Error("deferred only: not settled")
+	}
+	if !drainedCond(lifetime)(&msgState{rcpts: map[string]*rcptState{"x@r.test": {delivered: 1}}}) {
+		t.Error("delivered: settled")
+	}
+}

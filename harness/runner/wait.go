@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/greyharness/greyharness/harness/history"
+	"github.com/greyharness/greyharness/harness/ledger"
 	"github.com/greyharness/greyharness/scenarios"
 )
 
@@ -27,8 +28,25 @@ func waitCond(w *scenarios.Wait) cond {
 		return everyRcpt(func(rs *rcptState) bool { return rs.attempts >= w.Attempts })
 	case "dsn":
 		return func(m *msgState) bool { return m.dsn[w.Action] }
-	default: // drained
-		return everyRcpt(func(rs *rcptState) bool { return rs.delivered > 0 || rs.bounced })
+	default: // drained (Run.wait uses drainedCond, which knows the queue lifetime)
+		return drainedCond(0)
+	}
+}
+
+// drainedCond: every recipient delivered, bounced, or given up with an
+// expiry notice that says delayed -- the ledger's bad-dsn: a DSN Action:
+// delayed at or after the queue lifetime (less its slack, as
+// ledger.expiryNotice) with no attempt after it (OpenSMTPD 6.8 at `queue
+// ttl`, nullmailer 2.2). Flushing or restarting such a relay changes
+// nothing, so the drain does not wait its deadline out three times; the
+// drained wait still wants the message out of the relay's listing.
+func drainedCond(lifetime time.Duration) cond {
+	return func(m *msgState) bool {
+		due := m.sub.SubmittedAt.Add(lifetime - ledger.LifetimeSlack(lifetime))
+		expired := lifetime > 0 && !m.delayedAt.IsZero() && !m.delayedAt.Before(due)
+		return everyRcpt(func(rs *rcptState) bool {
+			return rs.delivered > 0 || rs.bounced || (expired && rs.lastAttempt.Before(m.delayedAt))
+		})(m)
 	}
 }
 
@@ -36,6 +54,9 @@ func waitCond(w *scenarios.Wait) cond {
 func (r *Run) wait(ctx context.Context, w *scenarios.Wait) bool {
 	d := r.deadline(w)
 	c := waitCond(w)
+	if w.For == "drained" {
+		c = drainedCond(r.timing.QueueLifetime.D())
+	}
 	until := time.Now().Add(d)
 	r.progress("waiting for %s until %s (%s)", w.Describe()[len("wait for "):], until.Format("15:04:05"), d.Round(100*time.Millisecond))
 	ok := r.until(ctx, until, func() bool { return r.track.all(w.Group, c) })

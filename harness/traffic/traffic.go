@@ -226,8 +226,10 @@ func (s *Submitter) send(ctx context.Context, m *Message, now func() time.Time, 
 	// Closing the connection unblocks whatever go-smtp waits on.
 	defer context.AfterFunc(ctx, func() { nc.Close() })()
 	nc.SetDeadline(time.Now().Add(timeout))
-	if m.EHLOTwice {
-		nc = &doubleEHLOConn{Conn: nc}
+	var double *doubleEHLOConn
+	if m.EHLOTwice || m.RsetBeforeMail {
+		double = &doubleEHLOConn{Conn: nc, twice: m.EHLOTwice}
+		nc = double
 	}
 	var c *smtp.Client
 	if s.Submit.StartTLS {
@@ -250,6 +252,9 @@ func (s *Submitter) send(ctx context.Context, m *Message, now func() time.Time, 
 	}
 	if err := c.Hello(helo); err != nil {
 		return err
+	}
+	if double != nil {
+		sub.SecondEHLO = double.refused
 	}
 	if s.Submit.Username != "" {
 		if err := c.Auth(sasl.NewPlainClient("", s.Submit.Username, s.Submit.Password)); err != nil {

@@ -10,15 +10,17 @@ import (
 	"time"
 
 	"github.com/greyharness/greyharness/fakemta"
+	"github.com/greyharness/greyharness/harness/history"
 	"github.com/greyharness/greyharness/harness/profile"
 )
 
 // script is how the scripted relay below behaves after the final dot, per
 // recipient, and around EHLO.
 type script struct {
-	rcpt map[string]string // RCPT reply per address (default "250 2.1.5 Ok")
-	dot  string            // reply to the final dot; "" closes the line without a reply
-	quit string            // reply to QUIT; "" closes the line without a reply
+	rcpt  map[string]string // RCPT reply per address (default "250 2.1.5 Ok")
+	dot   string            // reply to the final dot; "" closes the line without a reply
+	quit  string            // reply to QUIT; "" closes the line without a reply
+	ehlo2 string            // reply to every EHLO after the first (default: the 250 of the first)
 }
 
 // seen is what the scripted relay received.
@@ -77,6 +79,10 @@ func scriptedRelay(t *testing.T, sc script) (string, *seen) {
 					s.mu.Lock()
 					s.pipelinedEHLO = true
 					s.mu.Unlock()
+				}
+				if ehlos > 1 && sc.ehlo2 != "" {
+					say(sc.ehlo2)
+					continue
 				}
 				say("250-scripted hello")
 				say("250 8BITMIME")
@@ -267,14 +273,7 @@ func TestAllRecipientsRefused(t *testing.T) {
 // RFC 2920: EHLO may only end a pipelined group, so the second EHLO of the
 // submission-side double handshake goes out after the first reply.
 func TestEHLOTwiceWaitsForTheFirstReply(t *testing.T) {
-	addr, s := scriptedRelay(t, script{dot: "250 2.0.0 Ok: queued as Q2", quit: "221 bye"})
-	m := testMessage("alice@rcpt.test")
-	m.EHLOTwice = true // (RSET before MAIL would add a third: go-smtp says EHLO again after RSET)
-	got := submitter(addr).Send(context.Background(), m)
-	<-s.done
-	if !got.Accepted {
-		t.Fatalf("not accepted: %+v", got.Reply)
-	}
+	_, s := sendScripted(t, script{dot: "250 2.0.0 Ok: queued as Q2", quit: "221 bye"}, true, false)
 	if s.pipelinedEHLO {
 		t.Error("the second EHLO was sent before the relay answered the first (pipelined EHLO)")
 	}
@@ -287,6 +286,72 @@ func TestEHLOTwiceWaitsForTheFirstReply(t *testing.T) {
 	if ehlos != 2 {
 		t.Errorf("%d EHLO commands, want 2: %q", ehlos, s.commands)
 	}
+}
+
+// RFC 5321 §4.1.4 lets a server refuse a later EHLO ("if ... the EHLO
+// command is acceptable to the SMTP server"); OpenSMTPD 6.8 answers the
+// second "503 5.5.1 Invalid command: Already identified". The session is
+// then still in the state of the first EHLO: the submission goes on, and the
+// refusal is recorded.
+func TestEHLOTwiceSecondRefused(t *testing.T) {
+	got, s := sendScripted(t, script{ehlo2: "503 5.5.1 Invalid command: Already identified",
+		dot: "250 2.0.0 Ok: queued as Q3", quit: "221 bye"}, true, false)
+	wantReply(t, got.Reply, 250, "2.0.0", "Ok: queued as Q3")
+	if got.SecondEHLO != "503 5.5.1 Invalid command: Already identified" {
+		t.Errorf("second_ehlo %q: want the relay's refusal", got.SecondEHLO)
+	}
+	ehlos := 0
+	for _, c := range s.commands {
+		if strings.HasPrefix(c, "EHLO ") {
+			ehlos++
+		}
+	}
+	if ehlos != 2 || !s.body {
+		t.Errorf("%d EHLO, body %v: %q", ehlos, s.body, s.commands)
+	}
+}
+
+// The scenario's double handshake with RSET before MAIL is EHLO, EHLO, RSET,
+// MAIL: go-smtp's Reset forgets the hello and would say EHLO a third time
+// before MAIL (which OpenSMTPD refuses like the second); the harness does
+// not send it.
+func TestEHLOTwiceRsetBeforeMail(t *testing.T) {
+	_, s := sendScripted(t, script{ehlo2: "503 5.5.1 Invalid command: Already identified",
+		dot: "250 2.0.0 Ok: queued as Q4", quit: "221 bye"}, true, true)
+	wantVerbs(t, s, "EHLO EHLO RSET MAIL RCPT DATA")
+}
+
+// sendScripted submits one message to alice@rcpt.test through a scripted
+// relay (EHLO twice, RSET before MAIL as asked) and wants it accepted.
+func sendScripted(t *testing.T, sc script, ehloTwice, rsetBeforeMail bool) (history.Submission, *seen) {
+	t.Helper()
+	addr, s := scriptedRelay(t, sc)
+	m := testMessage("alice@rcpt.test")
+	m.EHLOTwice, m.RsetBeforeMail = ehloTwice, rsetBeforeMail
+	got := submitter(addr).Send(context.Background(), m)
+	<-s.done
+	if !got.Accepted {
+		t.Fatalf("not accepted: %+v", got.Reply)
+	}
+	return got, s
+}
+
+// wantVerbs checks that the relay's conversation began with these verbs.
+func wantVerbs(t *testing.T, s *seen, want string) {
+	t.Helper()
+	var verbs []string
+	for _, c := range s.commands {
+		verbs = append(verbs, strings.SplitN(c, " ", 2)[0])
+	}
+	if got := strings.Join(verbs, " "); !strings.HasPrefix(got, want) {
+		t.Errorf("commands %q: want %s ...", got, want)
+	}
+}
+
+// RSET before MAIL alone: one EHLO, RSET, MAIL (no second hello).
+func TestRsetBeforeMailSaysEHLOOnce(t *testing.T) {
+	_, s := sendScripted(t, script{dot: "250 2.0.0 Ok: queued as Q5", quit: "221 bye"}, false, true)
+	wantVerbs(t, s, "EHLO RSET MAIL RCPT DATA")
 }
 
 // A refused first EHLO reaches the client: the second is not sent blind.
