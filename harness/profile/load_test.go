@@ -239,6 +239,9 @@ func TestShippedZooProfiles(t *testing.T) {
 	// the backoff's.
 	own := map[string]string{"delay-warning": "no delay notice", "multi-mx-split-state": "one fixed host:port", "multi-mx-shared-state": "one fixed host:port"}
 	for name, o := range p.Scenarios {
+		if o.Expect != nil {
+			continue // an expected failure: Load requires its why
+		}
 		want, ok := own[name]
 		if !ok {
 			want = "15 minutes"
