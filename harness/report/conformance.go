@@ -295,7 +295,7 @@ func note(s RunScenario) string {
 		for i, v := range s.Expected.Verdict {
 			vs[i] = string(v)
 		}
-		msg := fmt.Sprintf("%s (%s): %s", what, strings.Join(vs, ", "), oneLine(s.Expected.Why))
+		msg := fmt.Sprintf("%s (%s): %s", what, strings.Join(vs, ", "), flat(s.Expected.Why))
 		if f := firstFailed(s.Result); f != nil {
 			msg += fmt.Sprintf(". Seen: %s", oneLine(f.Why))
 		}
@@ -312,7 +312,7 @@ func note(s RunScenario) string {
 		msg += "; step error: " + oneLine(s.Error)
 	}
 	if s.Expected != nil {
-		msg += fmt.Sprintf(" (the profile expects a failure with %v: %s; this is not it)", s.Expected.Verdict, oneLine(s.Expected.Why))
+		msg += fmt.Sprintf(" (the profile expects a failure with %v: %s; this is not it)", s.Expected.Verdict, flat(s.Expected.Why))
 	}
 	return msg
 }
@@ -329,10 +329,16 @@ func firstFailed(r *ledger.Result) *ledger.Finding {
 	return nil
 }
 
-// oneLine flattens s for a table or bullet, at most 400 characters.
+// flat flattens s for a table or bullet: one line, | escaped. A profile's
+// why (the evidence of an expected failure) is shown whole.
+func flat(s string) string {
+	return strings.ReplaceAll(strings.Join(strings.Fields(s), " "), "|", "\\|")
+}
+
+// oneLine is flat, at most 400 characters: for the harness's own generated
+// texts (a finding's why, a step error).
 func oneLine(s string) string {
-	s = strings.Join(strings.Fields(s), " ")
-	s = strings.ReplaceAll(s, "|", "\\|")
+	s = flat(s)
 	if len(s) > 400 {
 		s = s[:400] + "…"
 	}

@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/greyharness/greyharness/harness/ledger"
 )
 
 func TestConformanceMatrix(t *testing.T) {
@@ -76,5 +78,19 @@ func TestLoadRelayRunErrors(t *testing.T) {
 	os.WriteFile(filepath.Join(dir, "x.wall"), []byte("soon"), 0o644)
 	if _, err := LoadRelayRun(p); err == nil || !strings.Contains(err.Error(), "x.wall") {
 		t.Errorf("bad .wall: error %v", err)
+	}
+}
+
+// A profile's why is the evidence for an expected failure: the matrix shows
+// it whole (a finding's generated why is cut at 400 characters).
+func TestConformanceNoteKeepsTheWholeWhy(t *testing.T) {
+	why := strings.Repeat("its log: \"Moving message into failed\" ", 15) + "never Action: failed"
+	s := RunScenario{Scenario: "expiry-bounce", Status: StatusExpectedFailure}
+	s.Expected = &struct {
+		Verdict []ledger.Verdict `json:"verdict"`
+		Why     string           `json:"why"`
+	}{Verdict: []ledger.Verdict{ledger.BadDSN}, Why: why}
+	if n := note(s); !strings.Contains(n, "never Action: failed") {
+		t.Errorf("note cuts the profile's why (%d characters): %s", len(why), n)
 	}
 }
