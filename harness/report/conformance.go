@@ -354,7 +354,7 @@ func (r RelayRun) firstRetry() string {
 	}
 	var gaps []time.Duration
 	for _, f := range s.Result.Findings {
-		as := attempts(f)
+		as := ownAttempts(f)
 		for i := 1; i < len(as); i++ {
 			if as[i-1].Class == Class4xx {
 				gaps = append(gaps, as[i].At.Sub(as[i-1].At))
@@ -372,6 +372,20 @@ func (r RelayRun) firstRetry() string {
 	return fmt.Sprintf("%s–%s (%d messages)", short(gaps[0]), short(gaps[len(gaps)-1]), len(gaps))
 }
 
+// ownAttempts are f's delivery attempts that carried a transaction for it:
+// a connection that carried none (refused or cut before MAIL) is in every
+// running scenario's timeline, as the fake MTA could not tell whose it
+// was, so it is no retry of this message.
+func ownAttempts(f ledger.Finding) []attemptMark {
+	var out []attemptMark
+	for _, a := range attempts(f) {
+		if !strings.Contains(a.Detail, ": no transaction,") {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
 // longestGap is the longest gap after a failed attempt over every scenario,
 // and where.
 func (r RelayRun) longestGap() string {
@@ -382,7 +396,7 @@ func (r RelayRun) longestGap() string {
 			continue
 		}
 		for _, f := range s.Result.Findings {
-			as := attempts(f)
+			as := ownAttempts(f)
 			for i := 1; i < len(as); i++ {
 				if g := as[i].At.Sub(as[i-1].At); as[i-1].Class != Class2xx && g > best {
 					best, where = g, s.Scenario
