@@ -153,7 +153,8 @@ func Conformance(w io.Writer, runs []RelayRun, generated time.Time) error {
 		ew.printf("| %s | %s | %s | %s | %s | %s | %s |\n", r.Relay, r.firstRetry(), r.longestGap(), r.delayNotice(), r.failureDSN(), r.greylistedDSN(), r.duplicates())
 	}
 	ew.printf("\nEvery figure is read from the scenario's judged timeline (the fake MTA's record), not from the relay's\n")
-	ew.printf("configuration; a scenario not run or skipped shows why.\n")
+	ew.printf("configuration; a scenario not run or skipped shows why. Scenarios run side by side, so a neighbour's relay\n")
+	ew.printf("restart (each is recorded in every running scenario's timeline) can stretch a retry gap: the relay was down.\n")
 	ew.printf("\nRetry times are what the fake MTA saw: for a relay whose retries are forced (OpenSMTPD: its profile's\n")
 	ew.printf("forcer) they are the forcer's, not the relay's own backoff — see each relay's `timing` in relays.md.\n")
 
