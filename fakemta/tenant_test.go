@@ -348,3 +348,33 @@ func TestAPITenantErrors(t *testing.T) {
 		t.Errorf("PUT ?x=1: %q, want the allowed parameter named", e.Error)
 	}
 }
+
+// A DATA-stage tarpit acts inside a tenant's transaction: its control event
+// names the tenant when it starts, so the harness can tell that scenario at
+// once that the DATA phase is held (restart when: during-data), not only
+// after the final dot, when the transaction shows whose the connection was.
+func TestTenantTarpitAtDataNamesTheTenant(t *testing.T) {
+	s := startServer(t, "", nil)
+	hold := parseTestPolicy(t, "rules:\n  - match: {stage: data}\n    delay: 1h\n")
+	if err := s.SetTenant("ta", hold, TenantOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	sub, cancel := s.Journal().Subscribe()
+	defer cancel()
+	c := dialRaw(t, s.Addr())
+	c.greeting()
+	c.must("EHLO relay.test", 250)
+	m := tenantMsg("ta", "erin@rcpt.test")
+	c.must("MAIL FROM:<"+m.sender+">", 250)
+	c.must("RCPT TO:<"+m.rcpts[0]+">", 250)
+	c.write("DATA\r\n")
+	for ev := range sub {
+		if ev.Kind == EventControl && strings.HasPrefix(ev.Note, "tarpit") {
+			if ev.Note != "tarpit 1h0m0s at data" || ev.Tenant != "ta" {
+				t.Fatalf("tarpit event %q of tenant %q, want \"tarpit 1h0m0s at data\" of tenant ta", ev.Note, ev.Tenant)
+			}
+			break
+		}
+	}
+	s.Close() // cuts the tarpit short
+}

@@ -91,8 +91,9 @@ type override struct {
 	closeAfter bool
 	delay      time.Duration
 	delayWhy   string
-	startTLS   bool // after the reply, run the TLS handshake
-	tlsFail    bool // ... and make it fail
+	tenant     string // whose rule set the delay: its tarpit event names it
+	startTLS   bool   // after the reply, run the TLS handshake
+	tlsFail    bool   // ... and make it fail
 }
 
 func (s *Server) newConn(nc net.Conn, local string, mx int) *conn {
@@ -499,7 +500,7 @@ func (c *conn) command(line []byte) {
 			c.out = append(c.out, noop...)
 			return
 		case ActionDelay:
-			c.setOverride(n, &override{delay: act.Delay, delayWhy: string(stage)})
+			c.setOverride(n, &override{delay: act.Delay, delayWhy: string(stage), tenant: scope.name})
 		case ActionTLS:
 			if tlsOn {
 				c.setOverride(n, &override{reply: &Reply{Code: 220, Enhanced: "2.0.0", Text: "Ready to start TLS"}, startTLS: true, tlsFail: true})
@@ -651,13 +652,13 @@ func (c *conn) sendReply(wire []byte) error {
 		}
 	} else if o = c.ovr[c.replySeq]; o != nil && o.delay > 0 {
 		// A data-stage delay holds the 354 (the tarpit the relay sees).
-		o = &override{delay: o.delay, delayWhy: o.delayWhy}
+		o = &override{delay: o.delay, delayWhy: o.delayWhy, tenant: o.tenant}
 		delete(c.ovr, c.replySeq)
 	} else {
 		o = nil
 	}
 	if o != nil && o.delay > 0 {
-		c.srv.record(Event{Kind: EventControl, Conn: c.id, Client: c.client, Note: fmt.Sprintf("tarpit %s at %s", o.delay, o.delayWhy)}, false)
+		c.srv.record(Event{Kind: EventControl, Conn: c.id, Client: c.client, Tenant: o.tenant, Note: fmt.Sprintf("tarpit %s at %s", o.delay, o.delayWhy)}, false)
 		t := time.NewTimer(o.delay)
 		select {
 		case <-t.C:

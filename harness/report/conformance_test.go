@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/greyharness/greyharness/harness/ledger"
 )
 
 func TestConformanceMatrix(t *testing.T) {
@@ -31,20 +33,24 @@ func TestConformanceMatrix(t *testing.T) {
 		"| greylist-once | pass | pass | — |\n",
 		"| delay-warning | pass | skipped | — |\n",
 		"| expiry-bounce | expected: bad-dsn | pass | — |\n",
-		"| drop-after-final-dot | pass (warn: duplicate) | — | — |\n",
-		"| load-500 | **FAIL: lost** | — | — |\n",
+		// a scenario a reduced set left out, and one the pack of that run lacked
+		"| drop-after-final-dot | pass (warn: duplicate) | — (reduced set) | — |\n",
+		"| load-500 | **FAIL: lost** | — (reduced set) | — |\n",
+		"| greylisted-dsn | pass | **FAIL: lost** | — |\n",
 		"| plain-delivery | — | **UNEXPECTED PASS** | — |\n",
-		"| **run** | 3 pass · 1 expected · 1 FAIL · 19m24s | 2 pass · 1 skipped · 1 UNEXPECTED PASS · reduced set | **no scenario ran** (the relay did not start: see its run's JUnit report) |\n",
-		"| gamma | — | — | — | — | — |\n",
+		"| **run** | 4 pass · 1 expected · 1 FAIL · 19m24s | 2 pass · 1 skipped · 1 FAIL · 1 UNEXPECTED PASS · reduced set | **no scenario ran** (the relay did not start: see its run's JUnit report) |\n",
+		"| gamma | — | — | — | — | — | — |\n",
 		// behaviour: first retry range, longest gap and where, DSNs, duplicates
-		"| alpha | 2.5s–3.4s (2 messages) | 19.9s (delay-warning) | Action: delayed, Status 4.4.7, 15.2s after submission | **none**: last DSN Action: delayed, Status 4.4.7, 1m00s after submission (expected: bad-dsn) | yes: 1 of 1 delivered twice (RFC 1047) |\n",
-		"| beta | 5.4s | 5.4s (greylist-once) | none (needs delay-warning, which the beta profile does not provide) | Action: failed, Status 4.3.0, 45.7s after submission | — |\n",
+		"| alpha | 2.5s–3.4s (2 messages) | 19.9s (delay-warning) | Action: delayed, Status 4.4.7, 15.2s after submission | **none**: last DSN Action: delayed, Status 4.4.7, 1m00s after submission (expected: bad-dsn) | retried: deferred 2× (first 200ms after submission), then Action: failed, Status 5.1.1, accepted 2.7s after submission | yes: 1 of 1 delivered twice (RFC 1047) |\n",
+		"| beta | 5.4s | 5.4s (greylist-once) | none (needs delay-warning, which the beta profile does not provide) | Action: failed, Status 4.3.0, 45.7s after submission | **none reached the sender**: deferred 1×, the last 300ms after submission, not retried after (**FAIL: lost**) | — (reduced set) |\n",
+		// a relay whose run wrote no outcome does not read as all passed
+		"## gamma\n\nNo scenario ran: the relay did not start (see its run's JUnit report).\n",
 		// every cell that is not a pass, explained
 		"- **expiry-bounce** — expected failure (bad-dsn): at queue ttl it sends Action: delayed, Status 4.4.7 (\"Envelope expired\"). Seen: the relay gave up",
 		"- **load-500** — failed (lost): undelivered \\| gone",
 		"- **plain-delivery** — UNEXPECTED PASS (the profile expects a failure; the relay's behaviour changed) (stale): slow",
 		"- **delay-warning** — skipped: needs delay-warning",
-		"Reduced set, labelled: run with `--focus ^(greylist-once|delay-warning|expiry-bounce|plain-delivery)$`.",
+		"Reduced set, labelled: run with `--focus ^(greylist-once|delay-warning|expiry-bounce|plain-delivery|greylisted-dsn)$`.",
 		"on 2026-12-02 09:00 UTC",
 	} {
 		if !strings.Contains(md, want) {
@@ -72,5 +78,19 @@ func TestLoadRelayRunErrors(t *testing.T) {
 	os.WriteFile(filepath.Join(dir, "x.wall"), []byte("soon"), 0o644)
 	if _, err := LoadRelayRun(p); err == nil || !strings.Contains(err.Error(), "x.wall") {
 		t.Errorf("bad .wall: error %v", err)
+	}
+}
+
+// A profile's why is the evidence for an expected failure: the matrix shows
+// it whole (a finding's generated why is cut at 400 characters).
+func TestConformanceNoteKeepsTheWholeWhy(t *testing.T) {
+	why := strings.Repeat("its log: \"Moving message into failed\" ", 15) + "never Action: failed"
+	s := RunScenario{Scenario: "expiry-bounce", Status: StatusExpectedFailure}
+	s.Expected = &struct {
+		Verdict []ledger.Verdict `json:"verdict"`
+		Why     string           `json:"why"`
+	}{Verdict: []ledger.Verdict{ledger.BadDSN}, Why: why}
+	if n := note(s); !strings.Contains(n, "never Action: failed") {
+		t.Errorf("note cuts the profile's why (%d characters): %s", len(why), n)
 	}
 }
