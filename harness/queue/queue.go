@@ -120,6 +120,8 @@ func ParsePostfixJSON(out []byte) ([]history.QueueEntry, error) {
 			if e.Reason == "" {
 				e.Reason = r.DelayReason
 			}
+			// Postfix writes a delay reason when an attempt is deferred.
+			e.Deferred = e.Deferred || r.DelayReason != ""
 		}
 		if m.ForcedExpire {
 			e.Reason = join("forced to expire", e.Reason)
@@ -331,7 +333,7 @@ func sampleQueueEntry(s SampleEntry) history.QueueEntry {
 	rcpts := append([]string{}, s.Recipients...)
 	return history.QueueEntry{
 		QueueID: s.QueueID, Sender: nullSender(s.Sender), Recipients: rcpts, Arrival: s.Arrival,
-		NextAttempt: s.NextAttempt, Reason: s.Reason, MessageID: s.MessageID, HarnessID: s.HarnessID,
+		NextAttempt: s.NextAttempt, Reason: s.Reason, Deferred: s.Deferred, MessageID: s.MessageID, HarnessID: s.HarnessID,
 	}
 }
 

@@ -61,6 +61,15 @@ func TestPostfixJSON(t *testing.T) {
 	if b := find(t, es, "BC20398438E"); b.Sender != "" {
 		t.Errorf("bounce sender = %q, want \"\" (MAILER-DAEMON)", b.Sender)
 	}
+	// A delay reason is what a deferred attempt leaves: the message is
+	// listed deferred; one in the active queue, not tried yet, is not.
+	if !m.Deferred {
+		t.Errorf("entry with a delay reason not deferred: %+v", m)
+	}
+	fresh, err := ParsePostfixJSON([]byte(`{"queue_name": "active", "queue_id": "C1", "arrival_time": 1795537377, "sender": "s@x", "recipients": [{"address": "r@x"}]}`))
+	if err != nil || len(fresh) != 1 || fresh[0].Deferred || fresh[0].Reason != "" {
+		t.Errorf("active entry without a delay reason = %+v, %v; want not deferred", fresh, err)
+	}
 
 	es = parse(t, profile.QueuePostfixJSON, "postfix-hold.jsonl", time.Time{})
 	if h := find(t, es, "BC20398438E"); !strings.HasPrefix(h.Reason, "on hold; connect to") {
