@@ -238,5 +238,14 @@ func TestIsolateThePack(t *testing.T) {
 		if ok && got != w {
 			t.Errorf("%s: %s (%s), want %s", pack[i].Name, got, why, w)
 		}
+		// The two about MX hosts hold the relay together; no other alone
+		// scenario has company.
+		wantGroup := ""
+		if strings.HasPrefix(pack[i].Name, "multi-mx-") {
+			wantGroup = runner.AloneGroupMX
+		}
+		if g := runner.AloneGroup(&pack[i]); g != wantGroup {
+			t.Errorf("%s: alone group %q, want %q", pack[i].Name, g, wantGroup)
+		}
 	}
 }

@@ -45,11 +45,39 @@ func (i Isolation) String() string {
 
 // Isolate says how a scenario shares the relay and the fake MTA, and why.
 func Isolate(sc *scenarios.Scenario) (Isolation, string) {
+	return isolate(sc, true)
+}
+
+// AloneGroupMX is the group of the scenarios alone only because they are
+// about several MX hosts (AloneGroup).
+const AloneGroupMX = "multi-mx"
+
+// AloneGroup names the group an Alone scenario runs with: the members of
+// one group hold the relay and the fake MTA together, nothing else beside
+// them; "" when it runs with no other at all. The scenarios alone only
+// because they are about several MX hosts are a group: what makes them
+// alone is that the backup MX hosts answer while they run, which they all
+// need; their policies (greylist state per MX, rules) are each its own
+// tenant's, and none acts where the fake MTA cannot tell tenants apart. One
+// that is also alone for another reason (exclusive, a connection-level
+// policy, a fake MTA stop, a relay restart) stays alone.
+func AloneGroup(sc *scenarios.Scenario) string {
+	if !AboutMX(sc) {
+		return ""
+	}
+	if iso, _ := isolate(sc, false); iso != Shared {
+		return ""
+	}
+	return AloneGroupMX
+}
+
+// isolate is Isolate; mx says whether being about MX hosts counts.
+func isolate(sc *scenarios.Scenario, mx bool) (Isolation, string) {
 	if sc.Exclusive {
 		return Alone, "exclusive: true"
 	}
-	if AboutMX(sc) {
-		return Alone, "it is about several MX hosts: the fake MTA answers on MX 2 and on only while it runs"
+	if mx && AboutMX(sc) {
+		return Alone, "it is about several MX hosts: the fake MTA answers on MX 2 and on only while it runs (beside other such scenarios only)"
 	}
 	if sc.Policy.Kind != 0 {
 		if p, err := fakemta.ParsePolicyNode(sc.File, &sc.Policy); err == nil && connectionLevel(p) {
