@@ -183,8 +183,8 @@ func TestSample(t *testing.T) {
 	if es[0].HarnessID != "gh-1" || es[0].MessageID != "m1@greyharness.test" || es[0].NextAttempt.IsZero() || len(es[0].Recipients) != 2 {
 		t.Errorf("entry = %+v", es[0])
 	}
-	if es[1].Sender != "" || !es[1].NextAttempt.IsZero() {
-		t.Errorf("entry = %+v", es[1])
+	if es[1].Sender != "" || !es[1].NextAttempt.IsZero() || !es[0].Deferred || es[1].Deferred {
+		t.Errorf("entries = %+v", es)
 	}
 	for _, bad := range []string{`{"queue_id":"x"}`, `[{"queue_id":"x","bogus":1}]`, `[{"sender":"a"}]`, `[] []`} {
 		if _, err := ParseSample([]byte(bad)); err == nil {
@@ -310,8 +310,8 @@ func TestJSON(t *testing.T) {
 		es[0].Reason != "451 4.7.1 Greylisted" || es[0].MessageID != "m1@example.test" || es[0].HarnessID != "gh-1" {
 		t.Errorf("entry = %+v", es[0])
 	}
-	if es[1].Sender != "" || !es[1].NextAttempt.IsZero() {
-		t.Errorf("entry = %+v", es[1])
+	if es[1].Sender != "" || !es[1].NextAttempt.IsZero() || !es[0].Deferred || es[1].Deferred {
+		t.Errorf("entries = %+v", es)
 	}
 	// What docs/relays.md's Exchange example (jq) prints.
 	ex := parse(t, profile.QueueJSON, "json-exchange-example.json", time.Time{})
