@@ -460,13 +460,7 @@ func TestGreylistedDSN(t *testing.T) {
 	if len(r.Findings) != 1 || !r.Passed {
 		t.Errorf("findings %+v", r.Findings)
 	}
-	n := 0
-	for _, e := range f.Timeline {
-		if e.What == WhatAttempt {
-			n++
-		}
-	}
-	if n != 1 {
+	if n := countEntries(f, WhatAttempt); n != 1 {
 		t.Errorf("want 1 attempt (the 550), got %d: %s", n, dumpTimeline(f))
 	}
 }
@@ -725,13 +719,7 @@ func TestTimelineShowsListedDeferral(t *testing.T) {
 	if !hasEntry(f, WhatQueueSeen, "deferred: connect to 127.0.0.1[127.0.0.1]:2526: Connection refused (2 listings") {
 		t.Errorf("timeline lacks the listed deferral: %s", dumpTimeline(f))
 	}
-	n := 0
-	for _, e := range f.Timeline {
-		if e.What == WhatAttempt {
-			n++
-		}
-	}
-	if n != 1 {
+	if n := countEntries(f, WhatAttempt); n != 1 {
 		t.Errorf("%d attempts on the timeline, want 1 (the delivery): %s", n, dumpTimeline(f))
 	}
 }
