@@ -318,3 +318,30 @@ func TestAPITenants(t *testing.T) {
 		}
 	}
 }
+
+// A tenant's tarpit at DATA is journaled as the tenant's when it begins:
+// whoever waits for the held DATA phase (a restart during data) learns of
+// it then, not when the transaction ends after the delay.
+func TestTenantTarpitEventNamesTenant(t *testing.T) {
+	s := startServer(t, "", nil)
+	hold := parseTestPolicy(t, `rules: [{match: {stage: data}, delay: 200ms}]`)
+	if err := s.SetTenant("ta", hold, TenantOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if code, err := deliver(t, s.Addr(), tenantMsg("ta", "carol@rcpt.test")); code != 0 {
+		t.Fatalf("delivery: %d %v", code, err)
+	}
+	var tarpit *Event
+	pollUntil(t, "the tarpit journaled", func() bool {
+		for _, ev := range journalEvents(t, s) {
+			if ev.Kind == EventControl && strings.HasPrefix(ev.Note, "tarpit") {
+				tarpit = &ev
+				return true
+			}
+		}
+		return false
+	})
+	if tarpit.Tenant != "ta" {
+		t.Errorf("tarpit event %+v: tenant %q, want ta", *tarpit, tarpit.Tenant)
+	}
+}

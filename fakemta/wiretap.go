@@ -91,8 +91,9 @@ type override struct {
 	closeAfter bool
 	delay      time.Duration
 	delayWhy   string
-	startTLS   bool // after the reply, run the TLS handshake
-	tlsFail    bool // ... and make it fail
+	delayOf    string // the tenant whose rule holds the reply ("" for the server's own)
+	startTLS   bool   // after the reply, run the TLS handshake
+	tlsFail    bool   // ... and make it fail
 }
 
 func (s *Server) newConn(nc net.Conn, local string, mx int) *conn {
@@ -499,7 +500,14 @@ func (c *conn) command(line []byte) {
 			c.out = append(c.out, noop...)
 			return
 		case ActionDelay:
-			c.setOverride(n, &override{delay: act.Delay, delayWhy: string(stage)})
+			// A tenant's tarpit is journaled as its own: a wait for the
+			// held phase learns of it when it begins, not when the
+			// transaction (which names the tenant) ends after it.
+			of := ""
+			if scope != c.srv.def {
+				of = scope.name
+			}
+			c.setOverride(n, &override{delay: act.Delay, delayWhy: string(stage), delayOf: of})
 		case ActionTLS:
 			if tlsOn {
 				c.setOverride(n, &override{reply: &Reply{Code: 220, Enhanced: "2.0.0", Text: "Ready to start TLS"}, startTLS: true, tlsFail: true})
@@ -651,13 +659,13 @@ func (c *conn) sendReply(wire []byte) error {
 		}
 	} else if o = c.ovr[c.replySeq]; o != nil && o.delay > 0 {
 		// A data-stage delay holds the 354 (the tarpit the relay sees).
-		o = &override{delay: o.delay, delayWhy: o.delayWhy}
+		o = &override{delay: o.delay, delayWhy: o.delayWhy, delayOf: o.delayOf}
 		delete(c.ovr, c.replySeq)
 	} else {
 		o = nil
 	}
 	if o != nil && o.delay > 0 {
-		c.srv.record(Event{Kind: EventControl, Conn: c.id, Client: c.client, Note: fmt.Sprintf("tarpit %s at %s", o.delay, o.delayWhy)}, false)
+		c.srv.record(Event{Kind: EventControl, Conn: c.id, Client: c.client, Tenant: o.delayOf, Note: fmt.Sprintf("tarpit %s at %s", o.delay, o.delayWhy)}, false)
 		t := time.NewTimer(o.delay)
 		select {
 		case <-t.C:
