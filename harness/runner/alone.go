@@ -71,6 +71,41 @@ func AloneGroup(sc *scenarios.Scenario) string {
 	return AloneGroupMX
 }
 
+// FreeAfter reports whether a scenario that runs alone touches no one
+// after step i (0-based) has been carried out: it is alone only because it
+// stops or starts the fake MTA, none of the later steps does, and the fake
+// MTA is up by then (running says whether it is). Its later steps, drain
+// and watch need no more than a shared scenario's, so the next scenarios
+// may start.
+func FreeAfter(sc *scenarios.Scenario, i int, running bool) bool {
+	if !running {
+		return false
+	}
+	if iso, _ := isolate(sc, true); iso != Alone || AboutMX(sc) || sc.Exclusive {
+		return false
+	}
+	for k := range sc.Steps {
+		f := sc.Steps[k].FakeMTA
+		control := f == "stop" || f == "start" || f == "restart"
+		if control && k > i {
+			return false
+		}
+		if sc.Steps[k].Restart != nil {
+			return false
+		}
+	}
+	// Without its fake MTA steps, it would share the run.
+	rest := *sc
+	rest.Steps = nil
+	for k := range sc.Steps {
+		if f := sc.Steps[k].FakeMTA; f != "stop" && f != "start" && f != "restart" {
+			rest.Steps = append(rest.Steps, sc.Steps[k])
+		}
+	}
+	iso, _ := isolate(&rest, true)
+	return iso == Shared
+}
+
 // isolate is Isolate; mx says whether being about MX hosts counts.
 func isolate(sc *scenarios.Scenario, mx bool) (Isolation, string) {
 	if sc.Exclusive {

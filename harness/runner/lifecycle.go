@@ -106,6 +106,13 @@ func (r *Run) owns() bool {
 	return r.owner
 }
 
+// holds reports whether the scenario still holds its share of the hub.
+func (r *Run) holds() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.held
+}
+
 // releaseWorld lets the scenarios waiting for their turn go on: after the
 // drain, the late-duplicate watch runs beside them.
 func (r *Run) releaseWorld() {

@@ -7,7 +7,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/greyharness/greyharness/harness/history"
 	"github.com/greyharness/greyharness/harness/ledger"
+	"github.com/greyharness/greyharness/harness/profile"
+	"github.com/greyharness/greyharness/scenarios"
 )
 
 // freeAddr is a loopback address free now, for a fake MTA that must come
@@ -96,5 +99,46 @@ steps:
 	}
 	if attempts != 1 || !reason {
 		t.Errorf("timeline: %d attempt(s) (want 1: the delivery), refusal listed: %v\n%+v", attempts, reason, f.Timeline)
+	}
+}
+
+// TestOutageLetsOthersStartOnceTheFakeMTAIsBack: a scenario alone only
+// because it stops the fake MTA holds the others back until its start
+// step; its steps after that touch no one, so the next ones start then,
+// not after its last wait and drain.
+func TestOutageLetsOthersStartOnceTheFakeMTAIsBack(t *testing.T) {
+	opt := &Options{Profile: &profile.Profile{Name: "t", NextHop: []string{freeAddr(t)}, Submit: profile.Submit{Addr: blackholeRelay(t)}}, Relay: stubRelay{}}
+	outage := load(t, `name: outage
+steps:
+  - fakemta: stop
+  - send: {to: [frank@rcpt.test]}
+  - wait: {for: deferred, timeout: 200ms}
+  - fakemta: start
+  - wait: {for: delivered, timeout: 1500ms}
+`)
+	shared := load(t, "name: shared\nsteps:\n  - send: {to: [a@rcpt.test]}\n  - wait: {for: delivered, timeout: 100ms}\n")
+	if iso, _ := Isolate(outage); iso != Alone {
+		t.Fatalf("outage: %s, want alone", iso)
+	}
+	hs, _, errs := RunScenarios(context.Background(), opt, []*scenarios.Scenario{outage, shared}, 0)
+	for i, err := range errs {
+		if err != nil {
+			t.Errorf("%s: %v", hs[i].Scenario, err)
+		}
+	}
+	var back time.Time
+	for _, f := range hs[0].Faults {
+		if f.Kind == history.FaultFakeMTAStart {
+			back = f.End
+		}
+	}
+	if back.IsZero() {
+		t.Fatalf("no fake MTA start in the outage's history: %+v", hs[0].Faults)
+	}
+	if hs[1].Started.Before(back) {
+		t.Errorf("the shared scenario started at %s, during the outage (back at %s)", hs[1].Started, back)
+	}
+	if !hs[1].Started.Before(back.Add(time.Second)) {
+		t.Errorf("the shared scenario started at %s, %s after the fake MTA was back: it waited for the outage's last wait", hs[1].Started, hs[1].Started.Sub(back))
 	}
 }

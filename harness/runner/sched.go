@@ -285,6 +285,12 @@ func (j *Job) do(ctx context.Context, opt *Options) {
 			j.steps[i] <- err
 			continue
 		}
+		if FreeAfter(j.Scenario, i, opt.Hub.running()) && r.holds() {
+			// The fake MTA is back and nothing left touches anyone: the
+			// next scenarios start now, beside its last steps.
+			r.progress("the fake MTA is back: the scenarios waiting for their turn go on")
+			r.releaseWorld()
+		}
 		j.steps[i] <- nil
 	}
 	j.hist, j.res = r.Finish(ctx)
