@@ -238,5 +238,25 @@ func TestIsolateThePack(t *testing.T) {
 		if ok && got != w {
 			t.Errorf("%s: %s (%s), want %s", pack[i].Name, got, why, w)
 		}
+		// The two about MX hosts hold the relay together; no other alone
+		// scenario has company.
+		wantGroup := ""
+		if strings.HasPrefix(pack[i].Name, "multi-mx-") {
+			wantGroup = runner.AloneGroupMX
+		}
+		if g := runner.AloneGroup(&pack[i]); g != wantGroup {
+			t.Errorf("%s: alone group %q, want %q", pack[i].Name, g, wantGroup)
+		}
+		// Only the outage lets the others go before it ends: once its
+		// fake MTA is back (its step 4), with the fake MTA running.
+		for k := range pack[i].Steps {
+			want := pack[i].Name == "fakemta-outage" && k >= 3
+			if got := runner.FreeAfter(&pack[i], k, true); got != want {
+				t.Errorf("%s: FreeAfter(step %d) = %v, want %v", pack[i].Name, k+1, got, want)
+			}
+			if runner.FreeAfter(&pack[i], k, false) {
+				t.Errorf("%s: free after step %d with the fake MTA stopped", pack[i].Name, k+1)
+			}
+		}
 	}
 }

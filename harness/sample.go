@@ -14,14 +14,19 @@ import (
 )
 
 // Sample relay timing: seconds, not minutes, so the default pack runs in
-// about a minute. retry_max is the longest backoff plus the relay's
+// about half a minute. retry_max is the longest backoff plus the relay's
 // scheduler tick and a margin.
 const (
 	sampleMinBackoff = time.Second
 	sampleMaxBackoff = 2 * time.Second
-	// sampleQueueLifetime outlasts fakemta-outage's outage (retry_max +
-	// restart_grace) and the retry after it, with room to spare.
-	sampleQueueLifetime = 30 * time.Second
+	// sampleQueueLifetime bounds expiry-bounce, the pack's longest
+	// scenario here (TestSampleTimingFitsThePack). It outlasts the delayed
+	// DSN and the retries after it, and fakemta-outage's outage: the relay's
+	// listing shows its first failed attempt within a second or two (a
+	// refused connection), which ends the outage; only a relay that never
+	// tries, or never lists it, meets the wait's deadline (retry_max +
+	// restart_grace), longer than this lifetime, and bounces it.
+	sampleQueueLifetime = 15 * time.Second
 	sampleDelayWarning  = 5 * time.Second
 	// sampleRestartGrace bounds a start until the relay greets: a race-built
 	// test binary on a loaded 2-core machine was seen taking 10 s. The

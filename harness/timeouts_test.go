@@ -102,3 +102,27 @@ func TestRunTimeoutOutlastsTheSpecs(t *testing.T) {
 		t.Errorf("suite timeout %s; want about the %s of the scenarios that run", cfg.Timeout, sum)
 	}
 }
+
+// TestSampleTimingFitsThePack: the sample relay's queue lifetime bounds
+// expiry-bounce, the pack's longest scenario on it, so it is short enough
+// for the pack to run in about half a minute, and long enough for what
+// must happen before it: the delayed DSN and a few retries after it, and
+// the fake MTA outage as the relay's listing ends it (its first failed
+// attempt seen within a couple of listings, a start, a retry).
+func TestSampleTimingFitsThePack(t *testing.T) {
+	p, err := SampleProfile("greyharness", "", t.TempDir(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tm := p.Timing
+	ql, dw, rm := tm.QueueLifetime.D(), tm.DelayWarning.D(), tm.RetryMax.D()
+	if ql > 15*time.Second {
+		t.Errorf("queue_lifetime %s: expiry-bounce alone takes longer than the pack may (15s)", ql)
+	}
+	if ql < dw+3*rm {
+		t.Errorf("queue_lifetime %s: less than the delay warning %s and three retries (retry_max %s)", ql, dw, rm)
+	}
+	if ql < 4*rm {
+		t.Errorf("queue_lifetime %s: a fake MTA outage seen in the listing (about 2 × retry_max %s) and the retry after it do not fit", ql, rm)
+	}
+}

@@ -14,6 +14,10 @@ type Entry struct {
 	Arrival     time.Time `json:"arrival"`
 	NextAttempt time.Time `json:"next_attempt,omitzero"`
 	Reason      string    `json:"reason,omitempty"`
-	MessageID   string    `json:"message_id,omitempty"` // without angle brackets
-	HarnessID   string    `json:"harness_id,omitempty"` // X-Greyharness-Id
+	// Deferred says a delivery attempt of it failed temporarily (a 4xx,
+	// a refused connection, a timeout): Reason is that failure. A message
+	// not tried yet is not deferred.
+	Deferred  bool   `json:"deferred,omitempty"`
+	MessageID string `json:"message_id,omitempty"` // without angle brackets
+	HarnessID string `json:"harness_id,omitempty"` // X-Greyharness-Id
 }

@@ -58,9 +58,11 @@ func listEntry(env *envelope, now time.Time) (SampleEntry, bool) {
 	haveNext := false
 	for _, r := range act {
 		e.Recipients = append(e.Recipients, r.Addr)
-		if e.Reason == "" || r.State == stateDeferred && e.Reason == "pending" {
+		tried := r.State == stateDeferred && (r.LastReply != "" || r.LastError != "")
+		if e.Reason == "" || r.State == stateDeferred && e.Reason == "pending" || tried && !e.Deferred {
 			e.Reason = rcptReason(r)
 		}
+		e.Deferred = e.Deferred || tried
 		var t time.Time
 		switch r.Stuck {
 		case stuckNoRetry:

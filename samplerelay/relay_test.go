@@ -673,3 +673,46 @@ func TestMXFailoverKeepsTheReply(t *testing.T) {
 		return e != nil && strings.HasPrefix(e.Reason, "451 4.7.1")
 	})
 }
+
+// TestListingSaysDeferred: a message whose delivery failed temporarily
+// (here: the next hop refuses the connection, so no reply shows it) is
+// listed deferred with the error as its reason; one not tried yet is not.
+func TestListingSaysDeferred(t *testing.T) {
+	t.Parallel()
+	s := newSink(t)
+	cfg := fastCfg(s, t.TempDir())
+	cfg.NextHop = []string{deadAddr(t)}
+	cfg.MinBackoff, cfg.MaxBackoff = 20*time.Second, 20*time.Second
+	r := startRelay(t, cfg)
+	submit(t, r.addr, "alice@sender.test", "bob@rcpt.test")
+	var e SampleEntry
+	eventually(t, 5*time.Second, "the message listed deferred", func() bool {
+		l := listing(t, cfg.QueueDir)
+		if len(l) == 1 && l[0].Deferred {
+			e = l[0]
+			return true
+		}
+		return false
+	})
+	if !strings.Contains(e.Reason, "refused") {
+		t.Errorf("reason %q does not say the connection was refused", e.Reason)
+	}
+	if parsed, err := queue.ParseSample(mustJSON(t, []SampleEntry{e})); err != nil || !parsed[0].Deferred || parsed[0].Reason != e.Reason {
+		t.Errorf("queue.ParseSample kept %+v, %v; want deferred with reason %q", parsed, err, e.Reason)
+	}
+	for _, x := range []*rcptState{{State: statePending}, {State: stateDelivered, LastReply: "250 ok"}} {
+		env := &envelope{ID: "x", Recipients: []*rcptState{x, {Addr: "c@x", State: statePending}}}
+		if got, _ := listEntry(env, time.Now()); got.Deferred {
+			t.Errorf("recipient %+v listed deferred", x)
+		}
+	}
+}
+
+func mustJSON(t *testing.T, v any) []byte {
+	t.Helper()
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}

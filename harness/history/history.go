@@ -107,6 +107,11 @@ type QueueEntry struct {
 	Recipients []string  `json:"recipients"`
 	Arrival    time.Time `json:"arrival,omitempty"`
 	Reason     string    `json:"reason,omitempty"` // last delay reason, when the listing says
+	// Deferred says the listing shows that a delivery attempt of it failed
+	// temporarily, Reason saying how (a refused connection, a timeout, a
+	// 4xx): evidence that the relay tried, even when the fake MTA saw
+	// nothing of it. It is no attempt at the fake MTA.
+	Deferred bool `json:"deferred,omitempty"`
 	// NextAttempt is when the relay says it will try next, when it says so.
 	NextAttempt time.Time `json:"next_attempt,omitempty"`
 	MessageID   string    `json:"message_id,omitempty"` // when the listing shows it

@@ -191,3 +191,14 @@ func hasEntry(f Finding, what, contains string) bool {
 	}
 	return false
 }
+
+// countEntries counts f's timeline entries of kind what.
+func countEntries(f Finding, what string) int {
+	n := 0
+	for _, e := range f.Timeline {
+		if e.What == what {
+			n++
+		}
+	}
+	return n
+}

@@ -1225,7 +1225,7 @@ func (j *judge) collapseConnOnly(as []attempt) []TimelineEntry {
 
 // queueEntries puts queue sightings on the timeline from submission to the
 // resolution (or any time, if unresolved): one entry per run of listings
-// that agree.
+// that agree (listed or not; when listed, deferred or not and the reason).
 func (j *judge) queueEntries(tr *track, end time.Time, unresolved bool) []TimelineEntry {
 	var out []TimelineEntry
 	var runStart int
@@ -1241,22 +1241,28 @@ func (j *judge) queueEntries(tr *track, end time.Time, unresolved bool) []Timeli
 		}
 	}
 	var prev time.Time
+	var runEntry history.QueueEntry
 	for _, s := range j.snaps {
 		if s.At.Before(tr.sub.SubmittedAt) || (!unresolved && s.At.After(end)) {
 			continue
 		}
 		e, ok := queueEntry(s, tr)
-		if n > 0 && ok == runSeen {
+		// A run goes on while the listings agree: on the sighting and,
+		// when listed, on why it waits (a deferral is evidence).
+		if n > 0 && ok == runSeen && (!ok || e.Deferred == runEntry.Deferred && e.Reason == runEntry.Reason) {
 			n++
 			prev = s.At
 			continue
 		}
 		flush(prev)
-		runStart, runSeen, n, prev = len(out), ok, 1, s.At
+		runStart, runSeen, runEntry, n, prev = len(out), ok, e, 1, s.At
 		if ok {
 			d := "listed"
 			if e.QueueID != "" {
 				d += " as " + e.QueueID
+			}
+			if e.Deferred {
+				d += ", deferred"
 			}
 			if e.Reason != "" {
 				d += ": " + e.Reason

@@ -460,13 +460,7 @@ func TestGreylistedDSN(t *testing.T) {
 	if len(r.Findings) != 1 || !r.Passed {
 		t.Errorf("findings %+v", r.Findings)
 	}
-	n := 0
-	for _, e := range f.Timeline {
-		if e.What == WhatAttempt {
-			n++
-		}
-	}
-	if n != 1 {
+	if n := countEntries(f, WhatAttempt); n != 1 {
 		t.Errorf("want 1 attempt (the 550), got %d: %s", n, dumpTimeline(f))
 	}
 }
@@ -700,5 +694,32 @@ func TestGreylistedDSNTimeline(t *testing.T) {
 	want(t, f, Bounced, false, Bounced)
 	if !hasEntry(f, WhatDSN, "deferred at RCPT") || !hasEntry(f, WhatDSN, "a later try got through at +4.000s") || hasEntry(f, WhatDSN, "never got through") {
 		t.Errorf("timeline of a greylisted DSN:%s", dumpTimeline(f))
+	}
+}
+
+// TestTimelineShowsListedDeferral: a listing that shows the message
+// deferred (a refused connection the fake MTA never saw) is on the
+// timeline with its reason, even after listings that agreed otherwise,
+// and it is no attempt.
+func TestTimelineShowsListedDeferral(t *testing.T) {
+	b := newH(30)
+	s := b.submit("m1", 0, bob)
+	b.fault(history.FaultFakeMTAStop, 0, 0)
+	fresh := queued(s)
+	fresh.Reason = "pending"
+	b.listing(1, fresh)
+	refused := queued(s)
+	refused.Reason, refused.Deferred = "connect to 127.0.0.1[127.0.0.1]:2526: Connection refused", true
+	b.listing(2, refused)
+	b.listing(3, refused)
+	b.fault(history.FaultFakeMTAStart, 4, 4)
+	b.deliver(5, s, bob)
+	f := find(t, Judge(b.h), "m1", bob)
+	want(t, f, Delivered, false, Delivered)
+	if !hasEntry(f, WhatQueueSeen, "deferred: connect to 127.0.0.1[127.0.0.1]:2526: Connection refused (2 listings") {
+		t.Errorf("timeline lacks the listed deferral: %s", dumpTimeline(f))
+	}
+	if n := countEntries(f, WhatAttempt); n != 1 {
+		t.Errorf("%d attempts on the timeline, want 1 (the delivery): %s", n, dumpTimeline(f))
 	}
 }

@@ -120,6 +120,8 @@ func ParsePostfixJSON(out []byte) ([]history.QueueEntry, error) {
 			if e.Reason == "" {
 				e.Reason = r.DelayReason
 			}
+			// Postfix writes a delay reason when an attempt is deferred.
+			e.Deferred = e.Deferred || r.DelayReason != ""
 		}
 		if m.ForcedExpire {
 			e.Reason = join("forced to expire", e.Reason)
@@ -331,7 +333,7 @@ func sampleQueueEntry(s SampleEntry) history.QueueEntry {
 	rcpts := append([]string{}, s.Recipients...)
 	return history.QueueEntry{
 		QueueID: s.QueueID, Sender: nullSender(s.Sender), Recipients: rcpts, Arrival: s.Arrival,
-		NextAttempt: s.NextAttempt, Reason: s.Reason, MessageID: s.MessageID, HarnessID: s.HarnessID,
+		NextAttempt: s.NextAttempt, Reason: s.Reason, Deferred: s.Deferred, MessageID: s.MessageID, HarnessID: s.HarnessID,
 	}
 }
 
@@ -378,6 +380,7 @@ type jsonEntry struct {
 	Arrival     string   `json:"arrival"`
 	NextAttempt string   `json:"next_attempt"`
 	Reason      string   `json:"reason"`
+	Deferred    bool     `json:"deferred"`
 	MessageID   string   `json:"message_id"`
 	HarnessID   string   `json:"harness_id"`
 }
@@ -386,7 +389,7 @@ type jsonEntry struct {
 //
 //	{"greyharness_queue": 1, "messages": [{"queue_id": "...", "sender": "...",
 //	  "recipients": [...], "arrival": RFC3339, "next_attempt": RFC3339,
-//	  "reason": "...", "message_id": "...", "harness_id": "..."}]}
+//	  "reason": "...", "deferred": true, "message_id": "...", "harness_id": "..."}]}
 //
 // Only queue_id is required. A bare array of messages (what the sample
 // relay prints) is read as version 1; empty output is an empty queue.
@@ -418,7 +421,7 @@ func ParseJSON(out []byte) ([]history.QueueEntry, error) {
 			return nil, fmt.Errorf("json queue listing: message %d has no queue_id", i)
 		}
 		e := history.QueueEntry{QueueID: m.QueueID, Sender: nullSender(m.Sender), Recipients: append([]string{}, m.Recipients...),
-			Reason: m.Reason, MessageID: strings.Trim(m.MessageID, "<>"), HarnessID: m.HarnessID}
+			Reason: m.Reason, Deferred: m.Deferred, MessageID: strings.Trim(m.MessageID, "<>"), HarnessID: m.HarnessID}
 		var err error
 		if e.Arrival, err = jsonTime(m.Arrival); err != nil {
 			return nil, fmt.Errorf("json queue listing: message %d (%s): arrival: %v", i, m.QueueID, err)

@@ -61,6 +61,15 @@ func TestPostfixJSON(t *testing.T) {
 	if b := find(t, es, "BC20398438E"); b.Sender != "" {
 		t.Errorf("bounce sender = %q, want \"\" (MAILER-DAEMON)", b.Sender)
 	}
+	// A delay reason is what a deferred attempt leaves: the message is
+	// listed deferred; one in the active queue, not tried yet, is not.
+	if !m.Deferred {
+		t.Errorf("entry with a delay reason not deferred: %+v", m)
+	}
+	fresh, err := ParsePostfixJSON([]byte(`{"queue_name": "active", "queue_id": "C1", "arrival_time": 1795537377, "sender": "s@x", "recipients": [{"address": "r@x"}]}`))
+	if err != nil || len(fresh) != 1 || fresh[0].Deferred || fresh[0].Reason != "" {
+		t.Errorf("active entry without a delay reason = %+v, %v; want not deferred", fresh, err)
+	}
 
 	es = parse(t, profile.QueuePostfixJSON, "postfix-hold.jsonl", time.Time{})
 	if h := find(t, es, "BC20398438E"); !strings.HasPrefix(h.Reason, "on hold; connect to") {
@@ -174,8 +183,8 @@ func TestSample(t *testing.T) {
 	if es[0].HarnessID != "gh-1" || es[0].MessageID != "m1@greyharness.test" || es[0].NextAttempt.IsZero() || len(es[0].Recipients) != 2 {
 		t.Errorf("entry = %+v", es[0])
 	}
-	if es[1].Sender != "" || !es[1].NextAttempt.IsZero() {
-		t.Errorf("entry = %+v", es[1])
+	if es[1].Sender != "" || !es[1].NextAttempt.IsZero() || !es[0].Deferred || es[1].Deferred {
+		t.Errorf("entries = %+v", es)
 	}
 	for _, bad := range []string{`{"queue_id":"x"}`, `[{"queue_id":"x","bogus":1}]`, `[{"sender":"a"}]`, `[] []`} {
 		if _, err := ParseSample([]byte(bad)); err == nil {
@@ -301,8 +310,8 @@ func TestJSON(t *testing.T) {
 		es[0].Reason != "451 4.7.1 Greylisted" || es[0].MessageID != "m1@example.test" || es[0].HarnessID != "gh-1" {
 		t.Errorf("entry = %+v", es[0])
 	}
-	if es[1].Sender != "" || !es[1].NextAttempt.IsZero() {
-		t.Errorf("entry = %+v", es[1])
+	if es[1].Sender != "" || !es[1].NextAttempt.IsZero() || !es[0].Deferred || es[1].Deferred {
+		t.Errorf("entries = %+v", es)
 	}
 	// What docs/relays.md's Exchange example (jq) prints.
 	ex := parse(t, profile.QueueJSON, "json-exchange-example.json", time.Time{})

@@ -45,11 +45,74 @@ func (i Isolation) String() string {
 
 // Isolate says how a scenario shares the relay and the fake MTA, and why.
 func Isolate(sc *scenarios.Scenario) (Isolation, string) {
+	return isolate(sc, true)
+}
+
+// AloneGroupMX is the group of the scenarios alone only because they are
+// about several MX hosts (AloneGroup).
+const AloneGroupMX = "multi-mx"
+
+// AloneGroup names the group an Alone scenario runs with: the members of
+// one group hold the relay and the fake MTA together, nothing else beside
+// them; "" when it runs with no other at all. The scenarios alone only
+// because they are about several MX hosts are a group: what makes them
+// alone is that the backup MX hosts answer while they run, which they all
+// need; their policies (greylist state per MX, rules) are each its own
+// tenant's, and none acts where the fake MTA cannot tell tenants apart. One
+// that is also alone for another reason (exclusive, a connection-level
+// policy, a fake MTA stop, a relay restart) stays alone.
+func AloneGroup(sc *scenarios.Scenario) string {
+	if !AboutMX(sc) {
+		return ""
+	}
+	if iso, _ := isolate(sc, false); iso != Shared {
+		return ""
+	}
+	return AloneGroupMX
+}
+
+// FreeAfter reports whether a scenario that runs alone touches no one
+// after step i (0-based) has been carried out: it is alone only because it
+// stops or starts the fake MTA, none of the later steps does, and the fake
+// MTA is up by then (running says whether it is). Its later steps, drain
+// and watch need no more than a shared scenario's, so the next scenarios
+// may start.
+func FreeAfter(sc *scenarios.Scenario, i int, running bool) bool {
+	if !running {
+		return false
+	}
+	if iso, _ := isolate(sc, true); iso != Alone || AboutMX(sc) || sc.Exclusive {
+		return false
+	}
+	for k := range sc.Steps {
+		f := sc.Steps[k].FakeMTA
+		control := f == "stop" || f == "start" || f == "restart"
+		if control && k > i {
+			return false
+		}
+		if sc.Steps[k].Restart != nil {
+			return false
+		}
+	}
+	// Without its fake MTA steps, it would share the run.
+	rest := *sc
+	rest.Steps = nil
+	for k := range sc.Steps {
+		if f := sc.Steps[k].FakeMTA; f != "stop" && f != "start" && f != "restart" {
+			rest.Steps = append(rest.Steps, sc.Steps[k])
+		}
+	}
+	iso, _ := isolate(&rest, true)
+	return iso == Shared
+}
+
+// isolate is Isolate; mx says whether being about MX hosts counts.
+func isolate(sc *scenarios.Scenario, mx bool) (Isolation, string) {
 	if sc.Exclusive {
 		return Alone, "exclusive: true"
 	}
-	if AboutMX(sc) {
-		return Alone, "it is about several MX hosts: the fake MTA answers on MX 2 and on only while it runs"
+	if mx && AboutMX(sc) {
+		return Alone, "it is about several MX hosts: the fake MTA answers on MX 2 and on only while it runs (beside other such scenarios only)"
 	}
 	if sc.Policy.Kind != 0 {
 		if p, err := fakemta.ParsePolicyNode(sc.File, &sc.Policy); err == nil && connectionLevel(p) {

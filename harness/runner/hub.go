@@ -50,10 +50,15 @@ type Hub struct {
 
 	pollStop, pollDone chan struct{}
 
-	// mxRun is the scenario about several MX hosts (AboutMX) holding the
-	// world: while it does, the in-process fake MTA listens on every next
-	// hop, else on the first only.
-	mxRun *Run
+	// mxRuns are the scenarios about several MX hosts (AboutMX) holding
+	// the world (one, or a group: AloneGroup): while there is one, the
+	// in-process fake MTA listens on every next hop, else on the first only.
+	mxRuns map[*Run]bool
+	mxMu   sync.Mutex // one openMX or closeMX at a time
+
+	// groupLeft counts the members of the group of Alone scenarios
+	// (AloneGroup) holding the world together that have not let it go.
+	groupLeft int
 
 	// down is the scenario whose fault keeps the relay or the fake MTA
 	// down now (nil when up); up is closed when it ends.
@@ -79,7 +84,7 @@ func NewHub(ctx context.Context, opt *Options) (*Hub, error) {
 			return nil, err
 		}
 	}
-	h := &Hub{opt: opt, world: semaphore.NewWeighted(worldWeight), disrupt: semaphore.NewWeighted(1), relayUp: semaphore.NewWeighted(worldWeight), runs: map[string]*Run{}, conns: map[uint64]*connRoute{}}
+	h := &Hub{opt: opt, world: semaphore.NewWeighted(worldWeight), disrupt: semaphore.NewWeighted(1), relayUp: semaphore.NewWeighted(worldWeight), runs: map[string]*Run{}, conns: map[uint64]*connRoute{}, mxRuns: map[*Run]bool{}}
 	if opt.Profile.FakeMTA == nil {
 		dir, err := os.MkdirTemp("", "greyharness-fakemta-")
 		if err != nil {
@@ -174,6 +179,31 @@ func (h *Hub) acquire(ctx context.Context, iso Isolation) error {
 	return nil
 }
 
+// acquireGroup waits until n Alone scenarios of one group may run
+// together: the world, whole, held until each has released it
+// (releaseGroup).
+func (h *Hub) acquireGroup(ctx context.Context, n int) error {
+	if err := h.world.Acquire(ctx, worldWeight); err != nil {
+		return err
+	}
+	h.mu.Lock()
+	h.groupLeft = n
+	h.mu.Unlock()
+	return nil
+}
+
+// releaseGroup lets the world go for one member of the group; the last
+// one's release lets the others run.
+func (h *Hub) releaseGroup() {
+	h.mu.Lock()
+	h.groupLeft--
+	last := h.groupLeft == 0
+	h.mu.Unlock()
+	if last {
+		h.world.Release(worldWeight)
+	}
+}
+
 func (h *Hub) release(iso Isolation) {
 	switch iso {
 	case Alone:
@@ -251,7 +281,7 @@ func (h *Hub) startFake(ctx context.Context) error {
 	}()
 	h.mu.Lock()
 	h.fake, h.sub, h.subD = srv, cancel, done
-	mx := h.mxRun != nil
+	mx := len(h.mxRuns) > 0
 	h.mu.Unlock()
 	if mx && len(h.opt.Profile.NextHop) > 1 {
 		// Added after Start, so that closeMX can take them away again.
@@ -261,32 +291,39 @@ func (h *Hub) startFake(ctx context.Context) error {
 }
 
 // openMX makes the backup MX hosts (next hops after the first) answer for
-// r, a scenario about MX hosts that holds the world. At all other times
-// the in-process fake MTA listens on the first next hop only (AboutMX
-// says why); a (re)start while r holds the world opens them again.
+// r, a scenario about MX hosts that holds the world (alone or in its
+// group). At all other times the in-process fake MTA listens on the first
+// next hop only (AboutMX says why); a (re)start while one holds the world
+// opens them again.
 func (h *Hub) openMX(r *Run) error {
+	h.mxMu.Lock()
+	defer h.mxMu.Unlock()
 	h.mu.Lock()
-	h.mxRun = r
+	first := len(h.mxRuns) == 0
+	h.mxRuns[r] = true
 	srv := h.fake
 	h.mu.Unlock()
-	if srv == nil || len(h.opt.Profile.NextHop) < 2 {
-		return nil // stopped: startFake opens them; one next hop: nothing to open
+	if !first || srv == nil || len(h.opt.Profile.NextHop) < 2 {
+		return nil // open already; stopped: startFake opens them; one next hop: nothing to open
 	}
 	return srv.ListenMore(h.opt.Profile.NextHop[1:])
 }
 
-// closeMX closes the backup MX hosts again when r held them open: a
-// relay's next attempt there meets a closed port.
+// closeMX closes the backup MX hosts again when r was the last scenario
+// that held them open: a relay's next attempt there meets a closed port.
 func (h *Hub) closeMX(r *Run) {
+	h.mxMu.Lock()
+	defer h.mxMu.Unlock()
 	h.mu.Lock()
-	if h.mxRun != r {
+	if !h.mxRuns[r] {
 		h.mu.Unlock()
 		return
 	}
-	h.mxRun = nil
+	delete(h.mxRuns, r)
+	last := len(h.mxRuns) == 0
 	srv := h.fake
 	h.mu.Unlock()
-	if srv != nil && len(h.opt.Profile.NextHop) > 1 {
+	if last && srv != nil && len(h.opt.Profile.NextHop) > 1 {
 		srv.Unlisten(h.opt.Profile.NextHop[1:])
 	}
 }

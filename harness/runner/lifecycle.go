@@ -18,18 +18,22 @@ import (
 // it a tenant of the hub's fake MTA with its policy, and joins the hub's
 // queue sampling. Without opt.Hub the scenario gets a hub of its own.
 func Begin(ctx context.Context, opt *Options, sc *scenarios.Scenario) (*Run, error) {
-	return begin(ctx, opt, sc, false)
+	return begin(ctx, opt, sc, false, "")
 }
 
 // begin is Begin; held says the scenario's share of opt.Hub is taken
-// already (Schedule takes it, in order).
-func begin(ctx context.Context, opt *Options, sc *scenarios.Scenario, held bool) (*Run, error) {
+// already (Schedule takes it, in order); group, that it is one member of
+// a group of Alone scenarios (AloneGroup) holding the world together.
+func begin(ctx context.Context, opt *Options, sc *scenarios.Scenario, held bool, group string) (*Run, error) {
 	iso, why := Isolate(sc)
 	pol := &fakemta.Policy{}
 	if sc.Policy.Kind != 0 {
 		p, err := fakemta.ParsePolicyNode(sc.File, &sc.Policy)
 		if err != nil {
-			if held {
+			switch {
+			case held && group != "":
+				opt.Hub.releaseGroup()
+			case held:
 				opt.Hub.release(iso)
 			}
 			return nil, err
@@ -45,7 +49,7 @@ func begin(ctx context.Context, opt *Options, sc *scenarios.Scenario, held bool)
 		own = true
 	}
 	r := &Run{opt: opt, sc: sc, base: context.WithoutCancel(ctx), policy: pol, policyNode: &sc.Policy, timing: opt.Profile.Timing,
-		track: newTracker(), sent: map[string]bool{}, hub: hub, ownHub: own, tenant: hub.newTenant(), iso: iso, why: why, mx: AboutMX(sc)}
+		track: newTracker(), sent: map[string]bool{}, hub: hub, ownHub: own, tenant: hub.newTenant(), iso: iso, why: why, mx: AboutMX(sc), group: group}
 	if !held {
 		if err := hub.acquire(ctx, iso); err != nil {
 			if own {
@@ -54,7 +58,9 @@ func begin(ctx context.Context, opt *Options, sc *scenarios.Scenario, held bool)
 			return nil, fmt.Errorf("waiting for its turn: %w", err)
 		}
 	}
-	r.held, r.owner = true, iso == Alone
+	// An Alone scenario owns the connection-level stages; the members of a
+	// group have no policy there (AloneGroup), so none does.
+	r.held, r.owner = true, iso == Alone && group == ""
 	r.h = history.History{Scenario: sc.Name, Relay: opt.Profile.Name, Timing: r.timing, Started: time.Now(), Expect: expectOf(sc)}
 	if pol.Greylist != nil {
 		r.h.GreylistDelay = history.Duration(pol.Greylist.Delay)
@@ -69,6 +75,10 @@ func begin(ctx context.Context, opt *Options, sc *scenarios.Scenario, held bool)
 	r.mu.Unlock()
 	switch iso {
 	case Alone:
+		if group != "" {
+			r.progress("runs alone with its group %s only (%s); tenant %s", group, why, r.tenant)
+			break
+		}
 		r.progress("runs alone (%s); tenant %s", why, r.tenant)
 	case Disruptive:
 		r.progress("runs beside shared scenarios only, its faults in their histories (%s); tenant %s", why, r.tenant)
@@ -96,6 +106,13 @@ func (r *Run) owns() bool {
 	return r.owner
 }
 
+// holds reports whether the scenario still holds its share of the hub.
+func (r *Run) holds() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.held
+}
+
 // releaseWorld lets the scenarios waiting for their turn go on: after the
 // drain, the late-duplicate watch runs beside them.
 func (r *Run) releaseWorld() {
@@ -115,7 +132,11 @@ func (r *Run) releaseWorld() {
 			// The others must meet a closed port at the backup MX hosts again.
 			r.hub.closeMX(r)
 		}
-		r.hub.release(r.iso)
+		if r.group != "" {
+			r.hub.releaseGroup()
+		} else {
+			r.hub.release(r.iso)
+		}
 	}
 }
 

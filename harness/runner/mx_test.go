@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"testing"
+	"time"
 
 	"github.com/greyharness/greyharness/harness/profile"
 	"github.com/greyharness/greyharness/scenarios"
@@ -115,4 +116,54 @@ func mxPair(t *testing.T) []string {
 	}
 	t.Fatal("no port free on both 127.0.0.2 and 127.0.0.3")
 	return nil
+}
+
+// TestMXScenariosRunTogether: scenarios alone only because they are about
+// MX hosts form one group: they hold the relay and the fake MTA together
+// (each its own tenant and policy, the backup MX open for all of them,
+// neither owning the connection-level stages), and nothing else runs
+// beside them. One that is also alone for another reason stays alone.
+func TestMXScenariosRunTogether(t *testing.T) {
+	hops := mxPair(t)
+	opt := &Options{Profile: &profile.Profile{Name: "t", NextHop: hops, Submit: profile.Submit{Addr: blackholeRelay(t)}}, Relay: stubRelay{}}
+	split := load(t, "name: split\nneeds: [multi-mx]\nsteps:\n  - send: {to: [a@rcpt.test]}\n  - wait: {for: delivered, timeout: 700ms}\n")
+	excl := load(t, "name: excl\nexclusive: true\nsteps:\n  - send: {to: [a@rcpt.test]}\n  - wait: {for: delivered, timeout: 300ms}\n")
+	shared := load(t, "name: shared\npolicy:\n  mx: {state: shared}\nsteps:\n  - send: {to: [a@rcpt.test]}\n  - wait: {for: delivered, timeout: 700ms}\n")
+	helo := load(t, "name: helo\npolicy:\n  mx: {state: shared}\n  rules:\n    - match: {stage: helo, connection: \"1\"}\n      close: \"421 4.3.2 bye\"\nsteps:\n  - send: {to: [a@rcpt.test]}\n  - wait: {for: delivered, timeout: 300ms}\n")
+	for _, c := range []struct {
+		sc   *scenarios.Scenario
+		want string
+	}{{split, "multi-mx"}, {shared, "multi-mx"}, {excl, ""}, {helo, ""}} {
+		if iso, _ := Isolate(c.sc); iso != Alone {
+			t.Errorf("%s: %s, want alone", c.sc.Name, iso)
+		}
+		if got := AloneGroup(c.sc); got != c.want {
+			t.Errorf("%s: group %q, want %q", c.sc.Name, got, c.want)
+		}
+	}
+	hs, _, errs := RunScenarios(context.Background(), opt, []*scenarios.Scenario{split, excl, shared, helo}, 0)
+	for i, err := range errs {
+		if err != nil {
+			t.Errorf("%s: %v", hs[i].Scenario, err)
+		}
+	}
+	// Each holds the world from its start through its wait (it lets the
+	// world go after it, before its history ends: the watch overlaps).
+	held := []time.Duration{700 * time.Millisecond, 300 * time.Millisecond, 700 * time.Millisecond, 300 * time.Millisecond}
+	overlap := func(a, b int) bool {
+		return hs[a].Started.Before(hs[b].Started.Add(held[b])) && hs[b].Started.Before(hs[a].Started.Add(held[a]))
+	}
+	if !overlap(0, 2) {
+		t.Errorf("the two MX scenarios ran one after the other: from %s and from %s", hs[0].Started, hs[2].Started)
+	}
+	for _, p := range [][2]int{{0, 1}, {2, 1}, {0, 3}, {2, 3}, {1, 3}} {
+		if overlap(p[0], p[1]) {
+			t.Errorf("%s ran beside %s", hs[p[0]].Scenario, hs[p[1]].Scenario)
+		}
+	}
+	c, err := net.Dial("tcp", hops[1])
+	if err == nil {
+		c.Close()
+		t.Error("MX 2 still answers after the MX scenarios")
+	}
 }

@@ -15,10 +15,22 @@ const queueTimeout = 10 * time.Second
 // addSnapshot keeps a queue listing the hub took, while the scenario runs.
 func (r *Run) addSnapshot(snap history.QueueSnapshot) {
 	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.polling {
+	polling := r.polling
+	if polling {
 		r.h.Queue = append(r.h.Queue, snap)
 	}
+	r.mu.Unlock()
+	if polling {
+		r.track.listed(snap)
+	}
+}
+
+// keepSnapshot records a queue listing the scenario took itself.
+func (r *Run) keepSnapshot(snap history.QueueSnapshot) {
+	r.mu.Lock()
+	r.h.Queue = append(r.h.Queue, snap)
+	r.mu.Unlock()
+	r.track.listed(snap)
 }
 
 // stopPolling ends the scenario's share of the hub's queue sampling; it
@@ -37,9 +49,7 @@ func (r *Run) snapshot(ctx context.Context) {
 	defer cancel()
 	s := r.opt.Relay.Queue(ctx)
 	s.End = time.Now()
-	r.mu.Lock()
-	r.h.Queue = append(r.h.Queue, s)
-	r.mu.Unlock()
+	r.keepSnapshot(s)
 }
 
 // dequeued waits until the relay's queue listing no longer shows any
@@ -58,9 +68,7 @@ func (r *Run) dequeued(ctx context.Context, group string, until time.Time) bool 
 		snap := r.opt.Relay.Queue(qctx)
 		snap.End = time.Now()
 		cancel()
-		r.mu.Lock()
-		r.h.Queue = append(r.h.Queue, snap)
-		r.mu.Unlock()
+		r.keepSnapshot(snap)
 		listed := snap.Err != ""
 		for _, e := range snap.Entries {
 			if ids[e.HarnessID] || ids[e.MessageID] || senders[strings.ToLower(e.Sender)] {

@@ -69,6 +69,9 @@ type Run struct {
 	iso Isolation
 	why string
 	mx  bool // about several MX hosts (AboutMX): MX 2 and on answer while it holds the world
+	// group is the group of Alone scenarios (AloneGroup) it holds the
+	// world with, "" when it holds it alone.
+	group string
 
 	mu         sync.Mutex
 	h          history.History

@@ -150,7 +150,7 @@ func (s *sampleRelay) Queue(context.Context) history.QueueSnapshot {
 	}
 	for _, e := range es {
 		snap.Entries = append(snap.Entries, history.QueueEntry{QueueID: e.QueueID, Sender: e.Sender, Recipients: e.Recipients,
-			Arrival: e.Arrival, NextAttempt: e.NextAttempt, Reason: e.Reason, MessageID: e.MessageID, HarnessID: e.HarnessID})
+			Arrival: e.Arrival, NextAttempt: e.NextAttempt, Reason: e.Reason, Deferred: e.Deferred, MessageID: e.MessageID, HarnessID: e.HarnessID})
 	}
 	return snap
 }
@@ -161,7 +161,13 @@ func (s *sampleRelay) Logs() string { return "" }
 // in-process sample relay in front of it.
 func beginWithSampleRelay(t *testing.T, sc *scenarios.Scenario, backoff time.Duration) (*Run, *sampleRelay) {
 	t.Helper()
-	prof := &profile.Profile{Name: "sample", NextHop: []string{"127.0.0.1:0"}, QueueFormat: profile.QueueSample,
+	return beginWithSampleRelayAt(t, sc, backoff, "127.0.0.1:0")
+}
+
+// beginWithSampleRelayAt is beginWithSampleRelay with the fake MTA on next.
+func beginWithSampleRelayAt(t *testing.T, sc *scenarios.Scenario, backoff time.Duration, next string) (*Run, *sampleRelay) {
+	t.Helper()
+	prof := &profile.Profile{Name: "sample", NextHop: []string{next}, QueueFormat: profile.QueueSample,
 		Commands: profile.Commands{Queue: "(in-process)", Flush: "(in-process)", Restart: "(in-process)"},
 		Timing:   history.Timing{RetryMax: seconds(0.3), QueueLifetime: seconds(60), RestartGrace: seconds(1)}}
 	sr := newSampleRelay(t, backoff)

@@ -25,6 +25,7 @@ type Job struct {
 	run      *Run
 	beginErr error
 	steps    []chan error // each gets one value: nil, the step's error, or errNotRun
+	group    string       // the group of Alone scenarios it runs with (AloneGroup), when scheduled so
 	done     chan struct{}
 	hist     *history.History
 	res      ledger.Result
@@ -106,12 +107,41 @@ func Schedule(ctx context.Context, opt *Options, jobs []*Job, parallel int) {
 			shared = append(shared, j)
 		}
 	}
+	// The members of a group of Alone scenarios (AloneGroup) run together,
+	// at the place of the first of them, when parallel lets them all run.
+	alone, groupOf := groupAlone(alone, parallel)
 	// Shared ones before disruptive ones: their first submissions go in
 	// before the first restart holds submissions back.
 	order := append(append(alone, shared...), disruptive...)
 	slots := make(chan struct{}, max(parallel, 1))
 	go func() {
-		for i, j := range order {
+		for i := 0; i < len(order); i++ {
+			j := order[i]
+			if n := groupOf[j]; n > 1 {
+				members := order[i : i+n]
+				if err := takeSlots(ctx, slots, n); err == nil {
+					if err = opt.Hub.acquireGroup(ctx, n); err != nil {
+						for range n {
+							<-slots
+						}
+					}
+				}
+				if ctx.Err() != nil {
+					for _, j := range order[i:] {
+						j.fail(fmt.Errorf("the run ended before its turn: %w", ctx.Err()))
+					}
+					return
+				}
+				for _, j := range members {
+					j.group = AloneGroup(j.Scenario)
+					go func() {
+						defer func() { <-slots }()
+						j.do(ctx, opt)
+					}()
+				}
+				i += n - 1
+				continue
+			}
 			select {
 			case slots <- struct{}{}:
 			case <-ctx.Done():
@@ -159,6 +189,52 @@ func Schedule(ctx context.Context, opt *Options, jobs []*Job, parallel int) {
 	}()
 }
 
+// groupAlone puts the members of each group of Alone scenarios
+// (AloneGroup) together, at the place of the first, and says how many
+// members the first of each group leads (groupOf; 0 or 1: alone). A group
+// runs together only when parallel lets all of it run at once.
+func groupAlone(alone []*Job, parallel int) ([]*Job, map[*Job]int) {
+	groupOf := map[*Job]int{}
+	byGroup := map[string][]*Job{}
+	for _, j := range alone {
+		if g := AloneGroup(j.Scenario); g != "" {
+			byGroup[g] = append(byGroup[g], j)
+		}
+	}
+	var out []*Job
+	placed := map[string]bool{}
+	for _, j := range alone {
+		g := AloneGroup(j.Scenario)
+		members := byGroup[g]
+		if g == "" || len(members) < 2 || len(members) > parallel {
+			out = append(out, j)
+			continue
+		}
+		if placed[g] {
+			continue
+		}
+		placed[g] = true
+		groupOf[j] = len(members)
+		out = append(out, members...)
+	}
+	return out, groupOf
+}
+
+// takeSlots takes n of the run's parallel slots.
+func takeSlots(ctx context.Context, slots chan struct{}, n int) error {
+	for k := range n {
+		select {
+		case slots <- struct{}{}:
+		case <-ctx.Done():
+			for range k {
+				<-slots
+			}
+			return ctx.Err()
+		}
+	}
+	return nil
+}
+
 // fail ends a job that never began.
 func (j *Job) fail(err error) {
 	j.beginErr = err
@@ -186,7 +262,7 @@ func (j *Job) do(ctx context.Context, opt *Options) {
 		case <-ctx.Done():
 		}
 	}()
-	r, err := begin(ctx, opt, j.Scenario, true)
+	r, err := begin(ctx, opt, j.Scenario, true, j.group)
 	if err != nil {
 		j.fail(err)
 		return
@@ -208,6 +284,12 @@ func (j *Job) do(ctx context.Context, opt *Options) {
 			stepErr = err
 			j.steps[i] <- err
 			continue
+		}
+		if FreeAfter(j.Scenario, i, opt.Hub.running()) && r.holds() {
+			// The fake MTA is back and nothing left touches anyone: the
+			// next scenarios start now, beside its last steps.
+			r.progress("the fake MTA is back: the scenarios waiting for their turn go on")
+			r.releaseWorld()
 		}
 		j.steps[i] <- nil
 	}

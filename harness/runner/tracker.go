@@ -40,6 +40,11 @@ type rcptState struct {
 	deferred    bool
 	delivered   int
 	bounced     bool
+	// listedDeferred: a queue listing showed it deferred (Deferred, with
+	// its reason), evidence that the relay tried and failed where the fake
+	// MTA saw nothing (its connection refused). No attempt, and no
+	// deferral of the fake MTA's: only `wait for deferred` takes it.
+	listedDeferred bool
 }
 
 func newTracker() *tracker {
@@ -157,6 +162,48 @@ func (t *tracker) observe(ev fakemta.Event) {
 		}
 	}
 	t.signal()
+}
+
+// listed takes a queue listing: a recipient it shows deferred is
+// listedDeferred. An entry is matched to a message as the ledger does
+// (harness id, else Message-ID, else envelope sender; its recipients).
+func (t *tracker) listed(snap history.QueueSnapshot) {
+	if snap.Err != "" {
+		return
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	changed := false
+	for _, e := range snap.Entries {
+		if !e.Deferred {
+			continue
+		}
+		for _, i := range t.order {
+			m := t.msgs[i]
+			switch {
+			case e.HarnessID != "":
+				if e.HarnessID != m.sub.HarnessID {
+					continue
+				}
+			case e.MessageID != "":
+				if strings.Trim(e.MessageID, "<>") != strings.Trim(m.sub.MessageID, "<>") {
+					continue
+				}
+			default:
+				if !strings.EqualFold(e.Sender, m.sub.MailFrom) {
+					continue
+				}
+			}
+			for _, a := range e.Recipients {
+				if rs := m.rcpts[strings.ToLower(a)]; rs != nil && !rs.listedDeferred {
+					rs.listedDeferred, changed = true, true
+				}
+			}
+		}
+	}
+	if changed {
+		t.signal()
+	}
 }
 
 // cond is a condition over the tracked messages of a group ("" = all).

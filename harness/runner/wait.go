@@ -21,7 +21,9 @@ func (r *Run) deadline(w *scenarios.Wait) time.Duration {
 func waitCond(w *scenarios.Wait) cond {
 	switch w.For {
 	case "deferred":
-		return anyRcpt(func(rs *rcptState) bool { return rs.deferred })
+		// A reply of the fake MTA's, or the relay's own listing (a
+		// deferral the fake MTA cannot see: it is stopped).
+		return anyRcpt(func(rs *rcptState) bool { return rs.deferred || rs.listedDeferred })
 	case "delivered":
 		return everyRcpt(func(rs *rcptState) bool { return rs.delivered > 0 })
 	case "attempts":
