@@ -34,14 +34,14 @@
 # Environment:
 #   GREYHARNESS_WORK   work dir (default /tmp/greyharness-nullmailer)
 #   GREYHARNESS_CACHE  where nullmailer is extracted (default /tmp/greyharness-nullmailer-root)
-#   SUBMIT_PORT        listener on 127.0.0.1 (default 2585)
-#   NEXT_HOP_PORT      everything is relayed to 127.0.0.1:PORT (default 2586)
+#   SUBMIT_PORT        listener on 127.0.0.1 (default 2595)
+#   NEXT_HOP_PORT      everything is relayed to 127.0.0.1:PORT (default 2596)
 #   PAUSE              pausetime = maxpause in seconds (default 2)
 #   QUEUE_LIFETIME     queuelifetime in seconds (default 120)
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 
-relay_env nullmailer 2585 2586
+relay_env nullmailer 2595 2596
 PAUSE=${PAUSE:-2}
 QUEUE_LIFETIME=${QUEUE_LIFETIME:-120}
 P=$WORK/p

@@ -41,13 +41,11 @@
 #
 # Run as root (CI: sudo): smtpd starts as root and drops to opensmtpd/opensmtpq.
 set -euo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 
 HERE=$(cd "$(dirname "$0")" && pwd)
 SELF=$HERE/$(basename "$0")
-WORK=${GREYHARNESS_WORK:-/tmp/greyharness-opensmtpd}
-ROOT=${GREYHARNESS_CACHE:-/tmp/greyharness-opensmtpd-root}
-SUBMIT_PORT=${SUBMIT_PORT:-2545}
-NEXT_HOP_PORT=${NEXT_HOP_PORT:-2546}
+relay_env opensmtpd 2545 2546
 NEXT_HOP_HOSTS=${NEXT_HOP_HOSTS:-127.0.0.1}
 NEXT_HOP_NAME=mx.greyharness.test
 RETRY_AFTER=${RETRY_AFTER:-2}
@@ -58,19 +56,6 @@ SMTPCTL=$ROOT/usr/sbin/smtpctl
 CONF=$WORK/smtpd.conf
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin:$PATH
 export GREYHARNESS_WORK=$WORK GREYHARNESS_CACHE=$ROOT
-
-die() { echo "opensmtpd.sh: $*" >&2; exit 1; }
-
-as_root() {
-	if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo -n "$@"; else die "need root for: $*"; fi
-}
-
-apt_install() {
-	if ! as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$@"; then
-		as_root apt-get update
-		as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$@"
-	fi
-}
 
 sys_user() { # name: a system user with its own group, no home, no shell
 	getent group "$1" >/dev/null || as_root groupadd --system "$1"
@@ -89,25 +74,16 @@ install_opensmtpd() {
 		return 0
 	fi
 	echo "opensmtpd.sh: extracting OpenSMTPD from Debian's package into $ROOT" >&2
-	local dl
-	dl=$(mktemp -d)
-	chmod 755 "$dl"
-	if ! (cd "$dl" && apt-get download opensmtpd); then
-		as_root apt-get update
-		(cd "$dl" && apt-get download opensmtpd)
-	fi
-	mkdir -p "$ROOT"
-	for deb in "$dl"/*.deb; do dpkg -x "$deb" "$ROOT"; done
-	rm -rf "$dl"
+	deb_extract "$ROOT" opensmtpd
 	[ -x "$SMTPD" ] || die "no $SMTPD after extraction"
 	# Shared libraries (libevent, libdb, ...) a minimal system may lack.
 	local missing
-	missing=$(ldd "$SMTPD" "$SMTPCTL" | awk '/not found/{print $1}' | sort -u)
+	missing=$(missing_libs "$SMTPD" "$SMTPCTL")
 	if [ -n "$missing" ]; then
 		echo "opensmtpd.sh: missing libraries: $missing" >&2
 		# the package's library Depends (Debian 12)
 		apt_install libc6 libcrypt1 libdb5.3 libevent-2.1-7 libpam0g libssl3 zlib1g
-		missing=$(ldd "$SMTPD" "$SMTPCTL" | awk '/not found/{print $1}')
+		missing=$(missing_libs "$SMTPD" "$SMTPCTL")
 		[ -z "$missing" ] || die "OpenSMTPD needs libraries that are not installed: $missing"
 	fi
 	smtpctl_mode
@@ -146,7 +122,7 @@ ns_inner() {
 
 setup() {
 	install_opensmtpd
-	case "$WORK" in /|/tmp|/tmp/|"") die "refusing work dir '$WORK'" ;; esac
+	check_work
 	rm -rf "$WORK/spool" "$WORK/run" "$WORK/lib" "$WORK/etc"
 	mkdir -p "$WORK/etc"
 	# Name resolution inside the namespace: OpenSMTPD's bundled asr reads
@@ -272,24 +248,15 @@ ns_start() {
 	"$SMTPD" -d -f "$CONF" 2>&1 | log_reader
 }
 
-ready() {
-	exec 3<>"/dev/tcp/127.0.0.1/${SUBMIT_PORT}" || return 1
-	local line=""
-	read -r -t 2 line <&3 || true
-	printf 'QUIT\r\n' >&3 || true
-	exec 3>&-
-	case "$line" in 220*) return 0 ;; *) return 1 ;; esac
-}
-
 cmd=${1:-}
 case "$cmd" in
 install) install_opensmtpd ;;
 setup) setup ;;
 start)
-	[ -f "$CONF" ] || die "no instance in $WORK: run setup first"
+	need_setup "$CONF"
 	in_ns __start
 	;;
-ready) ready 2>/dev/null ;;
+ready) smtp_ready 2>/dev/null ;;
 flush) in_ns "$SMTPCTL" schedule all ;;
 queue)
 	# `smtpctl show queue` reads every envelope: with hundreds queued on a
@@ -314,10 +281,7 @@ __queue) # OUT CALLER: list into OUT unless CALLER has gone
 	(in_ns timeout 120 "$SMTPCTL" show queue) >"$out.tmp" 2>&1 && mv "$out.tmp" "$out" || { rc=$?; mv "$out.tmp" "$out"; exit $rc; }
 	kill -0 "$3" 2>/dev/null || rm -f "$out"
 	;;
-teardown)
-	case "$WORK" in /|/tmp|/tmp/|"") die "refusing work dir '$WORK'" ;; esac
-	rm -rf "$WORK"
-	;;
+teardown) remove_work ;;
 __ns)
 	shift
 	if [ "${1:-}" = __start ]; then ns_inner "$SELF" __start2; else ns_inner "$@"; fi

@@ -3,6 +3,7 @@ package profile
 import (
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -342,5 +343,55 @@ func TestMultiMXCapability(t *testing.T) {
 		if !p.Has(CapMultiMX) || len(p.NextHop) != 2 || !strings.HasPrefix(p.NextHop[0], "127.0.0.2:") || !strings.HasPrefix(p.NextHop[1], "127.0.0.3:") {
 			t.Errorf("%s: next_hop %v, want MX hosts 127.0.0.2 and 127.0.0.3", f, p.NextHop)
 		}
+	}
+}
+
+// Every relay script's default ports (ci/lib.sh relay_env NAME SUBMIT
+// NEXT_HOP) are its profile's: the harness submits to the profile's
+// ${SUBMIT_PORT:-N} while the script, run without SUBMIT_PORT set (make
+// conformance), listens on its own default — and its ready command, which
+// asks the script's port, says ready. nullmailer.sh once listened on 2585
+// while its profile submitted to 2595: every scenario not-accepted.
+func TestShippedScriptsDefaultToTheProfilesPorts(t *testing.T) {
+	scripts, err := filepath.Glob("../../ci/*/*.sh")
+	if err != nil {
+		t.Fatal(err)
+	}
+	relayEnv := regexp.MustCompile(`(?m)^relay_env (\S+) (\d+) (\d+)$`)
+	submit := regexp.MustCompile(`\$\{SUBMIT_PORT:-(\d+)\}`)
+	nextHop := regexp.MustCompile(`\$\{NEXT_HOP_PORT:-(\d+)\}`)
+	checked := 0
+	for _, sh := range scripts {
+		b, err := os.ReadFile(sh)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m := relayEnv.FindSubmatch(b)
+		if m == nil {
+			continue
+		}
+		yml, err := os.ReadFile(filepath.Join(filepath.Dir(sh), "relay.yaml"))
+		if err != nil {
+			t.Errorf("%s: %v", sh, err)
+			continue
+		}
+		for _, c := range []struct {
+			re   *regexp.Regexp
+			want string
+		}{{submit, string(m[2])}, {nextHop, string(m[3])}} {
+			all := c.re.FindAllSubmatch(yml, -1)
+			if len(all) == 0 {
+				t.Errorf("%s: relay.yaml has no %s default", sh, c.re)
+			}
+			for _, got := range all {
+				if string(got[1]) != c.want {
+					t.Errorf("%s defaults to port %s, its relay.yaml to %s (%s)", sh, c.want, got[1], got[0])
+				}
+			}
+		}
+		checked++
+	}
+	if checked < 7 {
+		t.Errorf("checked %d relay scripts, want every ci/*/NAME.sh (7)", checked)
 	}
 }

@@ -11,11 +11,13 @@
 package relay
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -38,6 +40,7 @@ const (
 	tailBytes    = 32 << 10               // captured output kept for Logs
 	logFileTail  = 8 << 10                // per profile log file in Logs
 	readyTryMax  = 5 * time.Second        // one run of the ready command
+	greetTimeout = 2 * time.Second        // the submit address's 220 after ready
 	commandGrace = 2 * time.Second        // after ctx ends, before SIGKILL of a command
 )
 
@@ -312,7 +315,7 @@ func (c *Controller) waitReady(ctx context.Context, ch *child) error {
 	}
 	tick := time.NewTicker(pollEvery)
 	defer tick.Stop()
-	var last error
+	var last, silent error
 	for tries := 1; ; tries++ {
 		if ch != nil {
 			select {
@@ -324,11 +327,26 @@ func (c *Controller) waitReady(ctx context.Context, ch *child) error {
 		try, cancelTry := context.WithTimeout(ctx, min(readyTryMax, time.Until(deadline)))
 		_, err := c.run(try, "ready", script, true)
 		cancelTry()
+		if err == nil && c.p.Submit.Addr != "" {
+			// The ready command may ask another address than the one the
+			// harness submits to (a script's own default port): then every
+			// submission would be refused, and each scenario judged
+			// not-accepted as if the relay refused mail.
+			if gerr := Greets(c.p.Submit.Addr, min(greetTimeout, max(time.Until(deadline), time.Millisecond))); gerr != nil {
+				err = fmt.Errorf("the ready command exits 0 but submit.addr %s does not greet: %v", c.p.Submit.Addr, gerr)
+				silent = err
+			}
+		}
 		if err == nil {
 			c.note("ready after %d tries", tries)
 			return nil
 		}
 		last = err
+		if silent != nil && ctx.Err() != nil {
+			// The last try was cut by the deadline: what kept the relay
+			// from being ready is the silent address.
+			last = silent
+		}
 		var done <-chan struct{}
 		if ch != nil {
 			done = ch.done
@@ -694,4 +712,24 @@ func (t *tail) String() string {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return string(t.buf)
+}
+
+// Greets reports whether an SMTP server at addr greets with 220 within
+// timeout (nil), or what it did instead. It then says QUIT.
+func Greets(addr string, timeout time.Duration) error {
+	conn, err := net.DialTimeout("tcp", addr, timeout)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(timeout))
+	line, err := bufio.NewReader(conn).ReadString('\n')
+	if err != nil {
+		return fmt.Errorf("no greeting: %w", err)
+	}
+	if !strings.HasPrefix(line, "220") {
+		return fmt.Errorf("greeting %q", strings.TrimSpace(line))
+	}
+	fmt.Fprint(conn, "QUIT\r\n")
+	return nil
 }

@@ -513,3 +513,51 @@ func testRealRelay(t *testing.T, name string) {
 func TestPostfix(t *testing.T) { testRealRelay(t, "postfix") }
 
 func TestExim(t *testing.T) { testRealRelay(t, "exim") }
+
+// A ready command that says yes while the profile's submit.addr does not
+// greet (it asks another port: nullmailer.sh once listened on its own
+// default, not its profile's) fails the start and names the address: else
+// every scenario of the run would be not-accepted, as if the relay refused
+// mail. Once the address greets 220, the start succeeds.
+func TestReadyNeedsTheSubmitAddressToGreet(t *testing.T) {
+	if testing.Short() {
+		t.Skip("waits out a 1s restart_grace; make test (go test without -short) runs it")
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	var greet atomic.Bool // until set, every connection is closed unanswered
+	go func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			if greet.Load() {
+				fmt.Fprint(conn, "220 relay ready\r\n")
+			}
+			conn.Close()
+		}
+	}()
+	addr := ln.Addr().String()
+	p := &profile.Profile{Dir: t.TempDir(), Submit: profile.Submit{Addr: addr},
+		Commands: profile.Commands{Start: "exec sleep 600", StartForeground: true, Ready: "exit 0"},
+		Timing:   history.Timing{RestartGrace: history.Duration(time.Second)}}
+	c := New(p, "")
+	err = c.Start(context.Background())
+	if err == nil || !strings.Contains(err.Error(), "submit.addr "+addr) || !strings.Contains(err.Error(), "ready command") {
+		t.Fatalf("start with a silent submit.addr: err = %v", err)
+	}
+	if c.Running() {
+		t.Error("child left running after failed start")
+	}
+	greet.Store(true)
+	if err := c.Start(context.Background()); err != nil {
+		t.Fatalf("start with a greeting submit.addr: %v", err)
+	}
+	if err := c.Stop(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+}
