@@ -30,9 +30,12 @@ type ScenarioReport struct {
 	// has one for this scenario.
 	Expected string
 	Error    string // a step the harness could not run
-	Saved    string // results folder with the history, on failure
-	Result   *ledger.Result
-	History  *history.History
+	// RelayDown: the relay was down for good by another scenario's doing
+	// (status error, no verdict on the relay).
+	RelayDown string
+	Saved     string // results folder with the history, on failure
+	Result    *ledger.Result
+	History   *history.History
 	// Wall is the scenario's wall time (0: unknown, History.Ended-Started is used).
 	Wall time.Duration
 	// Steps are the scenario's steps as the test runner saw them, for JUnit's system-out.
