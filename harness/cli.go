@@ -475,6 +475,15 @@ func summary(w io.Writer, relay string, outs []Outcome) {
 	if n := counts[report.StatusUnexpectedPass]; n > 0 {
 		fmt.Fprintf(w, ", %d UNEXPECTED PASS(ES) (the profile expects a failure: update it)", n)
 	}
+	down := 0
+	for _, o := range outs {
+		if o.RelayDown != "" {
+			down++
+		}
+	}
+	if down > 0 {
+		fmt.Fprintf(w, ", %d of the failed not judged: the relay was down for good by another scenario's failed restart (an error, no verdict on the relay)", down)
+	}
 	if len(vs) > 0 {
 		fmt.Fprintf(w, " — verdicts: %s", strings.Join(vs, ", "))
 	}

@@ -2,7 +2,6 @@ package main
 
 import (
 	"encoding/json"
-	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -19,25 +18,9 @@ import (
 func TestRelayDownNamesTheCause(t *testing.T) {
 	bin := buildBinary(t)
 	dir := t.TempDir()
-	submit, next := freePort(t), freePort(t)
-	queue := filepath.Join(dir, "queue")
-	os.MkdirAll(queue, 0o755)
-	prof := filepath.Join(dir, "relay.yaml")
-	os.WriteFile(prof, []byte(fmt.Sprintf(`name: sample-stays-down
-submit: {addr: %[1]q, helo: harness.greyharness.test}
-queue_format: sample-json
-next_hop: %[2]q
-commands:
-  start: |
-    if [ -e broken ]; then echo "start refused: the spool is locked" >&2; exit 4; fi
-    exec "$GREYHARNESS_BIN" sample-relay serve --listen %[1]s --next-hop %[2]s --queue %[3]s --min-backoff 1s --max-backoff 2s --queue-lifetime 12s --delay-warning 5s
-  start_foreground: true
-  ready: '"$GREYHARNESS_BIN" probe %[1]s'
-  queue: '"$GREYHARNESS_BIN" sample-relay queue --queue %[3]s'
-  restart: touch broken; echo "restart refused by the init system" >&2; exit 3
-timing: {retry_max: 3s, queue_lifetime: 12s, delay_warning: 5s, restart_grace: 5s}
-env: {GREYHARNESS_BIN: %[4]q}
-`, submit, next, queue, bin)), 0o644)
+	prof := sampleRelayProfile(t, dir, bin, "sample-stays-down",
+		`if [ -e broken ]; then echo "start refused: the spool is locked" >&2; exit 4; fi`,
+		`touch broken; echo "restart refused by the init system" >&2; exit 3`)
 	scs := filepath.Join(dir, "scenarios")
 	os.MkdirAll(scs, 0o755)
 	os.WriteFile(filepath.Join(scs, "a.yaml"), []byte(`name: restart-fails
@@ -89,6 +72,9 @@ steps:
 	}
 	if strings.Contains(string(b), "not-accepted") {
 		t.Errorf("--json judges a submission to a stopped relay: %s", b)
+	}
+	if !strings.Contains(log, "0 scenario(s) passed, 2 failed, 0 skipped, 1 of the failed not judged: the relay was down for good") {
+		t.Errorf("the summary line does not set the error apart\n%s", log)
 	}
 	if !strings.Contains(log, "ERROR later: not judged: not run: "+cause) {
 		t.Errorf("the terminal output does not name the cause for later\n%s", log)
