@@ -239,14 +239,22 @@ func (h *Hub) withRelay(ctx context.Context, f func() error) error {
 // relayLost returns why the relay is down for good and the scenario
 // whose restart failed, nil while it is not.
 func (h *Hub) relayLost() (*RelayDownError, *Run) {
+	if h == nil {
+		return nil, nil
+	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	return h.lost, h.lostBy
 }
 
-// lostDone is closed once the relay is down for good (nil for a hub made
-// without NewHub, in tests: never).
-func (h *Hub) lostDone() <-chan struct{} { return h.lostCh }
+// lostDone is closed once the relay is down for good (nil, never, for a
+// hub made without NewHub, in tests).
+func (h *Hub) lostDone() <-chan struct{} {
+	if h == nil {
+		return nil
+	}
+	return h.lostCh
+}
 
 // bringBack is called, the relay held down, when by's restart of the
 // relay failed (cause): the relay may be down, and every scenario after it
