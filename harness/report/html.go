@@ -143,6 +143,9 @@ func HTML(w io.Writer, title string, scs []ScenarioReport) error {
 		if s.Expected != "" {
 			row.Note = expectedNote(s)
 		}
+		if s.RelayDown != "" {
+			row.Note = "not judged, no verdict on the relay: " + s.RelayDown
+		}
 		if d := s.wall(); d > 0 {
 			row.Wall = short(d)
 		}

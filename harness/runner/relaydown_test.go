@@ -11,7 +11,6 @@ import (
 	"github.com/greyharness/greyharness/harness/history"
 	"github.com/greyharness/greyharness/harness/ledger"
 	"github.com/greyharness/greyharness/harness/profile"
-	"github.com/greyharness/greyharness/scenarios"
 )
 
 // flakyRelay is the in-process sample relay whose next `fails` starts
@@ -228,18 +227,31 @@ func TestRelayBroughtBackAfterFailedRestart(t *testing.T) {
 	}
 }
 
-// Run.Step refuses every step once the relay is down for good, naming
-// why, and a scenario that has not begun does not begin.
-func TestStepRefusedWhileRelayDown(t *testing.T) {
+// Once the relay is down for good, a running scenario carries out no
+// step, and one that has not begun does not begin: each names the cause.
+func TestRelayDownRefusesStepsAndBeginnings(t *testing.T) {
 	t.Parallel()
 	opt, _ := flakyHub(t, 0)
-	down := &RelayDownError{Scenario: "restarts", Where: "step 1 (unit.yaml:3)", Err: "restart 1 of 1: boom", Back: "boom again"}
+	sc := load(t, "name: x\nsteps:\n  - send: {to: [a@rcpt.greyharness.test]}\n")
+	r, err := Begin(context.Background(), opt, sc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	down := &RelayDownError{Scenario: "restarts", Where: "step 1 (unit.yaml:3)", Err: "boom", Back: "boom again"}
 	opt.Hub.mu.Lock()
 	opt.Hub.lost = down
 	opt.Hub.mu.Unlock()
-	sc := load(t, "name: x\nsteps:\n  - send: {to: [a@rcpt.greyharness.test]}\n")
-	if _, err := Begin(context.Background(), opt, sc); err == nil || !strings.Contains(err.Error(), down.Error()) {
-		t.Errorf("Begin with the relay down: %v, want %q", err, down.Error())
+	want := "step 1 (unit.yaml:3): not run: " + down.Error()
+	if err := r.Step(context.Background(), 0, &sc.Steps[0]); err == nil || err.Error() != want {
+		t.Errorf("Step with the relay down: %v, want %q", err, want)
 	}
-	var _ scenarios.Env = env{}
+	h, _ := r.Finish(context.Background())
+	if h.RelayDown != down.Error() || h.StepError != want || len(h.Submissions) != 0 {
+		t.Errorf("relay_down %q, step_error %q, %d submission(s): want the cause recorded and nothing submitted", h.RelayDown, h.StepError, len(h.Submissions))
+	}
+	other := load(t, "name: y\nsteps:\n  - send: {to: [b@rcpt.greyharness.test]}\n")
+	if _, err := Begin(context.Background(), opt, other); err == nil || err.Error() != "not run: "+down.Error() {
+		t.Errorf("Begin with the relay down: %v, want %q", err, "not run: "+down.Error())
+	}
 }
