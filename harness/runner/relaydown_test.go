@@ -76,7 +76,7 @@ func scheduleWithNeighbour(t *testing.T, opt *Options, rel *flakyRelay) (neighbo
 	t.Helper()
 	neighbour = NewJob(load(t, `name: neighbour
 policy:
-  greylist: {delay: 2s}
+  greylist: {delay: 1s}
 steps:
   - send: {to: [nina@rcpt.greyharness.test]}
   - wait: {for: delivered, timeout: 8s}
