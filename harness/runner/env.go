@@ -38,8 +38,9 @@ func (e env) Fault(kind history.FaultKind, detail string, f func() error) error 
 				return lost
 			}
 			err := everyone()
-			if err != nil && kind != history.FaultRelayStop {
-				// The relay may be down: bring it back for the others.
+			if err != nil && kind != history.FaultRelayStop && !errors.Is(err, context.Canceled) {
+				// The relay may be down: bring it back for the others
+				// (not when the run is being interrupted).
 				r.hub.bringBack(r, r.where(detail), err)
 			}
 			return err

@@ -3,6 +3,7 @@ package runner
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
@@ -253,5 +254,30 @@ func TestRelayDownRefusesStepsAndBeginnings(t *testing.T) {
 	other := load(t, "name: y\nsteps:\n  - send: {to: [b@rcpt.greyharness.test]}\n")
 	if _, err := Begin(context.Background(), opt, other); err == nil || err.Error() != "not run: "+down.Error() {
 		t.Errorf("Begin with the relay down: %v, want %q", err, "not run: "+down.Error())
+	}
+}
+
+// A restart that failed because the run is being interrupted is no sign
+// of a relay down: the harness does not stop and start it again.
+func TestInterruptedRestartIsNotRecovered(t *testing.T) {
+	t.Parallel()
+	sc := load(t, "name: interrupted-restart\nsteps:\n  - send: {to: [a@rcpt.greyharness.test]}\n  - restart: {}\n")
+	rel := &callRelay{fail: map[string]error{"restart": fmt.Errorf("relay restart: %w", context.Canceled)}}
+	prof := &profile.Profile{Name: "t", Submit: profile.Submit{Addr: blackholeRelay(t)}, NextHop: []string{"127.0.0.1:0"},
+		QueueFormat: profile.QueueNone, Timing: history.Timing{RetryMax: seconds(0.1), RestartGrace: seconds(0.1)}}
+	ctx := context.Background()
+	r, err := Begin(ctx, &Options{Profile: prof, Relay: rel}, sc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	for i := range sc.Steps {
+		r.Step(ctx, i, &sc.Steps[i])
+	}
+	if got := strings.Join(rel.calls, ","); got != "restart" {
+		t.Errorf("relay calls %q, want restart only", got)
+	}
+	if lost, _ := r.hub.relayLost(); lost != nil {
+		t.Errorf("relay down for good after an interrupted restart: %v", lost)
 	}
 }
