@@ -273,7 +273,12 @@ type outcomeJSON struct {
 	Skipped  string        `json:"skipped,omitempty"`
 	Expected *expectedJSON `json:"expected,omitempty"`
 	Error    string        `json:"error,omitempty"`
-	Saved    string        `json:"saved,omitempty"`
+	// RelayDown, with status error, says that the relay under test was
+	// down for good by another scenario's doing (its restart failed, and so
+	// did the harness's attempt to bring it back): the scenario did not
+	// run, or not to its end, and is no verdict on the relay.
+	RelayDown string `json:"relay_down,omitempty"`
+	Saved     string `json:"saved,omitempty"`
 	// Span is the scenario's own time: from its first submission to the
 	// last delivery or DSN the fake MTA accepted for it.
 	Span   float64         `json:"span_seconds,omitempty"`
@@ -312,6 +317,10 @@ func status(o Outcome) string {
 	switch {
 	case o.Skipped != "":
 		return "skipped"
+	case o.RelayDown != "":
+		// Another scenario's failed restart left the relay down: no
+		// verdict on the relay here, whatever was recorded before.
+		return "error"
 	case o.Result == nil:
 		return "error"
 	case o.Result.Passed && o.Err == "" && o.Expect != nil:
@@ -336,7 +345,7 @@ func expectedText(o Outcome) string {
 func writeOutcomes(path string, outs []Outcome) error {
 	var arr []outcomeJSON
 	for _, o := range outs {
-		j := outcomeJSON{Scenario: o.Scenario, Status: status(o), Skipped: o.Skipped, Error: o.Err, Saved: o.Saved, Span: span(o.History).Seconds()}
+		j := outcomeJSON{Scenario: o.Scenario, Status: status(o), Skipped: o.Skipped, Error: o.Err, RelayDown: o.RelayDown, Saved: o.Saved, Span: span(o.History).Seconds()}
 		if o.Expect != nil {
 			j.Expected = &expectedJSON{Verdict: o.Expect.Expect.Verdict, Why: o.Expect.Why}
 		}
@@ -388,7 +397,7 @@ func scenarioReports(outs []Outcome, specs Report) []report.ScenarioReport {
 	reps := make([]report.ScenarioReport, len(outs))
 	for i, o := range outs {
 		reps[i] = report.ScenarioReport{Name: o.Scenario, Status: status(o), Skipped: o.Skipped, Expected: expectedText(o),
-			Error: o.Err, Saved: o.Saved, Result: o.Result, History: o.History}
+			Error: o.Err, RelayDown: o.RelayDown, Saved: o.Saved, Result: o.Result, History: o.History}
 		if sc := by[o.Scenario]; sc != nil {
 			reps[i].Steps = sc.steps
 			if sc.end.After(sc.start) {
@@ -423,7 +432,7 @@ func writeHTML(path, title string, outs []Outcome) error {
 	reps := make([]report.ScenarioReport, len(outs))
 	for i, o := range outs {
 		reps[i] = report.ScenarioReport{Name: o.Scenario, Status: status(o), Skipped: o.Skipped,
-			Error: o.Err, Saved: o.Saved, Result: o.Result, History: o.History}
+			Error: o.Err, RelayDown: o.RelayDown, Saved: o.Saved, Result: o.Result, History: o.History}
 	}
 	return writeFile(path, func(w io.Writer) error { return report.HTML(w, title, reps) })
 }
@@ -466,6 +475,15 @@ func summary(w io.Writer, relay string, outs []Outcome) {
 	if n := counts[report.StatusUnexpectedPass]; n > 0 {
 		fmt.Fprintf(w, ", %d UNEXPECTED PASS(ES) (the profile expects a failure: update it)", n)
 	}
+	down := 0
+	for _, o := range outs {
+		if o.RelayDown != "" {
+			down++
+		}
+	}
+	if down > 0 {
+		fmt.Fprintf(w, ", %d of the failed not judged: the relay was down for good by another scenario's failed restart (an error, no verdict on the relay)", down)
+	}
 	if len(vs) > 0 {
 		fmt.Fprintf(w, " — verdicts: %s", strings.Join(vs, ", "))
 	}
@@ -503,7 +521,7 @@ func Judge(paths []string, stdout, stderr io.Writer, verbose bool, htmlPath stri
 			if !res.Passed || h.StepError != "" { // a step that failed fails the scenario
 				code = ExitFailed
 			}
-			outs = append(outs, Outcome{Scenario: h.Scenario, History: h, Result: &res, Err: h.StepError, Saved: filepath.Dir(f)})
+			outs = append(outs, Outcome{Scenario: h.Scenario, History: h, Result: &res, Err: h.StepError, RelayDown: h.RelayDown, Saved: filepath.Dir(f)})
 		}
 	}
 	if htmlPath != "" {

@@ -48,9 +48,13 @@ type Outcome struct {
 	Scenario string
 	Skipped  string // reason, when skipped
 	Err      string // the harness could not run a step
-	History  *history.History
-	Result   *ledger.Result
-	Saved    string // results folder, on failure
+	// RelayDown says the relay was down for good by another scenario's
+	// doing (runner.RelayDownError): the scenario did not run, or not to its
+	// end; its status is error, no verdict on the relay.
+	RelayDown string
+	History   *history.History
+	Result    *ledger.Result
+	Saved     string // results folder, on failure
 	// Expect is the profile's override when it expects this scenario to
 	// fail (scenarios.NAME.expect), nil otherwise.
 	Expect *profile.ScenarioOverride
@@ -388,7 +392,13 @@ func describeScenario(s *Suite, sc *scenarios.Scenario, total time.Duration) {
 			if run, err = job.Begun(ctx); err != nil {
 				msg := fmt.Sprintf("%s: the scenario could not begin: %v", sc.File, err)
 				judged.Store(true)
-				s.record(Outcome{Scenario: sc.Name, Err: msg})
+				o := Outcome{Scenario: sc.Name, Err: msg}
+				if down := (*runner.RelayDownError)(nil); errors.As(err, &down) {
+					// Not the relay's verdict: another scenario's failed restart.
+					o.RelayDown = down.Error()
+					msg = fmt.Sprintf("ERROR %s: not judged: %v", sc.Name, err)
+				}
+				s.record(o)
 				Fail(msg)
 			}
 		}, NodeTimeout(total+time.Minute))
@@ -439,7 +449,7 @@ func describeScenario(s *Suite, sc *scenarios.Scenario, total time.Duration) {
 // although the profile expects it to fail).
 func (s *Suite) report(h *history.History, res ledger.Result) string {
 	name := h.Scenario
-	o := Outcome{Scenario: name, History: h, Result: &res, Err: h.StepError}
+	o := Outcome{Scenario: name, History: h, Result: &res, Err: h.StepError, RelayDown: h.RelayDown}
 	if ov, ok := s.Profile.Scenarios[name]; ok && ov.Expect != nil {
 		o.Expect = &ov
 	}
@@ -451,6 +461,8 @@ func (s *Suite) report(h *history.History, res ledger.Result) string {
 	case report.StatusUnexpectedPass:
 		fmt.Fprintf(&b, "UNEXPECTED PASS %s: the %s profile expects it to fail with %s (%s), and it passed: the relay's behaviour changed; "+
 			"update or remove scenarios.%s.expect in the profile\n", name, s.Profile.Name, expectedVerdicts(o.Expect), o.Expect.Why, name)
+	case "error":
+		fmt.Fprintf(&b, "ERROR %s: not judged: %s\n", name, o.RelayDown)
 	case "failed":
 		if o.Expect != nil {
 			fmt.Fprintf(&b, "the %s profile expects %s to fail with %s only (%s); it failed otherwise:\n", s.Profile.Name, name, expectedVerdicts(o.Expect), o.Expect.Why)

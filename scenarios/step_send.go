@@ -82,6 +82,11 @@ func (s *Send) Run(ctx context.Context, env Env) error {
 		}
 	}
 	results := env.Submit(ctx, msgs, s.Concurrency)
+	if len(results) == 0 {
+		// The harness submitted nothing (the relay is down for good: the
+		// runner names why).
+		return fmt.Errorf("nothing submitted")
+	}
 	accepted, unknown, refusedRcpts := 0, 0, 0
 	for _, res := range results {
 		switch {

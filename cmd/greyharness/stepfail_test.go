@@ -19,23 +19,8 @@ import (
 func TestStepFailureKeepsTheScenario(t *testing.T) {
 	bin := buildBinary(t)
 	dir := t.TempDir()
-	submit, next := freePort(t), freePort(t)
-	queue := filepath.Join(dir, "queue")
-	os.MkdirAll(queue, 0o755)
-	prof := filepath.Join(dir, "relay.yaml")
-	os.WriteFile(prof, []byte(fmt.Sprintf(`name: sample-bad-restart
-submit: {addr: %[1]q, helo: harness.greyharness.test}
-queue_format: sample-json
-next_hop: %[2]q
-commands:
-  start: exec "$GREYHARNESS_BIN" sample-relay serve --listen %[1]s --next-hop %[2]s --queue %[3]s --min-backoff 1s --max-backoff 2s --queue-lifetime 12s --delay-warning 5s
-  start_foreground: true
-  ready: '"$GREYHARNESS_BIN" probe %[1]s'
-  queue: '"$GREYHARNESS_BIN" sample-relay queue --queue %[3]s'
-  restart: echo "restart refused by the init system" >&2; exit 3
-timing: {retry_max: 3s, queue_lifetime: 12s, delay_warning: 5s, restart_grace: 5s}
-env: {GREYHARNESS_BIN: %[4]q}
-`, submit, next, queue, bin)), 0o644)
+	prof := sampleRelayProfile(t, dir, bin, "sample-bad-restart", "true",
+		`echo "restart refused by the init system" >&2; exit 3`)
 	sc := filepath.Join(dir, "restart-fails.yaml")
 	os.WriteFile(sc, []byte(`name: restart-fails
 steps:
@@ -147,4 +132,35 @@ steps:
 		!strings.Contains(string(b), "step 2") || !regexp.MustCompile(`"rcpt": "alice@t[0-9]+-[0-9a-f]+\.rcpt\.greyharness\.test"`).Match(b) {
 		t.Fatalf("--json lacks the interrupted scenario with its message and the step: %v\n%s\n%s", rerr, b, log.String())
 	}
+}
+
+// sampleRelayProfile writes dir/relay.yaml, a profile named name that runs
+// the sample relay (bin) in the foreground on free ports, its queue in
+// dir/queue: its start command runs the shell line guard first (which may
+// refuse the start), its restart command is restart. It returns the path.
+func sampleRelayProfile(t *testing.T, dir, bin, name, guard, restart string) string {
+	t.Helper()
+	submit, next := freePort(t), freePort(t)
+	queue := filepath.Join(dir, "queue")
+	os.MkdirAll(queue, 0o755)
+	prof := filepath.Join(dir, "relay.yaml")
+	err := os.WriteFile(prof, []byte(fmt.Sprintf(`name: %[5]s
+submit: {addr: %[1]q, helo: harness.greyharness.test}
+queue_format: sample-json
+next_hop: %[2]q
+commands:
+  start: |
+    %[6]s
+    exec "$GREYHARNESS_BIN" sample-relay serve --listen %[1]s --next-hop %[2]s --queue %[3]s --min-backoff 1s --max-backoff 2s --queue-lifetime 12s --delay-warning 5s
+  start_foreground: true
+  ready: '"$GREYHARNESS_BIN" probe %[1]s'
+  queue: '"$GREYHARNESS_BIN" sample-relay queue --queue %[3]s'
+  restart: %[7]s
+timing: {retry_max: 3s, queue_lifetime: 12s, delay_warning: 5s, restart_grace: 5s}
+env: {GREYHARNESS_BIN: %[4]q}
+`, submit, next, queue, bin, name, guard, restart)), 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return prof
 }

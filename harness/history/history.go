@@ -202,4 +202,11 @@ type History struct {
 	// refused); the steps after it did not run. The messages are still judged
 	// on what was recorded, and the scenario fails.
 	StepError string `json:"step_error,omitempty"`
+	// RelayDown says that the relay under test went down for good while
+	// the scenario ran, by a neighbour's doing: a restart (a step's or a
+	// drain's) failed and the harness's one attempt to bring the relay back
+	// failed too. The steps from there did not run; what was recorded
+	// before is shown, but the scenario is not judged a relay failure: its
+	// outcome is an error naming the cause.
+	RelayDown string `json:"relay_down,omitempty"`
 }

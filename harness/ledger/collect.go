@@ -92,7 +92,11 @@ type judge struct {
 	tracks [][]*track // per submission, in RcptTo order
 	attr   *Attributor
 
-	outages      []interval
+	outages []interval
+	// downSince is when the relay went down for good by a neighbour's
+	// doing (History.RelayDown): its failed restart, the harness's attempt
+	// to bring it back failing too. Zero when it did not.
+	downSince    time.Time
 	snaps        []history.QueueSnapshot // usable listings, by time
 	lastFaultEnd time.Time
 	connOnly     []attempt
@@ -230,6 +234,22 @@ func (j *judge) collectFaults() {
 			}
 			j.outages = append(j.outages, interval{start, endOf(f), history.FaultFakeMTAStop, false})
 			mtaStop = nil
+		}
+	}
+	// Down for good (History.RelayDown): from the first of the failed
+	// restarts no successful one followed, to the end of the scenario.
+	if j.h.RelayDown != "" {
+		for _, f := range faults {
+			switch {
+			case f.Kind != history.FaultRelayRestart && f.Kind != history.FaultRelayStart:
+			case f.Err == "":
+				j.downSince = time.Time{}
+			case j.downSince.IsZero():
+				j.downSince = f.Start
+			}
+		}
+		if !j.downSince.IsZero() {
+			j.outages = append(j.outages, interval{j.downSince, later(j.h.Ended, j.downSince), history.FaultRelayStop, true})
 		}
 	}
 	// A stop never followed by a start lasts to the end of the scenario.
@@ -607,4 +627,12 @@ func (j *judge) multiMX() bool {
 		j.mxs = len(seen)
 	}
 	return j.mxs > 1
+}
+
+// later is the later of a and b.
+func later(a, b time.Time) time.Time {
+	if a.Before(b) {
+		return b
+	}
+	return a
 }

@@ -218,9 +218,12 @@ type trackCase struct {
 	inGap       []bool // each body: its final dot answered while the relay was being restarted or stopped
 	bodyNotes   []string
 
-	openVerdict Verdict  // the verdict of a window still open at the end
-	vanished    []string // hidden while overdue and never back
-	outcome     Verdict
+	openVerdict Verdict // the verdict of a window still open at the end
+	// unjudged: unresolved when the relay went down for good by a
+	// neighbour's doing (judge.downSince): pending, and no failure.
+	unjudged bool
+	vanished []string // hidden while overdue and never back
+	outcome  Verdict
 }
 
 // judgeTrack judges one (message, recipient): a refused submission is
@@ -586,6 +589,12 @@ func (j *judge) ruleOutcome(c *trackCase) {
 	case c.expired != nil:
 		c.outcome = BadDSN
 		c.v.add(BadDSN, j.expiryWhy(c.tr, c.expired))
+	case !j.downSince.IsZero():
+		// What happened to it after that is no verdict on the relay's
+		// handling of it here: the scenario's outcome names the cause.
+		c.outcome, c.unjudged = Pending, true
+		c.v.add(Pending, fmt.Sprintf("not judged: unresolved when the relay went down for good at %s, by a neighbour's doing (%s)",
+			j.rel(j.downSince), j.h.RelayDown))
 	case j.ruleLostFromListing(c):
 		c.outcome = Lost
 	case j.ruleHeldSilently(c):
@@ -642,7 +651,7 @@ func (j *judge) rulePending(c *trackCase) {
 // ruleExpectedDSN fails a message whose scenario expects a DSN with a given
 // action when no well-formed one arrived by the end.
 func (j *judge) ruleExpectedDSN(c *trackCase) {
-	if c.exp.dsnAction == "" {
+	if c.exp.dsnAction == "" || c.unjudged {
 		return
 	}
 	for _, d := range c.tr.dsns {
@@ -676,7 +685,7 @@ func (j *judge) finding(c *trackCase) Finding {
 		}
 	}
 	outcomeOK := c.outcome == exp.verdict || v.has(exp.verdict)
-	if !outcomeOK && !v.failing[c.outcome] { // a failing outcome explains itself
+	if !outcomeOK && !v.failing[c.outcome] && !c.unjudged { // a failing outcome explains itself
 		extraFail = append([]string{fmt.Sprintf("expected %s (group %q) but it ended %s", exp.verdict, s.Group, c.outcome)}, extraFail...)
 	}
 

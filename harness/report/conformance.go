@@ -34,7 +34,9 @@ type RunScenario struct {
 	Status   string `json:"status"`
 	Skipped  string `json:"skipped,omitempty"`
 	Error    string `json:"error,omitempty"`
-	Expected *struct {
+	// RelayDown: the relay was down for good by another scenario's doing.
+	RelayDown string `json:"relay_down,omitempty"`
+	Expected  *struct {
 		Verdict []ledger.Verdict `json:"verdict"`
 		Why     string           `json:"why"`
 	} `json:"expected,omitempty"`
@@ -235,6 +237,9 @@ func cell(s RunScenario) string {
 	case "skipped":
 		return "skipped"
 	case "error":
+		if s.RelayDown != "" {
+			return "**error: relay down**"
+		}
 		return "**error**"
 	}
 	if s.Result != nil && worst(s.Result) != "" {
@@ -301,6 +306,11 @@ func note(s RunScenario) string {
 			msg += fmt.Sprintf(". Seen: %s", oneLine(f.Why))
 		}
 		return msg
+	}
+	if s.Status == "error" && s.RelayDown != "" {
+		// Not a verdict on the relay: the cause, once, is the other
+		// scenario's failed restart (its own cell says so).
+		return "error, no verdict: " + oneLine(s.RelayDown) + "; not run"
 	}
 	msg := "failed"
 	if s.Status == "error" {

@@ -30,9 +30,12 @@ type ScenarioReport struct {
 	// has one for this scenario.
 	Expected string
 	Error    string // a step the harness could not run
-	Saved    string // results folder with the history, on failure
-	Result   *ledger.Result
-	History  *history.History
+	// RelayDown: the relay was down for good by another scenario's doing
+	// (status error, no verdict on the relay).
+	RelayDown string
+	Saved     string // results folder with the history, on failure
+	Result    *ledger.Result
+	History   *history.History
 	// Wall is the scenario's wall time (0: unknown, History.Ended-Started is used).
 	Wall time.Duration
 	// Steps are the scenario's steps as the test runner saw them, for JUnit's system-out.
@@ -139,6 +142,9 @@ func HTML(w io.Writer, title string, scs []ScenarioReport) error {
 		}
 		if s.Expected != "" {
 			row.Note = expectedNote(s)
+		}
+		if s.RelayDown != "" {
+			row.Note = "not judged, no verdict on the relay: " + s.RelayDown
 		}
 		if d := s.wall(); d > 0 {
 			row.Wall = short(d)

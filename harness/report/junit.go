@@ -1,6 +1,7 @@
 package report
 
 import (
+	"cmp"
 	"encoding/xml"
 	"fmt"
 	"io"
@@ -88,6 +89,13 @@ func JUnit(w io.Writer, suite, classname string, started time.Time, scs []Scenar
 			s.Failures++
 		case sc.Result == nil && sc.Status != "passed":
 			c.Error = &junitMsg{Message: sc.Error, Type: "error", Text: sc.Error}
+			s.Errors++
+		case sc.Status == "error":
+			// Judged on what was recorded, but no verdict on the relay (the
+			// relay was down by another scenario's doing).
+			var b strings.Builder
+			Text(&b, *sc.Result, sc.History, false)
+			c.Error = &junitMsg{Message: cmp.Or(sc.RelayDown, sc.Error), Type: "error", Text: b.String()}
 			s.Errors++
 		case sc.Status != "passed":
 			var b strings.Builder

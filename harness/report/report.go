@@ -19,7 +19,10 @@ import (
 //	FAIL greylist-restart (relay postfix): 12 checked, 2 failed: 10 delivered, 1 held-silently, 1 lost
 func Summary(r ledger.Result, h *history.History) string {
 	status := "PASS"
-	if !r.Passed || (h != nil && h.StepError != "") {
+	switch {
+	case h != nil && h.RelayDown != "":
+		status = "ERROR" // no verdict on the relay: it was down by another scenario's doing
+	case !r.Passed || (h != nil && h.StepError != ""):
 		status = "FAIL"
 	}
 	name, relay := "", ""
@@ -73,6 +76,10 @@ func Text(w io.Writer, r ledger.Result, h *history.History, verbose bool) error 
 	}
 	ew := &errWriter{w: w}
 	ew.printf("%s\n", Summary(r, h))
+	if h.RelayDown != "" {
+		ew.printf("  NOT JUDGED (an error, no verdict on the relay here: another scenario's restart left it down for good; "+
+			"the steps from then on did not run, and messages still in it are pending): %s\n", h.RelayDown)
+	}
 	if h.StepError != "" {
 		// Beside the verdicts: they judge only what was recorded until then.
 		ew.printf("  STEP FAILED (the steps after it did not run; judged on what was recorded): %s\n", h.StepError)

@@ -2,6 +2,7 @@ package runner
 
 import (
 	"context"
+	"errors"
 	"time"
 
 	"go.yaml.in/yaml/v3"
@@ -32,7 +33,18 @@ func (e env) Fault(kind history.FaultKind, detail string, f func() error) error 
 	everyone := func() error { return r.hub.fault(r, kind, detail, f) }
 	switch kind {
 	case history.FaultRelayRestart, history.FaultRelayStop, history.FaultRelayStart:
-		return r.hub.relayDown(r.base, everyone)
+		return r.hub.relayDown(r.base, func() error {
+			if lost, _ := r.hub.relayLost(); lost != nil {
+				return lost
+			}
+			err := everyone()
+			if err != nil && kind != history.FaultRelayStop && !errors.Is(err, context.Canceled) {
+				// The relay may be down: bring it back for the others
+				// (not when the run is being interrupted).
+				r.hub.bringBack(r, r.where(detail), err)
+			}
+			return err
+		})
 	case history.FaultFlush:
 		return r.hub.withRelay(r.base, everyone)
 	case history.FaultFakeMTAStop, history.FaultFakeMTAStart, history.FaultFakeMTARestart:
@@ -62,7 +74,14 @@ func (e env) Submit(ctx context.Context, msgs []*traffic.Message, concurrency in
 	}
 	var results []history.Submission
 	// Not while a neighbour restarts the relay: it would refuse them.
-	if err := r.hub.withRelay(ctx, func() error { results = sub.SendAll(ctx, msgs, concurrency); return nil }); err != nil {
+	err := r.hub.withRelay(ctx, func() error { results = sub.SendAll(ctx, msgs, concurrency); return nil })
+	var lost *RelayDownError
+	switch {
+	case errors.As(err, &lost):
+		// Down for good: nothing is submitted, nothing is the relay's to
+		// answer for (Step names the cause).
+		return nil
+	case err != nil:
 		results = sub.SendAll(ctx, msgs, concurrency) // ctx is done: each is recorded as not sent
 	}
 	for i := range results {

@@ -64,6 +64,13 @@ type Hub struct {
 	// down now (nil when up); up is closed when it ends.
 	down *Run
 	up   chan struct{}
+
+	// lost is why the relay is down for good (nil while it is not): no
+	// scenario begins or carries out a step from then on; lostBy is the
+	// scenario whose restart failed, and lostCh is closed then.
+	lost   *RelayDownError
+	lostBy *Run
+	lostCh chan struct{}
 }
 
 const worldWeight = 1 << 20
@@ -84,7 +91,7 @@ func NewHub(ctx context.Context, opt *Options) (*Hub, error) {
 			return nil, err
 		}
 	}
-	h := &Hub{opt: opt, world: semaphore.NewWeighted(worldWeight), disrupt: semaphore.NewWeighted(1), relayUp: semaphore.NewWeighted(worldWeight), runs: map[string]*Run{}, conns: map[uint64]*connRoute{}, mxRuns: map[*Run]bool{}}
+	h := &Hub{opt: opt, world: semaphore.NewWeighted(worldWeight), disrupt: semaphore.NewWeighted(1), relayUp: semaphore.NewWeighted(worldWeight), lostCh: make(chan struct{}), runs: map[string]*Run{}, conns: map[uint64]*connRoute{}, mxRuns: map[*Run]bool{}}
 	if opt.Profile.FakeMTA == nil {
 		dir, err := os.MkdirTemp("", "greyharness-fakemta-")
 		if err != nil {
@@ -217,12 +224,77 @@ func (h *Hub) release(iso Isolation) {
 }
 
 // withRelay runs f while the relay is up: no restart begins meanwhile.
+// Once the relay is down for good it does not run f and returns why.
 func (h *Hub) withRelay(ctx context.Context, f func() error) error {
 	if err := h.relayUp.Acquire(ctx, 1); err != nil {
 		return err
 	}
 	defer h.relayUp.Release(1)
+	if lost, _ := h.relayLost(); lost != nil {
+		return lost
+	}
 	return f()
+}
+
+// relayLost returns why the relay is down for good and the scenario
+// whose restart failed, nil while it is not.
+func (h *Hub) relayLost() (*RelayDownError, *Run) {
+	if h == nil {
+		return nil, nil
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.lost, h.lostBy
+}
+
+// lostDone is closed once the relay is down for good (nil, never, for a
+// hub made without NewHub, in tests).
+func (h *Hub) lostDone() <-chan struct{} {
+	if h == nil {
+		return nil
+	}
+	return h.lostCh
+}
+
+// bringBack is called, the relay held down, when by's restart of the
+// relay failed (cause): the relay may be down, and every scenario after it
+// would meet a refused connection and be judged for it. The harness tries
+// once to bring it back — the profile's stop (what is left of it), then its
+// start, bounded like a restart: not the restart that just failed — a
+// fault that touches everyone, recorded in every running scenario's
+// history.
+// When that fails too the relay is down for good: no scenario begins or
+// carries out a step from then on, and each says why (RelayDownError).
+// The scenario whose restart failed keeps its own failure.
+func (h *Hub) bringBack(by *Run, where string, cause error) {
+	by.progress("the relay did not come back (%v): trying once to bring it back for the others", cause)
+	detail := fmt.Sprintf("recovery: the harness tries once to bring the relay back, stop and start (the restart at %s failed)", where)
+	err := h.fault(by, history.FaultRelayRestart, detail, func() error {
+		ctx, cancel := context.WithTimeout(by.base, restartTimeout(by.timing))
+		defer cancel()
+		stopErr := h.opt.Relay.Stop(ctx)
+		if err := h.opt.Relay.Start(ctx); err != nil {
+			if stopErr != nil {
+				return fmt.Errorf("%w (and stopping what was left of it: %v)", err, stopErr)
+			}
+			return err
+		}
+		return nil
+	})
+	if err == nil {
+		by.progress("the relay is back: the run goes on")
+		return
+	}
+	lost := &RelayDownError{Scenario: by.sc.Name, Where: where, Err: cause.Error(), Back: err.Error()}
+	by.progress("%v: no scenario runs on it from now on", lost)
+	h.mu.Lock()
+	if h.lost == nil {
+		h.lost, h.lostBy = lost, by
+		if h.lostCh != nil {
+			close(h.lostCh)
+		}
+	}
+	h.mu.Unlock()
 }
 
 // relayDown runs f (a restart) once no submission or listing is under way.
@@ -599,4 +671,17 @@ func tenantAddr(tenant, addr string) string {
 		return addr
 	}
 	return addr[:at+1] + tenant + "." + addr[at+1:]
+}
+
+// RelayDownError says why the relay under test is down for good: a
+// scenario's restart failed (Where: its step, or its drain), and so did
+// the harness's one attempt to bring it back.
+type RelayDownError struct {
+	Scenario, Where string
+	Err             string // the restart's error
+	Back            string // the error of the attempt to bring it back
+}
+
+func (e *RelayDownError) Error() string {
+	return fmt.Sprintf("relay down since %s %s: restart failed: %s; the harness's one attempt to bring it back failed: %s", e.Scenario, e.Where, e.Err, e.Back)
 }

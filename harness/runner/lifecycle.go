@@ -58,6 +58,20 @@ func begin(ctx context.Context, opt *Options, sc *scenarios.Scenario, held bool,
 			return nil, fmt.Errorf("waiting for its turn: %w", err)
 		}
 	}
+	// The relay is down for good: a neighbour's restart failed and the
+	// harness could not bring it back. The scenario does not run, and says why.
+	if lost, _ := hub.relayLost(); lost != nil {
+		switch {
+		case group != "":
+			hub.releaseGroup()
+		default:
+			hub.release(iso)
+		}
+		if own {
+			hub.Close()
+		}
+		return nil, fmt.Errorf("not run: %w", lost)
+	}
 	// An Alone scenario owns the connection-level stages; the members of a
 	// group have no policy there (AloneGroup), so none does.
 	r.held, r.owner = true, iso == Alone && group == ""
@@ -165,7 +179,8 @@ func (r *Run) Finish(ctx context.Context) (*history.History, ledger.Result) {
 	running := r.hub.running()
 	// Nothing accepted (every submission refused): nothing to wait for.
 	_, accepted := r.track.pending("", func(*msgState) bool { return true })
-	if running && ctx.Err() == nil && accepted > 0 {
+	// With the relay down for good, what it holds will not move: no drain.
+	if lost, _ := r.hub.relayLost(); running && ctx.Err() == nil && accepted > 0 && lost == nil {
 		r.drain(ctx)
 		// Drained: the scenarios waiting for their turn go on, and this
 		// watch overlaps them (its tenant stays registered, so what the
@@ -176,6 +191,12 @@ func (r *Run) Finish(ctx context.Context) (*history.History, ledger.Result) {
 		settle := r.timing.RetryMax.D()
 		r.progress("drained; watching %s more for late duplicates", settle)
 		r.until(ctx, time.Now().Add(settle), func() bool { return false })
+	}
+	if lost, by := r.hub.relayLost(); lost != nil && by != r && accepted > 0 && !r.track.all("", drainedCond(r.timing.QueueLifetime.D())) {
+		// A neighbour's failed restart, not this relay's handling of
+		// these messages, left them where they are.
+		r.progress("not drained, and the relay is down for good: judged on what was recorded (%v)", lost)
+		r.markRelayDown(lost)
 	}
 	r.releaseWorld()
 	if r.stopPolling() {

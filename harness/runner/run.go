@@ -82,6 +82,8 @@ type Run struct {
 	registered bool // its tenant is registered
 	polling    bool // takes the hub's queue listings
 
+	at string // the step being carried out, "step N (file:line)", for the cause a failed restart names
+
 	track   *tracker
 	sent    map[string]bool // Message-IDs already used, for resubmissions
 	lastSub []*traffic.Message
@@ -139,11 +141,32 @@ func (r *Run) fault(kind history.FaultKind, detail string, f func() error) error
 //
 // A step error is recorded in the history (the first one wins) as
 // "step N (file:line): error"; the error returned says the same.
+//
+// Once the relay is down for good (a neighbour's restart failed, and so did
+// the harness's attempt to bring it back: RelayDownError), no step is
+// carried out, and a step it cut short fails: each says so, naming the
+// cause, and the history records it (RelayDown), so that the scenario is
+// not judged for what a stopped relay refused.
 func (r *Run) Step(ctx context.Context, i int, st *scenarios.Step) error {
+	at := fmt.Sprintf("step %d (%s:%d)", i+1, r.sc.File, st.Line)
+	r.mu.Lock()
+	r.at = at
+	r.mu.Unlock()
+	if lost, by := r.hub.relayLost(); lost != nil && by != r {
+		err := fmt.Errorf("%s: not run: %w", at, lost)
+		r.markRelayDown(lost)
+		r.StepFailed(err.Error())
+		return err
+	}
 	r.progress("step %d/%d: %s", i+1, len(r.sc.Steps), st.Describe())
 	err := fmt.Errorf("step has no action")
 	if a := st.Action(); a != nil {
 		err = a.Run(ctx, env{r})
+	}
+	if lost, by := r.hub.relayLost(); lost != nil && by != r {
+		// Down for good while the step ran: whatever it did is cut short.
+		err = fmt.Errorf("cut short: %w", lost)
+		r.markRelayDown(lost)
 	}
 	if err != nil {
 		err = fmt.Errorf("step %d (%s:%d): %w", i+1, r.sc.File, st.Line, err)
@@ -151,6 +174,27 @@ func (r *Run) Step(ctx context.Context, i int, st *scenarios.Step) error {
 		return err
 	}
 	return nil
+}
+
+// where names the place of a fault, for the cause a failed restart
+// names: the step being carried out, or the drain.
+func (r *Run) where(detail string) string {
+	if detail == "drain" {
+		return "drain"
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.at
+}
+
+// markRelayDown records that the relay went down for good while the
+// scenario ran, by a neighbour's doing (the first cause wins).
+func (r *Run) markRelayDown(lost *RelayDownError) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.h.RelayDown == "" {
+		r.h.RelayDown = lost.Error()
+	}
 }
 
 // StepFailed records that a step could not be carried out, for failures

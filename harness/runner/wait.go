@@ -90,6 +90,9 @@ func (r *Run) until(ctx context.Context, deadline time.Time, f func() bool) bool
 		}
 		select {
 		case <-changed:
+		case <-r.hub.lostDone():
+			// The relay is down for good: nothing will change any more.
+			return f()
 		case <-timer.C:
 			if f() {
 				return true
