@@ -9,7 +9,7 @@ GO      ?= go
 BIN     := bin/greyharness
 RESULTS ?= results
 
-.PHONY: all build demo deps test unit short e2e-sample e2e-cli lint vet e2e e2e-postfix e2e-exim e2e-opensmtpd e2e-haraka e2e-postfix-realtimers e2e-sendmail e2e-nullmailer e2e-maddy conformance conformance-doc bench bench-fakemta bench-pack fuzz clean
+.PHONY: all build demo deps test unit race short e2e-sample e2e-cli lint vet e2e e2e-postfix e2e-exim e2e-opensmtpd e2e-haraka e2e-postfix-realtimers e2e-sendmail e2e-nullmailer e2e-maddy conformance conformance-doc bench bench-fakemta bench-pack fuzz clean
 
 all: build
 
@@ -20,8 +20,8 @@ build:
 demo: build
 	$(BIN) run --relay sample
 
-## test: vet + gofmt, unit tests, sample-relay matrix, Postfix, Exim, Haraka and OpenSMTPD end to end.
-test: deps lint build unit e2e
+## test: vet + gofmt, the unit tests under the race detector, every test, sample-relay matrix, Postfix, Exim, Haraka and OpenSMTPD end to end.
+test: deps lint build race unit e2e
 
 ## deps: install what make test needs on a fresh Debian machine (root; nothing when present).
 deps:
@@ -29,6 +29,10 @@ deps:
 
 unit:
 	$(GO) test -count=1 -timeout 15m ./...
+
+## race: every unit test (-short) under the race detector (about a minute).
+race:
+	$(GO) test -race -short -count=1 ./...
 
 ## short: the inner loop (<= 20 s): every unit test; end-to-end runs and real-timer waits skip.
 short:

@@ -437,20 +437,27 @@ func (s *Server) Close() error {
 		return nil
 	}
 	s.closed = true
+	listeners := append([]net.Listener(nil), s.listeners...)
+	s.mu.Unlock()
+	// Close listeners ourselves (go-smtp knows only those its Serve
+	// goroutines have registered) and wait for go-smtp's Serve loops to
+	// return: from then on no connection is added (go-smtp counts each in a
+	// WaitGroup: an Add beside Shutdown's Wait is a data race, and Wait could
+	// return before a handler just added ends and uses the closed journal).
+	// Then cut every connection, and let go-smtp wait for its handlers: each
+	// ends its session (Logout) in its own goroutine. go-smtp's Close would
+	// call Logout from this goroutine, racing the handler still using the
+	// session.
+	for _, l := range listeners {
+		l.Close()
+	}
+	s.serveWG.Wait()
+	s.mu.Lock()
 	conns := make([]*conn, 0, len(s.conns))
 	for c := range s.conns {
 		conns = append(conns, c)
 	}
-	listeners := append([]net.Listener(nil), s.listeners...)
 	s.mu.Unlock()
-	// Close listeners ourselves (go-smtp knows only those its Serve
-	// goroutines have registered), cut every connection, then let go-smtp
-	// wait for its handlers: each ends its session (Logout) in its own
-	// goroutine. go-smtp's Close would call Logout from this goroutine,
-	// racing the handler still using the session.
-	for _, l := range listeners {
-		l.Close()
-	}
 	for _, c := range conns {
 		c.Close()
 	}
@@ -459,7 +466,6 @@ func (s *Server) Close() error {
 		s.smtp.Close()
 	}
 	cancel()
-	s.serveWG.Wait()
 	s.record(Event{Kind: EventControl, Note: "stop"}, false)
 	err := s.journal.Close()
 	if cerr := s.store.close(); err == nil && s.cfg.GreylistStore != "" {

@@ -157,6 +157,10 @@ func Run(ctx context.Context, cfg Config) error {
 		DisableReverseDNS: true,
 		Timeout:           2 * time.Minute,
 		MaxSize:           32 << 20,
+		// Set, not left 0: mhale/smtpd v0.8.3 writes its default (100, RFC
+		// 5321's minimum) into this shared Server from each session's RCPT,
+		// a data race between sessions.
+		MaxRecipients: 100,
 	}
 	serveDone := make(chan struct{})
 	go func() {

@@ -716,3 +716,32 @@ func mustJSON(t *testing.T, v any) []byte {
 	}
 	return b
 }
+
+// Submissions on several connections at once: each is accepted and
+// delivered. Under -race this also proves the inbound server is free of
+// data races between sessions (mhale/smtpd v0.8.3 sets MaxRecipients on
+// the shared Server from a session when it is 0; the relay sets it).
+func TestConcurrentSubmissions(t *testing.T) {
+	t.Parallel()
+	s := newSink(t)
+	r := startRelay(t, fastCfg(s, t.TempDir()))
+	const n = 4
+	done := make(chan struct{}, n)
+	for i := range n {
+		go func() {
+			defer func() { done <- struct{}{} }()
+			submit(t, r.addr, fmt.Sprintf("s%d@sender.test", i), fmt.Sprintf("r%d@rcpt.test", i))
+		}()
+	}
+	for range n {
+		<-done
+	}
+	got := map[string]bool{}
+	for range n {
+		d := waitDelivery(t, s.deliveries, 3*time.Second, "delivery", nil)
+		got[d.To[0]] = true
+	}
+	if len(got) != n {
+		t.Errorf("delivered to %v, want %d distinct recipients", got, n)
+	}
+}
