@@ -9,7 +9,8 @@
 #   exim.sh ready     exit 0 when the daemon's port answers 220
 #   exim.sh stop      SIGTERM the daemon (harmless when not running)
 #   exim.sh flush     exim -qff (deliver everything now, frozen included)
-#   exim.sh queue     exim -bp
+#   exim.sh queue     exim -bp, then each deferral in the messages' own logs
+#                     (spool/msglog/ID) as "msglog ID: LINE" (queue format exim)
 #   exim.sh teardown  stop, then remove the work dir (the extracted Exim stays cached)
 #
 # Environment:
@@ -140,6 +141,20 @@ EOF
 	echo "exim.sh: instance ready in $WORK (daemon 127.0.0.1:${SUBMIT_PORT}, next hops ${ROUTE_HOSTS})" >&2
 }
 
+# msglog_deferrals: every deferral Exim wrote in a queued message's own log
+# (spool/msglog/ID, removed with the message), one "msglog ID: LINE" each,
+# LINE as Exim wrote it: "DATE TIME rcpt R=router T=transport defer (ERRNO)...: why".
+# One grep over the folder: cheap even with 500 queued messages.
+msglog_deferrals() {
+	local dir=$WORK/spool/msglog
+	[ -d "$dir" ] || return 0
+	# grep exits 1 when nothing matches: an empty answer, not an error. A
+	# message delivered while grep walks the folder takes its log with it
+	# ("No such file or directory", status 2: seen in load-500): -s, and 2 is
+	# no error either (exim -bp, just before, read the same spool).
+	(cd "$dir" && { grep -r -s -F -e ' defer (' . || [ $? -le 2 ]; }) | sed 's|^\./\([^:]*\):|msglog \1: |'
+}
+
 ready() {
 	local pid
 	pid=$(pid_of)
@@ -158,7 +173,10 @@ start)
 ready) ready 2>/dev/null ;;
 stop) stop_daemon ;;
 flush) exec "$EXIM" -C "$CONF" -qff ;;
-queue) exec "$EXIM" -C "$CONF" -bp ;;
+queue)
+	"$EXIM" -C "$CONF" -bp
+	msglog_deferrals
+	;;
 teardown)
 	stop_daemon
 	remove_work

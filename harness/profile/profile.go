@@ -15,7 +15,7 @@ type QueueFormat string
 // Queue listing formats.
 const (
 	QueuePostfixJSON QueueFormat = "postfix-json" // postqueue -j
-	QueueExim        QueueFormat = "exim"         // exim -bp
+	QueueExim        QueueFormat = "exim"         // exim -bp [+ "msglog ID: LINE" deferrals]
 	QueueOpenSMTPD   QueueFormat = "opensmtpd"    // smtpctl show queue
 	QueueSample      QueueFormat = "sample-json"  // alias of json (the sample relay's listing)
 	QueueJSON        QueueFormat = "json"         // greyharness's generic format, version 1 (docs/relays.md)

@@ -4,7 +4,8 @@
 // Formats (profile.QueueFormat):
 //
 //   - postfix-json: `postqueue -j`, one JSON object per line.
-//   - exim: `exim -bp`, one block per message.
+//   - exim: `exim -bp`, one block per message, then optionally the messages'
+//     msglog deferrals (exim.sh queue), which make entries Deferred.
 //   - opensmtpd: `smtpctl show queue`, one pipe-separated line per envelope
 //     (one envelope per recipient; envelopes of one message are merged).
 //   - sendmail: `sendmail -bp -v` (or plain mailq), one block per message.
@@ -156,18 +157,39 @@ func clip(b []byte) string {
 //	25m  2.9K 1t5C6F-000123-AB <sender@example.org> *** frozen ***
 var eximHeader = regexp.MustCompile(`^\s*(\d+[smhdw]|\S+)\s+(\S+)\s+([0-9A-Za-z]{6}-[0-9A-Za-z]{6,11}-[0-9A-Za-z]{2,4})\s+<([^>]*)>\s*(.*)$`)
 
-// ParseExim parses `exim -bp`. Arrival comes from the message ID (its first
-// part is the arrival time in base 62) and falls back to now minus the
-// printed age. Recipients marked "D" (delivered) are left out. Reason is
-// "frozen" for frozen messages (or whatever "*** ... ***" note Exim prints).
+// ParseExim parses `exim -bp`, optionally followed by the deferrals of the
+// messages' own logs (what ci/exim/exim.sh queue prints), one per line:
+//
+//	msglog ID: LINE
+//
+// LINE as Exim writes it in spool/msglog/ID, e.g.
+//
+//	2026-12-02 15:36:33 frank@rcpt.test R=to_next_hop T=remote_smtp defer (111): Connection refused DT=0s
+//
+// Arrival comes from the message ID (its first part is the arrival time in
+// base 62) and falls back to now minus the printed age. Recipients marked
+// "D" (delivered) are left out. Reason is "frozen" for frozen messages (or
+// whatever "*** ... ***" note Exim prints), then the last deferral's text.
+// A message is Deferred when its log has a deferral after an attempt: not
+// when it was never tried, nor when it was only skipped because its
+// host's retry time had not come ("retry time not reached": no attempt).
+// Plain `exim -bp` says nothing of deferrals: no entry is Deferred.
 func ParseExim(out []byte, now time.Time) ([]history.QueueEntry, error) {
 	entries := []history.QueueEntry{}
 	var cur *history.QueueEntry
+	defers := map[string]*eximDeferral{}
 	lines := strings.Split(string(out), "\n")
 	for i, raw := range lines {
 		line := strings.TrimRight(raw, " \t\r")
 		if strings.TrimSpace(line) == "" {
 			cur = nil
+			continue
+		}
+		if rest, ok := strings.CutPrefix(line, "msglog "); ok {
+			cur = nil
+			if err := eximMsglogLine(rest, defers); err != nil {
+				return nil, fmt.Errorf("exim line %d: %v: %q", i+1, err, line)
+			}
 			continue
 		}
 		if m := eximHeader.FindStringSubmatch(line); m != nil {
@@ -192,7 +214,74 @@ func ParseExim(out []byte, now time.Time) ([]history.QueueEntry, error) {
 		}
 		cur.Recipients = append(cur.Recipients, rcpt)
 	}
+	for i := range entries {
+		e := &entries[i]
+		if d := defers[e.QueueID]; d != nil {
+			e.Deferred = d.tried != ""
+			why := d.tried
+			if why == "" {
+				why = d.skipped
+			}
+			e.Reason = join2(e.Reason, why)
+		}
+	}
 	return entries, nil
+}
+
+// join2 joins two reasons with "; ", either of which may be empty.
+func join2(a, b string) string {
+	if a == "" {
+		return b
+	}
+	return join(a, b)
+}
+
+// eximDeferral is what a message's log says of its deferrals: the text of
+// the last one after an attempt (tried) and of the last one without
+// (skipped: its host's retry time not reached).
+type eximDeferral struct{ tried, skipped string }
+
+var (
+	// eximMsglogRef is "ID: LINE", ID possibly under a split-spool
+	// subfolder ("X/ID").
+	eximMsglogRef = regexp.MustCompile(`^(?:[0-9A-Za-z]/)?([0-9A-Za-z]{6}-[0-9A-Za-z]{6,11}-[0-9A-Za-z]{2,4}): (.*)$`)
+	// eximDeferLine is a deferral as Exim's deliver.c logs it (without the
+	// "ID ==" of the main log): TIME address [<parent>] R=router [T=transport]
+	// defer (ERRNO)[: strerror][ H=host [ip][:port]][ DT=time][: message].
+	eximDeferLine = regexp.MustCompile(`^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?(?: [-+]\d{4})? \S+(?: <[^>]*>)* R=\S+(?: T=\S+)? defer \((-?\d+)\)(.*)$`)
+	eximDeferRest = regexp.MustCompile(`^(?:: (.*?))?(?: H=\S+(?: \[[^\]]*\])?(?::\d+)?)?(?: DT=\S+)?(?:: (.*))?$`)
+)
+
+// eximMsglogLine records the deferral of one "ID: LINE" of exim.sh queue's
+// msglog part. A line that is not a deferral (grep found " defer (" in a
+// sender, say) is skipped.
+func eximMsglogLine(ref string, defers map[string]*eximDeferral) error {
+	m := eximMsglogRef.FindStringSubmatch(ref)
+	if m == nil {
+		return errors.New(`not "msglog ID: LINE" with an Exim message ID`)
+	}
+	d := eximDeferLine.FindStringSubmatch(m[2])
+	if d == nil {
+		return nil
+	}
+	why := strings.TrimPrefix(d[2], ": ")
+	if r := eximDeferRest.FindStringSubmatch(d[2]); r != nil {
+		why = join2(r[1], r[2])
+	}
+	if why == "" {
+		why = "defer (" + d[1] + ")"
+	}
+	rec := defers[m[1]]
+	if rec == nil {
+		rec = &eximDeferral{}
+		defers[m[1]] = rec
+	}
+	if strings.Contains(strings.ToLower(why), "retry time not reached") {
+		rec.skipped = why
+	} else {
+		rec.tried = why
+	}
+	return nil
 }
 
 const base62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"

@@ -121,6 +121,37 @@ func TestExim(t *testing.T) {
 	}
 }
 
+// exim-msglog.txt is `exim.sh queue` of a private Exim 4.96 (testdata/README.md):
+// `exim -bp`, then the deferrals of the messages' own logs. An attempt that
+// failed (a 451 from the fake MTA, a refused connection) makes a message
+// deferred; a message never tried, or only skipped because its host's retry
+// time was not reached, is not.
+func TestEximMsglogDeferred(t *testing.T) {
+	now := time.Unix(1796225837, 0)
+	es := parse(t, profile.QueueExim, "exim-msglog.txt", now)
+	if len(es) != 5 {
+		t.Fatalf("entries = %+v", es)
+	}
+	g := find(t, es, "1xYmMz-00037r-21")
+	if !g.Deferred || g.Reason != "SMTP error from remote mail server after RCPT TO:<carol@rcpt.greyharness.test>: 451 4.7.1 Greylisted, please try again in 3597 seconds" ||
+		!slices.Equal(g.Recipients, []string{"bob@rcpt.greyharness.test", "carol@rcpt.greyharness.test"}) {
+		t.Errorf("greylisted (451 three times) = %+v", g)
+	}
+	r := find(t, es, "1xYmNl-0003Uq-1p")
+	if !r.Deferred || r.Reason != "Connection refused" || r.Sender != "refused@client.greyharness.test" {
+		t.Errorf("connection refused = %+v", r)
+	}
+	for _, id := range []string{"1xYmNU-0003K1-36", "1xYmNW-0003Ms-34"} {
+		if e := find(t, es, id); e.Deferred || e.Reason != "" {
+			t.Errorf("never tried, yet %+v", e)
+		}
+	}
+	s := find(t, es, "1xYmNm-0003Ve-18")
+	if s.Deferred || s.Reason != "retry time not reached for any host for 'rcpt.greyharness.test'" {
+		t.Errorf("skipped for its host's retry time (no attempt) = %+v", s)
+	}
+}
+
 func TestEximShapes(t *testing.T) {
 	now := time.Date(2026, 11, 24, 18, 0, 0, 0, time.UTC)
 	// Ages and sizes as Exim prints them for older messages; an ID whose time
@@ -145,6 +176,42 @@ func TestEximShapes(t *testing.T) {
 	}
 	if es, err := ParseExim(nil, now); err != nil || len(es) != 0 {
 		t.Errorf("empty listing = %v %v", es, err)
+	}
+}
+
+// Shapes of the msglog part that the capture does not show.
+func TestEximMsglogShapes(t *testing.T) {
+	now := time.Date(2026, 12, 2, 16, 0, 0, 0, time.UTC)
+	out := " 5m   1K 1xYmMz-00037r-21 <a@client.test> *** frozen ***\n          x@rcpt.test\n\n" +
+		" 1m   1K 1xYmNl-0003Uq-1p <a@client.test>\n          y@rcpt.test\n\n" +
+		" 0m   1K 1xYmNm-0003Ve-18 <b defer (1)@client.test>\n          z@rcpt.test\n\n" +
+		// a real deferral, then a skip for the host's retry time: still deferred
+		"msglog 1xYmMz-00037r-21: 2026-12-02 15:55:00 x@rcpt.test R=r T=t defer (110): Connection timed out H=127.0.0.2 [127.0.0.2]:2536: SMTP timeout after initial connection\n" +
+		"msglog 1xYmMz-00037r-21: 2026-12-02 15:55:02 x@rcpt.test R=r T=t defer (-53): retry time not reached for any host\n" +
+		// split_spool_directory: msglog/l/ID
+		"msglog l/1xYmNl-0003Uq-1p: 2026-12-02 15:59:00 y@rcpt.test <parent@rcpt.test> R=r defer (-1): host lookup did not complete\n" +
+		// grep's " defer (" in a sender is not a deferral
+		"msglog 1xYmNm-0003Ve-18: 2026-12-02 15:59:59 Received from b defer (1)@client.test H=(c) [127.0.0.1] P=esmtp S=1\n" +
+		// a message no longer listed (delivered between -bp and grep)
+		"msglog 1xYmZZ-0003Ve-18: 2026-12-02 15:59:59 w@rcpt.test R=r T=t defer (111): Connection refused DT=0s\n"
+	es, err := ParseExim([]byte(out), now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(es) != 3 {
+		t.Fatalf("entries = %+v", es)
+	}
+	if e := es[0]; !e.Deferred || e.Reason != "frozen; Connection timed out; SMTP timeout after initial connection" {
+		t.Errorf("frozen, deferred = %+v", e)
+	}
+	if e := es[1]; !e.Deferred || e.Reason != "host lookup did not complete" {
+		t.Errorf("router deferral (split spool) = %+v", e)
+	}
+	if e := es[2]; e.Deferred || e.Reason != "" {
+		t.Errorf("not a deferral line, yet %+v", e)
+	}
+	if _, err := ParseExim([]byte("msglog ../../etc/passwd: x\n"), now); err == nil {
+		t.Error("msglog line without a message ID accepted")
 	}
 }
 
