@@ -54,3 +54,60 @@ steps:
 		t.Errorf("step error %q findings %+v", h.StepError, res.Findings)
 	}
 }
+
+// finishTook begins sc with the in-process sample relay, runs its steps,
+// and returns how long Finish took with the profile's retry_max set to
+// retryMax (the late-duplicate watch's length), and the findings.
+func finishTook(t *testing.T, sc *scenarios.Scenario, retryMax time.Duration) (time.Duration, *history.History) {
+	t.Helper()
+	r, _ := beginWithSampleRelay(t, sc, 100*time.Millisecond)
+	r.timing.RetryMax = history.Duration(retryMax)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	for i := range sc.Steps {
+		if err := r.Step(ctx, i, &sc.Steps[i]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	start := time.Now()
+	h, _ := r.Finish(ctx)
+	return time.Since(start), h
+}
+
+// A scenario whose every recipient bounced, none ever reached by a body,
+// has nothing a relay could deliver twice: it ends without the
+// late-duplicate watch (which would add retry_max to the run).
+func TestNoWatchWhenNothingReachedARecipient(t *testing.T) {
+	t.Parallel()
+	sc := load(t, `name: all-bounced
+policy:
+  rules:
+    - match: {stage: rcpt, rcpt: "*@gone.greyharness.test"}
+      reply: "550 5.1.1 no such user"
+steps:
+  - send: {to: [oscar@gone.greyharness.test]}
+  - wait: {for: dsn, action: failed, timeout: 1m}
+`)
+	took, h := finishTook(t, sc, 30*time.Second)
+	if took > 15*time.Second {
+		t.Errorf("Finish took %s for a scenario whose only recipient bounced: it waited out the late-duplicate watch (retry_max 30s)", took.Round(time.Millisecond))
+	}
+	if h.Ended.IsZero() {
+		t.Error("history not ended")
+	}
+}
+
+// A scenario with a delivered message keeps the whole watch: its relay
+// could send that message again within retry_max.
+func TestWatchAfterADelivery(t *testing.T) {
+	t.Parallel()
+	sc := load(t, `name: delivered
+steps:
+  - send: {to: [alice@rcpt.greyharness.test]}
+  - wait: delivered
+`)
+	const watch = 2 * time.Second
+	if took, _ := finishTook(t, sc, watch); took < watch {
+		t.Errorf("Finish took %s: less than the late-duplicate watch (retry_max %s) after a delivery", took.Round(time.Millisecond), watch)
+	}
+}

@@ -186,11 +186,18 @@ func (r *Run) Finish(ctx context.Context) (*history.History, ledger.Result) {
 		// watch overlaps them (its tenant stays registered, so what the
 		// relay sends late is still this scenario's).
 		r.releaseWorld()
-		// Watch one more retry interval: a relay that sends a delivered
-		// message again (a duplicate) or retries too soon does it now.
-		settle := r.timing.RetryMax.D()
-		r.progress("drained; watching %s more for late duplicates", settle)
-		r.until(ctx, time.Now().Add(settle), func() bool { return false })
+		if r.track.all("", everyRcpt(func(rs *rcptState) bool { return rs.bounced && rs.bodies == 0 })) {
+			// Every recipient bounced and no body ever reached one: there
+			// is no copy a relay could send again (a duplicate needs a
+			// delivered or dropped-after-dot body), so no watch.
+			r.progress("drained: every recipient bounced, none reached by a body; nothing to watch for late duplicates")
+		} else {
+			// Watch one more retry interval: a relay that sends a delivered
+			// message again (a duplicate) or retries too soon does it now.
+			settle := r.timing.RetryMax.D()
+			r.progress("drained; watching %s more for late duplicates", settle)
+			r.until(ctx, time.Now().Add(settle), func() bool { return false })
+		}
 	}
 	if lost, by := r.hub.relayLost(); lost != nil && by != r && accepted > 0 && !r.track.all("", drainedCond(r.timing.QueueLifetime.D())) {
 		// A neighbour's failed restart, not this relay's handling of

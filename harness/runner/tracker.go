@@ -39,7 +39,11 @@ type rcptState struct {
 	lastAttempt time.Time
 	deferred    bool
 	delivered   int
-	bounced     bool
+	// bodies: its body reached the fake MTA with a 2xx RCPT and the final
+	// dot answered 2xx or dropped (RFC 1047: the relay may not know), as
+	// the ledger counts copies for duplicate.
+	bodies  int
+	bounced bool
 	// listedDeferred: a queue listing showed it deferred (Deferred, with
 	// its reason), evidence that the relay tried and failed where the fake
 	// MTA saw nothing (its connection refused). No attempt, and no
@@ -159,6 +163,9 @@ func (t *tracker) observe(ev fakemta.Event) {
 		}
 		if h.Delivered {
 			rs.delivered++
+		}
+		if h.Delivered || h.Dropped {
+			rs.bodies++
 		}
 	}
 	t.signal()
