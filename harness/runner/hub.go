@@ -462,17 +462,19 @@ func (h *Hub) register(ctx context.Context, r *Run) error {
 }
 
 // unregister forgets r's tenant; its late traffic is nobody's. A scenario
-// that ends with the fake MTA stopped (a step failed before its start)
-// does not leave it stopped for the others.
+// that ends with the fake MTA stopped by its own step (a step failed before
+// its start) does not leave it stopped for the others; one that ends
+// during a neighbour's outage leaves it as it is, the neighbour's to end.
 func (h *Hub) unregister(ctx context.Context, r *Run) {
 	h.mu.Lock()
 	srv, rm := h.fake, h.remote
+	mine := h.down == nil || h.down == r
 	if h.down == r {
 		close(h.up)
 		h.down, h.up = nil, nil
 	}
 	h.mu.Unlock()
-	if srv == nil && rm == nil {
+	if srv == nil && rm == nil && mine {
 		if err := h.startFake(ctx); err != nil {
 			r.progress("starting the fake MTA again for the others: %v", err)
 		}

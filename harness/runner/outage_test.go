@@ -142,3 +142,56 @@ steps:
 		t.Errorf("the shared scenario started at %s, %s after the fake MTA was back: it waited for the outage's last wait", hs[1].Started, hs[1].Started.Sub(back))
 	}
 }
+
+// TestNeighbourEndingDuringAnOutageLeavesItDown: a scenario that ends
+// while another's fake-MTA outage is on must not start the fake MTA again
+// (only the scenario that stopped it may, when it ends before its start):
+// that would end the outage early, unrecorded, and the outage's own start
+// step would then fail to listen.
+func TestNeighbourEndingDuringAnOutageLeavesItDown(t *testing.T) {
+	next := freeAddr(t)
+	sr := newSampleRelay(t, 100*time.Millisecond)
+	sr.cfg.NextHop = []string{next}
+	if err := sr.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	opt := &Options{Profile: &profile.Profile{Name: "sample", NextHop: []string{next}, Submit: profile.Submit{Addr: sr.addr},
+		Timing: history.Timing{RetryMax: seconds(0.3), QueueLifetime: seconds(60), RestartGrace: seconds(1)}}, Relay: sr}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	hub, err := NewHub(ctx, opt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hub.Close()
+	opt.Hub = hub
+	// first drains and lets the world go, as Finish does before its watch.
+	first := load(t, "name: first\nsteps:\n  - send: {to: [a@rcpt.test]}\n  - wait: delivered\n")
+	rf, err := Begin(ctx, opt, first)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range first.Steps {
+		if err := rf.Step(ctx, i, &first.Steps[i]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rf.releaseWorld()
+	// outage takes the world and stops the fake MTA; first ends meanwhile.
+	outage := load(t, "name: outage\nsteps:\n  - fakemta: stop\n  - fakemta: start\n  - send: {to: [f@rcpt.test]}\n")
+	ro, err := Begin(ctx, opt, outage)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ro.Close()
+	if err := ro.Step(ctx, 0, &outage.Steps[0]); err != nil {
+		t.Fatal(err)
+	}
+	rf.Close()
+	if hub.running() {
+		t.Error("the fake MTA is up again after a neighbour ended during the outage")
+	}
+	if err := ro.Step(ctx, 1, &outage.Steps[1]); err != nil {
+		t.Errorf("the outage's start step: %v", err)
+	}
+}
