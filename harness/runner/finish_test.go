@@ -57,11 +57,15 @@ steps:
 
 // finishTook begins sc with the in-process sample relay, runs its steps,
 // and returns how long Finish took with the profile's retry_max set to
-// retryMax (the late-duplicate watch's length), and the findings.
-func finishTook(t *testing.T, sc *scenarios.Scenario, retryMax time.Duration) (time.Duration, *history.History) {
+// retryMax (the late-duplicate watch's length) and edit applied to the
+// profile, and the history.
+func finishTook(t *testing.T, sc *scenarios.Scenario, retryMax time.Duration, edit func(*profile.Profile)) (time.Duration, *history.History) {
 	t.Helper()
 	r, _ := beginWithSampleRelay(t, sc, 100*time.Millisecond)
 	r.timing.RetryMax = history.Duration(retryMax)
+	if edit != nil {
+		edit(r.opt.Profile)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	for i := range sc.Steps {
@@ -88,7 +92,7 @@ steps:
   - send: {to: [oscar@gone.greyharness.test]}
   - wait: {for: dsn, action: failed, timeout: 1m}
 `)
-	took, h := finishTook(t, sc, 30*time.Second)
+	took, h := finishTook(t, sc, 30*time.Second, nil)
 	if took > 15*time.Second {
 		t.Errorf("Finish took %s for a scenario whose only recipient bounced: it waited out the late-duplicate watch (retry_max 30s)", took.Round(time.Millisecond))
 	}
@@ -97,17 +101,74 @@ steps:
 	}
 }
 
-// A scenario with a delivered message keeps the whole watch: its relay
-// could send that message again within retry_max.
-func TestWatchAfterADelivery(t *testing.T) {
+// A delivery whose final reply reached the relay (it sent a command after
+// it on that connection), with no relay restart since and a queue listing
+// that no longer shows the message, leaves nothing a relay would send
+// again: no watch.
+func TestNoWatchWhenTheRelayHadEveryReply(t *testing.T) {
 	t.Parallel()
 	sc := load(t, `name: delivered
 steps:
   - send: {to: [alice@rcpt.greyharness.test]}
   - wait: delivered
 `)
+	if took, _ := finishTook(t, sc, 30*time.Second, nil); took > 15*time.Second {
+		t.Errorf("Finish took %s after a delivery the relay acknowledged: it waited out the late-duplicate watch (retry_max 30s)", took.Round(time.Millisecond))
+	}
+}
+
+// A relay restart after a delivery may lose the relay's record of it (a
+// relay that had not synced it sends the copy again): the whole watch.
+func TestWatchAfterARestartThatFollowsADelivery(t *testing.T) {
+	t.Parallel()
+	sc := load(t, `name: restart-after
+steps:
+  - send: {to: [alice@rcpt.greyharness.test]}
+  - wait: delivered
+  - restart: {}
+`)
 	const watch = 2 * time.Second
-	if took, _ := finishTook(t, sc, watch); took < watch {
-		t.Errorf("Finish took %s: less than the late-duplicate watch (retry_max %s) after a delivery", took.Round(time.Millisecond), watch)
+	r, _ := beginWithSampleRelay(t, sc, 100*time.Millisecond)
+	r.timing.RetryMax = history.Duration(watch)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	for i := range 2 {
+		if err := r.Step(ctx, i, &sc.Steps[i]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The restart must come after the relay had the 250 (its QUIT), or the
+	// relay may rightly send the copy again after it.
+	never := func(time.Time) bool { return false }
+	for !r.track.settled(never) {
+		select {
+		case <-r.track.wait():
+		case <-ctx.Done():
+			t.Fatal("the relay never sent a command after the 250")
+		}
+	}
+	if err := r.Step(ctx, 2, &sc.Steps[2]); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	r.Finish(ctx)
+	if took := time.Since(start); took < watch {
+		t.Errorf("Finish took %s: less than the late-duplicate watch (retry_max %s) after a restart that followed the delivery", took.Round(time.Millisecond), watch)
+	}
+}
+
+// Without a queue listing nothing says the relay let the message go: the
+// whole watch.
+func TestWatchWithoutAQueueListing(t *testing.T) {
+	t.Parallel()
+	sc := load(t, `name: no-queue
+steps:
+  - send: {to: [alice@rcpt.greyharness.test]}
+  - wait: delivered
+`)
+	const watch = 2 * time.Second
+	noQueue := func(p *profile.Profile) { p.Commands.Queue = "" }
+	if took, _ := finishTook(t, sc, watch, noQueue); took < watch {
+		t.Errorf("Finish took %s: less than the late-duplicate watch (retry_max %s) with no queue listing", took.Round(time.Millisecond), watch)
 	}
 }

@@ -181,17 +181,25 @@ func (r *Run) Finish(ctx context.Context) (*history.History, ledger.Result) {
 	_, accepted := r.track.pending("", func(*msgState) bool { return true })
 	// With the relay down for good, what it holds will not move: no drain.
 	if lost, _ := r.hub.relayLost(); running && ctx.Err() == nil && accepted > 0 && lost == nil {
-		r.drain(ctx)
+		drained := r.drain(ctx)
 		// Drained: the scenarios waiting for their turn go on, and this
 		// watch overlaps them (its tenant stays registered, so what the
 		// relay sends late is still this scenario's).
 		r.releaseWorld()
-		if r.track.all("", everyRcpt(func(rs *rcptState) bool { return rs.bounced && rs.bodies == 0 })) {
+		switch {
+		case r.track.all("", everyRcpt(func(rs *rcptState) bool { return rs.bounced && rs.bodies == 0 })):
 			// Every recipient bounced and no body ever reached one: there
 			// is no copy a relay could send again (a duplicate needs a
 			// delivered or dropped-after-dot body), so no watch.
 			r.progress("drained: every recipient bounced, none reached by a body; nothing to watch for late duplicates")
-		} else {
+		case drained && r.opt.Profile.Has(profile.CapQueue) && r.track.settled(r.relayTouchedSince):
+			// RFC 1047's gap is closed for every copy: the relay had each
+			// final reply (it sent a command after it), no restart since
+			// could have lost its record, and its queue no longer lists
+			// the messages. A relay sends a copy again only when it may
+			// not know it was delivered, so there is nothing to watch for.
+			r.progress("drained: the relay had the final reply of every copy (it sent a command after it), no relay restart since, its queue lists none of them; nothing to watch for late duplicates")
+		default:
 			// Watch one more retry interval: a relay that sends a delivered
 			// message again (a duplicate) or retries too soon does it now.
 			settle := r.timing.RetryMax.D()
@@ -222,26 +230,45 @@ func (r *Run) Finish(ctx context.Context) (*history.History, ledger.Result) {
 // has not settled gets every chance before anything is called lost: a
 // flush, then a restart (when the profile can do them), each followed by
 // another wait. Correct relays settle in the first wait and pay nothing.
-// Both touch every scenario, so both are in every running history.
-func (r *Run) drain(ctx context.Context) {
+// Both touch every scenario, so both are in every running history. It
+// reports whether the scenario drained.
+func (r *Run) drain(ctx context.Context) bool {
 	drained := &scenarios.Wait{For: "drained"}
 	if r.wait(ctx, drained) {
-		return
+		return true
 	}
 	p := r.opt.Profile
 	if p.Has(profile.CapFlush) {
 		r.progress("not drained: flushing the relay's queue")
 		if err := (env{r}).Fault(history.FaultFlush, "drain", func() error { return r.opt.Relay.Flush(ctx) }); err == nil && r.wait(ctx, drained) {
-			return
+			return true
 		}
 	}
 	if p.Has(profile.CapRestart) {
 		r.progress("not drained: restarting the relay")
 		err := (env{r}).Fault(history.FaultRelayRestart, "drain", func() error { return r.restartRelay(ctx) })
 		if err == nil {
-			r.wait(ctx, drained)
+			return r.wait(ctx, drained)
 		}
 	}
+	return false
+}
+
+// relayTouchedSince reports whether a relay restart, stop or start in the
+// scenario's history (its own or a neighbour's) ended at or after t, or
+// has not ended.
+func (r *Run) relayTouchedSince(t time.Time) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, f := range r.h.Faults {
+		switch f.Kind {
+		case history.FaultRelayRestart, history.FaultRelayStop, history.FaultRelayStart:
+			if f.End.IsZero() || !f.End.Before(t) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // restartRelay restarts the relay under test, bounded by twice its

@@ -44,6 +44,13 @@ type rcptState struct {
 	// the ledger counts copies for duplicate.
 	bodies  int
 	bounced bool
+	// lastBody is the last such copy (time, journal seq, connection);
+	// bodyHeard: the relay sent a command on that connection after the
+	// copy's final reply, so the reply reached it (RFC 1047's gap closed).
+	lastBody     time.Time
+	lastBodySeq  uint64
+	lastBodyConn uint64
+	bodyHeard    bool
 	// listedDeferred: a queue listing showed it deferred (Deferred, with
 	// its reason), evidence that the relay tried and failed where the fake
 	// MTA saw nothing (its connection refused). No attempt, and no
@@ -121,6 +128,9 @@ func (t *tracker) observe(ev fakemta.Event) {
 			t.signal()
 		}
 		return
+	case fakemta.EventCommand:
+		t.heard(ev)
+		return
 	case fakemta.EventTransaction:
 	default:
 		return
@@ -166,9 +176,45 @@ func (t *tracker) observe(ev fakemta.Event) {
 		}
 		if h.Delivered || h.Dropped {
 			rs.bodies++
+			if ev.Seq >= rs.lastBodySeq {
+				rs.lastBody, rs.lastBodySeq, rs.lastBodyConn, rs.bodyHeard = ev.Time, ev.Seq, ev.Conn, false
+			}
 		}
 	}
 	t.signal()
+}
+
+// heard takes a command: on the connection of a recipient's last copy, and
+// after it, it shows the relay had the copy's final reply. Called with mu held.
+func (t *tracker) heard(ev fakemta.Event) {
+	if ev.Conn == 0 {
+		return
+	}
+	changed := false
+	for _, i := range t.order {
+		for _, rs := range t.msgs[i].rcpts {
+			if rs.bodies > 0 && !rs.bodyHeard && rs.lastBodyConn == ev.Conn && ev.Seq > rs.lastBodySeq {
+				rs.bodyHeard, changed = true, true
+			}
+		}
+	}
+	if changed {
+		t.signal()
+	}
+}
+
+// settled reports whether no accepted message has a copy a relay could
+// send again: each recipient bounced with no body ever reaching it, or
+// the relay had the final reply of its last copy (bodyHeard) and
+// touched(copy's time) says no relay restart or stop came at or after it
+// (one could lose the relay's record of the delivery).
+func (t *tracker) settled(touched func(copyAt time.Time) bool) bool {
+	return t.all("", everyRcpt(func(rs *rcptState) bool {
+		if rs.bodies == 0 {
+			return rs.bounced
+		}
+		return rs.bodyHeard && !touched(rs.lastBody)
+	}))
 }
 
 // listed takes a queue listing: a recipient it shows deferred is

@@ -212,3 +212,81 @@ func TestDrainedAfterAnExpiryNotice(t *testing.T) {
 		t.Error("delivered: settled")
 	}
 }
+
+// TestTrackerSettled: a message is settled (no copy a relay could send
+// again) when its recipient bounced with no body ever, or when the relay
+// sent a command after the final reply of its last copy on that
+// connection and no relay fault came at or after that copy.
+func TestTrackerSettled(t *testing.T) {
+	t0 := time.Date(2025, 3, 1, 12, 0, 0, 0, time.UTC)
+	at := func(s float64) time.Time { return t0.Add(time.Duration(s * float64(time.Second))) }
+	s := history.Submission{HarnessID: "A", MessageID: "A@harness.test", MailFrom: "alice+gh-A@s.test", RcptTo: []string{"r@d.test"},
+		SubmittedAt: at(0), Accepted: true, Reply: fakemta.Reply{Code: 250}}
+	tr := newTracker()
+	tr.expect(s)
+	tr.submitted(s)
+	var seq uint64
+	ev := func(sec float64, conn uint64, kind fakemta.EventKind) fakemta.Event {
+		seq++
+		return fakemta.Event{Seq: seq, Time: at(sec), Kind: kind, Conn: conn, Client: "192.0.2.1:1"}
+	}
+	copyOf := func(sec float64, conn uint64, eod fakemta.Reply) fakemta.Event {
+		e := ev(sec, conn, fakemta.EventTransaction)
+		e.Transaction = &fakemta.Transaction{MailFrom: s.MailFrom, Mail: fakemta.Reply{Code: 250},
+			Rcpts: []fakemta.RcptAttempt{{Addr: "r@d.test", Reply: fakemta.Reply{Code: 250}}}, Data: &eod,
+			Message: &fakemta.Message{MessageID: s.MessageID, HarnessID: "A", MailFrom: s.MailFrom, Accepted: eod.Code == 250}}
+		return e
+	}
+	command := func(sec float64, conn uint64, line string) fakemta.Event {
+		e := ev(sec, conn, fakemta.EventCommand)
+		e.Command = line
+		return e
+	}
+	never := func(time.Time) bool { return false }
+	if tr.settled(never) {
+		t.Fatal("settled before any copy")
+	}
+	// A copy dropped after the final dot: the relay cannot know.
+	tr.observe(copyOf(1, 1, fakemta.Reply{Dropped: true}))
+	if tr.settled(never) {
+		t.Error("settled after a copy dropped after the final dot")
+	}
+	// Sent again and accepted; no command after the 250 yet.
+	tr.observe(command(10, 2, "EHLO relay"))
+	tr.observe(copyOf(11, 2, fakemta.Reply{Code: 250}))
+	if tr.settled(never) {
+		t.Error("settled with no command after the final reply")
+	}
+	// A command on another connection says nothing about this one.
+	tr.observe(command(12, 3, "QUIT"))
+	if tr.settled(never) {
+		t.Error("settled by a command on another connection")
+	}
+	tr.observe(command(12.5, 2, "QUIT"))
+	if !tr.settled(never) {
+		t.Error("not settled after the relay sent QUIT following the 250")
+	}
+	// A relay restart at or after the copy: its record may be lost.
+	if tr.settled(func(copyAt time.Time) bool { return !at(11.5).Before(copyAt) }) {
+		t.Error("settled although the relay was restarted after the copy")
+	}
+
+	// A recipient that bounced and never got a body is settled; one that
+	// has neither is not.
+	b := history.Submission{HarnessID: "B", MessageID: "B@harness.test", MailFrom: "bob+gh-B@s.test", RcptTo: []string{"x@d.test"},
+		SubmittedAt: at(20), Accepted: true, Reply: fakemta.Reply{Code: 250}}
+	tr.expect(b)
+	tr.submitted(b)
+	if tr.settled(never) {
+		t.Error("settled with B neither delivered nor bounced")
+	}
+	d := ev(30, 4, fakemta.EventTransaction)
+	d.Transaction = &fakemta.Transaction{MailFrom: "", Mail: fakemta.Reply{Code: 250},
+		Rcpts: []fakemta.RcptAttempt{{Addr: b.MailFrom, Reply: fakemta.Reply{Code: 250}}}, Data: &fakemta.Reply{Code: 250},
+		Message: &fakemta.Message{MessageID: "dsn@relay", Accepted: true,
+			DSN: &dsn.Report{OriginalMessageID: b.MessageID, Recipients: []dsn.Recipient{{FinalRecipient: "x@d.test", Action: "failed", Status: "5.1.1"}}}}}
+	tr.observe(d)
+	if !tr.settled(never) {
+		t.Error("not settled with B bounced (no body ever) and A acknowledged")
+	}
+}
