@@ -70,6 +70,9 @@ func TestRealTimersProfileMatchesItsMainCf(t *testing.T) {
 			t.Errorf("%s is not skipped", name)
 		}
 	}
+	if p.Scenarios["load-500"].Share == "" {
+		t.Error("load-500 would run alone: one more retry interval (5-10m) for the pack")
+	}
 	if p.Has(profile.CapDelayWarning) {
 		t.Error("delay-warning would run: Debian's Postfix sends no delay notice")
 	}

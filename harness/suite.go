@@ -244,6 +244,19 @@ func (s *Suite) skipReason(sc *scenarios.Scenario) string {
 	return ""
 }
 
+// jobScenario is sc as the run schedules it: a scenario that says
+// `exclusive: true` shares the run when the profile says why it may
+// (ScenarioOverride.Share), and why says so ("" otherwise).
+func (s *Suite) jobScenario(sc *scenarios.Scenario) (run *scenarios.Scenario, why string) {
+	o, ok := s.Profile.Scenarios[sc.Name]
+	if !ok || o.Share == "" || !sc.Exclusive {
+		return sc, ""
+	}
+	c := *sc
+	c.Exclusive = false
+	return &c, fmt.Sprintf("shares the run although it says exclusive: true: the %s profile says %s", s.Profile.Name, o.Share)
+}
+
 // start starts the shared fake MTA and schedules every scenario Ginkgo
 // will run (its focus, skip and label filter select them), skipped ones aside.
 func (s *Suite) start(ctx context.Context) error {
@@ -262,7 +275,11 @@ func (s *Suite) start(ctx context.Context) error {
 		if s.skipReason(sc) != "" || !sel(sc) {
 			continue
 		}
-		j := runner.NewJob(sc, s.scenarioTimeout(sc))
+		run, why := s.jobScenario(sc)
+		if why != "" && s.Progress != nil {
+			fmt.Fprintf(s.Progress, "[%s] %s\n", sc.Name, why)
+		}
+		j := runner.NewJob(run, s.scenarioTimeout(sc))
 		s.jobs[sc.Name] = j
 		jobs = append(jobs, j)
 	}

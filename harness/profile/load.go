@@ -427,6 +427,10 @@ func (l *loader) checkOverrides(p *Profile) error {
 		switch {
 		case o.Expect != nil && o.Skip != "":
 			return l.errPath(path+".expect", "%s: skip and expect exclude each other", path)
+		case o.Share != "" && o.Skip != "":
+			return l.errPath(path+".share", "%s: skip and share exclude each other", path)
+		case o.Share != "" && strings.TrimSpace(o.Share) == "":
+			return l.errPath(path+".share", "%s.share needs its reason: why the scenario's load cannot change a neighbour's verdict on this relay", path)
 		case o.Expect == nil && o.Why != "":
 			return l.errPath(path+".why", "%s.why explains an expect; this override has none (a skip gives its reason in skip)", path)
 		case o.Expect == nil:

@@ -270,6 +270,8 @@ func TestExpectedOutcomes(t *testing.T) {
 		{"expect without why", "scenarios:\n  s:\n    expect: {verdict: lost}\n", `:11:13: scenarios.s.expect needs why: the relay's real behaviour, with its evidence`},
 		{"why without expect", "scenarios:\n  s:\n    why: because\n", `:11:10: scenarios.s.why explains an expect; this override has none`},
 		{"skip and expect", "scenarios:\n  s:\n    skip: no\n    expect: {verdict: lost}\n    why: w\n", `:12:13: scenarios.s: skip and expect exclude each other`},
+		{"skip and share", "scenarios:\n  s:\n    skip: no\n    share: its load is harmless here\n", `:12:12: scenarios.s: skip and share exclude each other`},
+		{"blank share", "scenarios:\n  s:\n    share: \" \"\n", `:11:12: scenarios.s.share needs its reason`},
 		{"no verdict", "scenarios:\n  s:\n    expect: {}\n    why: w\n", `:11:5: scenarios.s.expect.verdict is required`},
 		{"unknown verdict", "scenarios:\n  s:\n    expect: {verdict: [lost, gone]}\n    why: w\n", `:11:30: scenarios.s.expect.verdict: "gone" is not a failing verdict (one of lost, held-silently, bad-dsn`},
 		{"passing verdict", "scenarios:\n  s:\n    expect: {verdict: delivered}\n    why: w\n", `:11:23: scenarios.s.expect.verdict: "delivered" is not a failing verdict`},

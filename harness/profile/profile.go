@@ -84,6 +84,11 @@ type Profile struct {
 // ScenarioOverride adjusts one scenario for one relay, with the reason.
 type ScenarioOverride struct {
 	Skip string `yaml:"skip,omitempty" json:"skip,omitempty"` // skip with this reason
+	// Share runs a scenario that says `exclusive: true` beside the others
+	// on this relay, for this reason: exclusivity guards neighbours'
+	// verdicts against its load, which this relay's timing may make
+	// harmless (a retry bound of minutes against seconds of load).
+	Share string `yaml:"share,omitempty" json:"share,omitempty"`
 	// Expect is a documented expected failure: the scenario fails, and only
 	// with these verdicts. The verdicts themselves are never loosened.
 	Expect *Expect `yaml:"expect,omitempty" json:"expect,omitempty"`
