@@ -127,7 +127,7 @@ steps:
   - wait: delivered
   - restart: {}
 `)
-	const watch = 2 * time.Second
+	const watch = time.Second
 	r, _ := beginWithSampleRelay(t, sc, 100*time.Millisecond)
 	r.timing.RetryMax = history.Duration(watch)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -166,7 +166,7 @@ steps:
   - send: {to: [alice@rcpt.greyharness.test]}
   - wait: delivered
 `)
-	const watch = 2 * time.Second
+	const watch = time.Second
 	noQueue := func(p *profile.Profile) { p.Commands.Queue = "" }
 	if took, _ := finishTook(t, sc, watch, noQueue); took < watch {
 		t.Errorf("Finish took %s: less than the late-duplicate watch (retry_max %s) with no queue listing", took.Round(time.Millisecond), watch)
