@@ -106,6 +106,38 @@ func FreeAfter(sc *scenarios.Scenario, i int, running bool) bool {
 	return iso == Shared
 }
 
+// Laneable reports whether a scenario runs alone only because its policy
+// (or one it swaps in) acts where the fake MTA cannot tell tenants apart:
+// at connect, helo, starttls or quit, or on connection numbers. With lanes
+// in the profile (and the in-process fake MTA) such a scenario holds a
+// lane instead: the relay routes its mail, and its DSNs, to the lane's
+// address only, so every connection there is its own and the fake MTA
+// gives it that lane's connection-level stages. It then runs beside the
+// others as LaneIsolation says. An exclusive one, one about MX hosts, or
+// one that stops or restarts the fake MTA stays alone.
+func Laneable(sc *scenarios.Scenario) bool {
+	if iso, _ := isolate(sc, true); iso != Alone || sc.Exclusive || AboutMX(sc) {
+		return false
+	}
+	for i := range sc.Steps {
+		if f := sc.Steps[i].FakeMTA; f == "stop" || f == "start" || f == "restart" {
+			return false
+		}
+	}
+	return true // what is left to make it alone is a connection-level policy
+}
+
+// LaneIsolation is how a Laneable scenario holding a lane shares the run:
+// Disruptive when it restarts the relay, else Shared.
+func LaneIsolation(sc *scenarios.Scenario) Isolation {
+	for i := range sc.Steps {
+		if sc.Steps[i].Restart != nil {
+			return Disruptive
+		}
+	}
+	return Shared
+}
+
 // isolate is Isolate; mx says whether being about MX hosts counts.
 func isolate(sc *scenarios.Scenario, mx bool) (Isolation, string) {
 	if sc.Exclusive {
