@@ -650,7 +650,9 @@ func containsRun(rs []*Run, r *Run) bool {
 // no transaction (refused at HELO, a failed TLS handshake) is every
 // scenario's, as the fake MTA could not tell, and so are transactions and
 // control events of no tenant: the ledger of each names them foreign or
-// counts them as an attempt of every message in flight.
+// counts them as an attempt of every message in flight. With lanes, a
+// connection on a lane is its holder's alone, and one at a next hop no
+// laned scenario's (onConn).
 func (h *Hub) route(ev fakemta.Event) {
 	h.mu.Lock()
 	var to []*Run
@@ -672,7 +674,9 @@ func (h *Hub) route(ev fakemta.Event) {
 			cr.pending = cr.pending[:0]
 			cr.seen[ev.Tenant] = true
 		}
-	case ev.Kind == fakemta.EventTransaction || ev.Conn == 0:
+	case ev.Kind == fakemta.EventTransaction && ev.Conn != 0:
+		to = h.onConn(h.conns[ev.Conn])
+	case ev.Conn == 0:
 		to = h.all()
 	case ev.Kind == fakemta.EventClose:
 		cr := h.conn(ev.Conn)
@@ -685,11 +689,7 @@ func (h *Hub) route(ev fakemta.Event) {
 			}
 		}
 		if len(cr.seen) == 0 {
-			rs = h.all()
-			if cr.laneRun != nil {
-				// A lane carries only its holder's traffic.
-				rs = []*Run{cr.laneRun}
-			}
+			rs = h.onConn(cr)
 		}
 		h.mu.Unlock()
 		for _, r := range rs {
@@ -728,6 +728,30 @@ func (h *Hub) misrouteWhy(r *Run, cr *connRoute, ev fakemta.Event) string {
 		local = " (" + cr.local + ")"
 	}
 	return fmt.Sprintf("lanes: the relay delivered this scenario's mail (tenant %s, connection %d) to %s%s, not to %s: its routing does not match the profile's lanes (docs/relays.md, \"Lanes\"), so a connection-level policy may have met the wrong scenario's traffic", r.tenant, ev.Conn, came, local, want)
+}
+
+// onConn returns the scenarios whose traffic a connection may have
+// carried, for its events that name no tenant: on a lane, its holder's
+// only (nobody's when none held it); at a next hop, every scenario's but
+// the laned ones' (their mail goes to their lanes: misrouted says so when
+// it does not); unknown (its connect was not seen), everyone's.
+// Called with mu held.
+func (h *Hub) onConn(cr *connRoute) []*Run {
+	switch {
+	case cr == nil || !cr.known:
+		return h.all()
+	case cr.lane > 0 && cr.laneRun != nil:
+		return []*Run{cr.laneRun}
+	case cr.lane > 0:
+		return nil
+	}
+	out := make([]*Run, 0, len(h.runs))
+	for _, r := range h.runs {
+		if r.lane == 0 {
+			out = append(out, r)
+		}
+	}
+	return out
 }
 
 // conn returns a connection's route, made on first sight. Called with mu held.

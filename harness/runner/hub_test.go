@@ -133,6 +133,24 @@ func TestHubRoutesLaneConnections(t *testing.T) {
 	if len(a.h.Journal) != 5 {
 		t.Fatalf("a got %d events, want 5 (lane 1's two connections)", len(a.h.Journal))
 	}
+	// A next hop's connection with no transaction (or a transaction of no
+	// tenant) is every scenario's but a laned one's: its mail goes to its lane.
+	nb := len(b.h.Journal)
+	for _, ev := range []fakemta.Event{
+		{Seq: 20, Conn: 9, Kind: fakemta.EventConnect, Local: "127.0.0.2:26"},
+		{Seq: 21, Conn: 9, Kind: fakemta.EventReply, Reply: &fakemta.Reply{Code: 421}},
+		tx(22, 9, ""),
+		{Seq: 23, Conn: 9, Kind: fakemta.EventClose},
+		{Seq: 24, Kind: fakemta.EventControl, Note: "stop"}, // the fake MTA's: everyone's
+	} {
+		h.route(ev)
+	}
+	if len(a.h.Journal) != 6 || a.h.Journal[5].Seq != 24 {
+		t.Fatalf("a got %v after its own, want only the fake MTA's stop", a.h.Journal[5:])
+	}
+	if len(b.h.Journal) != nb+5 {
+		t.Fatalf("b got %d of the next hop's 5 events", len(b.h.Journal)-nb)
+	}
 	h.route(fakemta.Event{Seq: 8, Conn: 4, Kind: fakemta.EventConnect, Local: "127.0.0.2:26"})
 	h.route(tx(9, 4, "l1-ta"))
 	h.route(fakemta.Event{Seq: 10, Conn: 5, Kind: fakemta.EventConnect, Local: "127.0.0.11:26"})
