@@ -2,6 +2,7 @@ package fakemta
 
 import (
 	"errors"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -139,5 +140,64 @@ func TestLaneTenantsAtStart(t *testing.T) {
 	}
 	if _, err := New(Config{Lanes: []string{"127.0.0.11:0"}, Tenants: []TenantSpec{{Name: "a", Options: TenantOptions{Lane: 1}}, {Name: "b", Options: TenantOptions{Lane: 1}}}}); !errors.Is(err, ErrLaneConflict) {
 		t.Fatalf("two tenants holding lane 1 at start: %v", err)
+	}
+}
+
+// CloseLane refuses connections on one lane (and cuts those open there)
+// while the other listeners answer; OpenLane listens again on the same
+// address. Both are journaled as the holder's.
+func TestCloseAndOpenLane(t *testing.T) {
+	s := laneServer(t)
+	if err := s.SetTenant("l1-ta", &Policy{}, TenantOptions{Lane: 1}); err != nil {
+		t.Fatal(err)
+	}
+	addr := s.LaneAddr(1)
+	open := dialRaw(t, addr)
+	open.greeting()
+	if err := s.CloseLane(1); err != nil {
+		t.Fatal(err)
+	}
+	if !open.closedByServer() {
+		t.Error("a connection on the closed lane stays open")
+	}
+	if c, err := net.Dial("tcp", addr); err == nil {
+		c.Close()
+		t.Fatal("the closed lane accepts connections")
+	}
+	if code, err := deliver(t, s.LaneAddr(2), flavorBase); code != 0 {
+		t.Fatalf("lane 2 while lane 1 is closed: %d %v", code, err)
+	}
+	if code, err := deliver(t, s.Addr(), flavorBase); code != 0 {
+		t.Fatalf("primary while lane 1 is closed: %d %v", code, err)
+	}
+	if err := s.CloseLane(1); err != nil {
+		t.Fatalf("closing a closed lane: %v", err)
+	}
+	if err := s.OpenLane(1); err != nil {
+		t.Fatal(err)
+	}
+	if s.LaneAddr(1) != addr {
+		t.Fatalf("lane 1 reopened on %s, want %s", s.LaneAddr(1), addr)
+	}
+	if code, err := deliver(t, addr, tenantMsg("l1-ta", "a@rcpt.test")); code != 0 {
+		t.Fatalf("lane 1 reopened: %d %v", code, err)
+	}
+	if err := s.OpenLane(1); err != nil {
+		t.Fatalf("opening an open lane: %v", err)
+	}
+	if err := s.CloseLane(3); err == nil {
+		t.Fatal("closing lane 3 of 2")
+	}
+	var notes []string
+	for _, ev := range journalEvents(t, s) {
+		if ev.Kind == EventControl && strings.HasPrefix(ev.Note, "lane ") {
+			if ev.Tenant != "l1-ta" {
+				t.Errorf("%q names tenant %q, want the holder", ev.Note, ev.Tenant)
+			}
+			notes = append(notes, ev.Note)
+		}
+	}
+	if strings.Join(notes, ",") != "lane 1 stop,lane 1 start" {
+		t.Errorf("journal notes %v", notes)
 	}
 }

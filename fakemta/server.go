@@ -105,6 +105,7 @@ type Server struct {
 	added     map[string]net.Listener // listened on after Start (ListenMore, a tenant's MX hosts)
 	conns     map[*conn]struct{}
 	lanes     []net.Listener // by lane number - 1; nil while a lane is closed
+	laneAddrs []string       // by lane number - 1: where each listened first (its :0 port chosen)
 	closed    bool
 	serveWG   sync.WaitGroup
 }
@@ -296,14 +297,80 @@ func (s *Server) serveLane(n int, l net.Listener) {
 	}
 	if s.lanes == nil {
 		s.lanes = make([]net.Listener, len(s.cfg.Lanes))
+		s.laneAddrs = make([]string, len(s.cfg.Lanes))
 	}
 	s.lanes[n-1] = l
+	s.laneAddrs[n-1] = l.Addr().String()
 	s.serveWG.Add(1)
 	s.mu.Unlock()
 	go func() {
 		defer s.serveWG.Done()
 		s.smtp.Serve(&tapListener{Listener: l, srv: s, mx: 1, lane: n})
 	}()
+}
+
+// CloseLane stops listening on lane n and cuts the connections accepted
+// there: a relay delivering to it meets a refused connection, as if the
+// fake MTA were down, while every other listener answers (a fake-MTA
+// outage for the lane's holder alone). Closing a closed lane does nothing.
+func (s *Server) CloseLane(n int) error {
+	s.mu.Lock()
+	if n < 1 || n > len(s.lanes) {
+		s.mu.Unlock()
+		return fmt.Errorf("fakemta: lane %d: the server serves %d lanes", n, len(s.lanes))
+	}
+	l := s.lanes[n-1]
+	s.lanes[n-1] = nil
+	s.mu.Unlock()
+	if l == nil {
+		return nil
+	}
+	l.Close()
+	s.mu.Lock()
+	var cut []*conn
+	for c := range s.conns {
+		if c.lane == n {
+			cut = append(cut, c)
+		}
+	}
+	s.mu.Unlock()
+	for _, c := range cut {
+		c.Close()
+	}
+	s.record(Event{Kind: EventControl, Note: fmt.Sprintf("lane %d stop", n), Tenant: s.laneHolder(n)}, false)
+	return nil
+}
+
+// OpenLane listens on a closed lane n again, on the address it had.
+// Opening an open lane does nothing.
+func (s *Server) OpenLane(n int) error {
+	s.mu.Lock()
+	if n < 1 || n > len(s.lanes) {
+		s.mu.Unlock()
+		return fmt.Errorf("fakemta: lane %d: the server serves %d lanes", n, len(s.lanes))
+	}
+	open, addr := s.lanes[n-1] != nil, s.laneAddrs[n-1]
+	s.mu.Unlock()
+	if open {
+		return nil
+	}
+	l, err := listenTCP(addr)
+	if err != nil {
+		return err
+	}
+	s.serveLane(n, l)
+	s.record(Event{Kind: EventControl, Note: fmt.Sprintf("lane %d start", n), Tenant: s.laneHolder(n)}, false)
+	return nil
+}
+
+// laneHolder names the tenant holding lane n ("" for none).
+func (s *Server) laneHolder(n int) string {
+	s.ten.mu.RLock()
+	defer s.ten.mu.RUnlock()
+	if t := s.ten.lanes[n]; t != nil {
+		return t.name
+	}
+	return ""
 }
 
 // LaneAddr returns where lane n (1-based) listens ("" when it does not).
@@ -625,8 +692,8 @@ func (s *Server) track(c *conn, on bool) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if on {
-		if s.closed {
-			return false
+		if s.closed || c.lane > 0 && s.lanes[c.lane-1] == nil {
+			return false // the server or the lane closed as it accepted c
 		}
 		s.conns[c] = struct{}{}
 	} else {
