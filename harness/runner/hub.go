@@ -210,12 +210,39 @@ func (h *Hub) takeLane(ctx context.Context) (int, error) {
 	}
 }
 
-// giveLane frees lane n.
-func (h *Hub) giveLane(n int) {
+// giveLane frees lane n, listening on it again when its holder left it
+// closed (a step failed before its fakemta start).
+func (h *Hub) giveLane(n int) error {
 	h.mu.Lock()
 	delete(h.laneRuns, n)
+	srv := h.fake
 	h.mu.Unlock()
+	var err error
+	if srv != nil {
+		err = srv.OpenLane(n)
+	}
 	h.lanes <- n
+	return err
+}
+
+// closeLane and openLane stop and start lane n's listener: a fake-MTA
+// outage for its holder alone.
+func (h *Hub) closeLane(n int) error {
+	return h.withFake(func(s *fakemta.Server) error { return s.CloseLane(n) })
+}
+func (h *Hub) openLane(n int) error {
+	return h.withFake(func(s *fakemta.Server) error { return s.OpenLane(n) })
+}
+
+// withFake runs f on the in-process fake MTA, or says it is stopped.
+func (h *Hub) withFake(f func(*fakemta.Server) error) error {
+	h.mu.Lock()
+	srv := h.fake
+	h.mu.Unlock()
+	if srv == nil {
+		return errors.New("the fake MTA is stopped")
+	}
+	return f(srv)
 }
 
 // acquire waits until a scenario of this isolation may run.

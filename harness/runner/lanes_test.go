@@ -221,3 +221,74 @@ expect:
 		}
 	})
 }
+
+// TestLaneable: which scenarios take a lane instead of running alone.
+func TestLaneable(t *testing.T) {
+	pack, err := scenarios.Default()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]bool{"421-after-ehlo": true, "starttls-failure": true, "fakemta-outage": true}
+	for i := range pack {
+		if got := Laneable(&pack[i]); got != want[pack[i].Name] {
+			t.Errorf("%s: Laneable %v, want %v", pack[i].Name, got, want[pack[i].Name])
+		}
+	}
+	for _, c := range []struct {
+		yaml string
+		want bool
+	}{
+		// A whole fake MTA's stop and start is also a greylist-persistence
+		// fault: with a greylist, only the whole fake MTA will do.
+		{"name: g\npolicy:\n  greylist: {delay: 1s}\nsteps:\n  - fakemta: stop\n  - send: {to: [a@r.test]}\n  - fakemta: start\n  - wait: delivered\n", false},
+		{"name: g2\nsteps:\n  - fakemta: stop\n  - send: {to: [a@r.test]}\n  - fakemta: start\n  - policy:\n      greylist: {delay: 1s}\n  - wait: delivered\n", false},
+		{"name: r\nsteps:\n  - send: {to: [a@r.test]}\n  - fakemta: restart\n  - wait: delivered\n", false},
+		{"name: x\nexclusive: true\npolicy:\n  rules: [{match: {stage: helo}, close: \"421 4.3.2 bye\"}]\nsteps:\n  - send: {to: [a@r.test]}\n", false},
+		{"name: h\npolicy:\n  rules: [{match: {stage: helo}, close: \"421 4.3.2 bye\"}]\nsteps:\n  - fakemta: stop\n  - send: {to: [a@r.test]}\n  - fakemta: start\n", true},
+		{"name: s\nsteps:\n  - send: {to: [a@r.test]}\n", false},
+	} {
+		sc := load(t, c.yaml)
+		if got := Laneable(sc); got != c.want {
+			t.Errorf("%s: Laneable %v, want %v", sc.Name, got, c.want)
+		}
+	}
+}
+
+// TestLaneOutage: with lanes, fakemta-outage holds a lane and its stop and
+// start close and reopen only that lane's listener: a shared scenario
+// runs beside it and is delivered during the outage, with no outage in
+// its history; the outage's history says it was the lane's listener.
+func TestLaneOutage(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs scenarios over the in-process sample relay (about 5 s)")
+	}
+	t.Parallel()
+	shared := load(t, "name: shared\nsteps:\n  - send: {count: 2, to: [s@rcpt.greyharness.test]}\n  - wait: delivered\n")
+	hs, progress := laneRun(t, true, packScenario(t, "fakemta-outage"), shared)
+	if !regexpMatch(progress, `\[fakemta-outage \+[^]]*\] runs on lane 1 `) {
+		t.Errorf("no progress line saying fakemta-outage runs on a lane:\n%s", progress)
+	}
+	var stop, start *history.Fault
+	for i, f := range hs[0].Faults {
+		switch f.Kind {
+		case history.FaultFakeMTAStop:
+			stop = &hs[0].Faults[i]
+		case history.FaultFakeMTAStart:
+			start = &hs[0].Faults[i]
+		}
+	}
+	if stop == nil || start == nil {
+		t.Fatalf("the outage's faults: %+v", hs[0].Faults)
+	}
+	for _, f := range []*history.Fault{stop, start} {
+		if !strings.Contains(f.Detail, "lane 1's listener") {
+			t.Errorf("%s: detail %q, want it to say lane 1's listener", f.Kind, f.Detail)
+		}
+	}
+	for _, f := range hs[1].Faults {
+		t.Errorf("the shared scenario's history has %s %q", f.Kind, f.Detail)
+	}
+	if d := lastTx(hs[1]); !d.After(stop.End) || !d.Before(start.Start) {
+		t.Errorf("the shared scenario was delivered at %s, not during the lane's outage %s–%s", d, stop.End, start.Start)
+	}
+}

@@ -29,7 +29,7 @@ func begin(ctx context.Context, opt *Options, sc *scenarios.Scenario, held bool,
 	iso, why := Isolate(sc)
 	laned := opt.Hub.laned(sc)
 	if laned {
-		iso = LaneIsolation(sc)
+		iso, why = LaneIsolation(sc), laneWhy(sc, why)
 	}
 	// undo lets go of what is held when the scenario cannot begin.
 	undo := func(hub *Hub) {
@@ -41,7 +41,7 @@ func begin(ctx context.Context, opt *Options, sc *scenarios.Scenario, held bool,
 			hub.release(iso)
 		}
 		if lane > 0 {
-			hub.giveLane(lane)
+			_ = hub.giveLane(lane) // never closed: nothing to open
 		}
 	}
 	pol := &fakemta.Policy{}
@@ -63,7 +63,7 @@ func begin(ctx context.Context, opt *Options, sc *scenarios.Scenario, held bool,
 		}
 		own = true
 		if laned = hub.laned(sc); laned {
-			iso = LaneIsolation(sc)
+			iso, why = LaneIsolation(sc), laneWhy(sc, why)
 		}
 	}
 	if !held {
@@ -201,7 +201,9 @@ func (r *Run) unregister() {
 		r.hub.unregister(r.base, r)
 	}
 	if lane {
-		r.hub.giveLane(r.lane)
+		if err := r.hub.giveLane(r.lane); err != nil {
+			r.progress("opening lane %d again for the others: %v", r.lane, err)
+		}
 	}
 }
 

@@ -180,7 +180,7 @@ func Schedule(ctx context.Context, opt *Options, jobs []*Job, parallel int) {
 					}
 					if iso == Disruptive {
 						if err := opt.Hub.disrupt.Acquire(ctx, 1); err != nil {
-							opt.Hub.giveLane(n)
+							_ = opt.Hub.giveLane(n) // never closed: nothing to open
 							opt.Hub.release(Shared)
 							j.fail(fmt.Errorf("the run ended before its turn: %w", err))
 							return
@@ -323,7 +323,7 @@ func (j *Job) do(ctx context.Context, opt *Options) {
 			j.steps[i] <- err
 			continue
 		}
-		if FreeAfter(j.Scenario, i, opt.Hub.running()) && r.holds() {
+		if r.lane == 0 && FreeAfter(j.Scenario, i, opt.Hub.running()) && r.holds() {
 			// The fake MTA is back and nothing left touches anyone: the
 			// next scenarios start now, beside its last steps.
 			r.progress("the fake MTA is back: the scenarios waiting for their turn go on")
