@@ -29,7 +29,10 @@ const (
 	// fake MTA cannot tell scenarios apart — at connect, helo, starttls or
 	// quit (before any address is known), or on connection numbers — or
 	// they are about several MX hosts (AboutMX): the backup MX hosts
-	// answer only while such a scenario runs.
+	// answer only while such a scenario runs. With lanes in the profile,
+	// one alone only for its connection-level policy or its fake-MTA
+	// stop and start (Laneable) holds a lane instead and runs as
+	// LaneIsolation says: Isolate says what it would be without lanes.
 	Alone
 )
 
