@@ -158,11 +158,14 @@ func Schedule(ctx context.Context, opt *Options, jobs []*Job, parallel int) {
 			// Take the scenario's share of the hub here, in order, so a
 			// scenario that runs alone is not overtaken by later ones.
 			iso, _ := Isolate(j.Scenario)
-			if opt.Hub.laned(j.Scenario) {
-				// A laned one waits for a free lane (and, when it restarts
-				// the relay, its turn among the disruptive ones) in its own
-				// goroutine: the ones after it go on.
+			laned := opt.Hub.laned(j.Scenario)
+			if laned {
 				iso = LaneIsolation(j.Scenario)
+			}
+			if laned || iso == Disruptive {
+				// A laned one waits for a free lane, and a disruptive one
+				// for its turn among the disruptive ones, in its own
+				// goroutine: the shared ones after them go on.
 				if err := opt.Hub.acquire(ctx, Shared); err != nil {
 					<-slots
 					for _, j := range order[i:] {
@@ -172,41 +175,24 @@ func Schedule(ctx context.Context, opt *Options, jobs []*Job, parallel int) {
 				}
 				go func() {
 					defer func() { <-slots }()
-					n, err := opt.Hub.takeLane(ctx)
-					if err != nil {
-						opt.Hub.release(Shared)
-						j.fail(fmt.Errorf("the run ended before it had a lane: %w", err))
-						return
+					if laned {
+						n, err := opt.Hub.takeLane(ctx)
+						if err != nil {
+							opt.Hub.release(Shared)
+							j.fail(fmt.Errorf("the run ended before it had a lane: %w", err))
+							return
+						}
+						j.lane = n
 					}
 					if iso == Disruptive {
 						if err := opt.Hub.disrupt.Acquire(ctx, 1); err != nil {
-							_ = opt.Hub.giveLane(n) // never closed: nothing to open
+							if j.lane > 0 {
+								_ = opt.Hub.giveLane(j.lane) // never closed: nothing to open
+							}
 							opt.Hub.release(Shared)
 							j.fail(fmt.Errorf("the run ended before its turn: %w", err))
 							return
 						}
-					}
-					j.lane = n
-					j.do(ctx, opt)
-				}()
-				continue
-			}
-			if iso == Disruptive {
-				// Disruptive ones queue for their turn among themselves
-				// in their own goroutine: shared ones after them go on.
-				if err := opt.Hub.acquire(ctx, Shared); err != nil {
-					<-slots
-					for _, j := range order[i:] {
-						j.fail(fmt.Errorf("the run ended before its turn: %w", err))
-					}
-					return
-				}
-				go func() {
-					defer func() { <-slots }()
-					if err := opt.Hub.disrupt.Acquire(ctx, 1); err != nil {
-						opt.Hub.release(Shared)
-						j.fail(fmt.Errorf("the run ended before its turn: %w", err))
-						return
 					}
 					j.do(ctx, opt)
 				}()
