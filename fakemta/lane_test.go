@@ -62,10 +62,7 @@ func TestLanesOppositeConnectionPoliciesAtOnce(t *testing.T) {
 	if code, err := deliver(t, s.LaneAddr(2), tenantMsg("l2-tb", "a@rcpt.test")); code != 0 {
 		t.Fatalf("lane 2: %d %v, want accepted", code, err)
 	}
-	var ti []TenantInfo
-	for _, x := range s.Tenants() {
-		ti = append(ti, x)
-	}
+	ti := s.Tenants()
 	if len(ti) != 2 || ti[0].Lane != 1 || ti[1].Lane != 2 {
 		t.Fatalf("Tenants %+v, want lanes 1 and 2", ti)
 	}
