@@ -44,6 +44,22 @@ next_hops() {
 	printf '%s\n' "$list"
 }
 
+# lanes FORMAT: one line per host of LANE_HOSTS (none when unset; in order:
+# lane 1, lane 2, ...) as printf FORMAT N HOST NEXT_HOP_PORT. The harness
+# gives the tenants of a scenario holding lane N labels starting "lN-"
+# (recipient and sender domains: carol@l2-t7-4a5923.rcpt.test); the relay
+# must route those addresses to lane N's HOST:NEXT_HOP_PORT only
+# (docs/relays.md, "Lanes"). The relay profile lists the same addresses
+# under lanes:.
+lanes() {
+	local fmt=$1 h n=0
+	for h in ${LANE_HOSTS:-}; do
+		n=$((n + 1))
+		# shellcheck disable=SC2059 # the format is the caller's
+		printf "$fmt" "$n" "$h" "$NEXT_HOP_PORT"
+	done
+}
+
 # need_setup FILE: die unless FILE (the instance's config) exists, as when start
 # comes before setup.
 need_setup() {

@@ -27,6 +27,14 @@ type Config struct {
 	// Listen addresses (host:port); ":0" ports pick a free one. The
 	// policy's mx.hosts are listened on too: each listener is one MX host.
 	Listen []string
+	// Lanes are more listen addresses, each one tenant's alone: a
+	// connection accepted on lane N (1-based) gets the connection-level
+	// stages and connection numbering of the tenant holding lane N
+	// (TenantOptions.Lane), else the server's own. A relay that routes each
+	// laned tenant's mail (its label starts "lN-") to lane N's address lets
+	// a scenario with a connection-level policy run beside others. Lanes
+	// are not MX hosts: their connections are MX 1 and they take no ordinal.
+	Lanes []string
 	// MXState overrides the policy's mx.state: MXSplit (each listener
 	// greylists on its own) or MXShared; "" keeps the policy's (shared).
 	MXState string
@@ -96,6 +104,8 @@ type Server struct {
 	listeners []net.Listener
 	added     map[string]net.Listener // listened on after Start (ListenMore, a tenant's MX hosts)
 	conns     map[*conn]struct{}
+	lanes     []net.Listener // by lane number - 1; nil while a lane is closed
+	laneAddrs []string       // by lane number - 1: where each listened first (its :0 port chosen)
 	closed    bool
 	serveWG   sync.WaitGroup
 }
@@ -143,7 +153,7 @@ func New(cfg Config) (*Server, error) {
 		}
 	}
 	s := &Server{cfg: cfg, grey: newGreylistState(), conns: map[*conn]struct{}{}, metrics: NewMetrics(), listening: map[string]bool{}, added: map[string]net.Listener{}}
-	s.ten = tenants{byName: map[string]*tenant{}, replayed: map[string]bool{}}
+	s.ten = tenants{byName: map[string]*tenant{}, replayed: map[string]bool{}, lanes: map[int]*tenant{}}
 	s.store = memStore{s.grey}
 	if cfg.GreylistStore != "" {
 		rs, err := openRedisStore(cfg.GreylistStore)
@@ -166,6 +176,10 @@ func New(cfg Config) (*Server, error) {
 		g := newGreylistState()
 		t := &tenant{name: ts.Name, policy: new(atomic.Pointer[Policy]), grey: g, store: s.tenantStore(ts.Name, g), started: cfg.Now(), owner: ts.Options.Connections}
 		t.policy.Store(p)
+		if err := s.takeLane(t, ts.Options); err != nil {
+			s.store.close()
+			return nil, err
+		}
 		if t.owner {
 			if s.ten.owner != nil {
 				s.store.close()
@@ -248,7 +262,7 @@ func (s *Server) Start() error {
 		return errors.New("fakemta: no listen address")
 	}
 	var ls []net.Listener
-	for _, addr := range addrs {
+	for _, addr := range append(addrs, s.cfg.Lanes...) {
 		l, err := listenTCP(addr)
 		if err != nil {
 			for _, l := range ls {
@@ -264,10 +278,109 @@ func (s *Server) Start() error {
 		s.listening[a] = true
 	}
 	s.mu.Unlock()
-	for _, l := range ls {
+	for _, l := range ls[:len(addrs)] {
 		s.Serve(l)
 	}
+	for i, l := range ls[len(addrs):] {
+		s.serveLane(i+1, l)
+	}
 	return nil
+}
+
+// serveLane serves l as lane n.
+func (s *Server) serveLane(n int, l net.Listener) {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		l.Close()
+		return
+	}
+	if s.lanes == nil {
+		s.lanes = make([]net.Listener, len(s.cfg.Lanes))
+		s.laneAddrs = make([]string, len(s.cfg.Lanes))
+	}
+	s.lanes[n-1] = l
+	s.laneAddrs[n-1] = l.Addr().String()
+	s.serveWG.Add(1)
+	s.mu.Unlock()
+	go func() {
+		defer s.serveWG.Done()
+		s.smtp.Serve(&tapListener{Listener: l, srv: s, mx: 1, lane: n})
+	}()
+}
+
+// CloseLane stops listening on lane n and cuts the connections accepted
+// there: a relay delivering to it meets a refused connection, as if the
+// fake MTA were down, while every other listener answers (a fake-MTA
+// outage for the lane's holder alone). Closing a closed lane does nothing.
+func (s *Server) CloseLane(n int) error {
+	s.mu.Lock()
+	if n < 1 || n > len(s.lanes) {
+		s.mu.Unlock()
+		return fmt.Errorf("fakemta: lane %d: the server serves %d lanes", n, len(s.lanes))
+	}
+	l := s.lanes[n-1]
+	s.lanes[n-1] = nil
+	s.mu.Unlock()
+	if l == nil {
+		return nil
+	}
+	l.Close()
+	s.mu.Lock()
+	var cut []*conn
+	for c := range s.conns {
+		if c.lane == n {
+			cut = append(cut, c)
+		}
+	}
+	s.mu.Unlock()
+	for _, c := range cut {
+		c.Close()
+	}
+	s.record(Event{Kind: EventControl, Note: fmt.Sprintf("lane %d stop", n), Tenant: s.laneHolder(n)}, false)
+	return nil
+}
+
+// OpenLane listens on a closed lane n again, on the address it had.
+// Opening an open lane does nothing.
+func (s *Server) OpenLane(n int) error {
+	s.mu.Lock()
+	if n < 1 || n > len(s.lanes) {
+		s.mu.Unlock()
+		return fmt.Errorf("fakemta: lane %d: the server serves %d lanes", n, len(s.lanes))
+	}
+	open, addr := s.lanes[n-1] != nil, s.laneAddrs[n-1]
+	s.mu.Unlock()
+	if open {
+		return nil
+	}
+	l, err := listenTCP(addr)
+	if err != nil {
+		return err
+	}
+	s.serveLane(n, l)
+	s.record(Event{Kind: EventControl, Note: fmt.Sprintf("lane %d start", n), Tenant: s.laneHolder(n)}, false)
+	return nil
+}
+
+// laneHolder names the tenant holding lane n ("" for none).
+func (s *Server) laneHolder(n int) string {
+	s.ten.mu.RLock()
+	defer s.ten.mu.RUnlock()
+	if t := s.ten.lanes[n]; t != nil {
+		return t.name
+	}
+	return ""
+}
+
+// LaneAddr returns where lane n (1-based) listens ("" when it does not).
+func (s *Server) LaneAddr(n int) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if n < 1 || n > len(s.lanes) || s.lanes[n-1] == nil {
+		return ""
+	}
+	return s.lanes[n-1].Addr().String()
 }
 
 // listenTCP listens on addr. No TCP keepalive on accepted connections:
@@ -438,6 +551,11 @@ func (s *Server) Close() error {
 	}
 	s.closed = true
 	listeners := append([]net.Listener(nil), s.listeners...)
+	for _, l := range s.lanes {
+		if l != nil {
+			listeners = append(listeners, l)
+		}
+	}
 	s.mu.Unlock()
 	// Close listeners ourselves (go-smtp knows only those its Serve
 	// goroutines have registered) and wait for go-smtp's Serve loops to
@@ -574,8 +692,8 @@ func (s *Server) track(c *conn, on bool) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if on {
-		if s.closed {
-			return false
+		if s.closed || c.lane > 0 && s.lanes[c.lane-1] == nil {
+			return false // the server or the lane closed as it accepted c
 		}
 		s.conns[c] = struct{}{}
 	} else {
@@ -589,6 +707,8 @@ type tapListener struct {
 	net.Listener
 	srv *Server
 	mx  int // ordinal among the server's listeners, from 1
+	// lane is the lane the listener is (Config.Lanes, from 1), 0 for none.
+	lane int
 }
 
 func (l *tapListener) Accept() (net.Conn, error) {
@@ -597,7 +717,7 @@ func (l *tapListener) Accept() (net.Conn, error) {
 		if err != nil {
 			return nil, err
 		}
-		c := l.srv.newConn(nc, l.Listener.Addr().String(), l.mx)
+		c := l.srv.newConn(nc, l.Listener.Addr().String(), l.mx, l.lane)
 		if c == nil {
 			continue // dropped at connect by policy
 		}

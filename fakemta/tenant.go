@@ -31,7 +31,11 @@ import (
 // the tenant registered with Connections (at most one; it also numbers
 // every connection in the order they come), else the server's own policy.
 // A scenario whose policy acts there or matches connection numbers must
-// run alone with that option.
+// run alone with that option, or hold a lane (Config.Lanes): a listener
+// whose connections carry only its tenant's traffic, because the relay
+// routes that tenant's addresses there. A connection accepted on lane N
+// gets the connection-level stages, and the connection numbering, of the
+// tenant holding lane N (else the server's own policy).
 //
 // Traffic of no registered tenant follows the server's own policy (set by
 // New, SetPolicy, PUT /api/v1/policy), as without tenants.
@@ -42,6 +46,12 @@ type TenantOptions struct {
 	// (connect, helo, starttls) and has it number every connection: for a
 	// scenario that runs alone. At most one tenant has it.
 	Connections bool `json:"connections"`
+	// Lane (from 1; 0 for none) gives the tenant the connection-level
+	// stages and numbering of the connections accepted on lane Lane
+	// (Config.Lanes). One tenant holds a lane at a time; a tenant holds
+	// a lane or Connections, not both. The control API does not offer it:
+	// a fake MTA started by `greyharness fakemta` has no lanes.
+	Lane int `json:"-"`
 }
 
 // TenantSpec is a tenant for Config.Tenants.
@@ -53,6 +63,9 @@ type TenantSpec struct {
 
 // ErrTenantConflict is returned when a second tenant asks for Connections.
 var ErrTenantConflict = errors.New("fakemta: another tenant owns the connection-level stages")
+
+// ErrLaneConflict is returned when a second tenant asks for a held lane.
+var ErrLaneConflict = errors.New("fakemta: another tenant holds the lane")
 
 // ErrNoTenant is returned for a tenant that is not registered.
 var ErrNoTenant = errors.New("fakemta: no such tenant")
@@ -76,6 +89,7 @@ type tenant struct {
 	store   greyStore
 	started time.Time
 	owner   bool          // guarded by tenants.mu
+	lane    int           // the lane it holds, 0 for none; guarded by tenants.mu
 	conns   atomic.Uint64 // connections numbered for this tenant
 }
 
@@ -84,6 +98,7 @@ type tenants struct {
 	mu     sync.RWMutex
 	byName map[string]*tenant
 	owner  *tenant
+	lanes  map[int]*tenant // lane number -> its holder
 	// replayed names tenants the journal had events of at start: their
 	// state is rebuilt when they register again (then their policy is known).
 	replayed map[string]bool
@@ -97,10 +112,17 @@ func (s *Server) scope(t *tenant) *tenant {
 	return t
 }
 
-// connScope is the scope of the stages before any address is known.
-func (s *Server) connScope() *tenant {
+// connScope is the scope of the stages before any address is known, on
+// a connection accepted on lane (0: on the primary listeners).
+func (s *Server) connScope(lane int) *tenant {
 	s.ten.mu.RLock()
 	defer s.ten.mu.RUnlock()
+	if lane > 0 {
+		if t := s.ten.lanes[lane]; t != nil {
+			return t
+		}
+		return s.def
+	}
 	if s.ten.owner != nil {
 		return s.ten.owner
 	}
@@ -172,12 +194,20 @@ func (s *Server) SetTenant(name string, p *Policy, opts TenantOptions) error {
 		s.ten.mu.Unlock()
 		return fmt.Errorf("%w (%s)", ErrTenantConflict, s.ten.owner.name)
 	}
+	if err := s.checkLane(t, opts); err != nil {
+		s.ten.mu.Unlock()
+		return err
+	}
 	created := t == nil
 	if created {
 		g := newGreylistState()
 		t = &tenant{name: name, policy: new(atomic.Pointer[Policy]), grey: g, store: s.tenantStore(name, g), started: s.cfg.Now()}
 	}
 	t.policy.Store(p)
+	if t.lane != 0 && t.lane != opts.Lane {
+		delete(s.ten.lanes, t.lane)
+	}
+	_ = s.takeLane(t, opts) // checked above
 	if created {
 		if s.ten.replayed[name] {
 			delete(s.ten.replayed, name)
@@ -201,10 +231,44 @@ func (s *Server) SetTenant(name string, p *Policy, opts TenantOptions) error {
 		if opts.Connections {
 			note = "tenant connections"
 		}
+		if opts.Lane > 0 {
+			note = fmt.Sprintf("tenant lane %d", opts.Lane)
+		}
 	}
 	s.record(Event{Kind: EventControl, Note: note, Tenant: name}, false)
 	if m := p.MX; m != nil && len(m.Hosts) > 0 {
 		return s.listenMore(m.Hosts)
+	}
+	return nil
+}
+
+// checkLane says what is wrong with t (nil: a new tenant) asking for
+// opts' lane. Called with ten.mu held.
+func (s *Server) checkLane(t *tenant, opts TenantOptions) error {
+	if opts.Lane == 0 {
+		return nil
+	}
+	if opts.Lane < 0 || opts.Lane > len(s.cfg.Lanes) {
+		return fmt.Errorf("fakemta: lane %d: the server has %d lanes", opts.Lane, len(s.cfg.Lanes))
+	}
+	if opts.Connections {
+		return errors.New("fakemta: a tenant holds a lane or the connection-level stages of the primary listeners, not both")
+	}
+	if h := s.ten.lanes[opts.Lane]; h != nil && h != t {
+		return fmt.Errorf("%w %d (%s)", ErrLaneConflict, opts.Lane, h.name)
+	}
+	return nil
+}
+
+// takeLane makes t the holder of opts' lane (none: t holds none), once
+// checkLane has passed. Called with ten.mu held (or before the server runs).
+func (s *Server) takeLane(t *tenant, opts TenantOptions) error {
+	if err := s.checkLane(t, opts); err != nil {
+		return err
+	}
+	t.lane = opts.Lane
+	if t.lane > 0 {
+		s.ten.lanes[t.lane] = t
 	}
 	return nil
 }
@@ -218,6 +282,9 @@ func (s *Server) RemoveTenant(name string) bool {
 	delete(s.ten.replayed, name)
 	if t != nil && s.ten.owner == t {
 		s.ten.owner = nil
+	}
+	if t != nil && t.lane != 0 && s.ten.lanes[t.lane] == t {
+		delete(s.ten.lanes, t.lane)
 	}
 	s.ten.mu.Unlock()
 	if t == nil {
@@ -278,6 +345,7 @@ func (s *Server) TenantGreylist(name string) ([]GreylistEntry, error) {
 type TenantInfo struct {
 	Name        string    `json:"name"`
 	Connections bool      `json:"connections"`
+	Lane        int       `json:"lane,omitempty"`
 	Since       time.Time `json:"since"`
 }
 
@@ -286,7 +354,7 @@ func (s *Server) Tenants() []TenantInfo {
 	s.ten.mu.RLock()
 	out := make([]TenantInfo, 0, len(s.ten.byName))
 	for _, t := range s.ten.byName {
-		out = append(out, TenantInfo{Name: t.name, Connections: t.owner, Since: t.started})
+		out = append(out, TenantInfo{Name: t.name, Connections: t.owner, Lane: t.lane, Since: t.started})
 	}
 	s.ten.mu.RUnlock()
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })

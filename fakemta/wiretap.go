@@ -32,6 +32,7 @@ type conn struct {
 	client string
 	local  string
 	mx     int // the listener's ordinal, from 1 (match key mx)
+	lane   int // the lane it came on (Config.Lanes, from 1), 0 for none
 	tls    bool
 	helo   string
 	sess   *session
@@ -96,15 +97,15 @@ type override struct {
 	tlsFail    bool   // ... and make it fail
 }
 
-func (s *Server) newConn(nc net.Conn, local string, mx int) *conn {
-	c := &conn{srv: s, id: s.connSeq.Add(1), raw: nc, cur: nc, client: nc.RemoteAddr().String(), local: local, mx: mx,
+func (s *Server) newConn(nc net.Conn, local string, mx, lane int) *conn {
+	c := &conn{srv: s, id: s.connSeq.Add(1), raw: nc, cur: nc, client: nc.RemoteAddr().String(), local: local, mx: mx, lane: lane,
 		closed: make(chan struct{})}
 	if !s.track(c, true) {
 		nc.Close()
 		return nil
 	}
 	s.record(Event{Kind: EventConnect, Conn: c.id, Client: c.client, Local: local}, false)
-	mc := c.matchCtx(StageConnect, s.connScope())
+	mc := c.matchCtx(StageConnect, s.connScope(c.lane))
 	act := s.decide(&mc)
 	if act != nil {
 		switch act.Action {
@@ -465,7 +466,7 @@ func (c *conn) command(line []byte) {
 	}
 	// A stage inside a transaction is its tenant's; the others are the
 	// connection's (see tenant.go).
-	scope := c.srv.connScope()
+	scope := c.srv.connScope(c.lane)
 	if c.sess != nil && c.sess.tx != nil && (stage == StageData || stage == StageQuit) {
 		scope = c.srv.scope(c.sess.scope)
 	}

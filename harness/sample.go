@@ -56,11 +56,13 @@ func SampleProfile(bin, spec, workDir string, env map[string]string) (*profile.P
 	}
 	submit := fmt.Sprintf("127.0.0.1:%d", ports[0])
 	// Two MX hosts on one port, as a site's MX records would list them:
-	// the fake MTA listens on both (MX 1 and 2), the relay tries them in order.
-	next, err := freeMXPair(sampleMXHosts)
+	// the fake MTA listens on both (MX 1 and 2), the relay tries them in
+	// order. The lanes listen on the same port on addresses of their own.
+	hops, err := freeMXPair(append(append([]string(nil), sampleMXHosts...), sampleLaneHosts...))
 	if err != nil {
 		return nil, err
 	}
+	next, lanes := hops[:len(sampleMXHosts)], hops[len(sampleMXHosts):]
 	queue := filepath.Join(workDir, "queue")
 	if err := os.MkdirAll(queue, 0o755); err != nil {
 		return nil, err
@@ -82,9 +84,10 @@ func SampleProfile(bin, spec, workDir string, env map[string]string) (*profile.P
 		Submit:      profile.Submit{Addr: submit, Helo: "harness.greyharness.test"},
 		QueueFormat: profile.QueueSample,
 		NextHop:     next,
+		Lanes:       lanes,
 		Commands: profile.Commands{
-			Start: fmt.Sprintf(`exec "$GREYHARNESS_BIN" sample-relay serve --listen %s --next-hop %s --queue %s --min-backoff %s --max-backoff %s --queue-lifetime %s --delay-warning %s --double-restart-window %s %s`,
-				submit, strings.Join(next, ","), queue, sampleMinBackoff, sampleMaxBackoff, sampleQueueLifetime, sampleDelayWarning, sampleDoubleRestartWindow, strings.Join(bugFlags, " ")),
+			Start: fmt.Sprintf(`exec "$GREYHARNESS_BIN" sample-relay serve --listen %s --next-hop %s --lane %s --queue %s --min-backoff %s --max-backoff %s --queue-lifetime %s --delay-warning %s --double-restart-window %s %s`,
+				submit, strings.Join(next, ","), strings.Join(lanes, ","), queue, sampleMinBackoff, sampleMaxBackoff, sampleQueueLifetime, sampleDelayWarning, sampleDoubleRestartWindow, strings.Join(bugFlags, " ")),
 			StartForeground: true,
 			Ready:           fmt.Sprintf(`"$GREYHARNESS_BIN" probe %s`, submit),
 			Queue:           fmt.Sprintf(`"$GREYHARNESS_BIN" sample-relay queue --queue %s`, queue),
@@ -104,6 +107,11 @@ func SampleProfile(bin, spec, workDir string, env map[string]string) (*profile.P
 
 // sampleMXHosts are the sample profile's MX hosts (all of 127.0.0.0/8 is loopback).
 var sampleMXHosts = []string{"127.0.0.2", "127.0.0.3"}
+
+// sampleLaneHosts are the sample profile's lanes: the relay routes the
+// mail of a scenario holding lane N (its tenant label starts lN-) there.
+// Not 127.0.0.2 or 127.0.0.3 (the MX hosts).
+var sampleLaneHosts = []string{"127.0.0.11", "127.0.0.12", "127.0.0.13"}
 
 // freeMXPair finds one port free on every host and returns host:port for each.
 func freeMXPair(hosts []string) ([]string, error) {

@@ -90,6 +90,7 @@ func mainServe(args []string, stdout, stderr io.Writer) int {
 	var cfg Config
 	fs.StringVar(&cfg.Listen, "listen", "", "SMTP listen address (host:port)")
 	fs.Var((*hopList)(&cfg.NextHop), "next-hop", "next hop address (host:port) for all mail and DSNs; repeatable, or a comma list: MX hosts tried in order")
+	fs.Var((*hopList)(&cfg.Lanes), "lane", "lane address (host:port); repeatable, or a comma list: lane N takes the recipients whose domain's first label starts lN-")
 	fs.StringVar(&cfg.QueueDir, "queue", "", "queue directory")
 	fs.StringVar(&cfg.Hostname, "hostname", DefaultHostname, "host name (EHLO, Reporting-MTA)")
 	fs.DurationVar(&cfg.MinBackoff, "min-backoff", DefaultMinBackoff, "first retry delay")
@@ -121,7 +122,7 @@ func mainServe(args []string, stdout, stderr io.Writer) int {
 	if cfg.DelayWarning == 0 {
 		cfg.DelayWarning = -1 // explicit 0 on the command line: disabled
 	}
-	for _, a := range append([]string{cfg.Listen}, cfg.NextHop...) {
+	for _, a := range append(append([]string{cfg.Listen}, cfg.NextHop...), cfg.Lanes...) {
 		if _, _, err := net.SplitHostPort(a); err != nil {
 			fmt.Fprintf(stderr, "%s: bad address %q: %v\n", fs.Name(), a, err)
 			return 2

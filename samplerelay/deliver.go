@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -69,14 +70,58 @@ func (r *relay) deliver(env *envelope, due []string) {
 	r.apply(env.ID, res, time.Now())
 }
 
-// transact makes one delivery attempt: the MX hosts in order, each with
-// the recipients the ones before it deferred (4xx or no answer); a 2xx or
-// 5xx is final. A recipient's outcome is the last reply an MX gave it (a
-// later MX that does not answer leaves an earlier 4xx in place).
+// transact makes one delivery attempt for each route of the recipients
+// (a lane, or the next hops: laneOf), one transaction per route.
 func (r *relay) transact(sender string, rcpts []string, body []byte) map[string]outcome {
+	byLane := map[int][]string{}
+	var order []int
+	for _, a := range rcpts {
+		n := laneOf(a, len(r.cfg.Lanes))
+		if _, ok := byLane[n]; !ok {
+			order = append(order, n)
+		}
+		byLane[n] = append(byLane[n], a)
+	}
+	res := map[string]outcome{}
+	for _, n := range order {
+		hops := r.cfg.NextHop
+		if n > 0 {
+			hops = r.cfg.Lanes[n-1 : n]
+		}
+		for a, o := range r.transactHops(hops, sender, byLane[n], body) {
+			res[a] = o
+		}
+	}
+	return res
+}
+
+// laneOf is the lane (1..lanes) an address is routed to: its domain's first
+// label starts "lN-"; 0 for the next hops.
+func laneOf(addr string, lanes int) int {
+	at := strings.LastIndexByte(addr, '@')
+	if at < 0 || lanes == 0 {
+		return 0
+	}
+	label, _, _ := strings.Cut(addr[at+1:], ".")
+	num, ok := strings.CutPrefix(strings.ToLower(label), "l")
+	if !ok {
+		return 0
+	}
+	digits, _, ok := strings.Cut(num, "-")
+	n, err := strconv.Atoi(digits)
+	if !ok || err != nil || n < 1 || n > lanes || digits != strconv.Itoa(n) {
+		return 0
+	}
+	return n
+}
+
+// transactHops makes one delivery attempt: the MX hosts in order, each
+// with the recipients the ones before it deferred (4xx or no answer); a
+// 2xx or 5xx is final. A recipient's outcome is the last reply an MX gave
+// it (a later MX that does not answer leaves an earlier 4xx in place).
+func (r *relay) transactHops(hops []string, sender string, rcpts []string, body []byte) map[string]outcome {
 	res := map[string]outcome{}
 	todo := rcpts
-	hops := r.cfg.NextHop
 	if r.bugs[BugNoMXFailover] {
 		hops = hops[:1] // the bug: the first MX's 4xx is the attempt's end
 	}

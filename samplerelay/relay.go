@@ -43,7 +43,12 @@ type Config struct {
 	// NextHop lists the MX hosts (host:port) every message and every DSN
 	// is relayed to, in order: a 4xx or a connection failure at one sends
 	// the recipients on to the next in the same attempt (RFC 5321 §5.1).
-	NextHop  []string
+	NextHop []string
+	// Lanes are more next hops, one per lane: a recipient whose domain's
+	// first label starts "lN-" (N from 1 to len(Lanes)) is relayed to
+	// Lanes[N-1] only, as a transport table would route it (the harness
+	// gives a scenario that holds lane N such labels; docs/relays.md).
+	Lanes    []string
 	QueueDir string // the disk queue; created if missing
 	Hostname string // EHLO name, Reporting-MTA; default DefaultHostname
 	Bugs     []Bug  // deliberate defects; none by default

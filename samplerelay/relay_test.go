@@ -571,6 +571,7 @@ func TestMainUsageErrors(t *testing.T) {
 		{[]string{"serve", "--listen", "127.0.0.1:0", "--next-hop", "127.0.0.1:1", "--queue", dir, "--bug", "nope"}, "valid:"},
 		{[]string{"serve", "--listen", "127.0.0.1:0", "--next-hop", "127.0.0.1:1", "--queue", dir, "--min-backoff", "soon"}, "invalid value"},
 		{[]string{"serve", "--listen", "nohostport", "--next-hop", "127.0.0.1:1", "--queue", dir}, "bad address"},
+		{[]string{"serve", "--listen", "127.0.0.1:0", "--next-hop", "127.0.0.1:1", "--lane", "127.0.0.11", "--queue", dir}, "bad address"},
 		{[]string{"serve", "--listen", "127.0.0.1:0", "--next-hop", "127.0.0.1:1", "--queue", dir, "--min-backoff", "3s", "--max-backoff", "1s"}, "shorter than"},
 		{[]string{"queue"}, "--queue is required"},
 		{[]string{"queue", "--queue", dir, "extra"}, "unexpected argument"},
@@ -744,4 +745,30 @@ func TestConcurrentSubmissions(t *testing.T) {
 	if len(got) != n {
 		t.Errorf("delivered to %v, want %d distinct recipients", got, n)
 	}
+}
+
+// TestLanes: a recipient whose domain's first label is "lN-" goes to lane
+// N's address (its DSNs too: they go to the sender, whose domain carries
+// the same label); others to the next hops; a label past the last lane
+// or not of that shape is no lane.
+func TestLanes(t *testing.T) {
+	t.Parallel()
+	main, l1, l2 := newSink(t), newSink(t), newSink(t)
+	cfg := fastCfg(main, t.TempDir())
+	cfg.Lanes = []string{l1.addr, l2.addr}
+	r := startRelay(t, cfg)
+	submit(t, r.addr, "alice@l2-t1.sender.test", "bob@l2-t1.rcpt.test", "carol@rcpt.test", "dan@l1-t3.rcpt.test")
+	waitDelivery(t, l2.deliveries, 5*time.Second, "lane 2's recipient at lane 2", toRcpt("bob@l2-t1.rcpt.test"))
+	waitDelivery(t, main.deliveries, 5*time.Second, "the unlaned recipient at the next hop", toRcpt("carol@rcpt.test"))
+	waitDelivery(t, l1.deliveries, 5*time.Second, "lane 1's recipient at lane 1", toRcpt("dan@l1-t3.rcpt.test"))
+	for _, rc := range []string{"x@l3-t1.rcpt.test", "y@l1.rcpt.test", "z@xl1-t.rcpt.test"} {
+		submit(t, r.addr, "alice@sender.test", rc)
+		waitDelivery(t, main.deliveries, 5*time.Second, rc+" at the next hop", toRcpt(rc))
+	}
+	// A bounce goes to the laned sender on its lane.
+	l1.script(func(from, to string, n int) *smtp.SMTPError {
+		return rejectNobody(from, strings.Replace(to, "@l1-t3.", "@", 1), n)
+	}, nil)
+	submit(t, r.addr, "alice@l1-t3.sender.test", "nobody@l1-t3.rcpt.test")
+	waitDelivery(t, l1.deliveries, 5*time.Second, "the failure DSN at lane 1", isDSNTo("alice@l1-t3.sender.test"))
 }

@@ -20,6 +20,9 @@
 #   NEXT_HOP_PORT      every non-local domain goes to HOST::PORT (default 2536)
 #   NEXT_HOP_HOSTS     the manualroute host list, tried in that order on PORT (default 127.0.0.1;
 #                      relay.yaml sets "127.0.0.2 127.0.0.3": two MX hosts)
+#   LANE_HOSTS         the lanes' hosts on PORT, lane 1 first (default none; relay.yaml sets
+#                      "127.0.0.11 127.0.0.12 127.0.0.13"): route_list sends a domain
+#                      starting "lN-" to lane N only (docs/relays.md, "Lanes")
 #
 # Run as root (CI: sudo): the daemon starts as root and delivers as Debian-exim.
 set -euo pipefail
@@ -29,6 +32,9 @@ relay_env exim 2535 2536
 # route_list's host list: "h1::PORT : h2::PORT" (a doubled colon is a port
 # inside a colon-separated list); manualroute keeps the order (no randomize).
 ROUTE_HOSTS=$(next_hops '%s::%s' ' : ')
+# Lanes go first in route_list, one item each: "^lN- HOST::PORT ;" (a regex
+# domain pattern; no "$" in it, which Exim would expand).
+LANE_ROUTES=$(lanes '^l%s- "%s::%s" ; ')
 EXIM=$ROOT/usr/sbin/exim4
 CONF=$WORK/exim.conf
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin:$PATH
@@ -119,7 +125,7 @@ to_next_hop:
   driver = manualroute
   domains = ! +local_domains
   transport = remote_smtp
-  route_list = * "${ROUTE_HOSTS}"
+  route_list = ${LANE_ROUTES}* "${ROUTE_HOSTS}"
   self = send
   no_more
 

@@ -16,6 +16,9 @@
 #   NEXT_HOP_PORT     relayhost [HOST]:PORT, the fake MTA (default 2526)
 #   NEXT_HOP_HOSTS    the relayhost's MX hosts, tried in that order on PORT (default 127.0.0.1;
 #                     relay.yaml sets "127.0.0.2 127.0.0.3": two MX hosts, Postfix >= 3.5)
+#   LANE_HOSTS        the lanes' hosts on PORT, lane 1 first (default none; relay.yaml sets
+#                     "127.0.0.11 127.0.0.12 127.0.0.13"): transport_maps = regexp:etc/lanes
+#                     sends a recipient whose domain starts "lN-" to lane N (docs/relays.md)
 #   POSTFIX_MAIN_CF   optional overlay: a file of main.cf lines (NAME = VALUE;
 #                     # comments and blank lines ignored) set with postconf -e
 #                     after the CI settings below, so it wins (a relative path
@@ -113,13 +116,19 @@ setup() {
 		"default_process_limit = 20" \
 		"smtp_connect_timeout = 5s" \
 		"biff = no"
+	# Lanes: a regexp table is matched against the whole recipient address
+	# (transport(5)), DSNs' recipients (the tagged senders) included.
+	lanes '/@l%s-[^@]*$/ smtp:[%s]:%s\n' >"$CONF/lanes"
+	if [ -s "$CONF/lanes" ]; then
+		postconf -c "$CONF" -e "transport_maps = regexp:$CONF/lanes"
+	fi
 	if [ -n "${POSTFIX_MAIN_CF:-}" ]; then
 		apply_overlay "$POSTFIX_MAIN_CF"
 	fi
 	# Debian's master.cf chroots most services: the private instance has no chroot.
 	postconf -c "$CONF" -F '*/*/chroot = n'
 	postfix -c "$CONF" check >/dev/null 2>&1 || postfix -c "$CONF" check
-	echo "postfix.sh: instance ready in $WORK (smtpd 127.0.0.1:${SUBMIT_PORT}, relayhost ${RELAYHOST})" >&2
+	echo "postfix.sh: instance ready in $WORK (smtpd 127.0.0.1:${SUBMIT_PORT}, relayhost ${RELAYHOST}${LANE_HOSTS:+, lanes ${LANE_HOSTS}})" >&2
 }
 
 # apply_overlay FILE: set every NAME = VALUE line of FILE in the instance's

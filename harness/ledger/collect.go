@@ -25,7 +25,12 @@ type attempt struct {
 	n        int
 	data     *record.Reply // eod reply, nil when no body
 	body     bool          // the body was received in full
-	received time.Time     // when it was (the reply to the final dot follows at once)
+	received time.Time     // when it was
+	// replied is when the reply to the final dot was written (the journal
+	// event after the transaction's on its connection): the fake MTA
+	// journals the transaction durably first, so under load the reply
+	// comes milliseconds after it. Zero when no reply was written.
+	replied  time.Time
 	aborted  string
 	mx       string // the MX host (fake MTA listener) that answered
 	connOnly bool   // a failed connection without any transaction (not attributable)
@@ -100,6 +105,9 @@ type judge struct {
 	snaps        []history.QueueSnapshot // usable listings, by time
 	lastFaultEnd time.Time
 	connOnly     []attempt
+	// eodReply is when the reply to each transaction's final dot was
+	// written, by the transaction's Seq (attempt.replied).
+	eodReply map[uint64]time.Time
 
 	badSeen   map[string]bool // dedupe of scenario-level bad DSNs
 	scenario  []Finding
@@ -379,6 +387,7 @@ func (j *judge) txnStart(cs *connState, end time.Time) time.Time {
 func (j *judge) walk() {
 	evs := append([]record.Event(nil), j.h.Journal...)
 	sort.SliceStable(evs, func(a, b int) bool { return evs[a].Seq < evs[b].Seq })
+	j.eodReply = eodReplies(evs)
 	conns := map[uint64]*connState{}
 	get := func(ev record.Event) *connState {
 		cs := conns[ev.Conn]
@@ -434,6 +443,30 @@ func (j *judge) walk() {
 	}
 }
 
+// eodReplies finds, for each transaction with a body, the reply written
+// next on its connection: the reply to its final dot.
+func eodReplies(evs []record.Event) map[uint64]time.Time {
+	out := map[uint64]time.Time{}
+	waiting := map[uint64]uint64{} // conn → Seq of its transaction awaiting its reply
+	for _, ev := range evs {
+		switch ev.Kind {
+		case record.EventTransaction:
+			delete(waiting, ev.Conn)
+			if t := ev.Transaction; t != nil && t.Data != nil && t.Message != nil {
+				waiting[ev.Conn] = ev.Seq
+			}
+		case record.EventReply:
+			if seq, ok := waiting[ev.Conn]; ok {
+				out[seq] = ev.Time
+				delete(waiting, ev.Conn)
+			}
+		case record.EventConnect, record.EventClose:
+			delete(waiting, ev.Conn)
+		}
+	}
+	return out
+}
+
 // finishConn records a connection that failed before any MAIL transaction:
 // the relay could not name its message, so it counts as an attempt for
 // every message in flight.
@@ -464,6 +497,7 @@ func (j *judge) mkAttempt(ev record.Event, ra *record.RcptAttempt) attempt {
 	}
 	if t.Message != nil {
 		a.received = t.Message.ReceivedAt
+		a.replied = j.eodReply[ev.Seq]
 	}
 	if ra != nil {
 		r := ra.Reply

@@ -339,8 +339,12 @@ func (j *judge) activities(c *trackCase) {
 		if a.body && a.rcpt != nil && is2xx(a.rcpt.Code) && !a.rcpt.Dropped && a.data != nil && (a.data.Dropped || is2xx(a.data.Code)) {
 			c.bodies++
 			// When the final dot was answered, not when the session ended
-			// (a cached connection may end much later, in a restart).
-			at := a.received
+			// (a cached connection may end much later, in a restart): when
+			// the reply was written, else when the body was received.
+			at := a.replied
+			if at.IsZero() || a.data.Dropped {
+				at = a.received
+			}
 			if at.IsZero() {
 				at = a.at
 			}

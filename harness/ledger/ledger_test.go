@@ -648,6 +648,36 @@ func TestDuplicateAcrossRestartGap(t *testing.T) {
 	want(t, find(t, Judge(b4.h), "m1", bob), Duplicate, true, Delivered, Duplicate)
 }
 
+// The fake MTA journals a transaction (durably) before it writes the
+// reply to the final dot: a neighbour's relay restart that begins between
+// the two finds the 250 not yet sent, the relay cannot record it, and the
+// copy after the restart is RFC 1047's duplicate, a warning (seen on the
+// sample relay under load: transaction at +0.3207s, restart at +0.3217s,
+// the 250 written at +0.3257s, the relay's line cut at +0.3264s). Written
+// before the restart, it is a failing duplicate.
+func TestDuplicateGapByTheFinalReply(t *testing.T) {
+	for _, c := range []struct {
+		replied float64
+		gap     bool
+	}{{1.5, true}, {0.9, false}} {
+		b := newH(30)
+		s := b.submit("m1", 0, bob)
+		b.deliver(0.8, s, bob) // transaction journaled at 0.8
+		b.event(fakemta.Event{Time: at(c.replied), Kind: fakemta.EventReply, Conn: b.conn, Reply: &fakemta.Reply{Code: 250, Enhanced: "2.0.0", Text: "OK"}})
+		b.event(fakemta.Event{Time: at(c.replied + 0.01), Kind: fakemta.EventClose, Conn: b.conn})
+		b.fault(history.FaultRelayRestart, 1, 3)
+		b.deliver(5, s, bob)
+		f := find(t, Judge(b.h), "m1", bob)
+		if c.gap {
+			if f.Failed || !f.Warn || !f.Has(Duplicate) {
+				t.Errorf("250 written at %vs, in the restart: failed %v warn %v verdicts %v, want a warned duplicate", c.replied, f.Failed, f.Warn, f.Verdicts)
+			}
+			continue
+		}
+		want(t, f, Duplicate, true, Delivered, Duplicate)
+	}
+}
+
 // TestMXFailoverIsNotRetryTooSoon: trying the next MX host right after the
 // first one's greylist deferral is what RFC 5321 §5.1 asks of a relay, not
 // a retry too soon; coming back to an MX host already tried inside the

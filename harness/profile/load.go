@@ -329,6 +329,9 @@ func (l *loader) finish(p *Profile, base string) error {
 	for i := range p.NextHop {
 		p.NextHop[i] = Expand(p.NextHop[i], lookup)
 	}
+	for i := range p.Lanes {
+		p.Lanes[i] = Expand(p.Lanes[i], lookup)
+	}
 	for i := range p.LogFiles {
 		p.LogFiles[i] = Expand(p.LogFiles[i], lookup)
 	}
@@ -381,6 +384,9 @@ func (l *loader) finish(p *Profile, base string) error {
 		if err := checkHostPort(h); err != nil {
 			return l.errPath(fmt.Sprintf("next_hop[%d]", i), "next_hop %q: %v", h, err)
 		}
+	}
+	if err := l.checkLanes(p); err != nil {
+		return err
 	}
 	if err := l.checkOverrides(p); err != nil {
 		return err
@@ -456,6 +462,48 @@ func (l *loader) checkOverrides(p *Profile) error {
 
 func formats() string {
 	return strings.Join([]string{string(QueuePostfixJSON), string(QueueExim), string(QueueOpenSMTPD), string(QueueHaraka), string(QueueSendmail), string(QueueNullmailer), string(QueueMaddy), string(QueueJSON), string(QueueSample), string(QueueNone)}, ", ")
+}
+
+// checkLanes: each lane is a loopback IP host:port of its own, and lanes
+// need the in-process fake MTA.
+func (l *loader) checkLanes(p *Profile) error {
+	if len(p.Lanes) > 0 && p.FakeMTA != nil {
+		return l.errPath("lanes", "lanes need the in-process fake MTA (no fakemta.api): a remote fake MTA has no lanes")
+	}
+	seen := map[string]string{}
+	for i, h := range p.NextHop {
+		seen[normHostPort(h)] = fmt.Sprintf("next_hop[%d]", i)
+	}
+	for i, h := range p.Lanes {
+		at := fmt.Sprintf("lanes[%d]", i)
+		if err := checkHostPort(h); err != nil {
+			return l.errPath(at, "lanes[%d] %q: %v", i, h, err)
+		}
+		host, _, _ := net.SplitHostPort(h)
+		if ip := net.ParseIP(host); ip == nil || !ip.IsLoopback() {
+			return l.errPath(at, "lanes[%d] %q: a lane must be a loopback IP address (127.0.0.0/8 or ::1)", i, h)
+		}
+		if other, ok := seen[normHostPort(h)]; ok {
+			if strings.HasPrefix(other, "lanes") {
+				return l.errPath(at, "lanes[%d] %q is %s too", i, h, other)
+			}
+			return l.errPath(at, "lanes[%d] %q is %s: a lane is an address of its own", i, h, other)
+		}
+		seen[normHostPort(h)] = at
+	}
+	return nil
+}
+
+// normHostPort spells host:port one way (an IP in its canonical form).
+func normHostPort(s string) string {
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return s
+	}
+	if ip := net.ParseIP(host); ip != nil {
+		host = ip.String()
+	}
+	return net.JoinHostPort(strings.ToLower(host), port)
 }
 
 func checkHostPort(s string) error {

@@ -145,6 +145,12 @@ func TestLoadErrors(t *testing.T) {
 		{"no start and no ready", base, `:1:1: commands.start is required`},
 		{"no start and no ready under commands", base + "commands:\n  restart: ./r\n", `:7:1: commands.start is required`},
 		{"stop without start", base + "commands:\n  ready: ./r\n  stop: ./s\n", `:9:9: commands.stop needs commands.start`},
+		{"bad lane", base + start + "lanes: [127.0.0.11]\n", `:9:9: lanes[0] "127.0.0.11": want host:port`},
+		{"lane not loopback", base + start + "lanes:\n  - 127.0.0.11:26\n  - 10.0.0.1:26\n", `:11:5: lanes[1] "10.0.0.1:26": a lane must be a loopback IP address`},
+		{"lane by name", base + start + "lanes: [localhost:26]\n", `:9:9: lanes[0] "localhost:26": a lane must be a loopback IP address`},
+		{"lane is a next hop", base + start + "lanes: [127.0.0.11:26, 127.0.0.1:26]\n", `:9:24: lanes[1] "127.0.0.1:26" is next_hop[0]: a lane is an address of its own`},
+		{"lane twice", base + start + "lanes: [127.0.0.11:26, 127.0.0.11:26]\n", `:9:24: lanes[1] "127.0.0.11:26" is lanes[0] too`},
+		{"lanes with a remote fake MTA", "submit:\n  addr: 127.0.0.1:25\nfakemta:\n  api: http://127.0.0.1:8025\nlanes: [127.0.0.11:26]\ncommands:\n  ready: ./r\ntiming:\n  retry_max: 3s\n  queue_lifetime: 40s\n", `:5:8: lanes need the in-process fake MTA`},
 		{"fakemta without api", "submit:\n  addr: 127.0.0.1:25\nfakemta:\n  token: x\ntiming:\n  retry_max: 3s\n  queue_lifetime: 40s\n", `:3:1: fakemta.api is required`},
 	}
 	for _, tc := range cases {
@@ -395,5 +401,17 @@ func TestShippedScriptsDefaultToTheProfilesPorts(t *testing.T) {
 	}
 	if checked < 7 {
 		t.Errorf("checked %d relay scripts, want every ci/*/NAME.sh (7)", checked)
+	}
+}
+
+// TestLoadLanes: lanes are expanded like next_hop and kept in order.
+func TestLoadLanes(t *testing.T) {
+	t.Setenv("NEXT_HOP_PORT", "2701")
+	p, err := Parse("x.yaml", []byte("submit:\n  addr: 127.0.0.1:25\nnext_hop: 127.0.0.2:${NEXT_HOP_PORT}\nlanes:\n  - 127.0.0.11:${NEXT_HOP_PORT}\n  - '[::1]:${NEXT_HOP_PORT}'\ncommands:\n  ready: ./r\ntiming:\n  retry_max: 3s\n  queue_lifetime: 40s\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"127.0.0.11:2701", "[::1]:2701"}; !slices.Equal(p.Lanes, want) {
+		t.Fatalf("lanes = %v, want %v", p.Lanes, want)
 	}
 }

@@ -61,13 +61,19 @@ type FakeMTARef struct {
 
 // Profile is a relay profile.
 type Profile struct {
-	Name        string         `yaml:"name" json:"name"`
-	Submit      Submit         `yaml:"submit" json:"submit"`
-	Commands    Commands       `yaml:"commands" json:"commands"`
-	QueueFormat QueueFormat    `yaml:"queue_format" json:"queue_format"`
-	NextHop     []string       `yaml:"next_hop" json:"next_hop"` // where the in-process fake MTA listens
-	FakeMTA     *FakeMTARef    `yaml:"fakemta,omitempty" json:"fakemta,omitempty"`
-	Timing      history.Timing `yaml:"timing" json:"timing"`
+	Name        string      `yaml:"name" json:"name"`
+	Submit      Submit      `yaml:"submit" json:"submit"`
+	Commands    Commands    `yaml:"commands" json:"commands"`
+	QueueFormat QueueFormat `yaml:"queue_format" json:"queue_format"`
+	NextHop     []string    `yaml:"next_hop" json:"next_hop"` // where the in-process fake MTA listens
+	// Lanes are more loopback addresses (host:port) the in-process fake
+	// MTA listens on, one per lane: the relay routes a message whose
+	// recipient's domain starts with the label "lN-" (N from 1) to lane N's
+	// address, so a scenario whose policy acts at the connection level
+	// holds a lane and runs beside the others (docs/relays.md, "Lanes").
+	Lanes   []string       `yaml:"lanes,omitempty" json:"lanes,omitempty"`
+	FakeMTA *FakeMTARef    `yaml:"fakemta,omitempty" json:"fakemta,omitempty"`
+	Timing  history.Timing `yaml:"timing" json:"timing"`
 	// LogFiles are the relay's own log files (e.g. Postfix's maillog_file);
 	// their tails join the captured output in failure dumps (${ENV}-expanded).
 	LogFiles []string `yaml:"log_files,omitempty" json:"log_files,omitempty"`

@@ -29,7 +29,10 @@ const (
 	// fake MTA cannot tell scenarios apart — at connect, helo, starttls or
 	// quit (before any address is known), or on connection numbers — or
 	// they are about several MX hosts (AboutMX): the backup MX hosts
-	// answer only while such a scenario runs.
+	// answer only while such a scenario runs. With lanes in the profile,
+	// one alone only for its connection-level policy or its fake-MTA
+	// stop and start (Laneable) holds a lane instead and runs as
+	// LaneIsolation says: Isolate says what it would be without lanes.
 	Alone
 )
 
@@ -104,6 +107,79 @@ func FreeAfter(sc *scenarios.Scenario, i int, running bool) bool {
 	}
 	iso, _ := isolate(&rest, true)
 	return iso == Shared
+}
+
+// Laneable reports whether a scenario runs alone only because its policy
+// (or one it swaps in) acts where the fake MTA cannot tell tenants apart
+// (at connect, helo, starttls or quit, or on connection numbers), or
+// because it stops and starts the fake MTA with no greylist in any policy
+// of its (a stop of the whole fake MTA is also a greylist-persistence
+// fault; a lane's is not). With lanes in the profile (and the in-process
+// fake MTA) such a scenario holds a lane instead: the relay routes its
+// mail, and its DSNs, to the lane's address only, so every connection
+// there is its own, the fake MTA gives it that lane's connection-level
+// stages, and its `fakemta: stop` and `start` close and reopen that lane's
+// listener only. It then runs beside the others as LaneIsolation says. An
+// exclusive one, one about MX hosts, one that restarts the fake MTA, or
+// one that stops it with a greylist stays alone.
+func Laneable(sc *scenarios.Scenario) bool {
+	if iso, _ := isolate(sc, true); iso != Alone || sc.Exclusive || AboutMX(sc) {
+		return false
+	}
+	for i := range sc.Steps {
+		if sc.Steps[i].FakeMTA == "restart" {
+			return false
+		}
+	}
+	return !laneOutage(sc) || !greylists(sc)
+}
+
+// laneOutage reports whether a scenario stops or starts the fake MTA: on
+// a lane, its lane's listener.
+func laneOutage(sc *scenarios.Scenario) bool {
+	for i := range sc.Steps {
+		if f := sc.Steps[i].FakeMTA; f == "stop" || f == "start" {
+			return true
+		}
+	}
+	return false
+}
+
+// greylists reports whether a policy of the scenario (at the start or
+// swapped in) has a greylist block.
+func greylists(sc *scenarios.Scenario) bool {
+	if sc.Policy.Kind != 0 {
+		if p, err := fakemta.ParsePolicyNode(sc.File, &sc.Policy); err != nil || p.Greylist != nil {
+			return true
+		}
+	}
+	for i := range sc.Steps {
+		if n := sc.Steps[i].Policy; n != nil {
+			if p, err := fakemta.ParsePolicyNode(sc.File, n); err != nil || p.Greylist != nil {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// laneWhy is why a Laneable scenario holds a lane, from why it would be alone.
+func laneWhy(sc *scenarios.Scenario, why string) string {
+	if laneOutage(sc) {
+		return why + "; on its lane its fakemta stop and start close and reopen only the lane's listener"
+	}
+	return why
+}
+
+// LaneIsolation is how a Laneable scenario holding a lane shares the run:
+// Disruptive when it restarts the relay, else Shared.
+func LaneIsolation(sc *scenarios.Scenario) Isolation {
+	for i := range sc.Steps {
+		if sc.Steps[i].Restart != nil {
+			return Disruptive
+		}
+	}
+	return Shared
 }
 
 // isolate is Isolate; mx says whether being about MX hosts counts.

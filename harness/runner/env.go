@@ -3,6 +3,8 @@ package runner
 import (
 	"context"
 	"errors"
+	"fmt"
+	"strings"
 	"time"
 
 	"go.yaml.in/yaml/v3"
@@ -48,6 +50,12 @@ func (e env) Fault(kind history.FaultKind, detail string, f func() error) error 
 	case history.FaultFlush:
 		return r.hub.withRelay(r.base, everyone)
 	case history.FaultFakeMTAStop, history.FaultFakeMTAStart, history.FaultFakeMTARestart:
+		if r.lane > 0 {
+			// Its lane's listener only (StopFakeMTA, StartFakeMTA): no
+			// neighbour's traffic goes there, so it is in its history alone.
+			lane := fmt.Sprintf("lane %d's listener (%s) only; the next hops and the other lanes stay up", r.lane, r.opt.Profile.Lanes[r.lane-1])
+			return r.fault(kind, strings.TrimSpace(lane+" "+detail), f)
+		}
 		return everyone()
 	}
 	return r.fault(kind, detail, f)
@@ -134,8 +142,21 @@ func (e env) FlushRelay(ctx context.Context) error   { return e.r.opt.Relay.Flus
 // StartFakeMTA and StopFakeMTA start and stop the fake MTA every scenario
 // shares (such a scenario is Disruptive); WipeGreylist wipes the
 // scenario's own tenant's greylist state.
-func (e env) StartFakeMTA(ctx context.Context) error { return e.r.hub.startFake(ctx) }
-func (e env) StopFakeMTA(ctx context.Context) error  { return e.r.hub.stopFake() }
+// A scenario holding a lane (Laneable) stops and starts its lane's
+// listener only.
+func (e env) StartFakeMTA(ctx context.Context) error {
+	if e.r.lane > 0 {
+		return e.r.hub.openLane(e.r.lane)
+	}
+	return e.r.hub.startFake(ctx)
+}
+
+func (e env) StopFakeMTA(ctx context.Context) error {
+	if e.r.lane > 0 {
+		return e.r.hub.closeLane(e.r.lane)
+	}
+	return e.r.hub.stopFake()
+}
 func (e env) WipeGreylist(ctx context.Context) error { return e.r.hub.wipe(ctx, e.r) }
 
 // SetPolicy swaps the policy and the greylist delay the deadlines use.

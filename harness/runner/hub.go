@@ -17,6 +17,7 @@ import (
 	"github.com/greyharness/greyharness/fakemta"
 	"github.com/greyharness/greyharness/harness/history"
 	"github.com/greyharness/greyharness/harness/profile"
+	"github.com/greyharness/greyharness/scenarios"
 )
 
 // Hub is what the scenarios of one run share: one fake MTA (in-process on
@@ -60,6 +61,13 @@ type Hub struct {
 	// (AloneGroup) holding the world together that have not let it go.
 	groupLeft int
 
+	// lanes holds the free lanes (Profile.Lanes, numbered from 1); nil
+	// without lanes. laneRuns is each held lane's scenario, laneAt the
+	// lane of each address the fake MTA listens on for one.
+	lanes    chan int
+	laneRuns map[int]*Run
+	laneAt   map[string]int
+
 	// down is the scenario whose fault keeps the relay or the fake MTA
 	// down now (nil when up); up is closed when it ends.
 	down *Run
@@ -80,6 +88,12 @@ const worldWeight = 1 << 20
 type connRoute struct {
 	pending []fakemta.Event
 	seen    map[string]bool // tenants this connection carried transactions of
+	// known: its connect event was seen; lane is the lane it came on (0:
+	// a next hop) and laneRun the scenario holding that lane then.
+	known   bool
+	local   string
+	lane    int
+	laneRun *Run
 }
 
 // NewHub starts the run's fake MTA: in-process on the profile's next hop,
@@ -91,7 +105,14 @@ func NewHub(ctx context.Context, opt *Options) (*Hub, error) {
 			return nil, err
 		}
 	}
-	h := &Hub{opt: opt, world: semaphore.NewWeighted(worldWeight), disrupt: semaphore.NewWeighted(1), relayUp: semaphore.NewWeighted(worldWeight), lostCh: make(chan struct{}), runs: map[string]*Run{}, conns: map[uint64]*connRoute{}, mxRuns: map[*Run]bool{}}
+	h := &Hub{opt: opt, world: semaphore.NewWeighted(worldWeight), disrupt: semaphore.NewWeighted(1), relayUp: semaphore.NewWeighted(worldWeight), lostCh: make(chan struct{}), runs: map[string]*Run{}, conns: map[uint64]*connRoute{}, mxRuns: map[*Run]bool{},
+		laneRuns: map[int]*Run{}, laneAt: map[string]int{}}
+	if n := len(opt.Profile.Lanes); n > 0 && opt.Profile.FakeMTA == nil {
+		h.lanes = make(chan int, n)
+		for i := 1; i <= n; i++ {
+			h.lanes <- i
+		}
+	}
 	if opt.Profile.FakeMTA == nil {
 		dir, err := os.MkdirTemp("", "greyharness-fakemta-")
 		if err != nil {
@@ -158,15 +179,70 @@ func (h *Hub) Close() {
 }
 
 // newTenant names a scenario's tenant: a DNS label, random so that runs
-// sharing a remote fake MTA cannot collide.
-func (h *Hub) newTenant() string {
+// sharing a remote fake MTA cannot collide. A scenario holding lane N has
+// a label starting "lN-": the relay routes it to lane N's address.
+func (h *Hub) newTenant(lane int) string {
 	h.mu.Lock()
 	h.made++
 	n := h.made
 	h.mu.Unlock()
 	b := make([]byte, 3)
 	rand.Read(b)
+	if lane > 0 {
+		return fmt.Sprintf("l%d-t%d-%s", lane, n, hex.EncodeToString(b))
+	}
 	return fmt.Sprintf("t%d-%s", n, hex.EncodeToString(b))
+}
+
+// laned reports whether sc runs on a lane here: the profile has lanes and
+// sc is Laneable.
+func (h *Hub) laned(sc *scenarios.Scenario) bool {
+	return h != nil && h.lanes != nil && Laneable(sc)
+}
+
+// takeLane waits for a free lane and returns its number.
+func (h *Hub) takeLane(ctx context.Context) (int, error) {
+	select {
+	case n := <-h.lanes:
+		return n, nil
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	}
+}
+
+// giveLane frees lane n, listening on it again when its holder left it
+// closed (a step failed before its fakemta start).
+func (h *Hub) giveLane(n int) error {
+	h.mu.Lock()
+	delete(h.laneRuns, n)
+	srv := h.fake
+	h.mu.Unlock()
+	var err error
+	if srv != nil {
+		err = srv.OpenLane(n)
+	}
+	h.lanes <- n
+	return err
+}
+
+// closeLane and openLane stop and start lane n's listener: a fake-MTA
+// outage for its holder alone.
+func (h *Hub) closeLane(n int) error {
+	return h.withFake(func(s *fakemta.Server) error { return s.CloseLane(n) })
+}
+func (h *Hub) openLane(n int) error {
+	return h.withFake(func(s *fakemta.Server) error { return s.OpenLane(n) })
+}
+
+// withFake runs f on the in-process fake MTA, or says it is stopped.
+func (h *Hub) withFake(f func(*fakemta.Server) error) error {
+	h.mu.Lock()
+	srv := h.fake
+	h.mu.Unlock()
+	if srv == nil {
+		return errors.New("the fake MTA is stopped")
+	}
+	return f(srv)
 }
 
 // acquire waits until a scenario of this isolation may run.
@@ -329,10 +405,14 @@ func (h *Hub) startFake(ctx context.Context) error {
 	var ts []fakemta.TenantSpec
 	for _, r := range runs {
 		p, _ := r.policyNow()
-		ts = append(ts, fakemta.TenantSpec{Name: r.tenant, Policy: p, Options: fakemta.TenantOptions{Connections: r.owns()}})
+		ts = append(ts, fakemta.TenantSpec{Name: r.tenant, Policy: p, Options: r.tenantOptions()})
+	}
+	var lanes []string
+	if h.lanes != nil {
+		lanes = h.opt.Profile.Lanes
 	}
 	srv, err := fakemta.New(fakemta.Config{
-		Listen: h.opt.Profile.NextHop[:min(1, len(h.opt.Profile.NextHop))], StateDir: h.stateDir, Tenants: ts,
+		Listen: h.opt.Profile.NextHop[:min(1, len(h.opt.Profile.NextHop))], Lanes: lanes, StateDir: h.stateDir, Tenants: ts,
 		TLS: h.opt.TLS, ReadTimeout: 2 * time.Minute, Logf: func(string, ...any) {},
 	})
 	if err != nil {
@@ -353,6 +433,9 @@ func (h *Hub) startFake(ctx context.Context) error {
 	}()
 	h.mu.Lock()
 	h.fake, h.sub, h.subD = srv, cancel, done
+	for n := 1; n <= len(lanes); n++ {
+		h.laneAt[srv.LaneAddr(n)] = n
+	}
 	mx := len(h.mxRuns) > 0
 	h.mu.Unlock()
 	if mx && len(h.opt.Profile.NextHop) > 1 {
@@ -451,13 +534,15 @@ func (h *Hub) register(ctx context.Context, r *Run) error {
 	case rm != nil:
 		err = rm.putTenant(ctx, r.tenant, policyYAML(node), r.owns())
 	case srv != nil:
-		err = srv.SetTenant(r.tenant, p, fakemta.TenantOptions{Connections: r.owns()})
+		err = srv.SetTenant(r.tenant, p, r.tenantOptions())
 	}
+	h.mu.Lock()
 	if err != nil {
-		h.mu.Lock()
 		delete(h.runs, r.tenant)
-		h.mu.Unlock()
+	} else if r.lane > 0 {
+		h.laneRuns[r.lane] = r
 	}
+	h.mu.Unlock()
 	return err
 }
 
@@ -502,7 +587,7 @@ func (h *Hub) setPolicy(ctx context.Context, r *Run, p *fakemta.Policy, node *ya
 	case rm != nil:
 		return rm.putTenant(ctx, r.tenant, policyYAML(node), r.owns())
 	case srv != nil:
-		return srv.SetTenant(r.tenant, p, fakemta.TenantOptions{Connections: r.owns()})
+		return srv.SetTenant(r.tenant, p, r.tenantOptions())
 	}
 	return nil // stopped: the policy is set when it starts again
 }
@@ -594,7 +679,9 @@ func containsRun(rs []*Run, r *Run) bool {
 // no transaction (refused at HELO, a failed TLS handshake) is every
 // scenario's, as the fake MTA could not tell, and so are transactions and
 // control events of no tenant: the ledger of each names them foreign or
-// counts them as an attempt of every message in flight.
+// counts them as an attempt of every message in flight. With lanes, a
+// connection on a lane is its holder's alone, and one at a next hop no
+// laned scenario's (onConn).
 func (h *Hub) route(ev fakemta.Event) {
 	h.mu.Lock()
 	var to []*Run
@@ -609,11 +696,16 @@ func (h *Hub) route(ev fakemta.Event) {
 				for _, p := range cr.pending {
 					r.record(p)
 				}
+				if cr.known && cr.lane != r.lane {
+					defer r.misrouted(h.misrouteWhy(r, cr, ev))
+				}
 			}
 			cr.pending = cr.pending[:0]
 			cr.seen[ev.Tenant] = true
 		}
-	case ev.Kind == fakemta.EventTransaction || ev.Conn == 0:
+	case ev.Kind == fakemta.EventTransaction && ev.Conn != 0:
+		to = h.onConn(h.conns[ev.Conn])
+	case ev.Conn == 0:
 		to = h.all()
 	case ev.Kind == fakemta.EventClose:
 		cr := h.conn(ev.Conn)
@@ -626,7 +718,7 @@ func (h *Hub) route(ev fakemta.Event) {
 			}
 		}
 		if len(cr.seen) == 0 {
-			rs = h.all()
+			rs = h.onConn(cr)
 		}
 		h.mu.Unlock()
 		for _, r := range rs {
@@ -638,11 +730,57 @@ func (h *Hub) route(ev fakemta.Event) {
 	default:
 		cr := h.conn(ev.Conn)
 		cr.pending = append(cr.pending, ev)
+		if ev.Kind == fakemta.EventConnect {
+			cr.known, cr.local, cr.lane = true, ev.Local, h.laneAt[ev.Local]
+			cr.laneRun = h.laneRuns[cr.lane]
+		}
 	}
 	h.mu.Unlock()
 	for _, r := range to {
 		r.record(ev)
 	}
+}
+
+// misrouteWhy says how the relay routed r's transaction ev against the
+// lanes: to a lane not r's, or not to r's lane. Called with mu held.
+func (h *Hub) misrouteWhy(r *Run, cr *connRoute, ev fakemta.Event) string {
+	came := "a next hop"
+	if cr.lane > 0 {
+		came = fmt.Sprintf("lane %d", cr.lane)
+	}
+	want := "its next hop (its tenant holds no lane)"
+	if r.lane > 0 {
+		want = fmt.Sprintf("lane %d (its tenant label starts l%d-)", r.lane, r.lane)
+	}
+	local := ""
+	if cr.local != "" {
+		local = " (" + cr.local + ")"
+	}
+	return fmt.Sprintf("lanes: the relay delivered this scenario's mail (tenant %s, connection %d) to %s%s, not to %s: its routing does not match the profile's lanes (docs/relays.md, \"Lanes\"), so a connection-level policy may have met the wrong scenario's traffic", r.tenant, ev.Conn, came, local, want)
+}
+
+// onConn returns the scenarios whose traffic a connection may have
+// carried, for its events that name no tenant: on a lane, its holder's
+// only (nobody's when none held it); at a next hop, every scenario's but
+// the laned ones' (their mail goes to their lanes: misrouted says so when
+// it does not); unknown (its connect was not seen), everyone's.
+// Called with mu held.
+func (h *Hub) onConn(cr *connRoute) []*Run {
+	switch {
+	case cr == nil || !cr.known:
+		return h.all()
+	case cr.lane > 0 && cr.laneRun != nil:
+		return []*Run{cr.laneRun}
+	case cr.lane > 0:
+		return nil
+	}
+	out := make([]*Run, 0, len(h.runs))
+	for _, r := range h.runs {
+		if r.lane == 0 {
+			out = append(out, r)
+		}
+	}
+	return out
 }
 
 // conn returns a connection's route, made on first sight. Called with mu held.

@@ -1,11 +1,13 @@
 package runner
 
 import (
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/greyharness/greyharness/fakemta"
 	"github.com/greyharness/greyharness/harness/history"
+	"github.com/greyharness/greyharness/scenarios"
 )
 
 // The hub routes each journal event to the scenario it belongs to: a
@@ -94,5 +96,72 @@ func TestNeighbourOutage(t *testing.T) {
 	}
 	if got := r.neighbourOutage(at(2), at(6)); got != 2*time.Second {
 		t.Errorf("neighbour outage in [2s, 6s) %s, want 2s", got)
+	}
+}
+
+// With lanes, a connection on a lane that carried no transaction (a 421
+// at EHLO) is the lane holder's only, not every scenario's; a tenant's
+// transaction that comes where its lane says it must not (a laned one at
+// a next hop, another on a lane) fails that scenario with the reason.
+func TestHubRoutesLaneConnections(t *testing.T) {
+	h := &Hub{runs: map[string]*Run{}, conns: map[uint64]*connRoute{}, laneRuns: map[int]*Run{}, laneAt: map[string]int{"127.0.0.11:26": 1}}
+	a := &Run{track: newTracker(), tenant: "l1-ta", lane: 1, sc: &scenarios.Scenario{Name: "a"}, opt: &Options{}}
+	b := &Run{track: newTracker(), tenant: "tb", sc: &scenarios.Scenario{Name: "b"}, opt: &Options{}}
+	h.runs["l1-ta"], h.runs["tb"], h.laneRuns[1] = a, b, a
+	tx := func(seq, conn uint64, tenant string) fakemta.Event {
+		return fakemta.Event{Seq: seq, Conn: conn, Kind: fakemta.EventTransaction, Tenant: tenant, Transaction: &fakemta.Transaction{MailFrom: "s@" + tenant + ".client.test"}}
+	}
+	for _, ev := range []fakemta.Event{
+		{Seq: 1, Conn: 1, Kind: fakemta.EventConnect, Local: "127.0.0.11:26"},
+		{Seq: 2, Conn: 1, Kind: fakemta.EventReply, Reply: &fakemta.Reply{Code: 421}},
+		{Seq: 3, Conn: 1, Kind: fakemta.EventClose}, // no transaction, on lane 1: a's only
+		{Seq: 4, Conn: 2, Kind: fakemta.EventConnect, Local: "127.0.0.2:26"},
+		tx(5, 2, "tb"), // b at the next hop: right
+		{Seq: 6, Conn: 3, Kind: fakemta.EventConnect, Local: "127.0.0.11:26"},
+		tx(7, 3, "l1-ta"), // a on its lane: right
+	} {
+		h.route(ev)
+	}
+	if a.misroute != "" || b.misroute != "" {
+		t.Fatalf("routed right, yet misrouted: %q, %q", a.misroute, b.misroute)
+	}
+	for _, ev := range b.h.Journal {
+		if ev.Conn == 1 {
+			t.Fatalf("b got lane 1's connection: %+v", ev)
+		}
+	}
+	if len(a.h.Journal) != 5 {
+		t.Fatalf("a got %d events, want 5 (lane 1's two connections)", len(a.h.Journal))
+	}
+	// A next hop's connection with no transaction (or a transaction of no
+	// tenant) is every scenario's but a laned one's: its mail goes to its lane.
+	nb := len(b.h.Journal)
+	for _, ev := range []fakemta.Event{
+		{Seq: 20, Conn: 9, Kind: fakemta.EventConnect, Local: "127.0.0.2:26"},
+		{Seq: 21, Conn: 9, Kind: fakemta.EventReply, Reply: &fakemta.Reply{Code: 421}},
+		tx(22, 9, ""),
+		{Seq: 23, Conn: 9, Kind: fakemta.EventClose},
+		{Seq: 24, Kind: fakemta.EventControl, Note: "stop"}, // the fake MTA's: everyone's
+	} {
+		h.route(ev)
+	}
+	if len(a.h.Journal) != 6 || a.h.Journal[5].Seq != 24 {
+		t.Fatalf("a got %v after its own, want only the fake MTA's stop", a.h.Journal[5:])
+	}
+	if len(b.h.Journal) != nb+5 {
+		t.Fatalf("b got %d of the next hop's 5 events", len(b.h.Journal)-nb)
+	}
+	h.route(fakemta.Event{Seq: 8, Conn: 4, Kind: fakemta.EventConnect, Local: "127.0.0.2:26"})
+	h.route(tx(9, 4, "l1-ta"))
+	h.route(fakemta.Event{Seq: 10, Conn: 5, Kind: fakemta.EventConnect, Local: "127.0.0.11:26"})
+	h.route(tx(11, 5, "tb"))
+	if !strings.Contains(a.misroute, "to a next hop (127.0.0.2:26), not to lane 1") {
+		t.Errorf("a at a next hop: %q", a.misroute)
+	}
+	if !strings.Contains(b.misroute, "to lane 1 (127.0.0.11:26), not to its next hop") {
+		t.Errorf("b on lane 1: %q", b.misroute)
+	}
+	if a.h.StepError != a.misroute || b.h.StepError != b.misroute {
+		t.Errorf("step errors %q, %q: want the misrouting", a.h.StepError, b.h.StepError)
 	}
 }

@@ -18,23 +18,38 @@ import (
 // it a tenant of the hub's fake MTA with its policy, and joins the hub's
 // queue sampling. Without opt.Hub the scenario gets a hub of its own.
 func Begin(ctx context.Context, opt *Options, sc *scenarios.Scenario) (*Run, error) {
-	return begin(ctx, opt, sc, false, "")
+	return begin(ctx, opt, sc, false, "", 0)
 }
 
 // begin is Begin; held says the scenario's share of opt.Hub is taken
 // already (Schedule takes it, in order); group, that it is one member of
-// a group of Alone scenarios (AloneGroup) holding the world together.
-func begin(ctx context.Context, opt *Options, sc *scenarios.Scenario, held bool, group string) (*Run, error) {
+// a group of Alone scenarios (AloneGroup) holding the world together;
+// lane, the lane Schedule took for it (0: none, or begin takes it).
+func begin(ctx context.Context, opt *Options, sc *scenarios.Scenario, held bool, group string, lane int) (*Run, error) {
 	iso, why := Isolate(sc)
+	laned := opt.Hub.laned(sc)
+	if laned {
+		iso, why = LaneIsolation(sc), laneWhy(sc, why)
+	}
+	// undo lets go of what is held when the scenario cannot begin.
+	undo := func(hub *Hub) {
+		switch {
+		case !held:
+		case group != "":
+			hub.releaseGroup()
+		default:
+			hub.release(iso)
+		}
+		if lane > 0 {
+			_ = hub.giveLane(lane) // never closed: nothing to open
+		}
+	}
 	pol := &fakemta.Policy{}
 	if sc.Policy.Kind != 0 {
 		p, err := fakemta.ParsePolicyNode(sc.File, &sc.Policy)
 		if err != nil {
-			switch {
-			case held && group != "":
-				opt.Hub.releaseGroup()
-			case held:
-				opt.Hub.release(iso)
+			if held {
+				undo(opt.Hub)
 			}
 			return nil, err
 		}
@@ -47,9 +62,10 @@ func begin(ctx context.Context, opt *Options, sc *scenarios.Scenario, held bool,
 			return nil, err
 		}
 		own = true
+		if laned = hub.laned(sc); laned {
+			iso, why = LaneIsolation(sc), laneWhy(sc, why)
+		}
 	}
-	r := &Run{opt: opt, sc: sc, base: context.WithoutCancel(ctx), policy: pol, policyNode: &sc.Policy, timing: opt.Profile.Timing,
-		track: newTracker(), sent: map[string]bool{}, hub: hub, ownHub: own, tenant: hub.newTenant(), iso: iso, why: why, mx: AboutMX(sc), group: group}
 	if !held {
 		if err := hub.acquire(ctx, iso); err != nil {
 			if own {
@@ -57,23 +73,34 @@ func begin(ctx context.Context, opt *Options, sc *scenarios.Scenario, held bool,
 			}
 			return nil, fmt.Errorf("waiting for its turn: %w", err)
 		}
+		held = true
+		if laned {
+			n, err := hub.takeLane(ctx)
+			if err != nil {
+				undo(hub)
+				if own {
+					hub.Close()
+				}
+				return nil, fmt.Errorf("waiting for a lane: %w", err)
+			}
+			lane = n
+		}
 	}
+	r := &Run{opt: opt, sc: sc, base: context.WithoutCancel(ctx), policy: pol, policyNode: &sc.Policy, timing: opt.Profile.Timing,
+		track: newTracker(), sent: map[string]bool{}, hub: hub, ownHub: own, tenant: hub.newTenant(lane), iso: iso, why: why, mx: AboutMX(sc), group: group,
+		lane: lane, laneHeld: lane > 0}
 	// The relay is down for good: a neighbour's restart failed and the
 	// harness could not bring it back. The scenario does not run, and says why.
 	if lost, _ := hub.relayLost(); lost != nil {
-		switch {
-		case group != "":
-			hub.releaseGroup()
-		default:
-			hub.release(iso)
-		}
+		undo(hub)
 		if own {
 			hub.Close()
 		}
 		return nil, fmt.Errorf("not run: %w", lost)
 	}
 	// An Alone scenario owns the connection-level stages; the members of a
-	// group have no policy there (AloneGroup), so none does.
+	// group have no policy there (AloneGroup), so none does; a laned one
+	// has its lane's.
 	r.held, r.owner = true, iso == Alone && group == ""
 	r.h = history.History{Scenario: sc.Name, Relay: opt.Profile.Name, Timing: r.timing, Started: time.Now(), Expect: expectOf(sc)}
 	if pol.Greylist != nil {
@@ -87,14 +114,18 @@ func begin(ctx context.Context, opt *Options, sc *scenarios.Scenario, held bool,
 	r.registered = true
 	r.polling = opt.Profile.Commands.Queue != "" && opt.Profile.QueueFormat != profile.QueueNone
 	r.mu.Unlock()
-	switch iso {
-	case Alone:
-		if group != "" {
-			r.progress("runs alone with its group %s only (%s); tenant %s", group, why, r.tenant)
-			break
+	switch {
+	case lane > 0:
+		beside := "beside the others"
+		if iso == Disruptive {
+			beside = "beside shared scenarios only, its relay restarts in their histories"
 		}
+		r.progress("runs on lane %d %s (%s: the relay routes its mail to %s, where every connection is its own); tenant %s", lane, beside, why, opt.Profile.Lanes[lane-1], r.tenant)
+	case iso == Alone && group != "":
+		r.progress("runs alone with its group %s only (%s); tenant %s", group, why, r.tenant)
+	case iso == Alone:
 		r.progress("runs alone (%s); tenant %s", why, r.tenant)
-	case Disruptive:
+	case iso == Disruptive:
 		r.progress("runs beside shared scenarios only, its faults in their histories (%s); tenant %s", why, r.tenant)
 	default:
 		r.progress("tenant %s", r.tenant)
@@ -111,6 +142,11 @@ func (r *Run) policyNow() (*fakemta.Policy, *yaml.Node) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.policy, r.policyNode
+}
+
+// tenantOptions are the scenario's tenant options at the fake MTA.
+func (r *Run) tenantOptions() fakemta.TenantOptions {
+	return fakemta.TenantOptions{Connections: r.owns(), Lane: r.lane}
 }
 
 // owns reports whether the scenario owns the fake MTA's connection-level stages.
@@ -154,13 +190,20 @@ func (r *Run) releaseWorld() {
 	}
 }
 
+// unregister ends the scenario's tenant and gives its lane back: from
+// now on its late traffic is nobody's, and the lane the next one's.
 func (r *Run) unregister() {
 	r.mu.Lock()
-	reg := r.registered
-	r.registered = false
+	reg, lane := r.registered, r.laneHeld
+	r.registered, r.laneHeld = false, false
 	r.mu.Unlock()
 	if reg {
 		r.hub.unregister(r.base, r)
+	}
+	if lane {
+		if err := r.hub.giveLane(r.lane); err != nil {
+			r.progress("opening lane %d again for the others: %v", r.lane, err)
+		}
 	}
 }
 

@@ -13,6 +13,7 @@ package runner
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"io"
 	"sync"
@@ -69,6 +70,11 @@ type Run struct {
 	iso Isolation
 	why string
 	mx  bool // about several MX hosts (AboutMX): MX 2 and on answer while it holds the world
+	// lane is the lane it holds (Laneable, with lanes in the profile), 0
+	// for none: its tenant's label starts "lN-", the relay routes its mail
+	// to lane N's address, and the fake MTA gives it that lane's
+	// connection-level stages. It is held until the tenant ends.
+	lane int
 	// group is the group of Alone scenarios (AloneGroup) it holds the
 	// world with, "" when it holds it alone.
 	group string
@@ -80,7 +86,11 @@ type Run struct {
 	held       bool // holds its share of the hub
 	owner      bool // owns the fake MTA's connection-level stages
 	registered bool // its tenant is registered
-	polling    bool // takes the hub's queue listings
+	laneHeld   bool // lane is still its own (given back when its tenant ends)
+	// misroute says how the relay routed its mail against the lanes, ""
+	// while it routed it right: no step runs after.
+	misroute string
+	polling  bool // takes the hub's queue listings
 
 	at string // the step being carried out, "step N (file:line)", for the cause a failed restart names
 
@@ -158,6 +168,11 @@ func (r *Run) Step(ctx context.Context, i int, st *scenarios.Step) error {
 		r.StepFailed(err.Error())
 		return err
 	}
+	if err := r.misrouteErr(); err != nil {
+		err = fmt.Errorf("%s: not run: %w", at, err)
+		r.StepFailed(err.Error())
+		return err
+	}
 	r.progress("step %d/%d: %s", i+1, len(r.sc.Steps), st.Describe())
 	err := fmt.Errorf("step has no action")
 	if a := st.Action(); a != nil {
@@ -195,6 +210,31 @@ func (r *Run) markRelayDown(lost *RelayDownError) {
 	if r.h.RelayDown == "" {
 		r.h.RelayDown = lost.Error()
 	}
+}
+
+// misrouted records that the relay routed the scenario's mail against the
+// lanes: the scenario fails with why, and no step runs after.
+func (r *Run) misrouted(why string) {
+	r.mu.Lock()
+	first := r.misroute == ""
+	if first {
+		r.misroute = why
+	}
+	r.mu.Unlock()
+	if first {
+		r.progress("%s", why)
+		r.StepFailed(why)
+	}
+}
+
+// misrouteErr is why no step runs any more, nil while the relay routes right.
+func (r *Run) misrouteErr() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.misroute == "" {
+		return nil
+	}
+	return errors.New(r.misroute)
 }
 
 // StepFailed records that a step could not be carried out, for failures

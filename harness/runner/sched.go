@@ -26,6 +26,7 @@ type Job struct {
 	beginErr error
 	steps    []chan error // each gets one value: nil, the step's error, or errNotRun
 	group    string       // the group of Alone scenarios it runs with (AloneGroup), when scheduled so
+	lane     int          // the lane it holds (Laneable, with lanes), taken before it begins
 	done     chan struct{}
 	hist     *history.History
 	res      ledger.Result
@@ -96,12 +97,14 @@ func Schedule(ctx context.Context, opt *Options, jobs []*Job, parallel int) {
 	if parallel <= 0 {
 		parallel = len(jobs)
 	}
-	var shared, disruptive, alone []*Job
+	var shared, disruptive, alone, laned []*Job
 	for _, j := range jobs {
-		switch iso, _ := Isolate(j.Scenario); iso {
-		case Alone:
+		switch iso, _ := Isolate(j.Scenario); {
+		case opt.Hub.laned(j.Scenario):
+			laned = append(laned, j)
+		case iso == Alone:
 			alone = append(alone, j)
-		case Disruptive:
+		case iso == Disruptive:
 			disruptive = append(disruptive, j)
 		default:
 			shared = append(shared, j)
@@ -110,9 +113,11 @@ func Schedule(ctx context.Context, opt *Options, jobs []*Job, parallel int) {
 	// The members of a group of Alone scenarios (AloneGroup) run together,
 	// at the place of the first of them, when parallel lets them all run.
 	alone, groupOf := groupAlone(alone, parallel)
-	// Shared ones before disruptive ones: their first submissions go in
-	// before the first restart holds submissions back.
-	order := append(append(alone, shared...), disruptive...)
+	// Laned ones (Laneable, with lanes: alone otherwise) first among those
+	// that share the run: they may wait for a lane. Shared ones before
+	// disruptive ones: their first submissions go in before the first
+	// restart holds submissions back.
+	order := append(append(append(alone, laned...), shared...), disruptive...)
 	slots := make(chan struct{}, max(parallel, 1))
 	go func() {
 		for i := 0; i < len(order); i++ {
@@ -153,9 +158,14 @@ func Schedule(ctx context.Context, opt *Options, jobs []*Job, parallel int) {
 			// Take the scenario's share of the hub here, in order, so a
 			// scenario that runs alone is not overtaken by later ones.
 			iso, _ := Isolate(j.Scenario)
-			if iso == Disruptive {
-				// Disruptive ones queue for their turn among themselves
-				// in their own goroutine: shared ones after them go on.
+			laned := opt.Hub.laned(j.Scenario)
+			if laned {
+				iso = LaneIsolation(j.Scenario)
+			}
+			if laned || iso == Disruptive {
+				// A laned one waits for a free lane, and a disruptive one
+				// for its turn among the disruptive ones, in its own
+				// goroutine: the shared ones after them go on.
 				if err := opt.Hub.acquire(ctx, Shared); err != nil {
 					<-slots
 					for _, j := range order[i:] {
@@ -165,10 +175,24 @@ func Schedule(ctx context.Context, opt *Options, jobs []*Job, parallel int) {
 				}
 				go func() {
 					defer func() { <-slots }()
-					if err := opt.Hub.disrupt.Acquire(ctx, 1); err != nil {
-						opt.Hub.release(Shared)
-						j.fail(fmt.Errorf("the run ended before its turn: %w", err))
-						return
+					if laned {
+						n, err := opt.Hub.takeLane(ctx)
+						if err != nil {
+							opt.Hub.release(Shared)
+							j.fail(fmt.Errorf("the run ended before it had a lane: %w", err))
+							return
+						}
+						j.lane = n
+					}
+					if iso == Disruptive {
+						if err := opt.Hub.disrupt.Acquire(ctx, 1); err != nil {
+							if j.lane > 0 {
+								_ = opt.Hub.giveLane(j.lane) // never closed: nothing to open
+							}
+							opt.Hub.release(Shared)
+							j.fail(fmt.Errorf("the run ended before its turn: %w", err))
+							return
+						}
 					}
 					j.do(ctx, opt)
 				}()
@@ -262,7 +286,7 @@ func (j *Job) do(ctx context.Context, opt *Options) {
 		case <-ctx.Done():
 		}
 	}()
-	r, err := begin(ctx, opt, j.Scenario, true, j.group)
+	r, err := begin(ctx, opt, j.Scenario, true, j.group, j.lane)
 	if err != nil {
 		j.fail(err)
 		return
@@ -285,7 +309,7 @@ func (j *Job) do(ctx context.Context, opt *Options) {
 			j.steps[i] <- err
 			continue
 		}
-		if FreeAfter(j.Scenario, i, opt.Hub.running()) && r.holds() {
+		if r.lane == 0 && FreeAfter(j.Scenario, i, opt.Hub.running()) && r.holds() {
 			// The fake MTA is back and nothing left touches anyone: the
 			// next scenarios start now, beside its last steps.
 			r.progress("the fake MTA is back: the scenarios waiting for their turn go on")
