@@ -198,3 +198,39 @@ func TestCloseAndOpenLane(t *testing.T) {
 		t.Errorf("journal notes %v", notes)
 	}
 }
+
+// A lane's new holder starts with no connection of an earlier holder: a
+// relay reusing a cached connection would carry the new holder's first
+// message past its connect and helo rules (no greeting, no EHLO), and its
+// fault would never be met.
+func TestNewLaneHolderCutsEarlierConnections(t *testing.T) {
+	s := laneServer(t)
+	if err := s.SetTenant("l1-ta", &Policy{}, TenantOptions{Lane: 1}); err != nil {
+		t.Fatal(err)
+	}
+	old := dialRaw(t, s.LaneAddr(1))
+	old.greeting()
+	old.must("EHLO relay.client.test", 250)
+	s.RemoveTenant("l1-ta")
+	refuse := parseTestPolicy(t, `rules: [{match: {stage: helo, connection: "1"}, close: "421 4.3.2 closing"}]`)
+	if err := s.SetTenant("l1-tb", refuse, TenantOptions{Lane: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if !old.closedByServer() {
+		t.Fatal("the earlier holder's connection on lane 1 stays open for the new holder")
+	}
+	fresh := dialRaw(t, s.LaneAddr(1))
+	fresh.greeting()
+	fresh.must("EHLO relay.client.test", 421)
+	// Keeping the lane (a policy swap) cuts nothing.
+	if err := s.SetTenant("l1-tb", &Policy{}, TenantOptions{Lane: 1}); err != nil {
+		t.Fatal(err)
+	}
+	kept := dialRaw(t, s.LaneAddr(1))
+	kept.greeting()
+	kept.must("EHLO relay.client.test", 250)
+	if err := s.SetTenant("l1-tb", &Policy{}, TenantOptions{Lane: 1}); err != nil {
+		t.Fatal(err)
+	}
+	kept.must("NOOP", 250)
+}

@@ -326,6 +326,13 @@ func (s *Server) CloseLane(n int) error {
 		return nil
 	}
 	l.Close()
+	s.cutLane(n)
+	s.record(Event{Kind: EventControl, Note: fmt.Sprintf("lane %d stop", n), Tenant: s.laneHolder(n)}, false)
+	return nil
+}
+
+// cutLane closes the connections accepted on lane n.
+func (s *Server) cutLane(n int) {
 	s.mu.Lock()
 	var cut []*conn
 	for c := range s.conns {
@@ -337,8 +344,6 @@ func (s *Server) CloseLane(n int) error {
 	for _, c := range cut {
 		c.Close()
 	}
-	s.record(Event{Kind: EventControl, Note: fmt.Sprintf("lane %d stop", n), Tenant: s.laneHolder(n)}, false)
-	return nil
 }
 
 // OpenLane listens on a closed lane n again, on the address it had.

@@ -207,6 +207,10 @@ func (s *Server) SetTenant(name string, p *Policy, opts TenantOptions) error {
 	if t.lane != 0 && t.lane != opts.Lane {
 		delete(s.ten.lanes, t.lane)
 	}
+	// A new holder starts with the lane's connections cut: a relay reusing
+	// a cached one would carry its first message past its connect and helo
+	// rules, so its fault would never be met.
+	newHolder := opts.Lane > 0 && s.ten.lanes[opts.Lane] != t
 	_ = s.takeLane(t, opts) // checked above
 	if created {
 		if s.ten.replayed[name] {
@@ -225,6 +229,9 @@ func (s *Server) SetTenant(name string, p *Policy, opts TenantOptions) error {
 		s.ten.owner = nil
 	}
 	s.ten.mu.Unlock()
+	if newHolder {
+		s.cutLane(opts.Lane)
+	}
 	note := "policy"
 	if created {
 		note = "tenant"
