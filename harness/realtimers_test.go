@@ -65,10 +65,13 @@ func TestRealTimersProfileMatchesItsMainCf(t *testing.T) {
 		p.Env["GREYHARNESS_WORK"] != "/tmp/greyharness-postfix-realtimers" || p.Env["POSTFIX_MAIN_CF"] != "./main.cf" {
 		t.Errorf("defaults: submit %s, next_hop %v, env %v", p.Submit.Addr, p.NextHop, p.Env)
 	}
-	for _, name := range []string{"expiry-bounce", "fakemta-outage"} {
-		if p.Scenarios[name].Skip == "" {
-			t.Errorf("%s is not skipped", name)
-		}
+	if p.Scenarios["expiry-bounce"].Skip == "" {
+		t.Error("expiry-bounce is not skipped: it would wait 5 days")
+	}
+	// On lanes, the connection-level scenarios and the fake-MTA outage run
+	// beside the others, not one retry interval each alone.
+	if len(p.Lanes) != 3 || p.Env["LANE_HOSTS"] != "127.0.0.11 127.0.0.12 127.0.0.13" || p.Scenarios["fakemta-outage"].Skip != "" {
+		t.Errorf("lanes %v, LANE_HOSTS %q, fakemta-outage skip %q", p.Lanes, p.Env["LANE_HOSTS"], p.Scenarios["fakemta-outage"].Skip)
 	}
 	if p.Scenarios["load-500"].Share == "" {
 		t.Error("load-500 would run alone: one more retry interval (5-10m) for the pack")
