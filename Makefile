@@ -102,7 +102,7 @@ e2e-haraka: build
 ## - postfix-realtimers: the same Postfix and the same private instance as
 ##   ci/postfix, with Debian's default timers (a first retry 5-10 min after a
 ##   451): a timing variant of the postfix row, not another relay, kept for
-##   make e2e-postfix-realtimers. Its pack takes well over an hour and each
+##   make e2e-postfix-realtimers. Its pack takes about 10 minutes and each
 ##   verdict would repeat postfix's at slower timers.
 ## - the built-in sample relay (--relay sample) is not in ci/: it is the
 ##   harness's own reference relay, and make unit runs the pack against it.

@@ -55,6 +55,10 @@ type Env interface {
 	// Checkpoint takes a queue listing and marks a checkpoint on it.
 	Checkpoint(ctx context.Context, name string)
 
+	// RestartTurn waits until the scenario may restart the relay: no
+	// neighbour's messages would be disturbed (timed: the restart is due
+	// at a moment of its own, after AwaitDeferral or AwaitDataHeld).
+	RestartTurn(ctx context.Context, timed bool) error
 	// RestartRelay restarts the relay under test (bounded by its timing).
 	RestartRelay(ctx context.Context) error
 	// FlushRelay asks the relay to retry its whole queue now.

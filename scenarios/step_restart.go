@@ -42,7 +42,8 @@ func (rs *Restart) Describe() string {
 func (rs *Restart) Needs() []profile.Capability { return []profile.Capability{profile.CapRestart} }
 
 // Run waits for the moment When names (at most three retry intervals plus
-// the restart grace), then restarts the relay Times times in a row.
+// the restart grace) and its turn among the scenarios that restart the
+// relay, then restarts the relay Times times in a row.
 func (rs *Restart) Run(ctx context.Context, env Env) error {
 	t := env.Timing()
 	switch rs.When {
@@ -56,6 +57,9 @@ func (rs *Restart) Run(ctx context.Context, env Env) error {
 		if !env.AwaitDataHeld(ctx, until) {
 			env.Progress("the fake MTA held no DATA phase open before the restart")
 		}
+	}
+	if err := env.RestartTurn(ctx, rs.When == "after-deferral" || rs.When == "during-data"); err != nil {
+		return fmt.Errorf("waiting for its turn to restart: %w", err)
 	}
 	times := max(rs.Times, 1)
 	for i := range times {

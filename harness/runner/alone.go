@@ -17,10 +17,11 @@ const (
 	// state, all of which the fake MTA keeps to their tenant (a flush is
 	// recorded in every running scenario's history).
 	Shared Isolation = iota
-	// Disruptive scenarios restart the relay: they run beside Shared ones,
-	// one at a time; a restart waits until no submission is under way and
-	// is recorded in the history of every scenario running, where the
-	// ledger judges it as an outage of its own.
+	// Disruptive scenarios restart the relay: they run beside Shared ones
+	// and each other, their restarts taking turns (turns); a restart waits
+	// until no submission is under way and is recorded in the history of
+	// every scenario running, where the ledger judges it as an outage of
+	// its own.
 	Disruptive
 	// Alone scenarios run with no other beside them: they say so
 	// (`exclusive: true`), they stop the fake MTA (an outage as long as

@@ -137,7 +137,12 @@ func (e env) Checkpoint(ctx context.Context, name string) {
 }
 
 func (e env) RestartRelay(ctx context.Context) error { return e.r.restartRelay(ctx) }
-func (e env) FlushRelay(ctx context.Context) error   { return e.r.opt.Relay.Flush(ctx) }
+
+// RestartTurn waits until the scenario's restart may come (turns).
+func (e env) RestartTurn(ctx context.Context, timed bool) error {
+	return e.r.hub.turnsOf().await(ctx, e.r, true, timed)
+}
+func (e env) FlushRelay(ctx context.Context) error { return e.r.opt.Relay.Flush(ctx) }
 
 // StartFakeMTA and StopFakeMTA start and stop the fake MTA every scenario
 // shares (such a scenario is Disruptive); WipeGreylist wipes the

@@ -33,8 +33,8 @@ type Hub struct {
 	// others, and whole by one that must run alone. It is fair: a waiting
 	// exclusive scenario holds back the ones queued after it.
 	world *semaphore.Weighted
-	// disrupt is held by the one Disruptive scenario running.
-	disrupt *semaphore.Weighted
+	// turns orders the relay restarts of the Disruptive scenarios running.
+	turns *turns
 	// relayUp is taken with weight 1 by whatever needs the relay up for a
 	// moment (a submission, a checkpoint's listing), and whole while the
 	// relay restarts: a neighbour's restart never refuses a submission.
@@ -105,7 +105,7 @@ func NewHub(ctx context.Context, opt *Options) (*Hub, error) {
 			return nil, err
 		}
 	}
-	h := &Hub{opt: opt, world: semaphore.NewWeighted(worldWeight), disrupt: semaphore.NewWeighted(1), relayUp: semaphore.NewWeighted(worldWeight), lostCh: make(chan struct{}), runs: map[string]*Run{}, conns: map[uint64]*connRoute{}, mxRuns: map[*Run]bool{},
+	h := &Hub{opt: opt, world: semaphore.NewWeighted(worldWeight), turns: newTurns(), relayUp: semaphore.NewWeighted(worldWeight), lostCh: make(chan struct{}), runs: map[string]*Run{}, conns: map[uint64]*connRoute{}, mxRuns: map[*Run]bool{},
 		laneRuns: map[int]*Run{}, laneAt: map[string]int{}}
 	if n := len(opt.Profile.Lanes); n > 0 && opt.Profile.FakeMTA == nil {
 		h.lanes = make(chan int, n)
@@ -245,21 +245,21 @@ func (h *Hub) withFake(f func(*fakemta.Server) error) error {
 	return f(srv)
 }
 
+// turnsOf returns the hub's turns (nil for a hub made without NewHub, in
+// tests: nobody waits).
+func (h *Hub) turnsOf() *turns {
+	if h == nil {
+		return nil
+	}
+	return h.turns
+}
+
 // acquire waits until a scenario of this isolation may run.
 func (h *Hub) acquire(ctx context.Context, iso Isolation) error {
 	if iso == Alone {
 		return h.world.Acquire(ctx, worldWeight)
 	}
-	if err := h.world.Acquire(ctx, 1); err != nil {
-		return err
-	}
-	if iso == Disruptive {
-		if err := h.disrupt.Acquire(ctx, 1); err != nil {
-			h.world.Release(1)
-			return err
-		}
-	}
-	return nil
+	return h.world.Acquire(ctx, 1) // Disruptive ones order their restarts by turns
 }
 
 // acquireGroup waits until n Alone scenarios of one group may run
@@ -291,9 +291,6 @@ func (h *Hub) release(iso Isolation) {
 	switch iso {
 	case Alone:
 		h.world.Release(worldWeight)
-	case Disruptive:
-		h.disrupt.Release(1)
-		h.world.Release(1)
 	default:
 		h.world.Release(1)
 	}

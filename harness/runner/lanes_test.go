@@ -78,13 +78,22 @@ func laneRun(t *testing.T, lanes bool, scs ...*scenarios.Scenario) ([]*history.H
 // laneRunRouted is laneRun; route says whether the relay routes the lanes.
 func laneRunRouted(t *testing.T, lanes, route bool, scs ...*scenarios.Scenario) ([]*history.History, []ledger.Result, string) {
 	t.Helper()
+	return sampleHubRun(t, 0.6, 200*time.Millisecond, lanes, route, scs...)
+}
+
+// sampleHubRun runs scs together on one in-process sample relay (its
+// backoff given) and fake MTA, as a pack runs, with retryMax in the
+// profile; lanes gives the profile two lanes, route has the relay route
+// them.
+func sampleHubRun(t *testing.T, retryMax float64, backoff time.Duration, lanes, route bool, scs ...*scenarios.Scenario) ([]*history.History, []ledger.Result, string) {
+	t.Helper()
 	prof := &profile.Profile{Name: "sample", NextHop: []string{freeAddr(t)}, QueueFormat: profile.QueueSample,
 		Commands: profile.Commands{Queue: "(in-process)", Flush: "(in-process)", Restart: "(in-process)"},
-		Timing:   history.Timing{RetryMax: seconds(0.6), QueueLifetime: seconds(60), RestartGrace: seconds(1)}}
+		Timing:   history.Timing{RetryMax: seconds(retryMax), QueueLifetime: seconds(60), RestartGrace: seconds(1)}}
 	if lanes {
 		prof.Lanes = []string{freeOn(t, "127.0.0.11"), freeOn(t, "127.0.0.12")}
 	}
-	sr := newSampleRelay(t, 200*time.Millisecond)
+	sr := newSampleRelay(t, backoff)
 	var progress syncBuf
 	opt := &Options{Profile: prof, Relay: sr, Progress: &progress}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)

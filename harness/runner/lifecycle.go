@@ -18,14 +18,15 @@ import (
 // it a tenant of the hub's fake MTA with its policy, and joins the hub's
 // queue sampling. Without opt.Hub the scenario gets a hub of its own.
 func Begin(ctx context.Context, opt *Options, sc *scenarios.Scenario) (*Run, error) {
-	return begin(ctx, opt, sc, false, "", 0)
+	return begin(ctx, opt, sc, false, "", 0, 0)
 }
 
 // begin is Begin; held says the scenario's share of opt.Hub is taken
 // already (Schedule takes it, in order); group, that it is one member of
 // a group of Alone scenarios (AloneGroup) holding the world together;
-// lane, the lane Schedule took for it (0: none, or begin takes it).
-func begin(ctx context.Context, opt *Options, sc *scenarios.Scenario, held bool, group string, lane int) (*Run, error) {
+// lane, the lane Schedule took for it (0: none, or begin takes it); turn,
+// a Disruptive one's admission number among them (0: the next).
+func begin(ctx context.Context, opt *Options, sc *scenarios.Scenario, held bool, group string, lane, turn int) (*Run, error) {
 	iso, why := Isolate(sc)
 	laned := opt.Hub.laned(sc)
 	if laned {
@@ -114,11 +115,14 @@ func begin(ctx context.Context, opt *Options, sc *scenarios.Scenario, held bool,
 	r.registered = true
 	r.polling = opt.Profile.Commands.Queue != "" && opt.Profile.QueueFormat != profile.QueueNone
 	r.mu.Unlock()
+	if iso == Disruptive {
+		hub.turnsOf().join(r, turn, restartSteps(sc))
+	}
 	switch {
 	case lane > 0:
 		beside := "beside the others"
 		if iso == Disruptive {
-			beside = "beside shared scenarios only, its relay restarts in their histories"
+			beside = "beside the others, its relay restarts in their histories, in turn with the other disruptive scenarios' restarts"
 		}
 		r.progress("runs on lane %d %s (%s: the relay routes its mail to %s, where every connection is its own); tenant %s", lane, beside, why, opt.Profile.Lanes[lane-1], r.tenant)
 	case iso == Alone && group != "":
@@ -126,7 +130,7 @@ func begin(ctx context.Context, opt *Options, sc *scenarios.Scenario, held bool,
 	case iso == Alone:
 		r.progress("runs alone (%s); tenant %s", why, r.tenant)
 	case iso == Disruptive:
-		r.progress("runs beside shared scenarios only, its faults in their histories (%s); tenant %s", why, r.tenant)
+		r.progress("runs beside the others, its faults in their histories, its restarts in turn with the other disruptive scenarios' (%s); tenant %s", why, r.tenant)
 	default:
 		r.progress("tenant %s", r.tenant)
 	}
@@ -166,6 +170,7 @@ func (r *Run) holds() bool {
 // releaseWorld lets the scenarios waiting for their turn go on: after the
 // drain, the late-duplicate watch runs beside them.
 func (r *Run) releaseWorld() {
+	r.hub.turnsOf().leave(r)
 	r.mu.Lock()
 	held, owner, reg := r.held, r.owner, r.registered
 	r.held, r.owner = false, false
@@ -211,6 +216,7 @@ func (r *Run) addFault(fl history.Fault) {
 	r.mu.Lock()
 	r.h.Faults = append(r.h.Faults, fl)
 	r.mu.Unlock()
+	r.track.poke() // a late-duplicate watch may have to run longer
 }
 
 // Finish lets the scenario drain, takes a last queue listing, ends its
@@ -229,8 +235,17 @@ func (r *Run) Finish(ctx context.Context) (*history.History, ledger.Result) {
 		// watch overlaps them (its tenant stays registered, so what the
 		// relay sends late is still this scenario's).
 		r.releaseWorld()
+		noBody := r.track.all("", everyRcpt(func(rs *rcptState) bool { return rs.bounced && rs.bodies == 0 }))
+		if !noBody {
+			// A restart a Disruptive neighbour has still to carry out
+			// could lose the relay's record of a copy: they come early
+			// (turns), and the watch below must know of them.
+			if err := r.hub.turnsOf().awaitRestarts(ctx, r); err != nil {
+				r.progress("waiting for the neighbours' restarts: %v", err)
+			}
+		}
 		switch {
-		case r.track.all("", everyRcpt(func(rs *rcptState) bool { return rs.bounced && rs.bodies == 0 })):
+		case noBody:
 			// Every recipient bounced and no body ever reached one: there
 			// is no copy a relay could send again (a duplicate needs a
 			// delivered or dropped-after-dot body), so no watch.
@@ -243,11 +258,7 @@ func (r *Run) Finish(ctx context.Context) (*history.History, ledger.Result) {
 			// not know it was delivered, so there is nothing to watch for.
 			r.progress("drained: the relay had the final reply of every copy (it sent a command after it), no relay restart since, its queue lists none of them; nothing to watch for late duplicates")
 		default:
-			// Watch one more retry interval: a relay that sends a delivered
-			// message again (a duplicate) or retries too soon does it now.
-			settle := r.timing.RetryMax.D()
-			r.progress("drained; watching %s more for late duplicates", settle)
-			r.until(ctx, time.Now().Add(settle), func() bool { return false })
+			r.watchLate(ctx, drained && r.opt.Profile.Has(profile.CapQueue))
 		}
 	}
 	if lost, by := r.hub.relayLost(); lost != nil && by != r && accepted > 0 && !r.track.all("", drainedCond(r.timing.QueueLifetime.D())) {
@@ -295,6 +306,75 @@ func (r *Run) drain(ctx context.Context) bool {
 		}
 	}
 	return false
+}
+
+// watchLate watches one retry interval (retry_max) for late duplicates
+// from the last moment a relay could send a copy again (lateCopyFrom): a
+// relay sends a copy it believes undelivered at the latest one retry
+// interval after it last tried it or came back from a restart. settled
+// says the drain saw the queue list none of the messages; else (no queue
+// listing, or not drained) the watch runs from the drain, as for a copy
+// whose final reply the relay may not have had. A restart during the
+// watch that could have lost the record of a copy makes it longer.
+func (r *Run) watchLate(ctx context.Context, settled bool) {
+	drainedAt, retryMax := time.Now(), r.timing.RetryMax.D()
+	end := func() time.Time {
+		from := r.track.lateCopyFrom(drainedAt, r.relayTouchedEnd)
+		if !settled && from.Before(drainedAt) {
+			from = drainedAt
+		}
+		if from.IsZero() {
+			return from
+		}
+		return from.Add(retryMax)
+	}
+	said := false
+	for {
+		e := end()
+		if !time.Now().Before(e) {
+			return
+		}
+		if !said {
+			r.progress("drained; watching %s more for late duplicates (one retry interval, %s, after the last moment the relay could send a copy again)", time.Until(e).Round(100*time.Millisecond), retryMax)
+			said = true
+		} else {
+			r.progress("a relay restart since: watching until %s for late duplicates", e.Format("15:04:05"))
+		}
+		if !r.until(ctx, e, func() bool { return end().After(e) }) || ctx.Err() != nil {
+			return
+		}
+	}
+}
+
+// restartSteps counts sc's restart steps.
+func restartSteps(sc *scenarios.Scenario) int {
+	n := 0
+	for i := range sc.Steps {
+		if sc.Steps[i].Restart != nil {
+			n++
+		}
+	}
+	return n
+}
+
+// relayTouchedEnd returns the end of the last relay restart, stop or
+// start in the scenario's history (its own or a neighbour's) that ended
+// at or after t (ok false: none).
+func (r *Run) relayTouchedEnd(t time.Time) (end time.Time, ok bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, f := range r.h.Faults {
+		switch f.Kind {
+		case history.FaultRelayRestart, history.FaultRelayStop, history.FaultRelayStart:
+			if f.End.IsZero() {
+				return time.Now(), true
+			}
+			if !f.End.Before(t) && f.End.After(end) {
+				end, ok = f.End, true
+			}
+		}
+	}
+	return end, ok
 }
 
 // relayTouchedSince reports whether a relay restart, stop or start in the

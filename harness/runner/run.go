@@ -174,9 +174,21 @@ func (r *Run) Step(ctx context.Context, i int, st *scenarios.Step) error {
 		return err
 	}
 	r.progress("step %d/%d: %s", i+1, len(r.sc.Steps), st.Describe())
+	if st.Send != nil {
+		// A send after its last restart exposes a Disruptive scenario:
+		// the neighbours' restarts go first (turns).
+		if err := r.hub.turnsOf().await(ctx, r, false, false); err != nil {
+			err = fmt.Errorf("step %d (%s:%d): waiting for the neighbours' restarts: %w", i+1, r.sc.File, st.Line, err)
+			r.StepFailed(err.Error())
+			return err
+		}
+	}
 	err := fmt.Errorf("step has no action")
 	if a := st.Action(); a != nil {
 		err = a.Run(ctx, env{r})
+	}
+	if st.Restart != nil {
+		r.hub.turnsOf().restarted(r)
 	}
 	if lost, by := r.hub.relayLost(); lost != nil && by != r {
 		// Down for good while the step ran: whatever it did is cut short.

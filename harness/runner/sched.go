@@ -27,6 +27,7 @@ type Job struct {
 	steps    []chan error // each gets one value: nil, the step's error, or errNotRun
 	group    string       // the group of Alone scenarios it runs with (AloneGroup), when scheduled so
 	lane     int          // the lane it holds (Laneable, with lanes), taken before it begins
+	turn     int          // a Disruptive one's admission number (turns), 0 until scheduled
 	done     chan struct{}
 	hist     *history.History
 	res      ledger.Result
@@ -88,8 +89,9 @@ func (j *Job) Done() <-chan struct{} { return j.done }
 // Schedule runs jobs on one hub at the same time, as far as parallel
 // allows (0: no limit; 1: one after another, as a serial run) and
 // isolation lets (Isolate): Alone scenarios first, one at a time with no
-// other beside them, then the Shared ones at once and the Disruptive ones
-// beside them, one at a time; in the order given within each. A scenario's turn ends
+// other beside them, then the Shared ones and the Disruptive ones at once,
+// the Disruptive ones' restarts taking turns (turns) in the order given;
+// in the order given within each. A scenario's turn ends
 // when it has drained, so its late-duplicate watch overlaps the next ones. Schedule returns at once;
 // each job reports on its own. Cancelling ctx ends every job: each is
 // judged on what was recorded.
@@ -162,10 +164,14 @@ func Schedule(ctx context.Context, opt *Options, jobs []*Job, parallel int) {
 			if laned {
 				iso = LaneIsolation(j.Scenario)
 			}
-			if laned || iso == Disruptive {
-				// A laned one waits for a free lane, and a disruptive one
-				// for its turn among the disruptive ones, in its own
-				// goroutine: the shared ones after them go on.
+			if iso == Disruptive {
+				// Its restarts take their turns among the disruptive
+				// ones' in the order given (turns).
+				j.turn = opt.Hub.turnsOf().next()
+			}
+			if laned {
+				// A laned one waits for a free lane in its own goroutine:
+				// the shared ones after them go on.
 				if err := opt.Hub.acquire(ctx, Shared); err != nil {
 					<-slots
 					for _, j := range order[i:] {
@@ -183,16 +189,6 @@ func Schedule(ctx context.Context, opt *Options, jobs []*Job, parallel int) {
 							return
 						}
 						j.lane = n
-					}
-					if iso == Disruptive {
-						if err := opt.Hub.disrupt.Acquire(ctx, 1); err != nil {
-							if j.lane > 0 {
-								_ = opt.Hub.giveLane(j.lane) // never closed: nothing to open
-							}
-							opt.Hub.release(Shared)
-							j.fail(fmt.Errorf("the run ended before its turn: %w", err))
-							return
-						}
 					}
 					j.do(ctx, opt)
 				}()
@@ -286,7 +282,7 @@ func (j *Job) do(ctx context.Context, opt *Options) {
 		case <-ctx.Done():
 		}
 	}()
-	r, err := begin(ctx, opt, j.Scenario, true, j.group, j.lane)
+	r, err := begin(ctx, opt, j.Scenario, true, j.group, j.lane, j.turn)
 	if err != nil {
 		j.fail(err)
 		return

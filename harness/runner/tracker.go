@@ -337,3 +337,50 @@ func (t *tracker) identities(group string) (senders, ids map[string]bool) {
 	delete(ids, "")
 	return senders, ids
 }
+
+// submittedAny reports whether the relay accepted a message from the
+// scenario.
+func (t *tracker) submittedAny() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return len(t.order) > 0
+}
+
+// poke wakes whoever waits on a change (a fault was recorded).
+func (t *tracker) poke() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.signal()
+}
+
+// lateCopyFrom returns from when a relay could send a copy of an accepted
+// message again, for the late-duplicate watch (zero: no copy could come).
+// A recipient never reached by a body and not bounced, or a copy whose final reply the relay may not have had (dropped after the
+// dot, or no command after it on its connection: RFC 1047's gap) could
+// come again from unheard on (the drain). One the relay had could only
+// through a relay restart, stop or start at or after it that lost the
+// relay's record: faultEnd gives the end of the last one (ok false: none).
+func (t *tracker) lateCopyFrom(unheard time.Time, faultEnd func(copyAt time.Time) (time.Time, bool)) time.Time {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	var from time.Time
+	for _, i := range t.order {
+		for _, rs := range t.msgs[i].rcpts {
+			if rs.bodies == 0 && rs.bounced {
+				continue // no copy ever: nothing to send again
+			}
+			at := unheard
+			if rs.bodies > 0 && rs.bodyHeard {
+				end, ok := faultEnd(rs.lastBody)
+				if !ok {
+					continue
+				}
+				at = end
+			}
+			if at.After(from) {
+				from = at
+			}
+		}
+	}
+	return from
+}
