@@ -231,6 +231,16 @@ func (r *Run) Finish(ctx context.Context) (*history.History, ledger.Result) {
 	// With the relay down for good, what it holds will not move: no drain.
 	if lost, _ := r.hub.relayLost(); running && ctx.Err() == nil && accepted > 0 && lost == nil {
 		drained := r.drain(ctx)
+		if r.iso == Disruptive {
+			// The rule its restarts' turns keep, checked on what was recorded.
+			r.mu.Lock()
+			why := turnViolation(&r.h, time.Now())
+			r.mu.Unlock()
+			if why != "" {
+				r.progress("%s", why)
+				r.StepFailed(why)
+			}
+		}
 		// Drained: the scenarios waiting for their turn go on, and this
 		// watch overlaps them (its tenant stays registered, so what the
 		// relay sends late is still this scenario's).

@@ -3,9 +3,13 @@ package runner
 import (
 	"context"
 	"fmt"
+	"regexp"
 	"sort"
 	"strings"
 	"sync"
+	"time"
+
+	"github.com/greyharness/greyharness/harness/history"
 )
 
 // turns orders the relay restarts of the Disruptive scenarios running at
@@ -278,4 +282,47 @@ func plural(names []string, one, many string) string {
 		return one
 	}
 	return many
+}
+
+// stepRestart matches the detail of a relay restart a restart step
+// carried out: "N of M", a neighbour's prefixed "by neighbour NAME "
+// (not a drain's last-resort restart nor the harness's recovery, which
+// do not take turns).
+var stepRestart = regexp.MustCompile(`^(by neighbour (\S+) )?\d+ of \d+$`)
+
+// turnViolation checks, over a Disruptive scenario's recorded history,
+// the rule turns keeps: no neighbour's restart step began while the
+// scenario was exposed — from its own last restart, or its first
+// submission when that came later, until drainedAt. It returns what broke
+// the rule ("" when nothing did): a harness fault, never the relay's.
+func turnViolation(h *history.History, drainedAt time.Time) string {
+	var lastOwn time.Time
+	for _, f := range h.Faults {
+		if f.Kind == history.FaultRelayRestart {
+			if m := stepRestart.FindStringSubmatch(f.Detail); m != nil && m[1] == "" && f.End.After(lastOwn) {
+				lastOwn = f.End
+			}
+		}
+	}
+	if lastOwn.IsZero() || len(h.Submissions) == 0 {
+		return ""
+	}
+	from := lastOwn
+	if first := h.Submissions[0].SubmittedAt; first.After(from) {
+		from = first
+	}
+	for _, f := range h.Faults {
+		if f.Kind != history.FaultRelayRestart {
+			continue
+		}
+		m := stepRestart.FindStringSubmatch(f.Detail)
+		if m == nil || m[1] == "" {
+			continue
+		}
+		if f.Start.After(from) && f.Start.Before(drainedAt) {
+			return fmt.Sprintf("harness: neighbour %s restarted the relay at %s, after this scenario's own last restart (or its first submission after it) at %s and before its drain at %s: a restart then could release a message the relay holds silently and hide it (turns); the verdicts below may be wrong — a harness fault, please report it",
+				m[2], f.Start.Format("15:04:05.000"), from.Format("15:04:05.000"), drainedAt.Format("15:04:05.000"))
+		}
+	}
+	return ""
 }

@@ -287,3 +287,41 @@ func sampleRun(t *testing.T, retryMax float64, scs ...*scenarios.Scenario) ([]*h
 	t.Helper()
 	return sampleHubRun(t, retryMax, time.Duration(retryMax*float64(time.Second))/2, false, false, scs...)
 }
+
+// TestTurnViolation: the check over a recorded history finds a
+// neighbour's restart step after the scenario's own last restart (or its
+// first submission after it) and before its drain, and nothing else: not
+// a neighbour's restart before, nor a drain's last-resort restart.
+func TestTurnViolation(t *testing.T) {
+	t0 := time.Date(2025, 3, 1, 12, 0, 0, 0, time.UTC)
+	at := func(s float64) time.Time { return t0.Add(time.Duration(s * float64(time.Second))) }
+	restart := func(start float64, detail string) history.Fault {
+		return history.Fault{Kind: history.FaultRelayRestart, Start: at(start), End: at(start + 0.5), Detail: detail}
+	}
+	between := func(faults ...history.Fault) *history.History {
+		return &history.History{Submissions: []history.Submission{{SubmittedAt: at(1)}},
+			Faults: append([]history.Fault{restart(3, "1 of 1")}, faults...)}
+	}
+	drained := at(300)
+	if why := turnViolation(between(restart(2, "by neighbour double 2 of 2")), drained); why != "" {
+		t.Errorf("a neighbour's restart before its own: %s", why)
+	}
+	if why := turnViolation(between(restart(4, "by neighbour other drain")), drained); why != "" {
+		t.Errorf("a neighbour's drain restart: %s", why)
+	}
+	if why := turnViolation(between(restart(301, "by neighbour later 1 of 1")), drained); why != "" {
+		t.Errorf("a neighbour's restart after its drain: %s", why)
+	}
+	if why := turnViolation(between(restart(4, "by neighbour later 1 of 1")), drained); !strings.Contains(why, "neighbour later restarted the relay at 12:00:04.000") {
+		t.Errorf("a neighbour's restart step while exposed: %q", why)
+	}
+	double := &history.History{Submissions: []history.Submission{{SubmittedAt: at(5)}},
+		Faults: []history.Fault{restart(1, "1 of 2"), restart(2, "2 of 2"), restart(3, "by neighbour between 1 of 1")}}
+	if why := turnViolation(double, drained); why != "" {
+		t.Errorf("a neighbour's restart between its own last one and its first send: %s", why)
+	}
+	double.Faults = append(double.Faults, restart(6, "by neighbour late 1 of 1"))
+	if why := turnViolation(double, drained); !strings.Contains(why, "neighbour late") {
+		t.Errorf("a neighbour's restart after its first send: %q", why)
+	}
+}
