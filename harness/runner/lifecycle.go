@@ -369,7 +369,7 @@ func restartSteps(sc *scenarios.Scenario) int {
 
 // relayTouchedEnd returns the end of the last relay restart, stop or
 // start in the scenario's history (its own or a neighbour's) that ended
-// at or after t (ok false: none).
+// at or after t, now for one that has not ended (ok false: none).
 func (r *Run) relayTouchedEnd(t time.Time) (end time.Time, ok bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -391,17 +391,8 @@ func (r *Run) relayTouchedEnd(t time.Time) (end time.Time, ok bool) {
 // scenario's history (its own or a neighbour's) ended at or after t, or
 // has not ended.
 func (r *Run) relayTouchedSince(t time.Time) bool {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	for _, f := range r.h.Faults {
-		switch f.Kind {
-		case history.FaultRelayRestart, history.FaultRelayStop, history.FaultRelayStart:
-			if f.End.IsZero() || !f.End.Before(t) {
-				return true
-			}
-		}
-	}
-	return false
+	_, touched := r.relayTouchedEnd(t)
+	return touched
 }
 
 // restartRelay restarts the relay under test, bounded by twice its
