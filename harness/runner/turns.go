@@ -72,18 +72,17 @@ func (t *turns) next() int {
 	return t.seq
 }
 
-// join admits a Disruptive scenario with restarts steps to carry out;
+// join admits a Disruptive scenario with restart steps to carry out;
 // seq 0 takes the next admission number.
 func (t *turns) join(r *Run, seq, restarts int) {
 	if t == nil {
 		return
 	}
+	if seq == 0 {
+		seq = t.next()
+	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if seq == 0 {
-		t.seq++
-		seq = t.seq
-	}
 	t.of[r] = &turn{seq: seq, left: restarts}
 	t.signal()
 }
