@@ -518,6 +518,10 @@ func (h *Hub) running() bool {
 // hosts, the backup MX hosts answer from now on.
 func (h *Hub) register(ctx context.Context, r *Run) error {
 	h.mu.Lock()
+	// The history starts where it starts to collect everyone's faults
+	// (addFault's broadcast takes h.mu too): a relay restart that ended
+	// after Started is in it.
+	r.h.Started = time.Now()
 	h.runs[r.tenant] = r
 	srv, rm := h.fake, h.remote
 	h.mu.Unlock()
