@@ -296,10 +296,13 @@ func (j *judge) outageTime(from, to time.Time) time.Duration {
 }
 
 // relayDown reports whether the relay under test was being restarted or
-// stopped at t.
-func (j *judge) relayDown(t time.Time) bool {
+// stopped at any moment from from to to (at t: relayDown(t, t)).
+func (j *judge) relayDown(from, to time.Time) bool {
+	if to.Before(from) {
+		from = to
+	}
 	for _, o := range j.outages {
-		if o.relay && o.contains(t) {
+		if o.relay && !o.start.After(to) && o.end.After(from) {
 			return true
 		}
 	}

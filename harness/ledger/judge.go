@@ -215,7 +215,7 @@ type trackCase struct {
 	acts        []activity // moments from which the relay gets a fresh retry_max
 	lastAttempt time.Time
 	bodies      int    // times the body reached this recipient
-	inGap       []bool // each body: its final dot answered while the relay was being restarted or stopped
+	inGap       []bool // each body: the relay was being restarted or stopped while its final dot awaited the reply
 	bodyNotes   []string
 
 	openVerdict Verdict // the verdict of a window still open at the end
@@ -338,20 +338,31 @@ func (j *judge) activities(c *trackCase) {
 		}
 		if a.body && a.rcpt != nil && is2xx(a.rcpt.Code) && !a.rcpt.Dropped && a.data != nil && (a.data.Dropped || is2xx(a.data.Code)) {
 			c.bodies++
-			// When the final dot was answered, not when the session ended
-			// (a cached connection may end much later, in a restart): when
-			// the reply was written, else when the body was received.
-			at := a.replied
-			if at.IsZero() || a.data.Dropped {
-				at = a.received
+			// While the final dot waited for its answer, not when the
+			// session ended (a cached connection may end much later, in a
+			// restart): from when the body was received (stamped as it
+			// arrived) to when the reply was written. A restart that began
+			// meanwhile killed the relay's client before it could read
+			// the reply, even when the journal, stalled by the restart's
+			// load, recorded the reply after the restart had ended.
+			from, to := a.received, a.replied
+			if to.IsZero() || a.data.Dropped {
+				to = from
 			}
-			if at.IsZero() {
-				at = a.at
+			if from.IsZero() {
+				from = to
 			}
-			c.inGap = append(c.inGap, j.relayDown(at))
+			if from.IsZero() {
+				from, to = a.at, a.at
+			}
+			c.inGap = append(c.inGap, j.relayDown(from, to))
 			what := fmtReply(a.data)
 			if a.data.Dropped {
 				what = "line dropped after the body, no reply"
+			}
+			if !a.received.IsZero() && a.at.Sub(a.received) >= bodyLag {
+				// The evidence for a gap the journal's time alone hides.
+				what += ", body received at " + j.rel(a.received)
 			}
 			c.bodyNotes = append(c.bodyNotes, fmt.Sprintf("%s (%s)", j.rel(a.at), what))
 		}
@@ -420,6 +431,10 @@ func (j *judge) evidenceTimeline(c *trackCase) {
 	c.tl = append(c.tl, j.queueEntries(tr, c.end, c.resolved.IsZero())...)
 }
 
+// bodyLag is how long after its body's arrival a transaction must be
+// journaled for the duplicate's evidence to name the arrival too.
+const bodyLag = 100 * time.Millisecond
+
 // ruleDelivered gives delivered: the fake MTA answered 2xx after the
 // final dot for this recipient (evidence: the first such reply's time).
 func (j *judge) ruleDelivered(c *trackCase) {
@@ -445,7 +460,7 @@ func (j *judge) ruleDuplicate(c *trackCase) {
 	if gap {
 		// A copy accepted while the relay went down is one it may not have recorded.
 		c.v.gapDuplicate = true
-		why += "; the earlier copies were accepted while the relay was being restarted or stopped, so it could not record them (RFC 1047): a warning"
+		why += "; the earlier copies' final dots were still unanswered when the relay was being restarted or stopped, so it could not record them (RFC 1047): a warning"
 	}
 	c.v.add(Duplicate, why)
 }

@@ -678,6 +678,39 @@ func TestDuplicateGapByTheFinalReply(t *testing.T) {
 	}
 }
 
+// A final dot the fake MTA received before a neighbour's relay restart
+// began and answered only after it ended (its journal stalled by the
+// restart's disk load: seen in CI on Postfix, the body's transaction and
+// its 250 journaled at +2.373s, the restart from +0.793s to +2.240s): the
+// relay's client died waiting for the reply, so the copy the restarted
+// relay sends again is RFC 1047's duplicate, a warning. A body received
+// after the restart had ended, answered as late, is a failing duplicate.
+func TestDuplicateGapByAPendingFinalReply(t *testing.T) {
+	for _, c := range []struct {
+		received float64
+		gap      bool
+	}{{0.8, true}, {3.05, false}} {
+		b := newH(30)
+		s := b.submit("m1", 0, bob)
+		b.fault(history.FaultRelayRestart, 1, 3)
+		d := fakemta.Reply{Code: 250, Enhanced: "2.0.0", Text: "accepted"}
+		b.txn(3.1, s.MailFrom, []fakemta.RcptAttempt{{Addr: bob, Attempt: 1, Reply: ok250()}}, &d, body(s, c.received, bob))
+		b.event(fakemta.Event{Time: at(3.11), Kind: fakemta.EventReply, Conn: b.conn, Reply: &fakemta.Reply{Code: 250, Enhanced: "2.0.0", Text: "OK"}})
+		b.deliver(5, s, bob)
+		f := find(t, Judge(b.h), "m1", bob)
+		if c.gap {
+			if f.Failed || !f.Warn || !f.Has(Duplicate) {
+				t.Errorf("body received at %vs, before the restart, answered after it: failed %v warn %v verdicts %v, want a warned duplicate", c.received, f.Failed, f.Warn, f.Verdicts)
+			}
+			if !strings.Contains(f.Why, "+3.100s (250 2.0.0 accepted, body received at +0.800s)") {
+				t.Errorf("why %q does not name when the first body arrived", f.Why)
+			}
+			continue
+		}
+		want(t, f, Duplicate, true, Delivered, Duplicate)
+	}
+}
+
 // TestMXFailoverIsNotRetryTooSoon: trying the next MX host right after the
 // first one's greylist deferral is what RFC 5321 §5.1 asks of a relay, not
 // a retry too soon; coming back to an MX host already tried inside the

@@ -40,6 +40,10 @@ type Hub struct {
 	// relay restarts: a neighbour's restart never refuses a submission.
 	relayUp *semaphore.Weighted
 
+	// delivering is read-held while a fault is being added to the
+	// histories it reaches (fault); unregister takes it to wait for that.
+	delivering sync.RWMutex
+
 	mu     sync.Mutex
 	fake   *fakemta.Server
 	sub    func()
@@ -547,11 +551,12 @@ func (h *Hub) register(ctx context.Context, r *Run) error {
 	return err
 }
 
-// unregister forgets r's tenant; its late traffic is nobody's. A scenario
+// unregister forgets r's tenant and returns when its history ends (it
+// collects no fault after that); its late traffic is nobody's. A scenario
 // that ends with the fake MTA stopped by its own step (a step failed before
 // its start) does not leave it stopped for the others; one that ends
 // during a neighbour's outage leaves it as it is, the neighbour's to end.
-func (h *Hub) unregister(ctx context.Context, r *Run) {
+func (h *Hub) unregister(ctx context.Context, r *Run) time.Time {
 	h.mu.Lock()
 	srv, rm := h.fake, h.remote
 	mine := h.down == nil || h.down == r
@@ -574,9 +579,15 @@ func (h *Hub) unregister(ctx context.Context, r *Run) {
 	case srv != nil:
 		srv.RemoveTenant(r.tenant)
 	}
+	// No fault is being delivered meanwhile (fault): one that ended before
+	// the history's end is in it, one after is not.
+	h.delivering.Lock()
 	h.mu.Lock()
 	delete(h.runs, r.tenant)
+	ended := time.Now()
 	h.mu.Unlock()
+	h.delivering.Unlock()
+	return ended
 }
 
 // setPolicy swaps r's policy (its tenant's only).
@@ -630,11 +641,18 @@ func (h *Hub) fault(by *Run, kind history.FaultKind, detail string, f func() err
 		}
 		h.mu.Unlock()
 	}
-	fl := history.Fault{Kind: kind, Start: start, End: time.Now(), Detail: detail}
+	fl := history.Fault{Kind: kind, Start: start, Detail: detail}
 	if err != nil {
 		fl.Err = err.Error()
 	}
+	// The fault ends where the scenarios it reaches are taken, under the
+	// lock register and unregister stamp a history's Started and Ended
+	// with: a history holds every fault that ended between the two. An
+	// unregister waits (delivering) until the fault is in its history.
+	h.delivering.RLock()
+	defer h.delivering.RUnlock()
 	h.mu.Lock()
+	fl.End = time.Now()
 	runs := make([]*Run, 0, len(h.runs)+1)
 	for _, r := range h.runs {
 		runs = append(runs, r)

@@ -1,7 +1,10 @@
 package runner
 
 import (
+	"context"
+	"fmt"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -163,5 +166,69 @@ func TestHubRoutesLaneConnections(t *testing.T) {
 	}
 	if a.h.StepError != a.misroute || b.h.StepError != b.misroute {
 		t.Errorf("step errors %q, %q: want the misrouting", a.h.StepError, b.h.StepError)
+	}
+}
+
+// A history holds every fault that ended between its Started and its
+// Ended, and no other: the hub stamps the three under one lock, and a
+// scenario's end waits for a fault being delivered to it. Scenarios come
+// and go while faults are carried out one after another.
+func TestHistoryHoldsEveryFaultBetweenItsEnds(t *testing.T) {
+	h := &Hub{runs: map[string]*Run{}, conns: map[uint64]*connRoute{}}
+	// A neighbour holds the fake MTA down: an ending scenario leaves it so.
+	h.down, h.up = &Run{}, make(chan struct{})
+	by := &Run{track: newTracker(), tenant: "by", sc: &scenarios.Scenario{Name: "by"}, hub: h, base: context.Background()}
+	h.runs[by.tenant] = by
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			_ = h.fault(by, history.FaultFlush, "", func() error { return nil })
+		}
+	}()
+	var runs []*Run
+	faults := func() int {
+		by.mu.Lock()
+		defer by.mu.Unlock()
+		return len(by.h.Faults)
+	}
+	for i := 0; i < 200 || faults() < 2000; i++ {
+		r := &Run{track: newTracker(), tenant: fmt.Sprintf("t%d", i), hub: h, base: context.Background(), policy: &fakemta.Policy{}}
+		if err := h.register(context.Background(), r); err != nil {
+			t.Fatal(err)
+		}
+		r.registered = true
+		r.unregister()
+		runs = append(runs, r)
+	}
+	close(stop)
+	wg.Wait()
+	by.mu.Lock()
+	all := by.h.Faults
+	by.mu.Unlock()
+	bad := 0
+	for _, r := range runs {
+		has := map[time.Time]bool{}
+		for _, f := range r.h.Faults {
+			has[f.End] = true
+		}
+		for _, f := range all {
+			within := f.End.After(r.h.Started) && f.End.Before(r.h.Ended)
+			if within != has[f.End] && bad < 5 {
+				bad++
+				t.Errorf("%s ran %s–%s; a fault that ended at %s: in its history %v, want %v", r.tenant,
+					r.h.Started.Format("15:04:05.000000"), r.h.Ended.Format("15:04:05.000000"), f.End.Format("15:04:05.000000"), has[f.End], within)
+			}
+		}
+	}
+	if len(all) < 10 {
+		t.Fatalf("only %d faults carried out meanwhile: the test shows nothing", len(all))
 	}
 }

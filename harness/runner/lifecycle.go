@@ -203,7 +203,10 @@ func (r *Run) unregister() {
 	r.registered, r.laneHeld = false, false
 	r.mu.Unlock()
 	if reg {
-		r.hub.unregister(r.base, r)
+		ended := r.hub.unregister(r.base, r)
+		r.mu.Lock()
+		r.h.Ended = ended
+		r.mu.Unlock()
 	}
 	if lane {
 		if err := r.hub.giveLane(r.lane); err != nil {
@@ -283,7 +286,9 @@ func (r *Run) Finish(ctx context.Context) (*history.History, ledger.Result) {
 	}
 	r.unregister()
 	r.mu.Lock()
-	r.h.Ended = time.Now()
+	if r.h.Ended.IsZero() {
+		r.h.Ended = time.Now() // never registered
+	}
 	h := r.h
 	r.mu.Unlock()
 	res := ledger.Judge(&h)

@@ -91,7 +91,9 @@ func (j *Job) Done() <-chan struct{} { return j.done }
 // isolation lets (Isolate): Alone scenarios first, one at a time with no
 // other beside them, then the Shared ones and the Disruptive ones at once,
 // the Disruptive ones' restarts taking turns (turns) in the order given;
-// in the order given within each. A scenario's turn ends
+// in the order given within each. Each begins (its history starts
+// collecting everyone's faults) at admission, in that order; laned ones
+// when they have their lane. A scenario's turn ends
 // when it has drained, so its late-duplicate watch overlaps the next ones. Schedule returns at once;
 // each job reports on its own. Cancelling ctx ends every job: each is
 // judged on what was recorded.
@@ -141,9 +143,14 @@ func Schedule(ctx context.Context, opt *Options, jobs []*Job, parallel int) {
 				}
 				for _, j := range members {
 					j.group = AloneGroup(j.Scenario)
+					run := j.start(ctx, opt)
+					if run == nil {
+						<-slots
+						continue
+					}
 					go func() {
 						defer func() { <-slots }()
-						j.do(ctx, opt)
+						run()
 					}()
 				}
 				i += n - 1
@@ -201,9 +208,16 @@ func Schedule(ctx context.Context, opt *Options, jobs []*Job, parallel int) {
 				}
 				return
 			}
+			// It begins here, in admission order (start), and runs its
+			// steps beside the others.
+			run := j.start(ctx, opt)
+			if run == nil {
+				<-slots
+				continue
+			}
 			go func() {
 				defer func() { <-slots }()
-				j.do(ctx, opt)
+				run()
 			}()
 		}
 	}()
@@ -268,13 +282,30 @@ func (j *Job) fail(err error) {
 
 // do runs the job, its share of the hub already held.
 func (j *Job) do(ctx context.Context, opt *Options) {
+	if run := j.start(ctx, opt); run != nil {
+		run()
+	}
+}
+
+// start begins the job's scenario, its share of the hub already held, and
+// returns what carries out its steps (nil when it could not begin).
+// Schedule calls it in admission order, so scenarios begin in that order:
+// a restart a later one carries out is in the history of every one
+// admitted before it.
+func (j *Job) start(ctx context.Context, opt *Options) func() {
+	var stop []context.CancelFunc
 	if j.Timeout > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, j.Timeout)
-		defer cancel()
+		stop = append(stop, cancel)
 	}
 	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
+	stop = append(stop, cancel)
+	end := func() {
+		for _, c := range stop {
+			c()
+		}
+	}
 	go func() {
 		select {
 		case <-j.cancel:
@@ -284,12 +315,21 @@ func (j *Job) do(ctx context.Context, opt *Options) {
 	}()
 	r, err := begin(ctx, opt, j.Scenario, true, j.group, j.lane, j.turn)
 	if err != nil {
+		end()
 		j.fail(err)
-		return
+		return nil
 	}
-	defer r.Close()
 	j.run = r
 	close(j.begun)
+	return func() {
+		defer end()
+		defer r.Close()
+		j.carryOut(ctx, opt, r)
+	}
+}
+
+// carryOut carries out the begun scenario's steps and judges its history.
+func (j *Job) carryOut(ctx context.Context, opt *Options, r *Run) {
 	var stepErr error
 	for i := range j.Scenario.Steps {
 		if stepErr == nil && ctx.Err() != nil {

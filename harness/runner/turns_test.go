@@ -2,6 +2,7 @@ package runner
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -360,5 +361,59 @@ func TestTurnViolation(t *testing.T) {
 	double.Faults = append(double.Faults, restart(6, "by neighbour late 1 of 1"))
 	if why := turnViolation(double, drained); !strings.Contains(why, "neighbour late") {
 		t.Errorf("a neighbour's restart after its first send: %q", why)
+	}
+}
+
+// TestScheduleBeginsInAdmissionOrder: scenarios begin (their histories
+// start, their faults start reaching them) in the order Schedule admits
+// them, not in the order their goroutines happen to run: a disruptive one
+// admitted after a shared one cannot restart the relay before the shared
+// one has begun, and restarts in turn order are in the histories of all
+// admitted before.
+func TestScheduleBeginsInAdmissionOrder(t *testing.T) {
+	t.Parallel()
+	var scs []*scenarios.Scenario
+	for i := range 10 {
+		scs = append(scs, load(t, fmt.Sprintf(`name: shared-%d
+steps:
+  - send: {to: [s%d@rcpt.greyharness.test]}
+  - wait: delivered
+`, i, i)))
+	}
+	scs = append(scs, load(t, `name: restarter
+steps:
+  - restart: {}
+  - send: {to: [r@rcpt.greyharness.test]}
+  - wait: delivered
+`))
+	hs, res, progress := sampleRun(t, 2, scs...)
+	for i, h := range hs {
+		if h == nil || !res[i].Passed {
+			t.Fatalf("%s did not pass: %+v\n%s", scs[i].Name, res[i].Failed(), progress)
+		}
+		if i > 0 && !h.Started.After(hs[i-1].Started) {
+			t.Errorf("%s began at %s, not after %s (admitted before it) at %s", h.Scenario, h.Started.Format("15:04:05.000000"), hs[i-1].Scenario, hs[i-1].Started.Format("15:04:05.000000"))
+		}
+	}
+	restarts := func(h *history.History) []history.Fault {
+		var out []history.Fault
+		for _, f := range h.Faults {
+			if f.Kind == history.FaultRelayRestart {
+				out = append(out, f)
+			}
+		}
+		return out
+	}
+	own := restarts(hs[len(hs)-1])
+	if len(own) != 1 {
+		t.Fatalf("the restarter's history has %d relay restarts, want its one\n%s", len(own), progress)
+	}
+	// Every shared one began before the restart (above); one that drained
+	// with nothing left to watch may end before it, any other has it.
+	for _, h := range hs[:len(hs)-1] {
+		if got := restarts(h); h.Ended.After(own[0].End) && (len(got) != 1 || !got[0].End.Equal(own[0].End)) {
+			t.Errorf("%s ran from %s to %s, over the restarter's restart (ended %s), and its history has %d relay restarts, want that one",
+				h.Scenario, h.Started.Format("15:04:05.000"), h.Ended.Format("15:04:05.000"), own[0].End.Format("15:04:05.000"), len(got))
+		}
 	}
 }
