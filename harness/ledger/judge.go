@@ -215,7 +215,7 @@ type trackCase struct {
 	acts        []activity // moments from which the relay gets a fresh retry_max
 	lastAttempt time.Time
 	bodies      int    // times the body reached this recipient
-	inGap       []bool // each body: the relay was being restarted or stopped while its final dot awaited the reply
+	inGap       []bool // each body: the relay was restarted or stopped before it was known to have recorded it
 	bodyNotes   []string
 
 	openVerdict Verdict // the verdict of a window still open at the end
@@ -345,6 +345,13 @@ func (j *judge) activities(c *trackCase) {
 			// meanwhile killed the relay's client before it could read
 			// the reply, even when the journal, stalled by the restart's
 			// load, recorded the reply after the restart had ended.
+			//
+			// And after the reply, until the relay is known to have
+			// recorded the delivery: it does so some time after reading the
+			// 250, and a restart in between loses the record. With the
+			// queue listed, that is the first listing after the reply that
+			// no longer shows the copy (none: to the end); with no listing
+			// at all nothing shows it, and the reply stands in.
 			from, to := a.received, a.replied
 			if to.IsZero() || a.data.Dropped {
 				to = from
@@ -354,6 +361,9 @@ func (j *judge) activities(c *trackCase) {
 			}
 			if from.IsZero() {
 				from, to = a.at, a.at
+			}
+			if !a.data.Dropped && len(j.snaps) > 0 {
+				to = j.recordedBy(tr, to)
 			}
 			c.inGap = append(c.inGap, j.relayDown(from, to))
 			what := fmtReply(a.data)
@@ -431,6 +441,22 @@ func (j *judge) evidenceTimeline(c *trackCase) {
 	c.tl = append(c.tl, j.queueEntries(tr, c.end, c.resolved.IsZero())...)
 }
 
+// recordedBy is when the relay is known to have recorded a copy of tr
+// answered at replied: the end of the first usable listing begun at or
+// after replied that no longer shows it; the end of the history when none
+// does.
+func (j *judge) recordedBy(tr *track, replied time.Time) time.Time {
+	for _, s := range j.snaps {
+		if !s.At.Before(replied) && !visible(s, tr) {
+			return snapEnd(s)
+		}
+	}
+	if j.h.Ended.IsZero() {
+		return time.Unix(1<<40, 0) // a history not ended: never
+	}
+	return j.h.Ended
+}
+
 // bodyLag is how long after its body's arrival a transaction must be
 // journaled for the duplicate's evidence to name the arrival too.
 const bodyLag = 100 * time.Millisecond
@@ -460,7 +486,7 @@ func (j *judge) ruleDuplicate(c *trackCase) {
 	if gap {
 		// A copy accepted while the relay went down is one it may not have recorded.
 		c.v.gapDuplicate = true
-		why += "; the earlier copies' final dots were still unanswered when the relay was being restarted or stopped, so it could not record them (RFC 1047): a warning"
+		why += "; the relay was restarted or stopped before it was known to have recorded the earlier copies (a final dot still unanswered, or no queue listing yet without the message), so it could not record them (RFC 1047): a warning"
 	}
 	c.v.add(Duplicate, why)
 }

@@ -711,6 +711,54 @@ func TestDuplicateGapByAPendingFinalReply(t *testing.T) {
 	}
 }
 
+// A relay records a delivery some time after it reads the 250: a restart
+// in between loses the record, and the relay sends the copy again (seen in
+// CI on Haraka: a neighbour's restart began 5 ms after the 250, the queue
+// still listed the message after the restart, and it came again). With
+// the queue listed, a copy is the relay's for sure only from the first
+// listing after its reply that no longer shows it; a restart before that
+// makes the copy after it RFC 1047's duplicate, a warning. A restart after
+// that listing, and the copy again, is a failing duplicate. Without any
+// listing nothing shows when the relay recorded it: the reply stands in.
+func TestDuplicateGapUntilTheRelayRecordsIt(t *testing.T) {
+	for _, c := range []struct {
+		name     string
+		listings func(b *hb, s *history.Submission)
+		gap      bool
+	}{
+		{"restart before any listing showed it gone", func(b *hb, s *history.Submission) {
+			b.listing(0.5, queued(s))
+			b.listing(2.5, queued(s)) // after the restart: still there
+		}, true},
+		{"restart before the listing that showed it gone", func(b *hb, s *history.Submission) {
+			b.listing(0.5, queued(s))
+			b.listing(2.5) // gone, after the restart began
+		}, true},
+		{"gone from a listing before the restart", func(b *hb, s *history.Submission) {
+			b.listing(1.001) // after the 250, before the restart
+		}, false},
+		{"no listing at all", func(b *hb, s *history.Submission) {}, false},
+	} {
+		b := newH(30)
+		s := b.submit("m1", 0, bob)
+		b.deliver(1, s, bob)
+		b.event(fakemta.Event{Time: at(1.0005), Kind: fakemta.EventReply, Conn: b.conn, Reply: &fakemta.Reply{Code: 250, Enhanced: "2.0.0", Text: "OK"}})
+		c.listings(b, s)
+		b.fault(history.FaultRelayRestart, 1.005, 2)
+		b.deliver(3, s, bob)
+		f := find(t, Judge(b.h), "m1", bob)
+		if c.gap {
+			if f.Failed || !f.Warn || !f.Has(Duplicate) {
+				t.Errorf("%s: failed %v warn %v verdicts %v, want a warned duplicate", c.name, f.Failed, f.Warn, f.Verdicts)
+			}
+			continue
+		}
+		if !f.Failed || !f.Has(Duplicate) {
+			t.Errorf("%s: failed %v verdicts %v, want a failing duplicate", c.name, f.Failed, f.Verdicts)
+		}
+	}
+}
+
 // TestMXFailoverIsNotRetryTooSoon: trying the next MX host right after the
 // first one's greylist deferral is what RFC 5321 §5.1 asks of a relay, not
 // a retry too soon; coming back to an MX host already tried inside the
